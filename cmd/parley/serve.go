@@ -1,0 +1,276 @@
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/pprof"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/parley-rt/parley/fanout"
+	"github.com/parley-rt/parley/gateway"
+)
+
+// serveConfig is everything `parley serve` reads from flags and environment.
+type serveConfig struct {
+	addr, adminAddr string
+	nodeID          string
+	jwtSecret       string
+	jwtPublicKey    string
+	apiKey          string
+	allowAnonymous  bool
+	origins         []string
+	historySize     int
+	historyTTL      time.Duration
+	ping            time.Duration
+	drain           time.Duration
+	queueLimit      int
+	publishRate     float64
+	maxRooms        int
+	maxConnsPerIP   int
+	logFormat       string
+	logLevel        slog.Level
+}
+
+const serveSummary = `Run a Parley node: the public listener (WebSocket /v1/ws, SSE /v1/sse, the
+HTTP API, /healthz, /readyz) and the admin listener (/metrics, /debug/pprof/).
+With no --jwt-secret or --jwt-public-key the node runs in dev mode: every
+client is an anonymous user, and it refuses a non-loopback --addr unless
+--allow-anonymous is given. SIGTERM drains: clients are told to reconnect,
+spread over --drain, then the process exits.`
+
+func parseServe(args []string, getenv func(string) string, stderr io.Writer) (*serveConfig, error) {
+	fs := newEnvFlags("serve", serveSummary, getenv, stderr)
+	c := &serveConfig{}
+	fs.StringVar(&c.addr, "addr", envOr(getenv, "addr", "localhost:8080"), "public HTTP listener: WebSocket, SSE, HTTP API, web app")
+	fs.StringVar(&c.adminAddr, "admin-addr", envOr(getenv, "admin-addr", "127.0.0.1:9090"), "admin listener for /metrics and /debug/pprof/; off disables it")
+	fs.StringVar(&c.nodeID, "node-id", envOr(getenv, "node-id", ""), "this node's name in welcome frames, logs and presence (default hostname plus a random suffix)")
+	fs.StringVar(&c.jwtSecret, "jwt-secret", envOr(getenv, "jwt-secret", ""), "HS256 secret that client JWTs are verified with")
+	fs.StringVar(&c.jwtPublicKey, "jwt-public-key", envOr(getenv, "jwt-public-key", ""), "PEM `file` with the public key for RS256, ES256 or EdDSA JWTs")
+	fs.StringVar(&c.apiKey, "api-key", envOr(getenv, "api-key", ""), "bearer key that backends use on the HTTP API")
+	allowAnon := fs.Bool("allow-anonymous", false, "allow dev mode (no JWT key) on a non-loopback --addr")
+	origins := fs.String("origins", "", "allowed browser origins for WebSocket and SSE, comma-separated host patterns such as app.example.com,*.example.com (default: the request's own host)")
+	historySize := fs.Int("history-size", 1000, "messages kept per room for recovery and the history API")
+	historyTTL := fs.Duration("history-ttl", 24*time.Hour, "how long a message stays in history")
+	ping := fs.Duration("ping", 25*time.Second, "heartbeat interval: an idle client gets a ping this often")
+	drain := fs.Duration("drain", 10*time.Second, "on SIGTERM, the window over which clients are told to reconnect")
+	queueLimit := fs.Int("queue-limit", 1<<20, "bytes a session may have waiting to be sent before it is closed as a slow consumer (1013)")
+	publishRate := fs.Float("publish-rate", 50, "publishes per second allowed to one session (burst twice that)")
+	maxRooms := fs.Int("max-rooms", 100, "rooms one session may subscribe to")
+	maxConns := fs.Int("max-conns-per-ip", 1000, "concurrent WebSocket and SSE connections from one client address")
+	logFormat := fs.String("log-format", "text", "log format: text or json")
+	logLevel := fs.String("log-level", "info", "log level: debug, info, warn or error")
+	if err := fs.parse(args); err != nil {
+		return nil, err
+	}
+	c.allowAnonymous = *allowAnon
+	c.origins = split(*origins)
+	c.historySize, c.historyTTL = *historySize, *historyTTL
+	c.ping, c.drain = *ping, *drain
+	c.queueLimit, c.publishRate, c.maxRooms, c.maxConnsPerIP = *queueLimit, *publishRate, *maxRooms, *maxConns
+	c.logFormat = *logFormat
+
+	var errs []error
+	bad := func(format string, a ...any) { errs = append(errs, fmt.Errorf(format, a...)) }
+	if err := c.logLevel.UnmarshalText([]byte(*logLevel)); err != nil {
+		bad("--log-level %q: want debug, info, warn or error", *logLevel)
+	}
+	if c.logFormat != "text" && c.logFormat != "json" {
+		bad("--log-format %q: want text or json", c.logFormat)
+	}
+	if _, _, err := net.SplitHostPort(c.addr); err != nil {
+		bad("--addr %q: want host:port", c.addr)
+	}
+	if c.adminAddr != "off" {
+		if _, _, err := net.SplitHostPort(c.adminAddr); err != nil {
+			bad("--admin-addr %q: want host:port or off", c.adminAddr)
+		}
+	}
+	if c.jwtSecret != "" && c.jwtPublicKey != "" {
+		bad("--jwt-secret and --jwt-public-key are exclusive: pick one")
+	}
+	if c.jwtSecret == "" && c.jwtPublicKey == "" && !c.allowAnonymous && !loopback(c.addr) {
+		bad("--addr %s is not a loopback address and no --jwt-secret or --jwt-public-key is set: anyone could connect as anonymous; set a JWT key, or --allow-anonymous to mean it", c.addr)
+	}
+	for name, v := range map[string]int{"--history-size": c.historySize, "--queue-limit": c.queueLimit, "--max-rooms": c.maxRooms, "--max-conns-per-ip": c.maxConnsPerIP} {
+		if v <= 0 {
+			bad("%s must be positive, got %d", name, v)
+		}
+	}
+	for name, v := range map[string]time.Duration{"--history-ttl": c.historyTTL, "--ping": c.ping, "--drain": c.drain} {
+		if v <= 0 {
+			bad("%s must be positive, got %s", name, v)
+		}
+	}
+	if c.publishRate <= 0 {
+		bad("--publish-rate must be positive, got %g", c.publishRate)
+	}
+	if c.nodeID == "" {
+		host, _ := os.Hostname()
+		c.nodeID = host + "-" + randSuffix()
+	}
+	return c, errors.Join(errs...)
+}
+
+// envOr returns the flag's environment value or def.
+func envOr(getenv func(string) string, name, def string) string {
+	if v := getenv(envName(name)); v != "" {
+		return v
+	}
+	return def
+}
+
+// loopback reports whether a listen address only accepts local connections.
+func loopback(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
+
+func newLogger(c *serveConfig, w io.Writer) *slog.Logger {
+	opts := &slog.HandlerOptions{Level: c.logLevel}
+	if c.logFormat == "json" {
+		return slog.New(slog.NewJSONHandler(w, opts))
+	}
+	return slog.New(slog.NewTextHandler(w, opts))
+}
+
+func serveCmd(ctx context.Context, stop func(), args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+	c, err := parseServe(args, getenv, stderr)
+	if err != nil {
+		return err
+	}
+	log := newLogger(c, stderr)
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+
+	gcfg := gateway.Config{
+		Logger:             log,
+		Registerer:         reg,
+		NodeID:             c.nodeID,
+		APIKey:             c.apiKey,
+		Origins:            c.origins,
+		PingInterval:       c.ping,
+		DrainTimeout:       c.drain,
+		QueueLimit:         c.queueLimit,
+		PublishRate:        c.publishRate,
+		PublishBurst:       int(2 * c.publishRate),
+		MaxRoomsPerSession: c.maxRooms,
+		MaxConnsPerIP:      c.maxConnsPerIP,
+	}
+	if c.jwtSecret != "" {
+		gcfg.JWTSecret = []byte(c.jwtSecret)
+	}
+	if c.jwtPublicKey != "" {
+		pemBytes, err := os.ReadFile(c.jwtPublicKey)
+		if err != nil {
+			return fmt.Errorf("--jwt-public-key: %w", err)
+		}
+		if gcfg.JWTPublicKey, err = gateway.ParsePublicKey(pemBytes); err != nil {
+			return fmt.Errorf("--jwt-public-key %s: %w", c.jwtPublicKey, err)
+		}
+	}
+
+	ln, err := net.Listen("tcp", c.addr)
+	if err != nil {
+		return fmt.Errorf("--addr: %w", err)
+	}
+	var adminLn net.Listener
+	if c.adminAddr != "off" {
+		if adminLn, err = net.Listen("tcp", c.adminAddr); err != nil {
+			ln.Close()
+			return fmt.Errorf("--admin-addr: %w", err)
+		}
+	}
+
+	bus := fanout.NewMemory(fanout.MemoryConfig{HistorySize: c.historySize, HistoryTTL: c.historyTTL})
+	defer bus.Close()
+	gcfg.Bus = bus
+	gw, err := gateway.New(gcfg)
+	if err != nil {
+		ln.Close()
+		if adminLn != nil {
+			adminLn.Close()
+		}
+		return err
+	}
+
+	errc := make(chan error, 2)
+	go func() { errc <- gw.Serve(ln) }()
+	var admin *http.Server
+	if adminLn != nil {
+		admin = &http.Server{Handler: adminMux(reg), ReadHeaderTimeout: 10 * time.Second}
+		go func() { errc <- admin.Serve(adminLn) }()
+	}
+
+	base := "http://" + ln.Addr().String()
+	log.Info("parley node started", "node", c.nodeID, "addr", ln.Addr().String(), "admin", addrOf(adminLn), "dev_mode", c.jwtSecret == "" && c.jwtPublicKey == "")
+	fmt.Fprintf(stdout, "Parley node %s listening on %s\n  WebSocket  %s/v1/ws\n  SSE        %s/v1/sse?rooms=lobby\n  HTTP API   %s/v1/rooms/{room}/messages\n",
+		c.nodeID, base, strings.Replace(base, "http://", "ws://", 1), base, base)
+	if adminLn != nil {
+		fmt.Fprintf(stdout, "  metrics    http://%s/metrics\n", adminLn.Addr())
+	}
+
+	var serveErr error
+	select {
+	case <-ctx.Done():
+	case serveErr = <-errc:
+	}
+	stop() // a second signal ends the process at once
+	log.Info("shutting down", "drain", c.drain)
+	sctx, cancel := context.WithTimeout(context.Background(), c.drain+4*time.Second)
+	defer cancel()
+	if err := gw.Shutdown(sctx); err != nil {
+		log.Warn("drain incomplete", "err", err)
+	}
+	if admin != nil {
+		admin.Shutdown(sctx)
+	}
+	if serveErr != nil && !errors.Is(serveErr, http.ErrServerClosed) {
+		return serveErr
+	}
+	log.Info("stopped")
+	return nil
+}
+
+func addrOf(ln net.Listener) string {
+	if ln == nil {
+		return "off"
+	}
+	return ln.Addr().String()
+}
+
+// adminMux serves what operators read: metrics and pprof.
+func adminMux(reg *prometheus.Registry) *http.ServeMux {
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { w.Write([]byte("ok\n")) })
+	return mux
+}
+
+func randSuffix() string {
+	return strings.ToLower(rand.Text()[:5])
+}

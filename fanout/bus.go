@@ -1,0 +1,126 @@
+package fanout
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"time"
+)
+
+// Errors returned by every Bus implementation.
+var (
+	// ErrClosed is returned by a Bus after Close.
+	ErrClosed = errors.New("fanout: bus closed")
+	// ErrSubscribed is returned by Subscribe for a room this node already subscribed to.
+	ErrSubscribed = errors.New("fanout: room already subscribed")
+)
+
+// IdempotencyWindow is how long a publish key is remembered: a repeat of the
+// key within it gets the first offset and publishes nothing.
+const IdempotencyWindow = 5 * time.Minute
+
+// Position names a point in a room's stream: the epoch of its history and the
+// offset of the last message. Offsets start at 1; offset 0 is the position
+// before the first message.
+type Position struct {
+	Epoch  string `json:"epoch"`
+	Offset uint64 `json:"offset"`
+}
+
+// Message is one published room message at its position.
+type Message struct {
+	Room   string          `json:"room"`
+	Offset uint64          `json:"offset"`
+	Epoch  string          `json:"epoch"`
+	Data   json.RawMessage `json:"data"`
+	From   string          `json:"from,omitempty"`
+	// Time is when the bus accepted the message, in Unix nanoseconds.
+	Time int64 `json:"time"`
+}
+
+// Publication is what a publisher hands to Publish.
+type Publication struct {
+	// Data is the message body, valid compact JSON.
+	Data json.RawMessage
+	// From is the publishing user, empty for backends.
+	From string
+	// Key is an optional idempotency key (see IdempotencyWindow).
+	Key string
+}
+
+// PublishResult tells where a publication landed.
+type PublishResult struct {
+	Position
+	// Duplicate is true when Key was seen within IdempotencyWindow: nothing was
+	// published and Position is the first publication's.
+	Duplicate bool
+}
+
+// Member is one session present in a room.
+type Member struct {
+	User    string `json:"user"`
+	Session string `json:"session"`
+	Node    string `json:"node,omitempty"`
+}
+
+// PresenceEvent says that a member joined or left a room.
+type PresenceEvent struct {
+	Room   string
+	Join   bool
+	Member Member
+}
+
+// HistoryQuery selects messages from a room's history.
+type HistoryQuery struct {
+	// Since, when set, asks for every message after that position. The result
+	// is Recovered when the epoch matches and no message after it has been
+	// dropped from history; otherwise it carries no messages.
+	Since *Position
+	// Limit caps the number of messages; zero means none when Since is nil and
+	// every retained one when Since is set. Without Since the newest Limit
+	// messages are returned.
+	Limit int
+}
+
+// History is the answer to a HistoryQuery.
+type History struct {
+	// Top is the room's current position.
+	Top       Position
+	Messages  []*Message
+	Recovered bool
+}
+
+// Handler receives what a node subscribed to. Calls for one room never overlap
+// and come in offset order; a Handler must not block and must not call the Bus
+// for the same room from inside a call.
+type Handler interface {
+	HandleMessage(m *Message)
+	HandlePresence(e PresenceEvent)
+}
+
+// Bus carries messages between nodes. Delivery to subscribed nodes is at most
+// once; history is the source of truth for recovery: every message that
+// Publish acknowledged is in history until it ages out (size or TTL), and
+// offsets in history never disagree with offsets delivered.
+type Bus interface {
+	// Publish assigns the room's next offset, appends the message to history
+	// and delivers it to every subscribed node.
+	Publish(ctx context.Context, room string, p Publication) (PublishResult, error)
+	// Subscribe makes this node receive the room's messages and presence
+	// events through h until Unsubscribe.
+	Subscribe(ctx context.Context, room string, h Handler) error
+	// Unsubscribe stops delivery of the room to this node.
+	Unsubscribe(ctx context.Context, room string) error
+	// History reads the room's history.
+	History(ctx context.Context, room string, q HistoryQuery) (History, error)
+	// Join adds m to the room's presence and tells subscribed nodes.
+	Join(ctx context.Context, room string, m Member) error
+	// Leave removes m from the room's presence and tells subscribed nodes.
+	Leave(ctx context.Context, room string, m Member) error
+	// Presence lists the room's members across all nodes.
+	Presence(ctx context.Context, room string) ([]Member, error)
+	// Ready reports whether the bus can serve right now.
+	Ready() bool
+	// Close releases the bus; calls after it return ErrClosed.
+	Close() error
+}

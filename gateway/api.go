@@ -1,0 +1,210 @@
+package gateway
+
+import (
+	"errors"
+	"io"
+	"net/http"
+	"net/url"
+	"path"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/parley-rt/parley/fanout"
+)
+
+// originAllowed reports whether a browser origin may connect: its host is
+// the request's own, or matches one of the patterns (path.Match syntax).
+func originAllowed(origin, host string, patterns []string) bool {
+	u, err := url.Parse(origin)
+	if err != nil || u.Host == "" {
+		return false
+	}
+	if strings.EqualFold(u.Host, host) {
+		return true
+	}
+	for _, p := range patterns {
+		target := u.Host
+		if strings.Contains(p, "://") {
+			target = origin
+		}
+		if ok, _ := path.Match(strings.ToLower(p), strings.ToLower(target)); ok {
+			return true
+		}
+	}
+	return false
+}
+
+// apiIdentity authenticates an API request: the API key, or a user's token.
+func (srv *Server) apiIdentity(w http.ResponseWriter, r *http.Request) (identity, string, bool) {
+	if !srv.corsOrigin(w, r) {
+		srv.writeError(w, errorf(codeForbidden, "origin not allowed"))
+		return identity{}, "", false
+	}
+	ident, perr := srv.auth.authenticate(r, true)
+	if perr != nil {
+		srv.writeError(w, perr)
+		return identity{}, "", false
+	}
+	room := r.PathValue("room")
+	if !validRoom(room) {
+		srv.writeError(w, errorf(codeBadRoom, "room names are 1 to 128 bytes of A-Z a-z 0-9 _ . : @ -"))
+		return identity{}, "", false
+	}
+	return ident, room, true
+}
+
+type publishResponse struct {
+	Room      string `json:"room"`
+	Epoch     string `json:"epoch"`
+	Offset    uint64 `json:"offset"`
+	Duplicate bool   `json:"duplicate,omitempty"`
+}
+
+func (srv *Server) handlePublish(w http.ResponseWriter, r *http.Request) {
+	ident, room, ok := srv.apiIdentity(w, r)
+	if !ok {
+		return
+	}
+	if !ident.may(actPublish, room) {
+		srv.writeError(w, errorf(codeForbidden, "not allowed to publish to "+room))
+		return
+	}
+	key := r.Header.Get("Idempotency-Key")
+	if len(key) > maxIDLen {
+		srv.writeError(w, errorf(codeBadRequest, "Idempotency-Key longer than 64 bytes"))
+		return
+	}
+	http.NewResponseController(w).SetReadDeadline(srv.cfg.now().Add(srv.cfg.HandshakeTimeout))
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, srv.cfg.MaxFrameSize))
+	if err != nil {
+		var tooBig *http.MaxBytesError
+		if errors.As(err, &tooBig) {
+			srv.writeError(w, errorf(codeTooLarge, "body larger than "+strconv.FormatInt(srv.cfg.MaxFrameSize, 10)+" bytes"))
+			return
+		}
+		srv.writeError(w, errorf(codeBadRequest, "reading body: "+err.Error()))
+		return
+	}
+	if len(body) == 0 {
+		srv.writeError(w, errorf(codeBadRequest, "the body is the message data and must be JSON"))
+		return
+	}
+	res, perr := srv.publish(r.Context(), room, fanout.Publication{Data: body, From: ident.user, Key: key}, "http")
+	if perr != nil {
+		srv.writeError(w, perr)
+		return
+	}
+	writeJSON(w, http.StatusOK, publishResponse{Room: room, Epoch: res.Epoch, Offset: res.Offset, Duplicate: res.Duplicate})
+}
+
+type historyResponse struct {
+	Room      string         `json:"room"`
+	Epoch     string         `json:"epoch"`
+	Offset    uint64         `json:"offset"`
+	Recovered *bool          `json:"recovered,omitempty"`
+	Messages  []messageFrame `json:"messages"`
+}
+
+// maxHistoryLimit bounds one history page.
+const maxHistoryLimit = 1000
+
+func (srv *Server) handleHistory(w http.ResponseWriter, r *http.Request) {
+	ident, room, ok := srv.apiIdentity(w, r)
+	if !ok {
+		return
+	}
+	if !ident.may(actSubscribe, room) {
+		srv.writeError(w, errorf(codeForbidden, "not allowed to read "+room))
+		return
+	}
+	q := r.URL.Query()
+	limit := 100
+	if v := q.Get("limit"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 || n > maxHistoryLimit {
+			srv.writeError(w, errorf(codeBadRequest, "limit must be 1 to 1000"))
+			return
+		}
+		limit = n
+	}
+	hq := fanout.HistoryQuery{Limit: limit}
+	if v := q.Get("since"); v != "" {
+		off, err := strconv.ParseUint(v, 10, 64)
+		if err != nil {
+			srv.writeError(w, errorf(codeBadRequest, "since must be an offset"))
+			return
+		}
+		hq.Since = &fanout.Position{Epoch: q.Get("epoch"), Offset: off}
+	}
+	if hq.Since != nil && hq.Since.Epoch == "" {
+		// An offset without an epoch is read against the current epoch.
+		top, err := srv.cfg.Bus.History(r.Context(), room, fanout.HistoryQuery{})
+		if err != nil {
+			srv.writeError(w, errorf(codeInternal, "history unavailable"))
+			return
+		}
+		hq.Since.Epoch = top.Top.Epoch
+	}
+	h, err := srv.cfg.Bus.History(r.Context(), room, hq)
+	if err != nil {
+		srv.log.Warn("history failed", "room", room, "err", err)
+		srv.writeError(w, errorf(codeInternal, "history unavailable"))
+		return
+	}
+	resp := historyResponse{Room: room, Epoch: h.Top.Epoch, Offset: h.Top.Offset, Messages: make([]messageFrame, 0, len(h.Messages))}
+	if hq.Since != nil {
+		resp.Recovered = &h.Recovered
+	}
+	for _, m := range h.Messages {
+		resp.Messages = append(resp.Messages, messageFrame{Type: "message", Room: m.Room, Offset: m.Offset, Epoch: m.Epoch, Data: m.Data, From: m.From, TS: m.Time / int64(time.Millisecond)})
+	}
+	writeJSON(w, http.StatusOK, resp)
+}
+
+type presenceResponse struct {
+	Room    string          `json:"room"`
+	Members []fanout.Member `json:"members"`
+}
+
+func (srv *Server) handlePresence(w http.ResponseWriter, r *http.Request) {
+	ident, room, ok := srv.apiIdentity(w, r)
+	if !ok {
+		return
+	}
+	if !ident.may(actSubscribe, room) {
+		srv.writeError(w, errorf(codeForbidden, "not allowed to read "+room))
+		return
+	}
+	members, err := srv.cfg.Bus.Presence(r.Context(), room)
+	if err != nil {
+		srv.log.Warn("presence failed", "room", room, "err", err)
+		srv.writeError(w, errorf(codeInternal, "presence unavailable"))
+		return
+	}
+	writeJSON(w, http.StatusOK, presenceResponse{Room: room, Members: members})
+}
+
+func (srv *Server) handleICEServers(w http.ResponseWriter, r *http.Request) {
+	if !srv.corsOrigin(w, r) {
+		srv.writeError(w, errorf(codeForbidden, "origin not allowed"))
+		return
+	}
+	if srv.cfg.ICEServers == nil {
+		srv.writeError(w, errorf(codeNotFound, "this node serves no ICE servers"))
+		return
+	}
+	ident, perr := srv.auth.authenticate(r, false)
+	if perr != nil {
+		srv.writeError(w, perr)
+		return
+	}
+	v, err := srv.cfg.ICEServers(ident.user)
+	if err != nil {
+		srv.log.Warn("ice servers", "err", err)
+		srv.writeError(w, errorf(codeInternal, "ICE servers unavailable"))
+		return
+	}
+	w.Header().Set("Cache-Control", "no-store")
+	writeJSON(w, http.StatusOK, v)
+}

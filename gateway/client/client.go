@@ -1,0 +1,636 @@
+package client
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"net/http"
+	"net/url"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/coder/websocket"
+)
+
+// Errors a Client returns.
+var (
+	// ErrClosed is returned after Close.
+	ErrClosed = errors.New("client: closed")
+	// ErrDisconnected is returned for a command whose connection dropped
+	// before its reply; a publish with a key can be retried safely.
+	ErrDisconnected = errors.New("client: disconnected before the reply")
+)
+
+// Options configure a Client. Zero values take the documented defaults.
+type Options struct {
+	// URL is the node's WebSocket endpoint, such as ws://localhost:8080/v1/ws.
+	URL string
+	// Token is the JWT sent as ?token=; empty in dev mode.
+	Token string
+	// Header is sent with every handshake (Origin, Authorization, ...).
+	Header http.Header
+	// Logger receives the client's logs; nil discards them.
+	Logger *slog.Logger
+	// MinBackoff and MaxBackoff bound reconnect delays; zero means 250ms and
+	// 10s. Each delay is drawn at random up to the current bound.
+	MinBackoff, MaxBackoff time.Duration
+	// NoReconnect makes the client stop at the first disconnect.
+	NoReconnect bool
+	// EventBuffer is the capacity of Events; zero means 1024. A full buffer
+	// stops reading, so a client that does not drain Events becomes the
+	// server's slow consumer and resumes later.
+	EventBuffer int
+	// ReadLimit bounds one server frame; zero means 4 MiB.
+	ReadLimit int64
+	// HTTPClient dials the WebSocket; nil means http.DefaultClient.
+	HTTPClient *http.Client
+}
+
+// Position is a point in a room's stream.
+type Position struct {
+	Epoch  string `json:"epoch"`
+	Offset uint64 `json:"offset"`
+}
+
+// Message is one room message.
+type Message struct {
+	Room   string          `json:"room"`
+	Offset uint64          `json:"offset"`
+	Epoch  string          `json:"epoch"`
+	Data   json.RawMessage `json:"data"`
+	From   string          `json:"from,omitempty"`
+	TS     int64           `json:"ts"`
+}
+
+// Member is a session present in a room.
+type Member struct {
+	User    string `json:"user"`
+	Session string `json:"session"`
+	Node    string `json:"node,omitempty"`
+}
+
+// Welcome is the server's first frame on a connection.
+type Welcome struct {
+	Session string `json:"session"`
+	Node    string `json:"node"`
+	User    string `json:"user"`
+	PingMS  int64  `json:"ping_ms"`
+}
+
+// SubscribeAck is the server's answer to a subscribe.
+type SubscribeAck struct {
+	Epoch     string   `json:"epoch"`
+	Offset    uint64   `json:"offset"`
+	Recovered bool     `json:"recovered"`
+	Members   []Member `json:"members,omitempty"`
+}
+
+// PublishAck is the server's answer to a publish.
+type PublishAck struct {
+	Epoch     string `json:"epoch"`
+	Offset    uint64 `json:"offset"`
+	Duplicate bool   `json:"duplicate,omitempty"`
+}
+
+// ServerError is an error frame answering a command.
+type ServerError struct {
+	Code    string `json:"code"`
+	Message string `json:"message"`
+}
+
+func (e *ServerError) Error() string { return "client: server error " + e.Code + ": " + e.Message }
+
+// EventKind says what an Event carries.
+type EventKind int
+
+const (
+	// EventMessage carries Message: a room message not delivered before.
+	EventMessage EventKind = iota
+	// EventPresence carries Presence.
+	EventPresence
+	// EventConnected carries Welcome: a connection is up and every room has
+	// been subscribed again.
+	EventConnected
+	// EventDisconnected carries Err: the connection dropped; the client
+	// reconnects unless NoReconnect.
+	EventDisconnected
+	// EventLost carries Room and Position: after a reconnect the room could
+	// not be recovered (the epoch changed or history moved on), so messages
+	// may have been missed; the application should reload the room's state.
+	EventLost
+	// EventError carries Err: an error frame that answered no command.
+	EventError
+)
+
+// Presence is a join or leave in a room.
+type Presence struct {
+	Room    string `json:"room"`
+	Event   string `json:"event"`
+	User    string `json:"user"`
+	Session string `json:"session"`
+}
+
+// Event is something the server sent or the connection did.
+type Event struct {
+	Kind     EventKind
+	Message  Message
+	Presence Presence
+	Welcome  Welcome
+	Room     string
+	Position Position
+	Err      error
+}
+
+type sub struct {
+	presence bool
+	pos      Position
+	seen     bool // pos has been set by an ack or a message
+}
+
+type reply struct {
+	raw []byte
+	err error
+}
+
+// Client is a connection to a Parley node that survives reconnects.
+type Client struct {
+	opts   Options
+	log    *slog.Logger
+	events chan Event
+
+	ctx    context.Context
+	cancel context.CancelFunc
+	done   chan struct{}
+
+	mu      sync.Mutex
+	conn    *websocket.Conn
+	welcome Welcome
+	subs    map[string]*sub
+	pending map[string]chan reply
+	nextID  uint64
+	ready   chan struct{} // closed once connected; replaced on disconnect
+}
+
+// Dial connects to the node and returns a Client that stays connected until
+// Close. The first connection must succeed.
+func Dial(ctx context.Context, opts Options) (*Client, error) {
+	if opts.URL == "" {
+		return nil, errors.New("client: Options.URL is required")
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	if opts.MinBackoff <= 0 {
+		opts.MinBackoff = 250 * time.Millisecond
+	}
+	if opts.MaxBackoff <= 0 {
+		opts.MaxBackoff = 10 * time.Second
+	}
+	if opts.EventBuffer <= 0 {
+		opts.EventBuffer = 1024
+	}
+	if opts.ReadLimit <= 0 {
+		opts.ReadLimit = 4 << 20
+	}
+	c := &Client{
+		opts:    opts,
+		log:     opts.Logger.With("component", "parley-client"),
+		events:  make(chan Event, opts.EventBuffer),
+		done:    make(chan struct{}),
+		subs:    make(map[string]*sub),
+		pending: make(map[string]chan reply),
+		ready:   make(chan struct{}),
+	}
+	c.ctx, c.cancel = context.WithCancel(context.Background())
+	conn, w, err := c.connect(ctx)
+	if err != nil {
+		c.cancel()
+		return nil, err
+	}
+	go c.run(conn, w)
+	return c, nil
+}
+
+// Events returns the client's events; it is closed after Close.
+func (c *Client) Events() <-chan Event { return c.events }
+
+// Welcome returns the current connection's welcome.
+func (c *Client) Welcome() Welcome {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.welcome
+}
+
+// Close closes the connection and stops reconnecting.
+func (c *Client) Close() error {
+	c.cancel()
+	c.mu.Lock()
+	conn := c.conn
+	c.mu.Unlock()
+	if conn != nil {
+		conn.Close(websocket.StatusNormalClosure, "")
+	}
+	<-c.done
+	return nil
+}
+
+func (c *Client) dialURL() string {
+	if c.opts.Token == "" {
+		return c.opts.URL
+	}
+	u, err := url.Parse(c.opts.URL)
+	if err != nil {
+		return c.opts.URL
+	}
+	q := u.Query()
+	q.Set("token", c.opts.Token)
+	u.RawQuery = q.Encode()
+	return u.String()
+}
+
+// connect dials and reads the welcome.
+func (c *Client) connect(ctx context.Context) (*websocket.Conn, Welcome, error) {
+	conn, _, err := websocket.Dial(ctx, c.dialURL(), &websocket.DialOptions{
+		Subprotocols: []string{"parley.v1"},
+		HTTPHeader:   c.opts.Header,
+		HTTPClient:   c.opts.HTTPClient,
+	})
+	if err != nil {
+		return nil, Welcome{}, fmt.Errorf("client: dial: %w", err)
+	}
+	conn.SetReadLimit(c.opts.ReadLimit)
+	_, b, err := conn.Read(ctx)
+	if err != nil {
+		conn.CloseNow()
+		return nil, Welcome{}, fmt.Errorf("client: reading welcome: %w", err)
+	}
+	var f struct {
+		Type string `json:"type"`
+		Welcome
+		ServerError
+	}
+	if err := json.Unmarshal(firstLine(b), &f); err != nil {
+		conn.CloseNow()
+		return nil, Welcome{}, fmt.Errorf("client: bad welcome: %w", err)
+	}
+	switch f.Type {
+	case "welcome":
+		return conn, f.Welcome, nil
+	case "error":
+		conn.CloseNow()
+		return nil, Welcome{}, &ServerError{Code: f.Code, Message: f.Message}
+	default:
+		conn.CloseNow()
+		return nil, Welcome{}, fmt.Errorf("client: first frame is %q, not welcome", f.Type)
+	}
+}
+
+func firstLine(b []byte) []byte {
+	for i, c := range b {
+		if c == '\n' {
+			return b[:i]
+		}
+	}
+	return b
+}
+
+// run owns the connection: it reads until the connection drops, then
+// reconnects with backoff and resubscribes, until Close.
+func (c *Client) run(conn *websocket.Conn, w Welcome) {
+	defer close(c.done)
+	defer close(c.events)
+	backoff := c.opts.MinBackoff
+	for {
+		c.mu.Lock()
+		c.conn, c.welcome = conn, w
+		c.mu.Unlock()
+		resumeErr := make(chan error, 1)
+		go func() { resumeErr <- c.resubscribe(conn) }()
+		after, readErr := c.readLoop(conn, w)
+		conn.CloseNow()
+		c.failPending()
+		<-resumeErr
+		c.disconnected(readErr)
+		if c.ctx.Err() != nil || c.opts.NoReconnect {
+			return
+		}
+		wait := time.Duration(rand.Int64N(int64(backoff) + 1))
+		if after > 0 {
+			wait = after
+		}
+		for {
+			t := time.NewTimer(wait)
+			select {
+			case <-c.ctx.Done():
+				t.Stop()
+				return
+			case <-t.C:
+			}
+			ctx, cancel := context.WithTimeout(c.ctx, 10*time.Second)
+			var err error
+			conn, w, err = c.connect(ctx)
+			cancel()
+			if err == nil {
+				backoff = c.opts.MinBackoff
+				break
+			}
+			c.log.Debug("reconnect failed", "err", err)
+			backoff = min(backoff*2, c.opts.MaxBackoff)
+			wait = time.Duration(rand.Int64N(int64(backoff) + 1))
+		}
+	}
+}
+
+// resubscribe subscribes every known room again from its last position, then
+// reports the connection ready.
+func (c *Client) resubscribe(conn *websocket.Conn) error {
+	c.mu.Lock()
+	rooms := make(map[string]sub, len(c.subs))
+	for r, s := range c.subs {
+		rooms[r] = *s
+	}
+	c.mu.Unlock()
+	for room, s := range rooms {
+		f := map[string]any{"type": "subscribe", "room": room, "presence": s.presence}
+		if s.seen {
+			f["since"] = s.pos
+		}
+		raw, err := c.command(c.ctx, conn, f)
+		if err != nil {
+			return err
+		}
+		var ack SubscribeAck
+		json.Unmarshal(raw, &ack)
+		if s.seen && !ack.Recovered {
+			c.emit(Event{Kind: EventLost, Room: room, Position: Position{Epoch: ack.Epoch, Offset: ack.Offset}})
+			c.mu.Lock()
+			if cur := c.subs[room]; cur != nil {
+				cur.pos = Position{Epoch: ack.Epoch, Offset: ack.Offset}
+			}
+			c.mu.Unlock()
+		}
+	}
+	c.mu.Lock()
+	close(c.ready)
+	w := c.welcome
+	c.mu.Unlock()
+	c.emit(Event{Kind: EventConnected, Welcome: w})
+	return nil
+}
+
+// failPending fails every command waiting for a reply.
+func (c *Client) failPending() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for id, ch := range c.pending {
+		ch <- reply{err: ErrDisconnected}
+		delete(c.pending, id)
+	}
+}
+
+func (c *Client) disconnected(err error) {
+	c.failPending()
+	c.mu.Lock()
+	c.conn = nil
+	select {
+	case <-c.ready:
+		c.ready = make(chan struct{})
+	default:
+	}
+	c.mu.Unlock()
+	if c.ctx.Err() == nil {
+		c.emit(Event{Kind: EventDisconnected, Err: err})
+	}
+}
+
+func (c *Client) emit(e Event) {
+	select {
+	case c.events <- e:
+	case <-c.ctx.Done():
+	}
+}
+
+// readLoop reads frames until the connection fails. It returns the error and,
+// if the server asked for it, how long to wait before reconnecting.
+func (c *Client) readLoop(conn *websocket.Conn, w Welcome) (time.Duration, error) {
+	idle := time.Duration(w.PingMS)*time.Millisecond + 10*time.Second
+	var after time.Duration
+	for {
+		ctx, cancel := context.WithTimeout(c.ctx, idle)
+		_, b, err := conn.Read(ctx)
+		cancel()
+		if err != nil {
+			return after, err
+		}
+		for len(b) > 0 {
+			line := firstLine(b)
+			b = b[min(len(line)+1, len(b)):]
+			if d, ok := c.handle(conn, line); ok {
+				after = d
+			}
+		}
+	}
+}
+
+// handle processes one server frame; it reports a reconnect notice's delay.
+func (c *Client) handle(conn *websocket.Conn, line []byte) (time.Duration, bool) {
+	var f struct {
+		Type string `json:"type"`
+		ID   string `json:"id"`
+		Message
+		Event   string `json:"event"`
+		User    string `json:"user"`
+		Session string `json:"session"`
+		Code    string `json:"code"`
+		Text    string `json:"message"`
+		AfterMS int64  `json:"after_ms"`
+	}
+	if err := json.Unmarshal(line, &f); err != nil {
+		c.log.Warn("unreadable frame", "err", err)
+		return 0, false
+	}
+	switch f.Type {
+	case "message":
+		c.mu.Lock()
+		s := c.subs[f.Room]
+		dup := s != nil && s.seen && s.pos.Epoch == f.Epoch && f.Offset <= s.pos.Offset
+		if s != nil && !dup {
+			s.pos, s.seen = Position{Epoch: f.Epoch, Offset: f.Offset}, true
+		}
+		c.mu.Unlock()
+		if s != nil && !dup {
+			c.emit(Event{Kind: EventMessage, Message: f.Message})
+		}
+	case "presence":
+		c.emit(Event{Kind: EventPresence, Presence: Presence{Room: f.Room, Event: f.Event, User: f.User, Session: f.Session}})
+	case "ping":
+		ctx, cancel := context.WithTimeout(c.ctx, 10*time.Second)
+		conn.Write(ctx, websocket.MessageText, []byte(`{"type":"pong"}`))
+		cancel()
+	case "reconnect":
+		return time.Duration(f.AfterMS) * time.Millisecond, true
+	case "ack", "error":
+		c.mu.Lock()
+		ch := c.pending[f.ID]
+		delete(c.pending, f.ID)
+		c.mu.Unlock()
+		var r reply
+		if f.Type == "error" {
+			r.err = &ServerError{Code: f.Code, Message: f.Text}
+		} else {
+			r.raw = append([]byte(nil), line...)
+		}
+		if ch != nil {
+			ch <- r
+		} else if r.err != nil {
+			c.emit(Event{Kind: EventError, Err: r.err})
+		}
+	}
+	return 0, false
+}
+
+// command sends a frame with a fresh id on conn and waits for its reply.
+func (c *Client) command(ctx context.Context, conn *websocket.Conn, f map[string]any) (json.RawMessage, error) {
+	ch := make(chan reply, 1)
+	c.mu.Lock()
+	c.nextID++
+	id := strconv.FormatUint(c.nextID, 10)
+	c.pending[id] = ch
+	c.mu.Unlock()
+	f["id"] = id
+	b, err := json.Marshal(f)
+	if err != nil {
+		return nil, err
+	}
+	if err := conn.Write(ctx, websocket.MessageText, b); err != nil {
+		c.mu.Lock()
+		delete(c.pending, id)
+		c.mu.Unlock()
+		return nil, ErrDisconnected
+	}
+	select {
+	case r := <-ch:
+		return r.raw, r.err
+	case <-ctx.Done():
+		c.mu.Lock()
+		delete(c.pending, id)
+		c.mu.Unlock()
+		return nil, ctx.Err()
+	}
+}
+
+// live waits until a connection is up and resubscribed.
+func (c *Client) live(ctx context.Context) (*websocket.Conn, error) {
+	for {
+		c.mu.Lock()
+		ready, conn := c.ready, c.conn
+		c.mu.Unlock()
+		select {
+		case <-ready:
+			if conn != nil {
+				return conn, nil
+			}
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-c.ctx.Done():
+			return nil, ErrClosed
+		}
+	}
+}
+
+// Subscribe joins a room and keeps it joined across reconnects; messages come
+// on Events.
+func (c *Client) Subscribe(ctx context.Context, room string, presence bool) (SubscribeAck, error) {
+	return c.subscribe(ctx, room, presence, nil)
+}
+
+// SubscribeSince joins a room from a known position: every message after it
+// that is still in history is delivered first (ack.Recovered tells).
+func (c *Client) SubscribeSince(ctx context.Context, room string, since Position) (SubscribeAck, error) {
+	return c.subscribe(ctx, room, false, &since)
+}
+
+func (c *Client) subscribe(ctx context.Context, room string, presence bool, since *Position) (SubscribeAck, error) {
+	conn, err := c.live(ctx)
+	if err != nil {
+		return SubscribeAck{}, err
+	}
+	c.mu.Lock()
+	s := &sub{presence: presence}
+	if since != nil {
+		s.pos, s.seen = *since, true
+	}
+	c.subs[room] = s
+	c.mu.Unlock()
+	f := map[string]any{"type": "subscribe", "room": room, "presence": presence}
+	if since != nil {
+		f["since"] = since
+	}
+	raw, err := c.command(ctx, conn, f)
+	if err != nil {
+		c.mu.Lock()
+		delete(c.subs, room)
+		c.mu.Unlock()
+		return SubscribeAck{}, err
+	}
+	var ack SubscribeAck
+	if err := json.Unmarshal(raw, &ack); err != nil {
+		return SubscribeAck{}, fmt.Errorf("client: bad ack: %w", err)
+	}
+	c.mu.Lock()
+	if !s.seen || !ack.Recovered {
+		s.pos, s.seen = Position{Epoch: ack.Epoch, Offset: ack.Offset}, true
+	}
+	c.mu.Unlock()
+	return ack, nil
+}
+
+// Unsubscribe leaves a room.
+func (c *Client) Unsubscribe(ctx context.Context, room string) error {
+	c.mu.Lock()
+	delete(c.subs, room)
+	c.mu.Unlock()
+	conn, err := c.live(ctx)
+	if err != nil {
+		return err
+	}
+	_, err = c.command(ctx, conn, map[string]any{"type": "unsubscribe", "room": room})
+	return err
+}
+
+// Publish sends data (any JSON-encodable value, or json.RawMessage) to a
+// room. A non-empty key makes it idempotent for five minutes.
+func (c *Client) Publish(ctx context.Context, room string, data any, key string) (PublishAck, error) {
+	conn, err := c.live(ctx)
+	if err != nil {
+		return PublishAck{}, err
+	}
+	f := map[string]any{"type": "publish", "room": room, "data": data}
+	if key != "" {
+		f["key"] = key
+	}
+	raw, err := c.command(ctx, conn, f)
+	if err != nil {
+		return PublishAck{}, err
+	}
+	var ack PublishAck
+	if err := json.Unmarshal(raw, &ack); err != nil {
+		return PublishAck{}, fmt.Errorf("client: bad ack: %w", err)
+	}
+	return ack, nil
+}
+
+// Position returns the last position seen in a room.
+func (c *Client) Position(room string) (Position, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	s := c.subs[room]
+	if s == nil || !s.seen {
+		return Position{}, false
+	}
+	return s.pos, true
+}

@@ -1,0 +1,142 @@
+package gateway
+
+import (
+	"crypto"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/parley-rt/parley/fanout"
+)
+
+// Config configures a Server. Zero values take the documented defaults.
+type Config struct {
+	// Bus carries messages between nodes; required.
+	Bus fanout.Bus
+	// Logger receives the gateway's logs; nil discards them.
+	Logger *slog.Logger
+	// Registerer gets the gateway's metrics; nil registers none.
+	Registerer prometheus.Registerer
+	// NodeID names this node in welcome frames, logs and presence; zero means
+	// a random one.
+	NodeID string
+
+	// JWTSecret verifies HS256 tokens. JWTPublicKey verifies RS256, ES256 or
+	// EdDSA tokens. With neither, the gateway is in dev mode: every user is an
+	// anonymous one with a random id.
+	JWTSecret    []byte
+	JWTPublicKey crypto.PublicKey
+	// APIKey lets backends use the HTTP API with `Authorization: Bearer <key>`.
+	APIKey string
+	// Origins are the browser origins allowed on WebSocket and SSE, as host
+	// patterns (path.Match syntax, e.g. "*.example.com"); empty means the
+	// request's own host only.
+	Origins []string
+
+	// PingInterval is how often an idle session gets a ping; zero means 25s.
+	PingInterval time.Duration
+	// PongTimeout is how long a WebSocket client has to answer a ping; zero
+	// means 10s.
+	PongTimeout time.Duration
+	// WriteTimeout bounds one write to a client; zero means 10s.
+	WriteTimeout time.Duration
+	// HandshakeTimeout bounds reading a request's headers; zero means 10s.
+	HandshakeTimeout time.Duration
+	// DrainTimeout is the window over which Shutdown spreads reconnects; zero
+	// means 10s.
+	DrainTimeout time.Duration
+
+	// MaxFrameSize bounds a client frame in bytes; zero means 64 KiB.
+	MaxFrameSize int64
+	// QueueLimit bounds a session's outgoing queue in bytes; past it the
+	// session is closed as a slow consumer. Zero means 1 MiB.
+	QueueLimit int
+	// PublishRate and PublishBurst limit each session's publishes per second;
+	// zero means 50 and 100.
+	PublishRate  float64
+	PublishBurst int
+	// MaxRoomsPerSession bounds a session's subscriptions; zero means 100.
+	MaxRoomsPerSession int
+	// MaxConnsPerIP bounds concurrent WebSocket and SSE connections from one
+	// client address; zero means 1000.
+	MaxConnsPerIP int
+
+	// ICEServers answers GET /v1/ice-servers for a user; nil means the
+	// endpoint answers 404.
+	ICEServers func(user string) (any, error)
+
+	now func() time.Time
+}
+
+func (c *Config) setDefaults() error {
+	if c.Bus == nil {
+		return errors.New("gateway: Config.Bus is required")
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	if c.NodeID == "" {
+		c.NodeID = "node-" + randomID(4)
+	}
+	def := func(d *time.Duration, v time.Duration, name string) error {
+		if *d < 0 {
+			return fmt.Errorf("gateway: Config.%s is negative", name)
+		}
+		if *d == 0 {
+			*d = v
+		}
+		return nil
+	}
+	for _, d := range []struct {
+		p    *time.Duration
+		v    time.Duration
+		name string
+	}{
+		{&c.PingInterval, 25 * time.Second, "PingInterval"},
+		{&c.PongTimeout, 10 * time.Second, "PongTimeout"},
+		{&c.WriteTimeout, 10 * time.Second, "WriteTimeout"},
+		{&c.HandshakeTimeout, 10 * time.Second, "HandshakeTimeout"},
+		{&c.DrainTimeout, 10 * time.Second, "DrainTimeout"},
+	} {
+		if err := def(d.p, d.v, d.name); err != nil {
+			return err
+		}
+	}
+	if c.MaxFrameSize == 0 {
+		c.MaxFrameSize = 64 << 10
+	}
+	if c.QueueLimit == 0 {
+		c.QueueLimit = 1 << 20
+	}
+	if c.PublishRate == 0 {
+		c.PublishRate = 50
+	}
+	if c.PublishBurst == 0 {
+		c.PublishBurst = 100
+	}
+	if c.MaxRoomsPerSession == 0 {
+		c.MaxRoomsPerSession = 100
+	}
+	if c.MaxConnsPerIP == 0 {
+		c.MaxConnsPerIP = 1000
+	}
+	switch {
+	case c.MaxFrameSize < 0:
+		return errors.New("gateway: Config.MaxFrameSize is negative")
+	case c.QueueLimit < 0:
+		return errors.New("gateway: Config.QueueLimit is negative")
+	case c.PublishRate < 0 || c.PublishBurst < 0:
+		return errors.New("gateway: Config.PublishRate and PublishBurst must not be negative")
+	case c.MaxRoomsPerSession < 0:
+		return errors.New("gateway: Config.MaxRoomsPerSession is negative")
+	case c.MaxConnsPerIP < 0:
+		return errors.New("gateway: Config.MaxConnsPerIP is negative")
+	}
+	if c.now == nil {
+		c.now = time.Now
+	}
+	return nil
+}

@@ -1,0 +1,62 @@
+package gateway
+
+import (
+	"net/http"
+
+	"github.com/coder/websocket"
+)
+
+// Error codes of the protocol's error frames.
+const (
+	codeBadRequest   = "bad_request"
+	codeBadRoom      = "bad_room"
+	codeUnauthorized = "unauthorized"
+	codeForbidden    = "forbidden"
+	codeNotFound     = "not_found"
+	codeRateLimited  = "rate_limited"
+	codeTooLarge     = "too_large"
+	codeInternal     = "internal"
+)
+
+// Close codes of the protocol, beyond the ones coder/websocket names.
+const (
+	closeNormal       = websocket.StatusNormalClosure   // 1000
+	closeGoingAway    = websocket.StatusGoingAway       // 1001: heartbeat timeout
+	closeUnsupported  = websocket.StatusUnsupportedData // 1003: binary frame
+	closePolicy       = websocket.StatusPolicyViolation // 1008: auth, origin, limits
+	closeTooLarge     = websocket.StatusMessageTooBig   // 1009
+	closeInternal     = websocket.StatusInternalError   // 1011
+	closeDraining     = websocket.StatusServiceRestart  // 1012
+	closeSlowConsumer = websocket.StatusTryAgainLater   // 1013
+)
+
+// protoError is a protocol outcome: it becomes an error frame on a session and
+// a JSON error with an HTTP status on the API.
+type protoError struct {
+	Code    string `json:"code"`
+	Message string `json:"message"`
+}
+
+func (e *protoError) Error() string { return e.Code + ": " + e.Message }
+
+func errorf(code, msg string) *protoError { return &protoError{Code: code, Message: msg} }
+
+// httpStatus maps an error code to the API's HTTP status.
+func httpStatus(code string) int {
+	switch code {
+	case codeBadRequest, codeBadRoom:
+		return http.StatusBadRequest
+	case codeUnauthorized:
+		return http.StatusUnauthorized
+	case codeForbidden:
+		return http.StatusForbidden
+	case codeNotFound:
+		return http.StatusNotFound
+	case codeRateLimited:
+		return http.StatusTooManyRequests
+	case codeTooLarge:
+		return http.StatusRequestEntityTooLarge
+	default:
+		return http.StatusInternalServerError
+	}
+}

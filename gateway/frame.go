@@ -1,0 +1,181 @@
+package gateway
+
+import (
+	"encoding/json"
+	"strconv"
+
+	"github.com/parley-rt/parley/fanout"
+)
+
+// maxIDLen bounds a client frame's id.
+const maxIDLen = 64
+
+// maxRoomLen bounds a room name.
+const maxRoomLen = 128
+
+// clientFrame is any frame a client sends; which fields matter depends on Type.
+type clientFrame struct {
+	Type     string           `json:"type"`
+	ID       string           `json:"id,omitempty"`
+	Room     string           `json:"room,omitempty"`
+	Since    *fanout.Position `json:"since,omitempty"`
+	Presence bool             `json:"presence,omitempty"`
+	Data     json.RawMessage  `json:"data,omitempty"`
+	Key      string           `json:"key,omitempty"`
+	Call     string           `json:"call,omitempty"`
+	To       string           `json:"to,omitempty"`
+}
+
+// decodeClientFrame parses and validates one client frame. On error the
+// returned frame still carries whatever id could be read, so the error frame
+// can name it.
+func decodeClientFrame(b []byte) (clientFrame, *protoError) {
+	var f clientFrame
+	if err := json.Unmarshal(b, &f); err != nil {
+		var partial struct {
+			ID any `json:"id"`
+		}
+		if json.Unmarshal(b, &partial) == nil {
+			if id, ok := partial.ID.(string); ok && len(id) <= maxIDLen {
+				f.ID = id
+			}
+		}
+		if _, ok := err.(*json.SyntaxError); ok || f.Type == "" {
+			return f, errorf(codeBadRequest, "malformed JSON: "+err.Error())
+		}
+		return f, errorf(codeBadRequest, "bad field: "+err.Error())
+	}
+	if len(f.ID) > maxIDLen {
+		f.ID = ""
+		return f, errorf(codeBadRequest, "id longer than 64 bytes")
+	}
+	switch f.Type {
+	case "":
+		return f, errorf(codeBadRequest, "missing type")
+	case "subscribe", "unsubscribe":
+		if f.Room == "" {
+			return f, errorf(codeBadRequest, "missing room")
+		}
+		if !validRoom(f.Room) {
+			return f, errorf(codeBadRoom, "room names are 1 to 128 bytes of A-Z a-z 0-9 _ . : @ -")
+		}
+	case "publish":
+		if f.Room == "" {
+			return f, errorf(codeBadRequest, "missing room")
+		}
+		if !validRoom(f.Room) {
+			return f, errorf(codeBadRoom, "room names are 1 to 128 bytes of A-Z a-z 0-9 _ . : @ -")
+		}
+		if len(f.Data) == 0 {
+			return f, errorf(codeBadRequest, "missing data")
+		}
+		if len(f.Key) > maxIDLen {
+			return f, errorf(codeBadRequest, "key longer than 64 bytes")
+		}
+	case "pong":
+	default:
+		return f, errorf(codeBadRequest, "unknown type "+strconv.Quote(f.Type))
+	}
+	return f, nil
+}
+
+// validRoom reports whether name is 1 to 128 bytes of [A-Za-z0-9_.:@-].
+func validRoom(name string) bool {
+	if len(name) == 0 || len(name) > maxRoomLen {
+		return false
+	}
+	for i := 0; i < len(name); i++ {
+		c := name[i]
+		switch {
+		case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9':
+		case c == '_', c == '.', c == ':', c == '@', c == '-':
+		default:
+			return false
+		}
+	}
+	return true
+}
+
+// Server frames. Each is encoded once and its bytes shared by every session
+// that gets it.
+
+type messageFrame struct {
+	Type   string          `json:"type"`
+	Room   string          `json:"room"`
+	Offset uint64          `json:"offset"`
+	Epoch  string          `json:"epoch"`
+	Data   json.RawMessage `json:"data"`
+	From   string          `json:"from,omitempty"`
+	TS     int64           `json:"ts"`
+}
+
+func encodeMessage(m *fanout.Message) ([]byte, error) {
+	return json.Marshal(messageFrame{
+		Type: "message", Room: m.Room, Offset: m.Offset, Epoch: m.Epoch,
+		Data: m.Data, From: m.From, TS: m.Time / 1e6,
+	})
+}
+
+type presenceFrame struct {
+	Type    string `json:"type"`
+	Room    string `json:"room"`
+	Event   string `json:"event"`
+	User    string `json:"user"`
+	Session string `json:"session"`
+}
+
+func encodePresence(e fanout.PresenceEvent) []byte {
+	ev := "leave"
+	if e.Join {
+		ev = "join"
+	}
+	b, _ := json.Marshal(presenceFrame{Type: "presence", Room: e.Room, Event: ev, User: e.Member.User, Session: e.Member.Session})
+	return b
+}
+
+type welcomeFrame struct {
+	Type    string `json:"type"`
+	Session string `json:"session"`
+	Node    string `json:"node"`
+	User    string `json:"user"`
+	PingMS  int64  `json:"ping_ms"`
+}
+
+// ackFrame answers a command; which optional fields are set depends on it.
+type ackFrame struct {
+	Type      string          `json:"type"`
+	ID        string          `json:"id,omitempty"`
+	Epoch     string          `json:"epoch,omitempty"`
+	Offset    *uint64         `json:"offset,omitempty"`
+	Recovered *bool           `json:"recovered,omitempty"`
+	Members   []fanout.Member `json:"members,omitempty"`
+	Duplicate bool            `json:"duplicate,omitempty"`
+}
+
+type errorFrame struct {
+	Type    string `json:"type"`
+	ID      string `json:"id,omitempty"`
+	Code    string `json:"code"`
+	Message string `json:"message"`
+}
+
+func encodeError(id string, e *protoError) []byte {
+	b, _ := json.Marshal(errorFrame{Type: "error", ID: id, Code: e.Code, Message: e.Message})
+	return b
+}
+
+type reconnectFrame struct {
+	Type    string `json:"type"`
+	AfterMS int64  `json:"after_ms"`
+	Reason  string `json:"reason"`
+}
+
+var pingFrameBytes = []byte(`{"type":"ping"}`)
+
+func mustJSON(v any) []byte {
+	b, err := json.Marshal(v)
+	if err != nil {
+		panic("gateway: encoding a server frame: " + err.Error())
+	}
+	return b
+}

@@ -1,0 +1,50 @@
+package gateway
+
+import (
+	"time"
+)
+
+// heartbeatLoop is one goroutine for every session's heartbeat: it pings
+// sessions that have been quiet for the ping interval (the first ping of each
+// jittered) and closes WebSocket sessions that left a ping unanswered past the
+// pong timeout. No session holds a timer of its own.
+func (srv *Server) heartbeatLoop() {
+	defer srv.goroutines.Done()
+	tick := min(time.Second, srv.cfg.PingInterval/4)
+	t := time.NewTicker(tick)
+	defer t.Stop()
+	var batch []*session
+	for {
+		select {
+		case <-srv.hbStop:
+			return
+		case <-t.C:
+		}
+		srv.sessMu.Lock()
+		batch = batch[:0]
+		for s := range srv.sessions {
+			batch = append(batch, s)
+		}
+		srv.sessMu.Unlock()
+		now := srv.cfg.now().UnixNano()
+		ping := int64(srv.cfg.PingInterval)
+		for _, s := range batch {
+			if d := s.pongDeadline.Load(); d != 0 {
+				if now > d {
+					srv.metrics.heartbeatClose.Inc()
+					s.closeNow(closeGoingAway, "heartbeat timeout")
+				}
+				continue
+			}
+			if now-s.lastWrite.Load() < ping-s.pingShift {
+				continue
+			}
+			s.pingShift = 0
+			if s.transport == transportWS {
+				s.pongDeadline.Store(now + int64(srv.cfg.PongTimeout))
+			}
+			s.enqueue(pingFrame)
+		}
+		clear(batch)
+	}
+}

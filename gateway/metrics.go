@@ -1,0 +1,73 @@
+package gateway
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// metrics are the gateway's Prometheus collectors. Labels never carry user
+// names, rooms or secrets.
+type metrics struct {
+	connections     *prometheus.GaugeVec
+	connsTotal      *prometheus.CounterVec
+	rejected        *prometheus.CounterVec
+	messagesIn      *prometheus.CounterVec
+	messagesOut     *prometheus.CounterVec
+	deliveryLatency prometheus.Histogram
+	publishLatency  prometheus.Histogram
+	slowConsumers   prometheus.Counter
+	errorsSent      *prometheus.CounterVec
+	heartbeatClose  prometheus.Counter
+	draining        prometheus.Gauge
+
+	// out is messagesOut resolved per transport, for the write path.
+	out [2]prometheus.Counter
+}
+
+func newMetrics(reg prometheus.Registerer) *metrics {
+	m := &metrics{
+		connections: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "parley_connections", Help: "Open client sessions by transport.",
+		}, []string{"transport"}),
+		connsTotal: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "parley_connections_total", Help: "Client sessions opened, by transport.",
+		}, []string{"transport"}),
+		rejected: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "parley_connections_rejected_total", Help: "Connection attempts refused, by reason.",
+		}, []string{"reason"}),
+		messagesIn: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "parley_messages_published_total", Help: "Messages published through this node, by source (ws, http).",
+		}, []string{"source"}),
+		messagesOut: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "parley_messages_delivered_total", Help: "Room messages written to clients, by transport.",
+		}, []string{"transport"}),
+		deliveryLatency: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "parley_delivery_latency_seconds",
+			Help:    "Time from the bus accepting a message to its write to a client (oldest message of each write).",
+			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5},
+		}),
+		publishLatency: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "parley_bus_publish_seconds",
+			Help:    "Latency of bus publishes, including local fan-out.",
+			Buckets: []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, 1},
+		}),
+		slowConsumers: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "parley_slow_consumer_closes_total", Help: "Sessions closed because their outgoing queue passed its bound (queued frames dropped).",
+		}),
+		errorsSent: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "parley_errors_total", Help: "Error frames and API errors sent, by code.",
+		}, []string{"code"}),
+		heartbeatClose: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "parley_heartbeat_timeouts_total", Help: "WebSocket sessions closed for not answering a ping.",
+		}),
+		draining: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "parley_draining", Help: "1 while the node drains its clients.",
+		}),
+	}
+	m.out[transportWS] = m.messagesOut.WithLabelValues(transportWS.String())
+	m.out[transportSSE] = m.messagesOut.WithLabelValues(transportSSE.String())
+	if reg != nil {
+		reg.MustRegister(m.connections, m.connsTotal, m.rejected, m.messagesIn, m.messagesOut,
+			m.deliveryLatency, m.publishLatency, m.slowConsumers, m.errorsSent, m.heartbeatClose, m.draining)
+	}
+	return m
+}

@@ -1,0 +1,295 @@
+package gateway
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Server is one gateway node: the public HTTP handler and every session on it.
+type Server struct {
+	cfg     Config
+	log     *slog.Logger
+	auth    *authenticator
+	hub     *hub
+	metrics *metrics
+	mux     *http.ServeMux
+	http    *http.Server
+
+	// ctx lives as long as the server; Shutdown cancels it last.
+	ctx    context.Context
+	cancel context.CancelFunc
+	// goroutines counts every goroutine the server started, so Shutdown can
+	// wait for all of them.
+	goroutines sync.WaitGroup
+
+	draining atomic.Bool
+
+	sessMu   sync.Mutex
+	sessions map[*session]struct{}
+	perIP    map[string]int
+	idle     chan struct{} // closed when draining and the last session left
+
+	hbStop chan struct{}
+}
+
+// New builds a Server from cfg and starts its heartbeat loop; Shutdown stops it.
+func New(cfg Config) (*Server, error) {
+	if err := cfg.setDefaults(); err != nil {
+		return nil, err
+	}
+	auth, err := newAuthenticator(&cfg)
+	if err != nil {
+		return nil, err
+	}
+	srv := &Server{
+		cfg:      cfg,
+		log:      cfg.Logger.With("component", "gateway"),
+		auth:     auth,
+		metrics:  newMetrics(cfg.Registerer),
+		mux:      http.NewServeMux(),
+		sessions: make(map[*session]struct{}),
+		perIP:    make(map[string]int),
+		idle:     make(chan struct{}),
+		hbStop:   make(chan struct{}),
+	}
+	srv.ctx, srv.cancel = context.WithCancel(context.Background())
+	srv.hub = newHub(srv, cfg.Bus)
+	srv.routes()
+	srv.http = &http.Server{
+		Handler:           srv.mux,
+		ReadHeaderTimeout: cfg.HandshakeTimeout,
+		IdleTimeout:       2 * time.Minute,
+		MaxHeaderBytes:    16 << 10,
+		ErrorLog:          slog.NewLogLogger(srv.log.Handler(), slog.LevelDebug),
+	}
+	srv.goroutines.Add(1)
+	go srv.heartbeatLoop()
+	return srv, nil
+}
+
+func (srv *Server) routes() {
+	srv.mux.HandleFunc("GET /v1/ws", srv.handleWS)
+	srv.mux.HandleFunc("GET /v1/sse", srv.handleSSE)
+	srv.mux.HandleFunc("OPTIONS /v1/", srv.handlePreflight)
+	srv.mux.HandleFunc("POST /v1/rooms/{room}/messages", srv.handlePublish)
+	srv.mux.HandleFunc("GET /v1/rooms/{room}/history", srv.handleHistory)
+	srv.mux.HandleFunc("GET /v1/rooms/{room}/presence", srv.handlePresence)
+	srv.mux.HandleFunc("GET /v1/ice-servers", srv.handleICEServers)
+	srv.mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		w.Write([]byte("ok\n"))
+	})
+	srv.mux.HandleFunc("GET /readyz", srv.handleReady)
+	srv.mux.HandleFunc("GET /{$}", srv.handleIndex)
+}
+
+// Handler returns the public HTTP handler.
+func (srv *Server) Handler() http.Handler { return srv.mux }
+
+// Serve accepts connections on ln until Shutdown; it returns
+// http.ErrServerClosed after a Shutdown.
+func (srv *Server) Serve(ln net.Listener) error {
+	return srv.http.Serve(ln)
+}
+
+// NodeID returns this node's name.
+func (srv *Server) NodeID() string { return srv.cfg.NodeID }
+
+// Ready reports whether the node takes new clients: not draining, and the bus
+// reachable.
+func (srv *Server) Ready() bool {
+	return !srv.draining.Load() && srv.cfg.Bus.Ready()
+}
+
+func (srv *Server) handleReady(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	switch {
+	case srv.draining.Load():
+		http.Error(w, "draining", http.StatusServiceUnavailable)
+	case !srv.cfg.Bus.Ready():
+		http.Error(w, "bus unavailable", http.StatusServiceUnavailable)
+	default:
+		w.Write([]byte("ready\n"))
+	}
+}
+
+func (srv *Server) handleIndex(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	w.Write([]byte("Parley gateway " + srv.cfg.NodeID + "\n\n" +
+		"WebSocket:  /v1/ws (subprotocol parley.v1)\n" +
+		"SSE:        /v1/sse?rooms=a,b\n" +
+		"HTTP API:   /v1/rooms/{room}/messages, /history, /presence\n" +
+		"Health:     /healthz, /readyz\n"))
+}
+
+// register adds a session; it fails while draining.
+func (srv *Server) register(s *session) bool {
+	srv.sessMu.Lock()
+	defer srv.sessMu.Unlock()
+	if srv.draining.Load() {
+		return false
+	}
+	srv.sessions[s] = struct{}{}
+	srv.metrics.connections.WithLabelValues(s.transport.String()).Inc()
+	srv.metrics.connsTotal.WithLabelValues(s.transport.String()).Inc()
+	return true
+}
+
+func (srv *Server) unregister(s *session) {
+	srv.sessMu.Lock()
+	defer srv.sessMu.Unlock()
+	if _, ok := srv.sessions[s]; !ok {
+		return
+	}
+	delete(srv.sessions, s)
+	srv.metrics.connections.WithLabelValues(s.transport.String()).Dec()
+	if srv.draining.Load() && len(srv.sessions) == 0 {
+		select {
+		case <-srv.idle:
+		default:
+			close(srv.idle)
+		}
+	}
+}
+
+// acquireIP counts a connection from ip against the per-IP limit.
+func (srv *Server) acquireIP(ip string) bool {
+	srv.sessMu.Lock()
+	defer srv.sessMu.Unlock()
+	if srv.perIP[ip] >= srv.cfg.MaxConnsPerIP {
+		return false
+	}
+	srv.perIP[ip]++
+	return true
+}
+
+func (srv *Server) releaseIP(ip string) {
+	srv.sessMu.Lock()
+	defer srv.sessMu.Unlock()
+	if srv.perIP[ip] <= 1 {
+		delete(srv.perIP, ip)
+		return
+	}
+	srv.perIP[ip]--
+}
+
+func clientIP(r *http.Request) string {
+	host, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		return r.RemoteAddr
+	}
+	return host
+}
+
+// finish releases what a session holds once its owner goroutine is done.
+func (s *session) finish() {
+	for room := range s.rooms {
+		s.srv.hub.unsubscribe(s.srv.ctx, s, room)
+	}
+	s.srv.unregister(s)
+	s.srv.releaseIP(s.ip)
+}
+
+// Shutdown drains the node: it refuses new sessions, tells every client to
+// reconnect with delays spread over the drain window, closes each with 1012
+// (SSE streams end with a reconnect event), then stops the HTTP server and
+// every goroutine. If ctx ends first, what is left is closed at once.
+func (srv *Server) Shutdown(ctx context.Context) error {
+	if srv.draining.Swap(true) {
+		return errors.New("gateway: Shutdown called twice")
+	}
+	srv.metrics.draining.Set(1)
+
+	srv.sessMu.Lock()
+	sessions := make([]*session, 0, len(srv.sessions))
+	for s := range srv.sessions {
+		sessions = append(sessions, s)
+	}
+	if len(sessions) == 0 {
+		close(srv.idle)
+	}
+	srv.sessMu.Unlock()
+	srv.log.Info("draining", "sessions", len(sessions), "window", srv.cfg.DrainTimeout)
+
+	// Every client hears at once when to come back; the closes follow the same
+	// schedule, so reconnects arrive at the next node spread over the window.
+	window := srv.cfg.DrainTimeout
+	if dl, ok := ctx.Deadline(); ok {
+		window = min(window, time.Until(dl)*9/10)
+	}
+	after := make([]time.Duration, len(sessions))
+	for i, s := range sessions {
+		after[i] = time.Duration(rand.Int64N(int64(window) + 1))
+		s.enqueue(&frame{b: mustJSON(reconnectFrame{Type: "reconnect", AfterMS: after[i].Milliseconds(), Reason: "draining"}), kind: kindReconnect})
+	}
+	order := make([]int, len(sessions))
+	for i := range order {
+		order[i] = i
+	}
+	sort.Slice(order, func(a, b int) bool { return after[order[a]] < after[order[b]] })
+
+	start := time.Now()
+	timer := time.NewTimer(0)
+	defer timer.Stop()
+	<-timer.C
+	var err error
+	for n, i := range order {
+		if d := after[i] - time.Since(start); d > 0 && err == nil {
+			timer.Reset(d)
+			select {
+			case <-timer.C:
+			case <-ctx.Done():
+				err = ctx.Err()
+			}
+		}
+		sessions[i].closeAfterFlush(closeDraining, "draining")
+		if n%1000 == 999 {
+			srv.log.Info("drain progress", "closed", n+1, "of", len(sessions))
+		}
+	}
+	select {
+	case <-srv.idle:
+	case <-ctx.Done():
+		err = ctx.Err()
+	}
+
+	if herr := srv.http.Shutdown(ctx); herr != nil && err == nil {
+		err = herr
+	}
+	// Whatever is still open now is closed without ceremony.
+	srv.sessMu.Lock()
+	for s := range srv.sessions {
+		if s.conn != nil {
+			s.conn.CloseNow()
+		}
+		s.closeNow(closeDraining, "draining")
+	}
+	srv.sessMu.Unlock()
+	close(srv.hbStop)
+	srv.cancel()
+	srv.goroutines.Wait()
+	srv.log.Info("drained", "took", time.Since(start).Round(time.Millisecond))
+	return err
+}
+
+// writeJSON answers an API request.
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	json.NewEncoder(w).Encode(v)
+}
+
+// writeError answers an API request with an error and its HTTP status.
+func (srv *Server) writeError(w http.ResponseWriter, e *protoError) {
+	srv.metrics.errorsSent.WithLabelValues(e.Code).Inc()
+	writeJSON(w, httpStatus(e.Code), map[string]*protoError{"error": e})
+}

@@ -1,0 +1,332 @@
+package gateway
+
+import (
+	"math/rand/v2"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/coder/websocket"
+	"golang.org/x/time/rate"
+)
+
+// frameKind says how a transport renders a queued frame.
+type frameKind uint8
+
+const (
+	kindMessage   frameKind = iota // a room message; SSE renders it as an event
+	kindControl                    // welcome, ack, error, presence: WebSocket only
+	kindAck                        // a subscribe ack: WebSocket sends it, SSE moves its cursor
+	kindPing                       // heartbeat
+	kindReconnect                  // drain notice
+	kindClose                      // not sent: the writer closes the session after what precedes it
+)
+
+// frame is encoded bytes plus what a transport needs to know about them. A
+// message frame is built once per node and shared by every session.
+type frame struct {
+	b      []byte
+	kind   frameKind
+	room   string
+	epoch  string
+	offset uint64
+	time   int64 // message: when the bus accepted it (Unix ns)
+	// close frames
+	code   websocket.StatusCode
+	reason string
+}
+
+var pingFrame = &frame{b: pingFrameBytes, kind: kindPing}
+
+type transportKind uint8
+
+const (
+	transportWS transportKind = iota
+	transportSSE
+)
+
+func (t transportKind) String() string {
+	if t == transportSSE {
+		return "sse"
+	}
+	return "ws"
+}
+
+// writerLinger is how long an idle WebSocket writer goroutine waits for more
+// frames before it exits; a busy session keeps its writer, an idle one holds
+// no goroutine.
+const writerLinger = 2 * time.Second
+
+// session is one client connection. Its reader goroutine (the SSE handler for
+// SSE) owns rooms and limiter; the queue is shared with the hub under mu.
+type session struct {
+	srv       *Server
+	id        string
+	ident     identity
+	transport transportKind
+	ip        string
+
+	conn    *websocket.Conn // WebSocket only
+	netConn net.Conn        // WebSocket only: for write deadlines
+
+	wake chan struct{} // capacity 1: frames are waiting
+	done chan struct{} // closed when the session is closed
+
+	mu      sync.Mutex
+	queue   []*frame
+	spare   []*frame
+	queued  int // bytes in queue
+	writing bool
+	closed  bool
+	idle    *time.Timer
+
+	rooms   map[string]*member
+	limiter *rate.Limiter
+
+	lastWrite    atomic.Int64 // Unix ns of the last write
+	pongDeadline atomic.Int64 // Unix ns; zero when no ping is outstanding
+	pingShift    int64        // jitter of the first ping, owned by the heartbeat loop
+}
+
+func newSession(srv *Server, ident identity, t transportKind, ip string) *session {
+	s := &session{
+		srv:       srv,
+		id:        randomID(8),
+		ident:     ident,
+		transport: t,
+		ip:        ip,
+		wake:      make(chan struct{}, 1),
+		done:      make(chan struct{}),
+	}
+	now := srv.cfg.now().UnixNano()
+	s.lastWrite.Store(now)
+	s.pingShift = rand.Int64N(int64(srv.cfg.PingInterval)/2 + 1)
+	return s
+}
+
+// enqueue queues f for the client without blocking. It reports false when the
+// session is closed, or closes it as a slow consumer when the queue passes its
+// bound.
+func (s *session) enqueue(f *frame) bool {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return false
+	}
+	s.queue = append(s.queue, f)
+	s.queued += len(f.b)
+	if s.queued > s.srv.cfg.QueueLimit && f.kind != kindClose {
+		s.mu.Unlock()
+		s.srv.metrics.slowConsumers.Inc()
+		s.srv.log.Info("slow consumer closed", "session", s.id, "queued_bytes", s.queued)
+		s.closeNow(closeSlowConsumer, "slow consumer")
+		return false
+	}
+	if s.transport == transportWS && !s.writing {
+		s.writing = true
+		s.mu.Unlock()
+		s.srv.goroutines.Add(1)
+		go s.writeLoop()
+		return true
+	}
+	s.mu.Unlock()
+	select {
+	case s.wake <- struct{}{}:
+	default:
+	}
+	return true
+}
+
+// take removes every queued frame; the caller hands the slice back with
+// release when written.
+func (s *session) take() []*frame {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(s.queue) == 0 {
+		return nil
+	}
+	batch := s.queue
+	s.queue, s.spare = s.spare[:0], nil
+	s.queued = 0
+	return batch
+}
+
+func (s *session) release(batch []*frame) {
+	clear(batch)
+	s.mu.Lock()
+	if s.spare == nil && cap(batch) <= 1024 {
+		s.spare = batch[:0]
+	}
+	s.mu.Unlock()
+}
+
+// closeNow drops whatever is queued and closes the session with code.
+func (s *session) closeNow(code websocket.StatusCode, reason string) {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return
+	}
+	s.closed = true
+	clear(s.queue)
+	s.queue, s.queued = nil, 0
+	s.mu.Unlock()
+	close(s.done)
+	if s.conn != nil {
+		s.srv.goroutines.Add(1)
+		go func() {
+			defer s.srv.goroutines.Done()
+			s.conn.Close(code, reason)
+		}()
+	}
+}
+
+// closeAfterFlush closes the session with code once what is queued now has
+// been written.
+func (s *session) closeAfterFlush(code websocket.StatusCode, reason string) {
+	s.enqueue(&frame{kind: kindClose, code: code, reason: reason})
+}
+
+// isClosed reports whether the session has been closed.
+func (s *session) isClosed() bool {
+	select {
+	case <-s.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// writeLoop drains a WebSocket session's queue, batching a backlog into
+// newline-separated frames, and exits after writerLinger without work.
+func (s *session) writeLoop() {
+	defer s.srv.goroutines.Done()
+	for {
+		batch := s.take()
+		if batch == nil {
+			if !s.linger() {
+				return
+			}
+			continue
+		}
+		closing := s.writeWS(batch)
+		s.release(batch)
+		if closing != nil {
+			s.mu.Lock()
+			already := s.closed
+			s.closed = true
+			s.writing = false
+			s.mu.Unlock()
+			if !already {
+				close(s.done)
+				s.conn.Close(closing.code, closing.reason)
+			}
+			return
+		}
+	}
+}
+
+// linger waits for more frames; it reports false when the writer should exit.
+func (s *session) linger() bool {
+	if s.idle == nil {
+		s.idle = time.NewTimer(writerLinger)
+	} else {
+		s.idle.Reset(writerLinger)
+	}
+	select {
+	case <-s.wake:
+		s.idle.Stop()
+		return true
+	case <-s.done:
+		s.idle.Stop()
+	case <-s.idle.C:
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(s.queue) > 0 && !s.closed {
+		return true
+	}
+	s.writing = false
+	return false
+}
+
+// maxBatch bounds the bytes joined into one outgoing frame.
+const maxBatch = 64 << 10
+
+var newline = []byte{'\n'}
+
+// writeWS writes a batch as few text frames as the size bound allows. It
+// returns the close frame if the batch ends the session (or a write failed).
+func (s *session) writeWS(batch []*frame) *frame {
+	if s.isClosed() {
+		return nil
+	}
+	now := s.srv.cfg.now()
+	s.netConn.SetWriteDeadline(now.Add(s.srv.cfg.WriteTimeout))
+	var (
+		w        interface{ Write([]byte) (int, error) }
+		closer   interface{ Close() error }
+		size     int
+		messages int
+		oldest   int64
+	)
+	flush := func() error {
+		if closer == nil {
+			return nil
+		}
+		err := closer.Close()
+		w, closer, size = nil, nil, 0
+		return err
+	}
+	fail := &frame{kind: kindClose, code: closeInternal, reason: "write failed"}
+	for _, f := range batch {
+		if f.kind == kindClose {
+			if err := flush(); err != nil {
+				return fail
+			}
+			s.wrote(now, messages, oldest)
+			return f
+		}
+		if size > 0 && size+len(f.b) > maxBatch {
+			if err := flush(); err != nil {
+				return fail
+			}
+		}
+		if w == nil {
+			wc, err := s.conn.Writer(s.srv.ctx, websocket.MessageText)
+			if err != nil {
+				return fail
+			}
+			w, closer = wc, wc
+		} else if _, err := w.Write(newline); err != nil {
+			return fail
+		}
+		if _, err := w.Write(f.b); err != nil {
+			return fail
+		}
+		size += len(f.b) + 1
+		if f.kind == kindMessage {
+			messages++
+			if oldest == 0 || f.time < oldest {
+				oldest = f.time
+			}
+		}
+	}
+	if err := flush(); err != nil {
+		return fail
+	}
+	s.wrote(now, messages, oldest)
+	return nil
+}
+
+// wrote records a finished write for heartbeats and metrics.
+func (s *session) wrote(now time.Time, messages int, oldest int64) {
+	s.lastWrite.Store(now.UnixNano())
+	if messages > 0 {
+		s.srv.metrics.out[s.transport].Add(float64(messages))
+		if oldest > 0 {
+			s.srv.metrics.deliveryLatency.Observe(float64(now.UnixNano()-oldest) / 1e9)
+		}
+	}
+}

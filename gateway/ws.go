@@ -1,0 +1,216 @@
+package gateway
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/coder/websocket"
+	"golang.org/x/time/rate"
+
+	"github.com/parley-rt/parley/fanout"
+)
+
+// Subprotocol is the WebSocket subprotocol of the Parley protocol, version 1.
+const Subprotocol = "parley.v1"
+
+// smallBuf is the size of a hijacked connection's read and write buffers: most
+// frames are small, and an idle connection should not hold net/http's 4 KiB
+// buffers.
+const smallBuf = 512
+
+// hijackWriter re-buffers a hijacked connection with small buffers, keeping
+// any bytes net/http had already read, and remembers the net.Conn so the
+// session can set write deadlines.
+type hijackWriter struct {
+	http.ResponseWriter
+	conn net.Conn
+}
+
+func (h *hijackWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	c, brw, err := http.NewResponseController(h.ResponseWriter).Hijack()
+	if err != nil {
+		return nil, nil, err
+	}
+	h.conn = c
+	var r *bufio.Reader
+	if n := brw.Reader.Buffered(); n > 0 {
+		b, _ := brw.Reader.Peek(n)
+		r = bufio.NewReaderSize(io.MultiReader(bytes.NewReader(bytes.Clone(b)), c), smallBuf)
+	} else {
+		r = bufio.NewReaderSize(c, smallBuf)
+	}
+	return c, bufio.NewReadWriter(r, bufio.NewWriterSize(c, smallBuf)), nil
+}
+
+func (srv *Server) handleWS(w http.ResponseWriter, r *http.Request) {
+	if srv.draining.Load() {
+		srv.metrics.rejected.WithLabelValues("draining").Inc()
+		http.Error(w, "draining: reconnect to another node", http.StatusServiceUnavailable)
+		return
+	}
+	ip := clientIP(r)
+	if !srv.acquireIP(ip) {
+		srv.metrics.rejected.WithLabelValues("ip_limit").Inc()
+		http.Error(w, "too many connections from this address", http.StatusTooManyRequests)
+		return
+	}
+	ident, authErr := srv.auth.authenticate(r, false)
+	hw := &hijackWriter{ResponseWriter: w}
+	conn, err := websocket.Accept(hw, r, &websocket.AcceptOptions{
+		Subprotocols:    []string{Subprotocol},
+		OriginPatterns:  srv.cfg.Origins,
+		CompressionMode: websocket.CompressionDisabled,
+	})
+	if err != nil {
+		srv.releaseIP(ip)
+		srv.metrics.rejected.WithLabelValues("handshake").Inc()
+		srv.log.Debug("websocket handshake refused", "remote", r.RemoteAddr, "err", err)
+		return
+	}
+	conn.SetReadLimit(srv.cfg.MaxFrameSize)
+	if authErr != nil {
+		// A browser cannot read an HTTP status from a failed handshake, so
+		// the reason travels as an error frame and a 1008 close.
+		srv.metrics.rejected.WithLabelValues("auth").Inc()
+		srv.metrics.errorsSent.WithLabelValues(authErr.Code).Inc()
+		ctx, cancel := context.WithTimeout(srv.ctx, srv.cfg.WriteTimeout)
+		conn.Write(ctx, websocket.MessageText, encodeError("", authErr))
+		cancel()
+		conn.Close(closePolicy, authErr.Message)
+		srv.releaseIP(ip)
+		return
+	}
+	s := newSession(srv, ident, transportWS, ip)
+	s.conn, s.netConn = conn, hw.conn
+	if !srv.register(s) {
+		conn.Close(closeDraining, "draining")
+		srv.releaseIP(ip)
+		return
+	}
+	s.enqueue(&frame{kind: kindControl, b: mustJSON(welcomeFrame{
+		Type: "welcome", Session: s.id, Node: srv.cfg.NodeID, User: ident.user,
+		PingMS: srv.cfg.PingInterval.Milliseconds(),
+	})})
+	srv.goroutines.Add(1)
+	go s.readLoop()
+}
+
+// readLoop is the session's owner: it reads and handles client frames one at
+// a time until the connection ends, then releases the session.
+func (s *session) readLoop() {
+	defer s.srv.goroutines.Done()
+	defer s.finish()
+	for {
+		typ, b, err := s.conn.Read(context.Background())
+		if err != nil {
+			s.readFailed(err)
+			return
+		}
+		if typ == websocket.MessageBinary {
+			s.closeNow(closeUnsupported, "binary frames are not supported")
+			return
+		}
+		s.pongDeadline.Store(0) // any frame shows the client is alive
+		s.handle(b)
+	}
+}
+
+func (s *session) readFailed(err error) {
+	switch {
+	case errors.Is(err, websocket.ErrMessageTooBig):
+		s.srv.metrics.errorsSent.WithLabelValues(codeTooLarge).Inc()
+	case websocket.CloseStatus(err) != -1, errors.Is(err, io.EOF), errors.Is(err, net.ErrClosed):
+	default:
+		s.srv.log.Debug("websocket read", "session", s.id, "err", err)
+	}
+	s.closeNow(closeNormal, "")
+}
+
+// reply queues an error frame for the command with id.
+func (s *session) replyError(id string, e *protoError) {
+	s.srv.metrics.errorsSent.WithLabelValues(e.Code).Inc()
+	s.enqueue(&frame{kind: kindControl, b: encodeError(id, e)})
+}
+
+// commandTimeout bounds one command's bus calls.
+const commandTimeout = 10 * time.Second
+
+// handle runs one client frame.
+func (s *session) handle(b []byte) {
+	f, perr := decodeClientFrame(b)
+	if perr != nil {
+		s.replyError(f.ID, perr)
+		return
+	}
+	ctx, cancel := context.WithTimeout(s.srv.ctx, commandTimeout)
+	defer cancel()
+	switch f.Type {
+	case "pong":
+	case "subscribe":
+		if !s.ident.may(actSubscribe, f.Room) {
+			s.replyError(f.ID, errorf(codeForbidden, "not allowed to subscribe to "+f.Room))
+			return
+		}
+		id := f.ID
+		perr = s.srv.hub.subscribe(ctx, s, f.Room, f.Since, f.Presence, func(res subscribeResult) *frame {
+			off, rec := res.top.Offset, res.recovered
+			return &frame{kind: kindAck, room: f.Room, epoch: res.cursor.Epoch, offset: res.cursor.Offset,
+				b: mustJSON(ackFrame{Type: "ack", ID: id, Epoch: res.top.Epoch, Offset: &off, Recovered: &rec, Members: res.members})}
+		})
+		if perr != nil {
+			s.replyError(f.ID, perr)
+		}
+	case "unsubscribe":
+		if !s.srv.hub.unsubscribe(ctx, s, f.Room) {
+			s.replyError(f.ID, errorf(codeNotFound, "not subscribed to "+f.Room))
+			return
+		}
+		s.enqueue(&frame{kind: kindControl, b: mustJSON(ackFrame{Type: "ack", ID: f.ID})})
+	case "publish":
+		if !s.ident.may(actPublish, f.Room) {
+			s.replyError(f.ID, errorf(codeForbidden, "not allowed to publish to "+f.Room))
+			return
+		}
+		if s.limiter == nil {
+			s.limiter = rate.NewLimiter(rate.Limit(s.srv.cfg.PublishRate), s.srv.cfg.PublishBurst)
+		}
+		if !s.limiter.Allow() {
+			s.replyError(f.ID, errorf(codeRateLimited, "publish rate limit exceeded"))
+			return
+		}
+		res, perr := s.srv.publish(ctx, f.Room, fanout.Publication{Data: f.Data, From: s.ident.user, Key: f.Key}, "ws")
+		if perr != nil {
+			s.replyError(f.ID, perr)
+			return
+		}
+		off := res.Offset
+		s.enqueue(&frame{kind: kindControl, b: mustJSON(ackFrame{Type: "ack", ID: f.ID, Epoch: res.Epoch, Offset: &off, Duplicate: res.Duplicate})})
+	}
+}
+
+// publish hands a publication to the bus and records its latency.
+func (srv *Server) publish(ctx context.Context, room string, p fanout.Publication, source string) (fanout.PublishResult, *protoError) {
+	var buf bytes.Buffer
+	if err := json.Compact(&buf, p.Data); err != nil {
+		return fanout.PublishResult{}, errorf(codeBadRequest, "data is not valid JSON")
+	}
+	p.Data = buf.Bytes()
+	start := time.Now()
+	res, err := srv.cfg.Bus.Publish(ctx, room, p)
+	if err != nil {
+		srv.log.Warn("publish failed", "room", room, "err", err)
+		return res, errorf(codeInternal, "publish failed")
+	}
+	srv.metrics.publishLatency.Observe(time.Since(start).Seconds())
+	if !res.Duplicate {
+		srv.metrics.messagesIn.WithLabelValues(source).Inc()
+	}
+	return res, nil
+}
