@@ -1,0 +1,31 @@
+.PHONY: run test build bench fuzz lint fmt deps
+
+# A node with the embedded defaults: in-memory fan-out, STUN/TURN on 3478,
+# the public listener on http://localhost:8080, metrics on 127.0.0.1:9090.
+run:
+	go run ./cmd/parley serve
+
+# Every test, with the race detector. Installs what the tests need first.
+test: deps
+	go vet ./...
+	go test -race -timeout 20m ./...
+
+# Installs the test tools that are missing (coturn's TURN utilities).
+deps:
+	bash .ci/deps
+
+build:
+	go install ./cmd/parley
+
+bench:
+	go test -run '^$$' -bench . -benchmem ./gateway/ ./fanout/
+
+fuzz:
+	bash .ci/fuzz 60s
+
+lint:
+	go vet ./...
+	test -z "$$(gofmt -l .)" || (gofmt -l . && false)
+
+fmt:
+	gofmt -w .
