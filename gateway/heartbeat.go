@@ -4,6 +4,16 @@ import (
 	"time"
 )
 
+func newTick() *chan struct{} {
+	ch := make(chan struct{})
+	return &ch
+}
+
+// tick returns a channel that the heartbeat loop closes at its next tick.
+func (srv *Server) tick() <-chan struct{} {
+	return *srv.ticks.Load()
+}
+
 // heartbeatLoop is one goroutine for every session's heartbeat: it pings
 // sessions that have been quiet for the ping interval (the first ping of each
 // jittered) and closes WebSocket sessions that left a ping unanswered past the
@@ -20,6 +30,7 @@ func (srv *Server) heartbeatLoop() {
 			return
 		case <-t.C:
 		}
+		close(*srv.ticks.Swap(newTick()))
 		srv.sessMu.Lock()
 		batch = batch[:0]
 		for s := range srv.sessions {

@@ -39,6 +39,9 @@ type Server struct {
 	idle     chan struct{} // closed when draining and the last session left
 
 	hbStop chan struct{}
+	// ticks is closed and replaced at every heartbeat tick; idle writers
+	// use it as a shared clock.
+	ticks atomic.Pointer[chan struct{}]
 }
 
 // New builds a Server from cfg and starts its heartbeat loop; Shutdown stops it.
@@ -62,6 +65,7 @@ func New(cfg Config) (*Server, error) {
 		hbStop:   make(chan struct{}),
 	}
 	srv.ctx, srv.cancel = context.WithCancel(context.Background())
+	srv.ticks.Store(newTick())
 	srv.hub = newHub(srv, cfg.Bus)
 	srv.routes()
 	srv.http = &http.Server{

@@ -53,11 +53,6 @@ func (t transportKind) String() string {
 	return "ws"
 }
 
-// writerLinger is how long an idle WebSocket writer goroutine waits for more
-// frames before it exits; a busy session keeps its writer, an idle one holds
-// no goroutine.
-const writerLinger = 2 * time.Second
-
 // session is one client connection. Its reader goroutine (the SSE handler for
 // SSE) owns rooms and limiter; the queue is shared with the hub under mu.
 type session struct {
@@ -79,7 +74,6 @@ type session struct {
 	queued  int // bytes in queue
 	writing bool
 	closed  bool
-	idle    *time.Timer
 
 	rooms   map[string]*member
 	limiter *rate.Limiter
@@ -227,20 +221,19 @@ func (s *session) writeLoop() {
 	}
 }
 
-// linger waits for more frames; it reports false when the writer should exit.
+// linger waits for more frames for one to two heartbeat ticks (the shared
+// clock of every session, so no session holds a timer); it reports false when
+// the writer should exit. A busy session keeps its writer goroutine, an idle
+// one holds none.
 func (s *session) linger() bool {
-	if s.idle == nil {
-		s.idle = time.NewTimer(writerLinger)
-	} else {
-		s.idle.Reset(writerLinger)
-	}
-	select {
-	case <-s.wake:
-		s.idle.Stop()
-		return true
-	case <-s.done:
-		s.idle.Stop()
-	case <-s.idle.C:
+	for ticks := 0; ticks < 2; ticks++ {
+		select {
+		case <-s.wake:
+			return true
+		case <-s.done:
+			ticks = 2
+		case <-s.srv.tick():
+		}
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()

@@ -34,6 +34,7 @@ history and resume, WebRTC signaling, and built-in STUN and TURN.
 
 Usage:
   parley [serve] [flags]          run a node (the default command)
+  parley loadtest [flags]         load a node on loopback and report latency and memory
   parley token [flags]            mint a JWT for a user, signed with the JWT secret
   parley turn-credentials [flags] mint TURN REST credentials
   parley version                  print the version
@@ -53,6 +54,8 @@ func run(ctx context.Context, stop func(), args []string, getenv func(string) st
 	switch cmd {
 	case "serve":
 		return serveCmd(ctx, stop, args, getenv, stdout, stderr)
+	case "loadtest":
+		return loadtestCmd(ctx, args, getenv, stdout, stderr)
 	case "token":
 		return tokenCmd(args, getenv, stdout, stderr)
 	case "turn-credentials":

@@ -1,0 +1,13 @@
+// Package loadtest is the load generator behind `parley loadtest`: it opens
+// many protocol clients against a node, drives a scenario for a bounded time,
+// and reports latency percentiles, throughput and the node's memory per
+// connection.
+//
+// Scenarios:
+//   - idle: open connections (each subscribed to a room) and hold them; the
+//     report gives the node's resident memory per connection, read from its
+//     metrics endpoint.
+//   - fanout: subscribers spread over rooms, one publisher per room at a fixed
+//     rate; the report gives end-to-end delivery latency (publish to receipt)
+//     and deliveries per second, and counts gaps and duplicates.
+package loadtest

@@ -1,0 +1,376 @@
+package loadtest
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/parley-rt/parley/gateway/client"
+)
+
+// Config describes one load test run. Zero values take the documented defaults.
+type Config struct {
+	// URL is the node's WebSocket endpoint, such as ws://127.0.0.1:8080/v1/ws.
+	URL string
+	// MetricsURL is the node's /metrics, read for its resident memory; empty
+	// skips the memory figures.
+	MetricsURL string
+	// Token is sent by every client; empty in dev mode.
+	Token string
+	// Scenario is "idle" or "fanout"; zero means "fanout".
+	Scenario string
+	// Conns is the number of subscriber connections; zero means 1000.
+	Conns int
+	// Rooms spreads the subscribers over this many rooms; zero means 10.
+	Rooms int
+	// Rate is publishes per second into each room (fanout); zero means 10.
+	Rate float64
+	// Size is the payload size in bytes of each published message; zero
+	// means 64.
+	Size int
+	// Duration is how long the scenario runs after every connection is up;
+	// zero means 10s. It is capped at 10 minutes.
+	Duration time.Duration
+	// Ramp is how many connections are opened per second; zero means 2000.
+	Ramp int
+	// AllowRemote permits a target that is not a loopback address.
+	AllowRemote bool
+	// Progress receives a line a second while the run goes on; nil discards.
+	Progress io.Writer
+}
+
+// maxDuration bounds every run.
+const maxDuration = 10 * time.Minute
+
+// maxSamples bounds the latency samples kept for percentiles.
+const maxSamples = 2_000_000
+
+func (c *Config) setDefaults() error {
+	if c.URL == "" {
+		return errors.New("loadtest: URL is required")
+	}
+	if c.Scenario == "" {
+		c.Scenario = "fanout"
+	}
+	if c.Scenario != "fanout" && c.Scenario != "idle" {
+		return fmt.Errorf("loadtest: scenario %q: want idle or fanout", c.Scenario)
+	}
+	if c.Conns == 0 {
+		c.Conns = 1000
+	}
+	if c.Rooms == 0 {
+		c.Rooms = 10
+	}
+	if c.Rate == 0 {
+		c.Rate = 10
+	}
+	if c.Size == 0 {
+		c.Size = 64
+	}
+	if c.Duration == 0 {
+		c.Duration = 10 * time.Second
+	}
+	if c.Ramp == 0 {
+		c.Ramp = 2000
+	}
+	switch {
+	case c.Conns < 0 || c.Rooms < 0 || c.Size < 0 || c.Ramp < 0 || c.Rate < 0:
+		return errors.New("loadtest: counts and rates must not be negative")
+	case c.Rooms > c.Conns:
+		c.Rooms = c.Conns
+	case c.Duration > maxDuration:
+		return fmt.Errorf("loadtest: duration %s is over the %s bound", c.Duration, maxDuration)
+	}
+	if c.Progress == nil {
+		c.Progress = io.Discard
+	}
+	if !c.AllowRemote {
+		for _, raw := range []string{c.URL, c.MetricsURL} {
+			if raw == "" {
+				continue
+			}
+			if err := requireLoopback(raw); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// requireLoopback refuses a target whose host is not a loopback address.
+func requireLoopback(raw string) error {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return fmt.Errorf("loadtest: %q: %w", raw, err)
+	}
+	host := u.Hostname()
+	if host == "localhost" {
+		return nil
+	}
+	ip := net.ParseIP(host)
+	if ip == nil || !ip.IsLoopback() {
+		return fmt.Errorf("loadtest: %s is not a loopback address; pass AllowRemote (--allow-remote) to load a remote node", host)
+	}
+	return nil
+}
+
+// Report is the outcome of a run.
+type Report struct {
+	Scenario  string        `json:"scenario"`
+	Conns     int           `json:"conns"`
+	Rooms     int           `json:"rooms"`
+	ConnectIn time.Duration `json:"connect_time"`
+	Duration  time.Duration `json:"duration"`
+	// ConnectErrors counts connections that could not be opened.
+	ConnectErrors int `json:"connect_errors"`
+
+	Published  int64   `json:"published"`
+	Delivered  int64   `json:"delivered"`
+	PerSecond  float64 `json:"deliveries_per_second"`
+	Gaps       int64   `json:"gaps"`
+	Duplicates int64   `json:"duplicates"`
+	Lost       int64   `json:"lost_events"`
+
+	P50, P90, P99, Max time.Duration
+
+	// RSSBefore and RSSAfter are the node's resident memory before the
+	// connections opened and with all of them open; PerConn is the
+	// difference divided by Conns.
+	RSSBefore, RSSAfter int64
+	PerConn             int64
+}
+
+// String renders the report for people.
+func (r Report) String() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "scenario %s: %d connections over %d rooms, opened in %s (%d failed)\n", r.Scenario, r.Conns, r.Rooms, r.ConnectIn.Round(time.Millisecond), r.ConnectErrors)
+	if r.RSSAfter > 0 {
+		fmt.Fprintf(&b, "node memory: %.1f MiB before, %.1f MiB with all connections: %.1f KiB per connection\n",
+			float64(r.RSSBefore)/(1<<20), float64(r.RSSAfter)/(1<<20), float64(r.PerConn)/1024)
+	}
+	if r.Scenario == "fanout" {
+		fmt.Fprintf(&b, "published %d, delivered %d in %s: %.0f deliveries/s; gaps %d, duplicates %d, lost-recovery events %d\n",
+			r.Published, r.Delivered, r.Duration.Round(time.Millisecond), r.PerSecond, r.Gaps, r.Duplicates, r.Lost)
+		fmt.Fprintf(&b, "delivery latency: p50 %s  p90 %s  p99 %s  max %s\n", r.P50, r.P90, r.P99, r.Max)
+	}
+	return b.String()
+}
+
+// payload is what the fanout publishers send: the send time for latency.
+type payload struct {
+	Sent int64  `json:"sent"`
+	Pad  string `json:"pad,omitempty"`
+}
+
+// Run executes one load test; it stops when the scenario ends or ctx is done.
+func Run(ctx context.Context, cfg Config) (Report, error) {
+	if err := cfg.setDefaults(); err != nil {
+		return Report{}, err
+	}
+	ctx, cancel := context.WithTimeout(ctx, cfg.Duration+maxDuration)
+	defer cancel()
+	rep := Report{Scenario: cfg.Scenario, Conns: cfg.Conns, Rooms: cfg.Rooms}
+	if cfg.MetricsURL != "" {
+		rss, err := readRSS(ctx, cfg.MetricsURL)
+		if err != nil {
+			return rep, err
+		}
+		rep.RSSBefore = rss
+	}
+
+	var (
+		delivered, gaps, dups, lost atomic.Int64
+		samplesMu                   sync.Mutex
+		samples                     []time.Duration
+	)
+	record := func(d time.Duration) {
+		samplesMu.Lock()
+		if len(samples) < maxSamples {
+			samples = append(samples, d)
+		}
+		samplesMu.Unlock()
+	}
+
+	// Open subscribers at the ramp rate.
+	start := time.Now()
+	clients := make([]*client.Client, 0, cfg.Conns)
+	defer func() {
+		for _, c := range clients {
+			c.Close()
+		}
+	}()
+	var readers sync.WaitGroup
+	tick := time.NewTicker(time.Second / time.Duration(max(1, cfg.Ramp)))
+	progress := time.NewTicker(time.Second)
+	for i := 0; i < cfg.Conns; i++ {
+		select {
+		case <-ctx.Done():
+			return rep, ctx.Err()
+		case <-progress.C:
+			fmt.Fprintf(cfg.Progress, "connecting: %d/%d\n", i, cfg.Conns)
+		case <-tick.C:
+		}
+		room := "load-" + strconv.Itoa(i%cfg.Rooms)
+		c, err := client.Dial(ctx, client.Options{URL: cfg.URL, Token: cfg.Token, EventBuffer: 16})
+		if err != nil {
+			rep.ConnectErrors++
+			continue
+		}
+		if _, err := c.Subscribe(ctx, room, false); err != nil {
+			rep.ConnectErrors++
+			c.Close()
+			continue
+		}
+		clients = append(clients, c)
+		readers.Add(1)
+		go func() {
+			defer readers.Done()
+			var last uint64
+			for e := range c.Events() {
+				switch e.Kind {
+				case client.EventMessage:
+					if last != 0 && e.Message.Offset > last+1 {
+						gaps.Add(int64(e.Message.Offset - last - 1))
+					}
+					if e.Message.Offset <= last {
+						dups.Add(1)
+					}
+					last = e.Message.Offset
+					delivered.Add(1)
+					var p payload
+					if json.Unmarshal(e.Message.Data, &p) == nil && p.Sent > 0 {
+						record(time.Duration(time.Now().UnixNano() - p.Sent))
+					}
+				case client.EventLost:
+					lost.Add(1)
+				}
+			}
+		}()
+	}
+	tick.Stop()
+	rep.ConnectIn = time.Since(start)
+	fmt.Fprintf(cfg.Progress, "connected: %d in %s (%d failed)\n", len(clients), rep.ConnectIn.Round(time.Millisecond), rep.ConnectErrors)
+
+	var published atomic.Int64
+	runStart := time.Now()
+	if cfg.Scenario == "fanout" && len(clients) > 0 {
+		pub, err := client.Dial(ctx, client.Options{URL: cfg.URL, Token: cfg.Token})
+		if err != nil {
+			return rep, fmt.Errorf("loadtest: publisher: %w", err)
+		}
+		defer pub.Close()
+		pad := strings.Repeat("x", max(0, cfg.Size-24))
+		var pubs sync.WaitGroup
+		runCtx, stop := context.WithTimeout(ctx, cfg.Duration)
+		for r := 0; r < cfg.Rooms; r++ {
+			pubs.Add(1)
+			go func() {
+				defer pubs.Done()
+				room := "load-" + strconv.Itoa(r)
+				t := time.NewTicker(time.Duration(float64(time.Second) / cfg.Rate))
+				defer t.Stop()
+				for {
+					select {
+					case <-runCtx.Done():
+						return
+					case <-t.C:
+					}
+					data, _ := json.Marshal(payload{Sent: time.Now().UnixNano(), Pad: pad})
+					if _, err := pub.Publish(ctx, room, json.RawMessage(data), ""); err == nil {
+						published.Add(1)
+					}
+				}
+			}()
+		}
+		report := time.NewTicker(time.Second)
+	wait:
+		for {
+			select {
+			case <-runCtx.Done():
+				break wait
+			case <-report.C:
+				fmt.Fprintf(cfg.Progress, "running: %s published %d delivered %d\n", time.Since(runStart).Round(time.Second), published.Load(), delivered.Load())
+			}
+		}
+		report.Stop()
+		stop()
+		pubs.Wait()
+		// Let the last messages arrive.
+		want := published.Load() * int64(len(clients)) / int64(cfg.Rooms)
+		deadline := time.Now().Add(5 * time.Second)
+		for delivered.Load() < want && time.Now().Before(deadline) {
+			time.Sleep(50 * time.Millisecond)
+		}
+	} else {
+		t := time.NewTimer(cfg.Duration)
+		select {
+		case <-ctx.Done():
+		case <-t.C:
+		}
+		t.Stop()
+	}
+	rep.Duration = time.Since(runStart)
+	progress.Stop()
+	if cfg.MetricsURL != "" {
+		if rss, err := readRSS(ctx, cfg.MetricsURL); err == nil {
+			rep.RSSAfter = rss
+			if n := int64(len(clients)); n > 0 {
+				rep.PerConn = (rep.RSSAfter - rep.RSSBefore) / n
+			}
+		}
+	}
+	for _, c := range clients {
+		c.Close()
+	}
+	clients = nil
+	readers.Wait()
+
+	rep.Published, rep.Delivered = published.Load(), delivered.Load()
+	rep.Gaps, rep.Duplicates, rep.Lost = gaps.Load(), dups.Load(), lost.Load()
+	if rep.Duration > 0 {
+		rep.PerSecond = float64(rep.Delivered) / rep.Duration.Seconds()
+	}
+	if len(samples) > 0 {
+		slices.Sort(samples)
+		at := func(q float64) time.Duration { return samples[min(len(samples)-1, int(q*float64(len(samples))))] }
+		rep.P50, rep.P90, rep.P99, rep.Max = at(.50), at(.90), at(.99), samples[len(samples)-1]
+	}
+	return rep, nil
+}
+
+// readRSS reads process_resident_memory_bytes from a Prometheus endpoint.
+func readRSS(ctx context.Context, metricsURL string) (int64, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, metricsURL, nil)
+	if err != nil {
+		return 0, fmt.Errorf("loadtest: metrics: %w", err)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return 0, fmt.Errorf("loadtest: metrics: %w", err)
+	}
+	defer resp.Body.Close()
+	sc := bufio.NewScanner(resp.Body)
+	for sc.Scan() {
+		line := sc.Text()
+		if v, ok := strings.CutPrefix(line, "process_resident_memory_bytes "); ok {
+			f, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
+			if err != nil {
+				return 0, fmt.Errorf("loadtest: metrics: %w", err)
+			}
+			return int64(f), nil
+		}
+	}
+	return 0, errors.New("loadtest: metrics: no process_resident_memory_bytes")
+}

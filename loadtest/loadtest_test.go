@@ -1,0 +1,97 @@
+package loadtest
+
+import (
+	"context"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+
+	"github.com/parley-rt/parley/fanout"
+	"github.com/parley-rt/parley/gateway"
+)
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m)
+}
+
+// startNode serves a gateway on 127.0.0.1:0 for the test.
+func startNode(t *testing.T) string {
+	t.Helper()
+	bus := fanout.NewMemory(fanout.MemoryConfig{})
+	gw, err := gateway.New(gateway.Config{Bus: bus})
+	if err != nil {
+		t.Fatal(err)
+	}
+	hs := httptest.NewServer(gw.Handler())
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		gw.Shutdown(ctx)
+		hs.Close()
+		bus.Close()
+	})
+	return "ws" + strings.TrimPrefix(hs.URL, "http") + "/v1/ws"
+}
+
+func TestFanout(t *testing.T) {
+	url := startNode(t)
+	rep, err := Run(context.Background(), Config{URL: url, Scenario: "fanout", Conns: 20, Rooms: 2, Rate: 20, Duration: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.ConnectErrors != 0 {
+		t.Errorf("got %d connect errors, want 0", rep.ConnectErrors)
+	}
+	if rep.Published == 0 {
+		t.Fatal("nothing was published")
+	}
+	// Every subscriber of a room gets every message of that room.
+	if want := rep.Published * 10; rep.Delivered != want {
+		t.Errorf("got %d deliveries, want %d (published %d to 2 rooms of 10)", rep.Delivered, want, rep.Published)
+	}
+	if rep.Gaps != 0 || rep.Duplicates != 0 {
+		t.Errorf("got %d gaps and %d duplicates, want none", rep.Gaps, rep.Duplicates)
+	}
+	if rep.P50 <= 0 || rep.Max < rep.P99 || rep.P99 < rep.P50 {
+		t.Errorf("latency percentiles out of order: %+v", rep)
+	}
+	if !strings.Contains(rep.String(), "delivery latency") {
+		t.Errorf("report lacks latency: %s", rep)
+	}
+}
+
+func TestIdle(t *testing.T) {
+	url := startNode(t)
+	rep, err := Run(context.Background(), Config{URL: url, Scenario: "idle", Conns: 30, Rooms: 3, Duration: 200 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.ConnectErrors != 0 || rep.Conns != 30 {
+		t.Errorf("got %+v, want 30 connections and no errors", rep)
+	}
+}
+
+func TestConfigRefusals(t *testing.T) {
+	tests := []struct {
+		name string
+		cfg  Config
+		want string
+	}{
+		{"remote target", Config{URL: "ws://192.0.2.1:8080/v1/ws"}, "not a loopback address"},
+		{"remote metrics", Config{URL: "ws://127.0.0.1:1/v1/ws", MetricsURL: "http://198.51.100.7/metrics"}, "not a loopback address"},
+		{"unknown scenario", Config{URL: "ws://127.0.0.1:1/v1/ws", Scenario: "storm"}, "scenario"},
+		{"too long", Config{URL: "ws://127.0.0.1:1/v1/ws", Duration: time.Hour}, "bound"},
+		{"no url", Config{}, "URL is required"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := Run(context.Background(), tt.cfg)
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("got %v, want an error mentioning %q", err, tt.want)
+			}
+		})
+	}
+}
