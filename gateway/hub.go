@@ -245,7 +245,8 @@ func (h *hub) HandlePresence(e fanout.PresenceEvent) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	for _, m := range r.members {
-		if !m.presence || m.s.transport != transportWS {
+		// A session learns of its own join from its subscribe ack.
+		if !m.presence || m.s.transport != transportWS || m.s.id == e.Member.Session {
 			continue
 		}
 		if f == nil {

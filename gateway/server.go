@@ -12,6 +12,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/parley-rt/parley/web"
 )
 
 // Server is one gateway node: the public HTTP handler and every session on it.
@@ -93,7 +95,7 @@ func (srv *Server) routes() {
 		w.Write([]byte("ok\n"))
 	})
 	srv.mux.HandleFunc("GET /readyz", srv.handleReady)
-	srv.mux.HandleFunc("GET /{$}", srv.handleIndex)
+	srv.mux.Handle("GET /", web.Handler()) // the web app: index, demos, parley.js
 }
 
 // Handler returns the public HTTP handler.
@@ -124,15 +126,6 @@ func (srv *Server) handleReady(w http.ResponseWriter, r *http.Request) {
 	default:
 		w.Write([]byte("ready\n"))
 	}
-}
-
-func (srv *Server) handleIndex(w http.ResponseWriter, r *http.Request) {
-	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-	w.Write([]byte("Parley gateway " + srv.cfg.NodeID + "\n\n" +
-		"WebSocket:  /v1/ws (subprotocol parley.v1)\n" +
-		"SSE:        /v1/sse?rooms=a,b\n" +
-		"HTTP API:   /v1/rooms/{room}/messages, /history, /presence\n" +
-		"Health:     /healthz, /readyz\n"))
 }
 
 // register adds a session; it fails while draining.
@@ -219,7 +212,13 @@ func (srv *Server) Shutdown(ctx context.Context) error {
 		sessions = append(sessions, s)
 	}
 	if len(sessions) == 0 {
-		close(srv.idle)
+		// The last session may have left between draining.Swap and here, and
+		// unregister then closed idle already.
+		select {
+		case <-srv.idle:
+		default:
+			close(srv.idle)
+		}
 	}
 	srv.sessMu.Unlock()
 	srv.log.Info("draining", "sessions", len(sessions), "window", srv.cfg.DrainTimeout)

@@ -5,6 +5,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"net/http"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -228,8 +229,11 @@ func (srv *Server) handleSSE(w http.ResponseWriter, r *http.Request) {
 	// drops before any message still resumes from here.
 	s.enqueue(&frame{kind: kindControl, b: mustJSON(welcome)})
 
-	for {
+	for first := true; ; first = false {
 		batch := s.take()
+		if first {
+			welcomeFirst(batch)
+		}
 		if batch != nil {
 			rc.SetWriteDeadline(srv.cfg.now().Add(srv.cfg.WriteTimeout))
 			closing := s.writeSSE(bw, pos, batch)
@@ -251,6 +255,33 @@ func (srv *Server) handleSSE(w http.ResponseWriter, r *http.Request) {
 			return
 		case <-r.Context().Done():
 			return
+		}
+	}
+}
+
+// welcomeFirst reorders the stream's first batch so that the welcome event
+// (with the cursor the subscriptions start from) precedes replayed history:
+// the acks, which write nothing, then the welcome, then the rest in order.
+func welcomeFirst(batch []*frame) {
+	w := slices.IndexFunc(batch, func(f *frame) bool { return f.kind == kindControl })
+	if w < 0 {
+		return
+	}
+	welcome := batch[w]
+	rest := slices.Delete(slices.Clone(batch), w, w+1)
+	i := 0
+	for _, f := range rest {
+		if f.kind == kindAck {
+			batch[i] = f
+			i++
+		}
+	}
+	batch[i] = welcome
+	i++
+	for _, f := range rest {
+		if f.kind != kindAck {
+			batch[i] = f
+			i++
 		}
 	}
 }
