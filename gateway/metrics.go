@@ -63,6 +63,14 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "parley_draining", Help: "1 while the node drains its clients.",
 		}),
 	}
+	// Every transport's series exists from the start, at zero.
+	for _, t := range []transportKind{transportWS, transportSSE} {
+		m.connections.WithLabelValues(t.String())
+		m.connsTotal.WithLabelValues(t.String())
+	}
+	for _, src := range []string{"ws", "http"} {
+		m.messagesIn.WithLabelValues(src)
+	}
 	m.out[transportWS] = m.messagesOut.WithLabelValues(transportWS.String())
 	m.out[transportSSE] = m.messagesOut.WithLabelValues(transportSSE.String())
 	if reg != nil {

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"crypto/rand"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -10,6 +11,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/pprof"
+	"net/netip"
 	"os"
 	"strings"
 	"time"
@@ -20,6 +22,7 @@ import (
 
 	"github.com/parley-rt/parley/fanout"
 	"github.com/parley-rt/parley/gateway"
+	"github.com/parley-rt/parley/turn"
 )
 
 // serveConfig is everything `parley serve` reads from flags and environment.
@@ -41,6 +44,23 @@ type serveConfig struct {
 	maxConnsPerIP   int
 	logFormat       string
 	logLevel        slog.Level
+
+	tlsCert, tlsKey string
+	turn            turnFlags
+}
+
+// turnFlags configure the built-in TURN and STUN server.
+type turnFlags struct {
+	addr, tlsAddr  string
+	publicIP       netip.Addr
+	portMin        int
+	portMax        int
+	secret         string
+	realm          string
+	allowPeers     []netip.Prefix
+	userQuota      int
+	maxAllocations int
+	credentialTTL  time.Duration
 }
 
 const serveSummary = `Run a Parley node: the public listener (WebSocket /v1/ws, SSE /v1/sse, the
@@ -69,6 +89,18 @@ func parseServe(args []string, getenv func(string) string, stderr io.Writer) (*s
 	publishRate := fs.Float("publish-rate", 50, "publishes per second allowed to one session (burst twice that)")
 	maxRooms := fs.Int("max-rooms", 100, "rooms one session may subscribe to")
 	maxConns := fs.Int("max-conns-per-ip", 1000, "concurrent WebSocket and SSE connections from one client address")
+	fs.StringVar(&c.tlsCert, "tls-cert", envOr(getenv, "tls-cert", ""), "PEM certificate `file` for TURN over TLS, and HTTPS on --addr")
+	fs.StringVar(&c.tlsKey, "tls-key", envOr(getenv, "tls-key", ""), "PEM private key `file` matching --tls-cert")
+	fs.StringVar(&c.turn.addr, "turn-addr", envOr(getenv, "turn-addr", "localhost:3478"), "TURN and STUN listener on UDP and TCP; off disables them")
+	fs.StringVar(&c.turn.tlsAddr, "turn-tls-addr", envOr(getenv, "turn-tls-addr", ""), "TURN over TLS listener, such as :5349 (needs --tls-cert and --tls-key)")
+	turnPublicIP := fs.String("turn-public-ip", "", "the address put in relay candidates and ICE server URLs (default the TURN listener's IP)")
+	turnPorts := fs.String("turn-ports", "49152-65535", "relay port range")
+	fs.StringVar(&c.turn.secret, "turn-secret", envOr(getenv, "turn-secret", ""), "TURN REST shared secret (default the JWT secret, else random)")
+	fs.StringVar(&c.turn.realm, "turn-realm", envOr(getenv, "turn-realm", "parley"), "TURN realm")
+	turnAllow := fs.String("turn-allow-peers", "", "CIDRs the relay may reach despite its deny list of loopback, private, link-local and other special ranges (default in dev mode 127.0.0.0/8,::1/128, else none)")
+	userQuota := fs.Int("turn-user-quota", 10, "live TURN allocations per user")
+	maxAllocs := fs.Int("turn-max-allocations", 10000, "live TURN allocations in all")
+	iceTTL := fs.Duration("ice-ttl", time.Hour, "validity of the TURN credentials that /v1/ice-servers hands out")
 	logFormat := fs.String("log-format", "text", "log format: text or json")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn or error")
 	if err := fs.parse(args); err != nil {
@@ -80,6 +112,8 @@ func parseServe(args []string, getenv func(string) string, stderr io.Writer) (*s
 	c.ping, c.drain = *ping, *drain
 	c.queueLimit, c.publishRate, c.maxRooms, c.maxConnsPerIP = *queueLimit, *publishRate, *maxRooms, *maxConns
 	c.logFormat = *logFormat
+	c.turn.credentialTTL = *iceTTL
+	c.turn.userQuota, c.turn.maxAllocations = *userQuota, *maxAllocs
 
 	var errs []error
 	bad := func(format string, a ...any) { errs = append(errs, fmt.Errorf(format, a...)) }
@@ -115,6 +149,53 @@ func parseServe(args []string, getenv func(string) string, stderr io.Writer) (*s
 	}
 	if c.publishRate <= 0 {
 		bad("--publish-rate must be positive, got %g", c.publishRate)
+	}
+	dev := c.jwtSecret == "" && c.jwtPublicKey == ""
+	if (c.tlsCert == "") != (c.tlsKey == "") {
+		bad("--tls-cert and --tls-key go together")
+	}
+	if c.turn.tlsAddr != "" && c.tlsCert == "" {
+		bad("--turn-tls-addr needs --tls-cert and --tls-key")
+	}
+	if c.turn.addr != "off" {
+		if _, _, err := net.SplitHostPort(c.turn.addr); err != nil {
+			bad("--turn-addr %q: want host:port or off", c.turn.addr)
+		}
+	}
+	if *turnPublicIP != "" {
+		ip, err := netip.ParseAddr(*turnPublicIP)
+		if err != nil {
+			bad("--turn-public-ip %q: not an IP address", *turnPublicIP)
+		}
+		c.turn.publicIP = ip
+	}
+	if lo, hi, err := turn.ParsePortRange(*turnPorts); err != nil {
+		bad("--turn-ports: %v", err)
+	} else {
+		c.turn.portMin, c.turn.portMax = lo, hi
+	}
+	allow := *turnAllow
+	if allow == "" && dev {
+		allow = "127.0.0.0/8,::1/128"
+	}
+	if allow != "" {
+		p, err := turn.ParseAllowPeers(allow)
+		if err != nil {
+			bad("--turn-allow-peers: %v", err)
+		}
+		c.turn.allowPeers = p
+	}
+	if c.turn.userQuota <= 0 || c.turn.maxAllocations <= 0 {
+		bad("--turn-user-quota and --turn-max-allocations must be positive")
+	}
+	if c.turn.credentialTTL <= 0 {
+		bad("--ice-ttl must be positive")
+	}
+	if c.turn.secret == "" {
+		c.turn.secret = c.jwtSecret
+	}
+	if c.turn.secret == "" {
+		c.turn.secret = rand.Text()
 	}
 	if c.nodeID == "" {
 		host, _ := os.Hostname()
@@ -189,9 +270,21 @@ func serveCmd(ctx context.Context, stop func(), args []string, getenv func(strin
 		}
 	}
 
+	var tlsConf *tls.Config
+	if c.tlsCert != "" {
+		cert, err := tls.LoadX509KeyPair(c.tlsCert, c.tlsKey)
+		if err != nil {
+			return fmt.Errorf("--tls-cert/--tls-key: %w", err)
+		}
+		tlsConf = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+	}
+
 	ln, err := net.Listen("tcp", c.addr)
 	if err != nil {
 		return fmt.Errorf("--addr: %w", err)
+	}
+	if tlsConf != nil {
+		ln = tls.NewListener(ln, tlsConf)
 	}
 	var adminLn net.Listener
 	if c.adminAddr != "off" {
@@ -199,6 +292,19 @@ func serveCmd(ctx context.Context, stop func(), args []string, getenv func(strin
 			ln.Close()
 			return fmt.Errorf("--admin-addr: %w", err)
 		}
+	}
+
+	relay, err := startTURN(ctx, c, tlsConf, log, reg)
+	if err != nil {
+		ln.Close()
+		if adminLn != nil {
+			adminLn.Close()
+		}
+		return err
+	}
+	if relay != nil {
+		defer relay.Close()
+		gcfg.ICEServers = iceServers(c, relay)
 	}
 
 	bus := fanout.NewMemory(fanout.MemoryConfig{HistorySize: c.historySize, HistoryTTL: c.historyTTL})
@@ -222,11 +328,20 @@ func serveCmd(ctx context.Context, stop func(), args []string, getenv func(strin
 	}
 
 	base := "http://" + ln.Addr().String()
+	if tlsConf != nil {
+		base = "https://" + ln.Addr().String()
+	}
 	log.Info("parley node started", "node", c.nodeID, "addr", ln.Addr().String(), "admin", addrOf(adminLn), "dev_mode", c.jwtSecret == "" && c.jwtPublicKey == "")
 	fmt.Fprintf(stdout, "Parley node %s listening on %s\n  WebSocket  %s/v1/ws\n  SSE        %s/v1/sse?rooms=lobby\n  HTTP API   %s/v1/rooms/{room}/messages\n",
-		c.nodeID, base, strings.Replace(base, "http://", "ws://", 1), base, base)
+		c.nodeID, base, strings.Replace(strings.Replace(base, "https://", "wss://", 1), "http://", "ws://", 1), base, base)
 	if adminLn != nil {
 		fmt.Fprintf(stdout, "  metrics    http://%s/metrics\n", adminLn.Addr())
+	}
+	if relay != nil {
+		fmt.Fprintf(stdout, "  STUN/TURN  %s (UDP and TCP)\n", relay.UDPAddr())
+		if a := relay.TLSAddr(); a != nil {
+			fmt.Fprintf(stdout, "  TURNS      %s\n", a)
+		}
 	}
 
 	var serveErr error
@@ -240,6 +355,9 @@ func serveCmd(ctx context.Context, stop func(), args []string, getenv func(strin
 	defer cancel()
 	if err := gw.Shutdown(sctx); err != nil {
 		log.Warn("drain incomplete", "err", err)
+	}
+	if relay != nil {
+		relay.Close()
 	}
 	if admin != nil {
 		admin.Shutdown(sctx)
@@ -273,4 +391,88 @@ func adminMux(reg *prometheus.Registry) *http.ServeMux {
 
 func randSuffix() string {
 	return strings.ToLower(rand.Text()[:5])
+}
+
+// startTURN opens the TURN and STUN sockets and starts the relay; nil when
+// --turn-addr is off.
+func startTURN(ctx context.Context, c *serveConfig, tlsConf *tls.Config, log *slog.Logger, reg prometheus.Registerer) (*turn.Server, error) {
+	if c.turn.addr == "off" {
+		return nil, nil
+	}
+	udp, tcp, err := turn.Listen(ctx, c.turn.addr)
+	if err != nil {
+		return nil, fmt.Errorf("--turn-addr: %w", err)
+	}
+	cfg := turn.Config{
+		Logger:         log,
+		Registerer:     reg,
+		Realm:          c.turn.realm,
+		Secret:         c.turn.secret,
+		UDPConns:       udp,
+		TCPListener:    tcp,
+		PublicIP:       c.turn.publicIP,
+		RelayPortMin:   c.turn.portMin,
+		RelayPortMax:   c.turn.portMax,
+		AllowPeers:     c.turn.allowPeers,
+		UserQuota:      c.turn.userQuota,
+		MaxAllocations: c.turn.maxAllocations,
+	}
+	closeAll := func() {
+		for _, u := range udp {
+			u.Close()
+		}
+		tcp.Close()
+		if cfg.TLSListener != nil {
+			cfg.TLSListener.Close()
+		}
+	}
+	if c.turn.tlsAddr != "" {
+		if cfg.TLSListener, err = net.Listen("tcp", c.turn.tlsAddr); err != nil {
+			closeAll()
+			return nil, fmt.Errorf("--turn-tls-addr: %w", err)
+		}
+		cfg.TLSConfig = tlsConf
+	}
+	srv, err := turn.NewServer(cfg)
+	if err != nil {
+		closeAll()
+		return nil, fmt.Errorf("turn: %w", err)
+	}
+	return srv, nil
+}
+
+// iceServer is one entry of an RTCConfiguration's iceServers.
+type iceServer struct {
+	URLs       []string `json:"urls"`
+	Username   string   `json:"username,omitempty"`
+	Credential string   `json:"credential,omitempty"`
+}
+
+// iceServers answers /v1/ice-servers: STUN and TURN URLs on this node's relay
+// with TURN REST credentials for the user.
+func iceServers(c *serveConfig, relay *turn.Server) func(user string) (any, error) {
+	host := c.turn.publicIP.String()
+	if !c.turn.publicIP.IsValid() {
+		host, _, _ = net.SplitHostPort(relay.UDPAddr().String())
+	}
+	_, port, _ := net.SplitHostPort(relay.UDPAddr().String())
+	hp := net.JoinHostPort(host, port)
+	turnURLs := []string{"turn:" + hp + "?transport=udp", "turn:" + hp + "?transport=tcp"}
+	if a := relay.TLSAddr(); a != nil {
+		_, tport, _ := net.SplitHostPort(a.String())
+		turnURLs = append(turnURLs, "turns:"+net.JoinHostPort(host, tport)+"?transport=tcp")
+	}
+	return func(user string) (any, error) {
+		username, credential := turn.Credentials(c.turn.secret, user, c.turn.credentialTTL, time.Now())
+		return struct {
+			ICEServers []iceServer `json:"iceServers"`
+			TTL        int64       `json:"ttl"`
+		}{
+			ICEServers: []iceServer{
+				{URLs: []string{"stun:" + hp}},
+				{URLs: turnURLs, Username: username, Credential: credential},
+			},
+			TTL: int64(c.turn.credentialTTL.Seconds()),
+		}, nil
+	}
 }

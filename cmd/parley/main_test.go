@@ -1,0 +1,295 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/coder/websocket"
+	"github.com/golang-jwt/jwt/v5"
+	"go.uber.org/goleak"
+)
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m)
+}
+
+func env(kv ...string) func(string) string {
+	m := map[string]string{}
+	for i := 0; i+1 < len(kv); i += 2 {
+		m[kv[i]] = kv[i+1]
+	}
+	return func(k string) string { return m[k] }
+}
+
+func TestConfigErrors(t *testing.T) {
+	tests := []struct {
+		name string
+		args []string
+		env  func(string) string
+		want string
+	}{
+		{"dev mode on a public address", []string{"--addr", "0.0.0.0:8080"}, env(), "not a loopback address"},
+		{"both JWT keys", []string{"--jwt-secret", "s", "--jwt-public-key", "k.pem"}, env(), "exclusive"},
+		{"bad duration flag", []string{"--ping", "soon"}, env(), "invalid value"},
+		{"bad duration env", nil, env("PARLEY_PING", "soon"), "PARLEY_PING"},
+		{"bad bool env", nil, env("PARLEY_ALLOW_ANONYMOUS", "maybe"), "PARLEY_ALLOW_ANONYMOUS"},
+		{"negative history", []string{"--history-size", "0"}, env(), "--history-size must be positive"},
+		{"bad addr", []string{"--addr", "8080"}, env(), "--addr"},
+		{"bad log level", []string{"--log-level", "loud"}, env(), "--log-level"},
+		{"unknown flag", []string{"--nope"}, env(), "flag provided but not defined"},
+		{"stray argument", []string{"extra"}, env(), "unknown command"},
+		{"missing public key file", []string{"--jwt-public-key", "/nonexistent.pem", "--admin-addr", "off", "--turn-addr", "off"}, env(), "--jwt-public-key"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var out bytes.Buffer
+			err := run(context.Background(), func() {}, tt.args, tt.env, &out, &out)
+			if err == nil || !strings.Contains(err.Error()+out.String(), tt.want) {
+				t.Fatalf("got %v (output %q), want an error mentioning %q", err, out.String(), tt.want)
+			}
+		})
+	}
+}
+
+func TestHelp(t *testing.T) {
+	var out bytes.Buffer
+	err := run(context.Background(), func() {}, []string{"serve", "--help"}, env(), &out, &out)
+	if !errors.Is(err, flag.ErrHelp) {
+		t.Fatalf("got %v, want flag.ErrHelp", err)
+	}
+	for _, f := range []string{"-addr", "-admin-addr", "-jwt-secret", "-drain", "-history-size", "PARLEY_"} {
+		if !strings.Contains(out.String(), f) {
+			t.Errorf("--help does not mention %s:\n%s", f, out.String())
+		}
+	}
+}
+
+func TestTokenCommand(t *testing.T) {
+	var out, errOut bytes.Buffer
+	err := run(context.Background(), func() {}, []string{"token", "--user", "alice", "--subscribe", "chat:*", "--ttl", "10m"}, env("PARLEY_JWT_SECRET", "s3cret"), &out, &errOut)
+	if err != nil {
+		t.Fatalf("token: %v (%s)", err, errOut.String())
+	}
+	tok := strings.TrimSpace(out.String())
+	var claims struct {
+		jwt.RegisteredClaims
+		Rooms map[string][]string `json:"rooms"`
+	}
+	if _, err := jwt.ParseWithClaims(tok, &claims, func(*jwt.Token) (any, error) { return []byte("s3cret"), nil }, jwt.WithValidMethods([]string{"HS256"})); err != nil {
+		t.Fatalf("minted token does not verify: %v", err)
+	}
+	if claims.Subject != "alice" || len(claims.Rooms["subscribe"]) != 1 {
+		t.Fatalf("got claims %+v, want sub alice and one subscribe pattern", claims)
+	}
+	if err := run(context.Background(), func() {}, []string{"token", "--user", "bob"}, env(), io.Discard, io.Discard); err == nil {
+		t.Fatal("token without a secret succeeded, want an error")
+	}
+}
+
+// syncBuffer is a bytes.Buffer safe for a writer and a reader goroutine.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+var listenRE = regexp.MustCompile(`listening on (http://[0-9.:]+)`)
+
+// waitListening polls output for the node's address.
+func waitListening(t *testing.T, out *syncBuffer) string {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for time.Now().Before(deadline) {
+		if m := listenRE.FindStringSubmatch(out.String()); m != nil {
+			return m[1]
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Fatalf("node did not report its address; output:\n%s", out.String())
+	return ""
+}
+
+// TestServeInProcess runs the serve command in this process, checks the
+// endpoints answer, then cancels it and expects a clean return.
+func TestServeInProcess(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	var out, logs syncBuffer
+	done := make(chan error, 1)
+	go func() {
+		done <- run(ctx, func() {}, []string{"--addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0", "--turn-addr", "off", "--drain", "100ms"}, env(), &out, &logs)
+	}()
+	base := waitListening(t, &out)
+	for _, path := range []string{"/healthz", "/readyz"} {
+		resp, err := http.Get(base + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != 200 {
+			t.Errorf("GET %s: got %d, want 200", path, resp.StatusCode)
+		}
+	}
+	m := regexp.MustCompile(`metrics +(http://\S+)`).FindStringSubmatch(out.String())
+	if m == nil {
+		t.Fatalf("no metrics address in output:\n%s", out.String())
+	}
+	resp, err := http.Get(m[1])
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if !strings.Contains(string(body), "parley_connections") {
+		t.Errorf("metrics lack parley_connections")
+	}
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("serve returned %v, logs:\n%s", err, logs.String())
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("serve did not return after cancel")
+	}
+	http.DefaultClient.CloseIdleConnections()
+}
+
+// buildBinary builds the parley command once per test run.
+func buildBinary(t *testing.T) string {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), "parley")
+	cmd := exec.Command("go", "build", "-o", bin, ".")
+	cmd.Stderr = os.Stderr
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("go build: %v", err)
+	}
+	return bin
+}
+
+// TestDrainOnSIGTERM starts a real parley process with 500 WebSocket clients,
+// sends SIGTERM, and checks that every client is told to reconnect and closed
+// with 1012, and that the process exits within --drain + 5s.
+func TestDrainOnSIGTERM(t *testing.T) {
+	const clients = 500
+	const drain = 2 * time.Second
+	bin := buildBinary(t)
+	var out, logs syncBuffer
+	cmd := exec.Command(bin, "serve", "--addr", "127.0.0.1:0", "--admin-addr", "off", "--turn-addr", "off", "--drain", drain.String())
+	cmd.Stdout, cmd.Stderr = &out, &logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		<-exited
+	})
+	base := waitListening(t, &out)
+	wsURL := "ws" + strings.TrimPrefix(base, "http") + "/v1/ws"
+
+	type result struct {
+		reconnect bool
+		afterMS   float64
+		status    websocket.StatusCode
+		err       error
+	}
+	conns := make([]*websocket.Conn, clients)
+	for i := range conns {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		c, _, err := websocket.Dial(ctx, wsURL, &websocket.DialOptions{Subprotocols: []string{"parley.v1"}})
+		if err != nil {
+			cancel()
+			t.Fatalf("client %d: %v", i, err)
+		}
+		if _, b, err := c.Read(ctx); err != nil || !bytes.Contains(b, []byte(`"welcome"`)) {
+			cancel()
+			t.Fatalf("client %d: no welcome (%v)", i, err)
+		}
+		cancel()
+		conns[i] = c
+	}
+	results := make(chan result, clients)
+	for _, c := range conns {
+		go func() {
+			defer c.CloseNow()
+			var r result
+			ctx, cancel := context.WithTimeout(context.Background(), drain+10*time.Second)
+			defer cancel()
+			for {
+				_, b, err := c.Read(ctx)
+				if err != nil {
+					r.status, r.err = websocket.CloseStatus(err), err
+					results <- r
+					return
+				}
+				for line := range bytes.SplitSeq(b, []byte("\n")) {
+					var f map[string]any
+					if json.Unmarshal(line, &f) == nil && f["type"] == "reconnect" {
+						r.reconnect = true
+						r.afterMS, _ = f["after_ms"].(float64)
+					}
+				}
+			}
+		}()
+	}
+
+	start := time.Now()
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-exited:
+		if err != nil {
+			t.Errorf("parley exited with %v; logs:\n%s", err, logs.String())
+		}
+		exited <- err
+	case <-time.After(drain + 5*time.Second):
+		t.Fatalf("parley still running %s after SIGTERM; logs:\n%s", drain+5*time.Second, logs.String())
+	}
+	took := time.Since(start)
+
+	var maxAfter float64
+	for i := 0; i < clients; i++ {
+		r := <-results
+		if !r.reconnect {
+			t.Errorf("a client got no reconnect frame (closed with %v: %v)", r.status, r.err)
+		}
+		if r.status != websocket.StatusServiceRestart {
+			t.Errorf("a client was closed with %v, want 1012 (%v)", r.status, r.err)
+		}
+		if r.afterMS < 0 || r.afterMS > float64(drain.Milliseconds()) {
+			t.Errorf("after_ms %v outside [0, %d]", r.afterMS, drain.Milliseconds())
+		}
+		maxAfter = max(maxAfter, r.afterMS)
+	}
+	if maxAfter < float64(drain.Milliseconds())/4 {
+		t.Errorf("reconnect delays all under %vms: they are not spread over the %s window", maxAfter, drain)
+	}
+	t.Logf("drained %d clients in %s (latest after_ms %.0f)", clients, took.Round(time.Millisecond), maxAfter)
+}
