@@ -32,6 +32,9 @@ type clientFrame struct {
 func decodeClientFrame(b []byte) (clientFrame, *protoError) {
 	var f clientFrame
 	if err := json.Unmarshal(b, &f); err != nil {
+		// Unmarshal may have set an over-long id before failing on another
+		// field; only the check below may put an id in the error frame.
+		f.ID = ""
 		var partial struct {
 			ID any `json:"id"`
 		}
@@ -53,18 +56,12 @@ func decodeClientFrame(b []byte) (clientFrame, *protoError) {
 	case "":
 		return f, errorf(codeBadRequest, "missing type")
 	case "subscribe", "unsubscribe":
-		if f.Room == "" {
-			return f, errorf(codeBadRequest, "missing room")
-		}
-		if !validRoom(f.Room) {
-			return f, errorf(codeBadRoom, "room names are 1 to 128 bytes of A-Z a-z 0-9 _ . : @ -")
+		if perr := checkRoom(b, f.Room); perr != nil {
+			return f, perr
 		}
 	case "publish":
-		if f.Room == "" {
-			return f, errorf(codeBadRequest, "missing room")
-		}
-		if !validRoom(f.Room) {
-			return f, errorf(codeBadRoom, "room names are 1 to 128 bytes of A-Z a-z 0-9 _ . : @ -")
+		if perr := checkRoom(b, f.Room); perr != nil {
+			return f, perr
 		}
 		if len(f.Data) == 0 {
 			return f, errorf(codeBadRequest, "missing data")
@@ -77,6 +74,24 @@ func decodeClientFrame(b []byte) (clientFrame, *protoError) {
 		return f, errorf(codeBadRequest, "unknown type "+strconv.Quote(f.Type))
 	}
 	return f, nil
+}
+
+// checkRoom validates the room of a frame that needs one: a frame without a
+// room field lacks it (bad_request); any other value that is not a room name,
+// the empty one included, is bad_room, as PROTOCOL.md says.
+func checkRoom(b []byte, room string) *protoError {
+	if room == "" {
+		var probe struct {
+			Room *string `json:"room"`
+		}
+		if json.Unmarshal(b, &probe) != nil || probe.Room == nil {
+			return errorf(codeBadRequest, "missing room")
+		}
+	}
+	if !validRoom(room) {
+		return errorf(codeBadRoom, "room names are 1 to 128 bytes of A-Z a-z 0-9 _ . : @ -")
+	}
+	return nil
 }
 
 // validRoom reports whether name is 1 to 128 bytes of [A-Za-z0-9_.:@-].

@@ -33,7 +33,14 @@ type testServer struct {
 // when the test ends.
 func startServer(t testing.TB, mod func(*Config)) *testServer {
 	t.Helper()
-	bus := fanout.NewMemory(fanout.MemoryConfig{})
+	return startServerWith(t, fanout.MemoryConfig{}, mod)
+}
+
+// startServerWith is startServer with the Memory bus built from mc, for tests
+// that need, say, a small HistorySize.
+func startServerWith(t testing.TB, mc fanout.MemoryConfig, mod func(*Config)) *testServer {
+	t.Helper()
+	bus := fanout.NewMemory(mc)
 	cfg := Config{Bus: bus, NodeID: "test-node", DrainTimeout: 200 * time.Millisecond}
 	if mod != nil {
 		mod(&cfg)

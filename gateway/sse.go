@@ -16,6 +16,11 @@ import (
 // maxCursorLen bounds an SSE cursor (Last-Event-ID) before it is decoded.
 const maxCursorLen = 16 << 10
 
+// maxSSERoomsLen bounds the bytes of an SSE stream's rooms list, so that its
+// cursor, which names every room, stays well inside maxCursorLen and the
+// request header limit when the browser sends it back.
+const maxSSERoomsLen = 2048
+
 // cursor is an SSE stream's position in each of its rooms. On the wire it is
 // opaque: base64url of "room epoch offset" lines joined by ",".
 type cursor map[string]fanout.Position
@@ -151,6 +156,10 @@ func (srv *Server) handleSSE(w http.ResponseWriter, r *http.Request) {
 	}
 	if len(rooms) == 0 {
 		srv.writeError(w, errorf(codeBadRequest, "rooms is required: /v1/sse?rooms=a,b"))
+		return
+	}
+	if q := r.URL.Query().Get("rooms"); len(q) > maxSSERoomsLen {
+		srv.writeError(w, errorf(codeBadRequest, "rooms list longer than 2048 bytes: a stream's cursor names every room; use WebSocket for more"))
 		return
 	}
 	if len(rooms) > srv.cfg.MaxRoomsPerSession {

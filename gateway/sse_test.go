@@ -526,6 +526,7 @@ func TestSSEConformanceRejects(t *testing.T) {
 		{name: "empty room name", query: "rooms=chat:a,,chat:b&token=" + tok, wantStatus: 400, wantCode: "bad_room"},
 		{name: "room too long", query: "rooms=chat:" + strings.Repeat("x", 124) + "&token=" + tok, wantStatus: 400, wantCode: "bad_room"},
 		{name: "room twice", query: "rooms=chat:a,chat:a&token=" + tok, wantStatus: 400, wantCode: "bad_request"},
+		{name: "rooms list too long for a cursor", query: "rooms=" + sseTestLongRooms(20, 120) + "&token=" + tok, wantStatus: 400, wantCode: "bad_request"},
 		{name: "forbidden room", query: "rooms=chat:a,news&token=" + tok, wantStatus: 403, wantCode: "forbidden"},
 		{name: "no token", query: "rooms=chat:a", wantStatus: 401, wantCode: "unauthorized"},
 		{name: "bad token", query: "rooms=chat:a&token=nope", wantStatus: 401, wantCode: "unauthorized"},
@@ -572,4 +573,14 @@ func TestSSEConformanceDrain(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("Shutdown did not return within 5s")
 	}
+}
+
+// sseTestLongRooms lists n distinct chat: rooms of size bytes each.
+func sseTestLongRooms(n, size int) string {
+	rooms := make([]string, n)
+	for i := range rooms {
+		name := fmt.Sprintf("chat:%d:", i)
+		rooms[i] = name + strings.Repeat("x", size-len(name))
+	}
+	return strings.Join(rooms, ",")
 }

@@ -1,0 +1,148 @@
+package gateway
+
+import (
+	"bytes"
+	"encoding/json"
+	"maps"
+	"reflect"
+	"strings"
+	"testing"
+)
+
+// The seed corpora also live in testdata/fuzz/<target>/, so plain go test
+// runs them; crashers the fuzzer finds are kept there.
+
+func FuzzDecodeClientFrame(f *testing.F) {
+	for _, seed := range []string{
+		`{"type":"subscribe","id":"1","room":"chat:lobby"}`,
+		`{"type":"subscribe","id":"2","room":"chat:lobby","since":{"epoch":"AbC-_9","offset":42},"presence":true}`,
+		`{"type":"unsubscribe","id":"3","room":"a"}`,
+		`{"type":"publish","id":"4","room":"a","data":{"text":"hi"},"key":"k1"}`,
+		`{"type":"publish","room":"a","data":null}`,
+		`{"type":"pong"}`,
+		`{"type":"join","call":"c1"}`,
+		`{"type":"subscribe","room":""}`,
+		`{"type":"subscribe","room":null}`,
+		`{"type":"subscribe","id":"` + strings.Repeat("i", 65) + `","room":5}`,
+		`{"type":"subscribe","room":"` + strings.Repeat("r", 129) + `"}`,
+		`{"type":"publish","room":"a","data":1,"key":"` + strings.Repeat("k", 65) + `"}`,
+		`{"TYPE":"pong","Room":"x"}`,
+		`{"type":"subscribe","room":"a","room":""}`,
+		`{"type":"subscribe","room":"caf\u00e9"}`,
+		`{"id":"\ud800","type":"pong"}`,
+		`{"type":"subscribe","room":"a","since":{"offset":-1}}`,
+		`[1,2,3]`,
+		`null`,
+		`{"type":`,
+		``,
+	} {
+		f.Add([]byte(seed))
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		fr, perr := decodeClientFrame(b)
+		// The reply to a frame carries its id, so an id is never over the
+		// bound, whether the frame was accepted or not.
+		if len(fr.ID) > maxIDLen {
+			t.Fatalf("id of %d bytes: got %q, want at most %d bytes", len(fr.ID), fr.ID, maxIDLen)
+		}
+		if perr != nil {
+			if perr.Code != codeBadRequest && perr.Code != codeBadRoom {
+				t.Fatalf("error code: got %q, want %q or %q", perr.Code, codeBadRequest, codeBadRoom)
+			}
+			if perr.Message == "" {
+				t.Fatal("error without a message")
+			}
+			if e := encodeError(fr.ID, perr); !json.Valid(e) {
+				t.Fatalf("error frame %q is not JSON", e)
+			}
+			return
+		}
+		switch fr.Type {
+		case "subscribe", "unsubscribe":
+			if !validRoom(fr.Room) {
+				t.Fatalf("accepted %s with room %q", fr.Type, fr.Room)
+			}
+		case "publish":
+			if !validRoom(fr.Room) {
+				t.Fatalf("accepted publish with room %q", fr.Room)
+			}
+			if len(fr.Data) == 0 || !json.Valid(fr.Data) {
+				t.Fatalf("accepted publish with data %q", fr.Data)
+			}
+			if len(fr.Key) > maxIDLen {
+				t.Fatalf("accepted publish with a key of %d bytes", len(fr.Key))
+			}
+		case "pong":
+		default:
+			t.Fatalf("accepted type %q", fr.Type)
+		}
+		// An accepted frame, encoded again, decodes to itself.
+		enc, err := json.Marshal(fr)
+		if err != nil {
+			t.Fatalf("encoding accepted frame %+v: %v", fr, err)
+		}
+		again, perr := decodeClientFrame(enc)
+		if perr != nil {
+			t.Fatalf("re-decoding %s: %v", enc, perr)
+		}
+		var d1, d2 bytes.Buffer
+		json.Compact(&d1, fr.Data)
+		json.Compact(&d2, again.Data)
+		fr.Data, again.Data = d1.Bytes(), d2.Bytes()
+		if !reflect.DeepEqual(again, fr) {
+			t.Fatalf("re-decoding %s: got %+v, want %+v", enc, again, fr)
+		}
+	})
+}
+
+func FuzzDecodeCursor(f *testing.F) {
+	for _, c := range []cursor{
+		{},
+		{"chat:lobby": {Epoch: "AbC-_9xyz012", Offset: 42}},
+		{"a": {Epoch: "e", Offset: 0}, "b": {Epoch: "e", Offset: 18446744073709551615}, "c.d@x-y_z:1": {Epoch: strings.Repeat("E", 64), Offset: 7}},
+		{strings.Repeat("r", 128): {Epoch: "e", Offset: 1}},
+	} {
+		f.Add(c.encode())
+	}
+	for _, seed := range []string{
+		"not base64!",
+		"YSBlIDE=",                         // "a e 1" with padding
+		"YSBlIDF",                          // "a e 1" with non-zero trailing bits
+		"YSBlIDAwMQ",                       // "a e 001": leading zeros
+		"YSBlIDEsYSBlIDI",                  // "a e 1,a e 2": a room twice
+		"YSBlIC0x",                         // "a e -1"
+		"YSBlIDE4NDQ2NzQ0MDczNzA5NTUxNjE2", // offset 2^64
+		"YSBlIDEs",                         // "a e 1,": an empty part
+		"YSBl",                             // "a e": two fields
+		"YSAgZSAx",                         // "a  e 1": an empty field
+		"YWIg\nZSAx",                       // "ab e 1" with a newline, which base64 skips
+	} {
+		f.Add(seed)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		c, err := decodeCursor(s)
+		if err != nil {
+			if c != nil {
+				t.Fatalf("got cursor %v with error %v, want none", c, err)
+			}
+			return
+		}
+		for room, p := range c {
+			if !validRoom(room) || !validEpoch(p.Epoch) {
+				t.Fatalf("accepted room %q at %v", room, p)
+			}
+		}
+		enc := c.encode()
+		again, err := decodeCursor(enc)
+		if err != nil {
+			t.Fatalf("decodeCursor(%q), the encoding of %v: %v", enc, c, err)
+		}
+		if !maps.Equal(again, c) {
+			t.Fatalf("decodeCursor(encode(%v)): got %v", c, again)
+		}
+		// The encoding is canonical: one string per cursor.
+		if again.encode() != enc {
+			t.Fatalf("encode is not stable: got %q, then %q", enc, again.encode())
+		}
+	})
+}
