@@ -99,7 +99,8 @@ func (s *benchServer) cpu(t *testing.T) time.Duration {
 
 // TestBenchServerProcess is the child process of TestCompareCoturn that
 // runs our server; it does nothing in a normal run. With
-// PARLEY_TURN_BENCH_CPUPROFILE=file it writes a CPU profile of our server.
+// PARLEY_TURN_BENCH_CPUPROFILE=file it writes a CPU profile of our server;
+// with PARLEY_TURN_BENCH_NOFAST=1 it relays through pion's own path only.
 func TestBenchServerProcess(t *testing.T) {
 	if os.Getenv("PARLEY_TURN_BENCH_CHILD") != "1" {
 		t.Skip("helper process of TestCompareCoturn")
@@ -119,6 +120,7 @@ func TestBenchServerProcess(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	s.fast.disabled = os.Getenv("PARLEY_TURN_BENCH_NOFAST") == "1"
 	if path := os.Getenv("PARLEY_TURN_BENCH_CPUPROFILE"); path != "" {
 		f, err := os.Create(path)
 		if err != nil {
@@ -406,11 +408,15 @@ func benchRelay(t *testing.T, s *benchServer, peerPort, allocations, window int,
 // channelTo allocates on server over a fresh socket and binds channel
 // 0x4000 to peer.
 func channelTo(server, peer *net.UDPAddr, user string) (*net.UDPConn, error) {
+	username, pass := Credentials(benchSecret, user, time.Hour, time.Now())
+	return channelToWith(server, peer, username, pass)
+}
+
+func channelToWith(server, peer *net.UDPAddr, username, pass string) (*net.UDPConn, error) {
 	conn, err := net.DialUDP("udp4", nil, server)
 	if err != nil {
 		return nil, err
 	}
-	username, pass := Credentials(benchSecret, user, time.Hour, time.Now())
 	rt := func(setters ...pionstun.Setter) (*pionstun.Message, error) {
 		req, err := pionstun.Build(append([]pionstun.Setter{pionstun.TransactionID}, setters...)...)
 		if err != nil {

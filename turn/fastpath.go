@@ -19,6 +19,10 @@ import (
 // Data indications, channels of TCP and TLS clients) takes pion's path. The
 // fast path allocates nothing per datagram.
 type fastPath struct {
+	// disabled leaves every datagram to pion; only TestCompareCoturn sets
+	// it, before serving, to measure pion's own relay path.
+	disabled bool
+
 	mu     sync.RWMutex
 	routes map[fastKey]fastRoute
 }
@@ -63,6 +67,9 @@ func (f *fastPath) fromClient(client netip.AddrPort, b []byte) bool {
 }
 
 func (f *fastPath) add(client netip.AddrPort, channel uint16, rc *relayConn, peer netip.AddrPort, out *net.UDPConn) {
+	if f.disabled {
+		return
+	}
 	f.mu.Lock()
 	f.routes[fastKey{client, channel}] = fastRoute{relay: rc, peer: peer}
 	f.mu.Unlock()

@@ -98,3 +98,53 @@ func TestFastPathAllocatesNothing(t *testing.T) {
 	}
 
 }
+
+// BenchmarkRelayChannelData sends ChannelData to an echo peer and waits for
+// each echo, through the fast path and through pion's own path. The
+// allocations reported are the whole process's: client, server and peer.
+func BenchmarkRelayChannelData(b *testing.B) {
+	for _, bm := range []struct {
+		name     string
+		disabled bool
+	}{{"fast path", false}, {"pion path", true}} {
+		b.Run(bm.name, func(b *testing.B) {
+			ts := startBenchServer(b)
+			ts.fast.disabled = bm.disabled
+			peer := echoPeer(b)
+			user, pass := Credentials(testSecret, "bench", time.Hour, time.Now())
+			conn, err := channelToWith(ts.UDPAddr().(*net.UDPAddr), peer, user, pass)
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer conn.Close()
+			msg := make([]byte, 104)
+			msg[0], msg[3] = 0x40, 100
+			buf := make([]byte, 1600)
+			b.ReportAllocs()
+			b.SetBytes(100)
+			b.ResetTimer()
+			for b.Loop() {
+				if _, err := conn.Write(msg); err != nil {
+					b.Fatal(err)
+				}
+				if _, err := conn.Read(buf); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
+
+func startBenchServer(b *testing.B) *Server {
+	b.Helper()
+	udp, tcp, err := Listen(b.Context(), "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	s, err := NewServer(Config{Secret: testSecret, UDPConns: udp, TCPListener: tcp, AllowPeers: mustAllow(b, "127.0.0.0/8")})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { s.Close() })
+	return s
+}

@@ -52,6 +52,11 @@ func TestConfigErrors(t *testing.T) {
 		{"bad log level", []string{"--log-level", "loud"}, env(), "--log-level"},
 		{"unknown flag", []string{"--nope"}, env(), "flag provided but not defined"},
 		{"stray argument", []string{"extra"}, env(), "unknown command"},
+		{"malformed allow-peers CIDR", []string{"--turn-allow-peers", "10.0.0.0/33"}, env(), "--turn-allow-peers"},
+		{"bad relay port range", []string{"--turn-ports", "60000-50000"}, env(), "--turn-ports"},
+		{"bad public IP", []string{"--turn-public-ip", "relay.example"}, env(), "--turn-public-ip"},
+		{"TURNS without a certificate", []string{"--turn-tls-addr", "127.0.0.1:5349"}, env(), "--turn-tls-addr"},
+		{"cert without key", []string{"--tls-cert", "c.pem"}, env(), "go together"},
 		{"missing public key file", []string{"--jwt-public-key", "/nonexistent.pem", "--admin-addr", "off", "--turn-addr", "off"}, env(), "--jwt-public-key"},
 	}
 	for _, tt := range tests {

@@ -457,7 +457,11 @@ func iceServers(c *serveConfig, relay *turn.Server) func(user string) (any, erro
 	}
 	_, port, _ := net.SplitHostPort(relay.UDPAddr().String())
 	hp := net.JoinHostPort(host, port)
-	turnURLs := []string{"turn:" + hp + "?transport=udp", "turn:" + hp + "?transport=tcp"}
+	turnURLs := []string{"turn:" + hp + "?transport=udp"}
+	if a := relay.TCPAddr(); a != nil {
+		_, tport, _ := net.SplitHostPort(a.String())
+		turnURLs = append(turnURLs, "turn:"+net.JoinHostPort(host, tport)+"?transport=tcp")
+	}
 	if a := relay.TLSAddr(); a != nil {
 		_, tport, _ := net.SplitHostPort(a.String())
 		turnURLs = append(turnURLs, "turns:"+net.JoinHostPort(host, tport)+"?transport=tcp")
