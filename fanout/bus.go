@@ -44,7 +44,8 @@ type Publication struct {
 	Data json.RawMessage
 	// From is the publishing user, empty for backends.
 	From string
-	// Key is an optional idempotency key (see IdempotencyWindow).
+	// Key is an optional idempotency key (see IdempotencyWindow). Keys are
+	// per room: the same key in another room is another publication.
 	Key string
 }
 

@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"context"
 	"math/rand/v2"
 	"net"
 	"sync"
@@ -247,10 +248,16 @@ func (s *session) linger() bool {
 // maxBatch bounds the bytes joined into one outgoing frame.
 const maxBatch = 64 << 10
 
-var newline = []byte{'\n'}
+// writeFailed is what writeWS returns when a write failed.
+var writeFailed = &frame{kind: kindClose, code: closeInternal, reason: "write failed"}
 
-// writeWS writes a batch as few text frames as the size bound allows. It
-// returns the close frame if the batch ends the session (or a write failed).
+// batchPool holds the buffers that join several queued frames into one
+// WebSocket message; a session holds one only while it writes.
+var batchPool = sync.Pool{New: func() any { b := make([]byte, 0, 4<<10); return &b }}
+
+// writeWS writes a batch as few text frames as the size bound allows, each
+// one WebSocket frame of newline-separated frames. It returns the close frame
+// if the batch ends the session (or a write failed).
 func (s *session) writeWS(batch []*frame) *frame {
 	if s.isClosed() {
 		return nil
@@ -258,47 +265,29 @@ func (s *session) writeWS(batch []*frame) *frame {
 	now := s.srv.cfg.now()
 	s.netConn.SetWriteDeadline(now.Add(s.srv.cfg.WriteTimeout))
 	var (
-		w        interface{ Write([]byte) (int, error) }
-		closer   interface{ Close() error }
+		start    int // first frame of the message being gathered
 		size     int
 		messages int
 		oldest   int64
 	)
-	flush := func() error {
-		if closer == nil {
-			return nil
-		}
-		err := closer.Close()
-		w, closer, size = nil, nil, 0
-		return err
-	}
-	fail := &frame{kind: kindClose, code: closeInternal, reason: "write failed"}
-	for _, f := range batch {
+	for i, f := range batch {
 		if f.kind == kindClose {
-			if err := flush(); err != nil {
-				return fail
+			if err := s.writeMessage(batch[start:i]); err != nil {
+				return writeFailed
 			}
 			s.wrote(now, messages, oldest)
 			return f
 		}
-		if size > 0 && size+len(f.b) > maxBatch {
-			if err := flush(); err != nil {
-				return fail
+		if i > start && size+1+len(f.b) > maxBatch {
+			if err := s.writeMessage(batch[start:i]); err != nil {
+				return writeFailed
 			}
+			start, size = i, 0
 		}
-		if w == nil {
-			wc, err := s.conn.Writer(s.srv.ctx, websocket.MessageText)
-			if err != nil {
-				return fail
-			}
-			w, closer = wc, wc
-		} else if _, err := w.Write(newline); err != nil {
-			return fail
+		if i > start {
+			size++ // the newline
 		}
-		if _, err := w.Write(f.b); err != nil {
-			return fail
-		}
-		size += len(f.b) + 1
+		size += len(f.b)
 		if f.kind == kindMessage {
 			messages++
 			if oldest == 0 || f.time < oldest {
@@ -306,11 +295,38 @@ func (s *session) writeWS(batch []*frame) *frame {
 			}
 		}
 	}
-	if err := flush(); err != nil {
-		return fail
+	if err := s.writeMessage(batch[start:]); err != nil {
+		return writeFailed
 	}
 	s.wrote(now, messages, oldest)
 	return nil
+}
+
+// writeMessage writes frames as one WebSocket message, newline-separated.
+// The write deadline writeWS set bounds it; the context is one that cannot be
+// cancelled because coder/websocket arms a context.AfterFunc, which
+// allocates, for every frame written under a cancellable one.
+func (s *session) writeMessage(frames []*frame) error {
+	switch len(frames) {
+	case 0:
+		return nil
+	case 1:
+		return s.conn.Write(context.Background(), websocket.MessageText, frames[0].b)
+	}
+	bp := batchPool.Get().(*[]byte)
+	buf := (*bp)[:0]
+	for i, f := range frames {
+		if i > 0 {
+			buf = append(buf, '\n')
+		}
+		buf = append(buf, f.b...)
+	}
+	err := s.conn.Write(context.Background(), websocket.MessageText, buf)
+	if cap(buf) <= 2*maxBatch {
+		*bp = buf[:0]
+		batchPool.Put(bp)
+	}
+	return err
 }
 
 // wrote records a finished write for heartbeats and metrics.

@@ -122,8 +122,15 @@ const (
 	// not be recovered (the epoch changed or history moved on), so messages
 	// may have been missed; the application should reload the room's state.
 	EventLost
-	// EventError carries Err: an error frame that answered no command.
+	// EventError carries Err: an error frame that answered no command, or
+	// (with Room) a room that could not be subscribed again after a
+	// reconnect and is no longer subscribed.
 	EventError
+	// EventDraining carries After: the node is draining and asked the client
+	// to reconnect after about After (its `reconnect` frame). The client
+	// reconnects that long after the notice, once the node closes the
+	// connection; EventDisconnected and EventConnected follow.
+	EventDraining
 )
 
 // Presence is a join or leave in a room.
@@ -143,17 +150,28 @@ type Event struct {
 	Room     string
 	Position Position
 	Err      error
+	After    time.Duration
 }
 
 type sub struct {
 	presence bool
 	pos      Position
-	seen     bool // pos has been set by an ack or a message
+	seen     bool // pos has been set by SubscribeSince, an ack or a message
+	acked    bool // the server acknowledged the subscription once
 }
 
 type reply struct {
 	raw []byte
 	err error
+}
+
+// call is a command waiting for its reply.
+type call struct {
+	ch chan reply
+	// onAck, when set, runs on the read loop with the ack before any later
+	// frame is handled, so that state the ack sets (a room's position)
+	// is in place before the messages that follow it.
+	onAck func(raw []byte)
 }
 
 // Client is a connection to a Parley node that survives reconnects.
@@ -170,7 +188,7 @@ type Client struct {
 	conn    *websocket.Conn
 	welcome Welcome
 	subs    map[string]*sub
-	pending map[string]chan reply
+	pending map[string]*call
 	nextID  uint64
 	ready   chan struct{} // closed once connected; replaced on disconnect
 }
@@ -202,7 +220,7 @@ func Dial(ctx context.Context, opts Options) (*Client, error) {
 		events:  make(chan Event, opts.EventBuffer),
 		done:    make(chan struct{}),
 		subs:    make(map[string]*sub),
-		pending: make(map[string]chan reply),
+		pending: make(map[string]*call),
 		ready:   make(chan struct{}),
 	}
 	c.ctx, c.cancel = context.WithCancel(context.Background())
@@ -303,6 +321,9 @@ func firstLine(b []byte) []byte {
 func (c *Client) run(conn *websocket.Conn, w Welcome) {
 	defer close(c.done)
 	defer close(c.events)
+	// Once run is over (NoReconnect), calls waiting for a connection fail
+	// with ErrClosed instead of waiting for one that never comes.
+	defer c.cancel()
 	backoff := c.opts.MinBackoff
 	for {
 		c.mu.Lock()
@@ -310,7 +331,7 @@ func (c *Client) run(conn *websocket.Conn, w Welcome) {
 		c.mu.Unlock()
 		resumeErr := make(chan error, 1)
 		go func() { resumeErr <- c.resubscribe(conn) }()
-		after, readErr := c.readLoop(conn, w)
+		reconnectAt, readErr := c.readLoop(conn, w)
 		conn.CloseNow()
 		c.failPending()
 		<-resumeErr
@@ -319,8 +340,10 @@ func (c *Client) run(conn *websocket.Conn, w Welcome) {
 			return
 		}
 		wait := time.Duration(rand.Int64N(int64(backoff) + 1))
-		if after > 0 {
-			wait = after
+		if !reconnectAt.IsZero() {
+			// The node said when to come back, counted from its notice,
+			// not from the close that follows it.
+			wait = max(0, time.Until(reconnectAt))
 		}
 		for {
 			t := time.NewTimer(wait)
@@ -345,33 +368,40 @@ func (c *Client) run(conn *websocket.Conn, w Welcome) {
 	}
 }
 
-// resubscribe subscribes every known room again from its last position, then
-// reports the connection ready.
+// resubscribe subscribes every room the server had acknowledged again from
+// its last position, then reports the connection ready. A room the server
+// now refuses is dropped and reported; a subscription still waiting for its
+// first ack is left to its own Subscribe call, which retries.
 func (c *Client) resubscribe(conn *websocket.Conn) error {
 	c.mu.Lock()
-	rooms := make(map[string]sub, len(c.subs))
+	rooms := make(map[string]*sub, len(c.subs))
 	for r, s := range c.subs {
-		rooms[r] = *s
+		if s.acked {
+			rooms[r] = s
+		}
 	}
 	c.mu.Unlock()
 	for room, s := range rooms {
-		f := map[string]any{"type": "subscribe", "room": room, "presence": s.presence}
-		if s.seen {
-			f["since"] = s.pos
+		c.mu.Lock()
+		since, seen, presence := s.pos, s.seen, s.presence
+		c.mu.Unlock()
+		f := map[string]any{"type": "subscribe", "room": room, "presence": presence}
+		if seen {
+			f["since"] = since
 		}
-		raw, err := c.command(c.ctx, conn, f)
-		if err != nil {
-			return err
-		}
-		var ack SubscribeAck
-		json.Unmarshal(raw, &ack)
-		if s.seen && !ack.Recovered {
-			c.emit(Event{Kind: EventLost, Room: room, Position: Position{Epoch: ack.Epoch, Offset: ack.Offset}})
+		_, err := c.command(c.ctx, conn, f, c.onSubscribeAck(room, s, true))
+		var serr *ServerError
+		if errors.As(err, &serr) {
 			c.mu.Lock()
-			if cur := c.subs[room]; cur != nil {
-				cur.pos = Position{Epoch: ack.Epoch, Offset: ack.Offset}
+			if c.subs[room] == s {
+				delete(c.subs, room)
 			}
 			c.mu.Unlock()
+			c.emit(Event{Kind: EventError, Room: room, Err: err})
+			continue
+		}
+		if err != nil {
+			return err
 		}
 	}
 	c.mu.Lock()
@@ -386,8 +416,8 @@ func (c *Client) resubscribe(conn *websocket.Conn) error {
 func (c *Client) failPending() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	for id, ch := range c.pending {
-		ch <- reply{err: ErrDisconnected}
+	for id, call := range c.pending {
+		call.ch <- reply{err: ErrDisconnected}
 		delete(c.pending, id)
 	}
 }
@@ -415,22 +445,23 @@ func (c *Client) emit(e Event) {
 }
 
 // readLoop reads frames until the connection fails. It returns the error and,
-// if the server asked for it, how long to wait before reconnecting.
-func (c *Client) readLoop(conn *websocket.Conn, w Welcome) (time.Duration, error) {
+// if the server asked for it, when to reconnect.
+func (c *Client) readLoop(conn *websocket.Conn, w Welcome) (time.Time, error) {
 	idle := time.Duration(w.PingMS)*time.Millisecond + 10*time.Second
-	var after time.Duration
+	var reconnectAt time.Time
 	for {
 		ctx, cancel := context.WithTimeout(c.ctx, idle)
 		_, b, err := conn.Read(ctx)
 		cancel()
 		if err != nil {
-			return after, err
+			return reconnectAt, err
 		}
 		for len(b) > 0 {
 			line := firstLine(b)
 			b = b[min(len(line)+1, len(b)):]
 			if d, ok := c.handle(conn, line); ok {
-				after = d
+				reconnectAt = time.Now().Add(d)
+				c.emit(Event{Kind: EventDraining, After: d})
 			}
 		}
 	}
@@ -475,7 +506,7 @@ func (c *Client) handle(conn *websocket.Conn, line []byte) (time.Duration, bool)
 		return time.Duration(f.AfterMS) * time.Millisecond, true
 	case "ack", "error":
 		c.mu.Lock()
-		ch := c.pending[f.ID]
+		call := c.pending[f.ID]
 		delete(c.pending, f.ID)
 		c.mu.Unlock()
 		var r reply
@@ -484,22 +515,27 @@ func (c *Client) handle(conn *websocket.Conn, line []byte) (time.Duration, bool)
 		} else {
 			r.raw = append([]byte(nil), line...)
 		}
-		if ch != nil {
-			ch <- r
-		} else if r.err != nil {
+		switch {
+		case call != nil:
+			if r.err == nil && call.onAck != nil {
+				call.onAck(r.raw)
+			}
+			call.ch <- r
+		case r.err != nil:
 			c.emit(Event{Kind: EventError, Err: r.err})
 		}
 	}
 	return 0, false
 }
 
-// command sends a frame with a fresh id on conn and waits for its reply.
-func (c *Client) command(ctx context.Context, conn *websocket.Conn, f map[string]any) (json.RawMessage, error) {
+// command sends a frame with a fresh id on conn and waits for its reply;
+// onAck, if not nil, runs on the read loop when the ack arrives.
+func (c *Client) command(ctx context.Context, conn *websocket.Conn, f map[string]any, onAck func(raw []byte)) (json.RawMessage, error) {
 	ch := make(chan reply, 1)
 	c.mu.Lock()
 	c.nextID++
 	id := strconv.FormatUint(c.nextID, 10)
-	c.pending[id] = ch
+	c.pending[id] = &call{ch: ch, onAck: onAck}
 	c.mu.Unlock()
 	f["id"] = id
 	b, err := json.Marshal(f)
@@ -555,14 +591,14 @@ func (c *Client) SubscribeSince(ctx context.Context, room string, since Position
 }
 
 func (c *Client) subscribe(ctx context.Context, room string, presence bool, since *Position) (SubscribeAck, error) {
-	conn, err := c.live(ctx)
-	if err != nil {
-		return SubscribeAck{}, err
-	}
-	c.mu.Lock()
 	s := &sub{presence: presence}
 	if since != nil {
 		s.pos, s.seen = *since, true
+	}
+	c.mu.Lock()
+	if _, ok := c.subs[room]; ok {
+		c.mu.Unlock()
+		return SubscribeAck{}, fmt.Errorf("client: already subscribed to %s", room)
 	}
 	c.subs[room] = s
 	c.mu.Unlock()
@@ -570,23 +606,61 @@ func (c *Client) subscribe(ctx context.Context, room string, presence bool, sinc
 	if since != nil {
 		f["since"] = since
 	}
-	raw, err := c.command(ctx, conn, f)
-	if err != nil {
+	for {
+		conn, err := c.live(ctx)
+		if err == nil {
+			var raw json.RawMessage
+			raw, err = c.command(ctx, conn, f, c.onSubscribeAck(room, s, false))
+			if errors.Is(err, ErrDisconnected) {
+				// Not acknowledged, so no reconnect subscribes it: try
+				// again on the next connection.
+				continue
+			}
+			if err == nil {
+				var ack SubscribeAck
+				if err := json.Unmarshal(raw, &ack); err != nil {
+					return SubscribeAck{}, fmt.Errorf("client: bad ack: %w", err)
+				}
+				return ack, nil
+			}
+		}
 		c.mu.Lock()
-		delete(c.subs, room)
+		if c.subs[room] == s {
+			delete(c.subs, room)
+		}
 		c.mu.Unlock()
 		return SubscribeAck{}, err
 	}
-	var ack SubscribeAck
-	if err := json.Unmarshal(raw, &ack); err != nil {
-		return SubscribeAck{}, fmt.Errorf("client: bad ack: %w", err)
+}
+
+// onSubscribeAck returns what the read loop does with a subscribe ack for s:
+// it sets the room's position before any message that follows the ack, and
+// after a reconnect reports a room that could not be recovered.
+func (c *Client) onSubscribeAck(room string, s *sub, resumed bool) func(raw []byte) {
+	return func(raw []byte) {
+		var ack SubscribeAck
+		if err := json.Unmarshal(raw, &ack); err != nil {
+			c.log.Warn("unreadable subscribe ack", "room", room, "err", err)
+			return
+		}
+		top := Position{Epoch: ack.Epoch, Offset: ack.Offset}
+		c.mu.Lock()
+		if c.subs[room] != s {
+			c.mu.Unlock()
+			return
+		}
+		lost := resumed && s.seen && !ack.Recovered
+		if !s.seen || !ack.Recovered {
+			// Recovered: the missed messages follow and move the position.
+			// Otherwise the room goes on from its current top.
+			s.pos, s.seen = top, true
+		}
+		s.acked = true
+		c.mu.Unlock()
+		if lost {
+			c.emit(Event{Kind: EventLost, Room: room, Position: top})
+		}
 	}
-	c.mu.Lock()
-	if !s.seen || !ack.Recovered {
-		s.pos, s.seen = Position{Epoch: ack.Epoch, Offset: ack.Offset}, true
-	}
-	c.mu.Unlock()
-	return ack, nil
 }
 
 // Unsubscribe leaves a room.
@@ -598,7 +672,11 @@ func (c *Client) Unsubscribe(ctx context.Context, room string) error {
 	if err != nil {
 		return err
 	}
-	_, err = c.command(ctx, conn, map[string]any{"type": "unsubscribe", "room": room})
+	_, err = c.command(ctx, conn, map[string]any{"type": "unsubscribe", "room": room}, nil)
+	if errors.Is(err, ErrDisconnected) {
+		// The next connection does not subscribe the room again.
+		return nil
+	}
 	return err
 }
 
@@ -613,7 +691,7 @@ func (c *Client) Publish(ctx context.Context, room string, data any, key string)
 	if key != "" {
 		f["key"] = key
 	}
-	raw, err := c.command(ctx, conn, f)
+	raw, err := c.command(ctx, conn, f, nil)
 	if err != nil {
 		return PublishAck{}, err
 	}

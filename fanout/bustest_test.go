@@ -1,0 +1,719 @@
+package fanout
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// This file is the behavioural suite every Bus implementation must pass.
+// memory_test.go runs it against Memory; the Redis bus runs it unchanged.
+
+// suiteHistory is how many messages per room the buses handed to testBus must
+// keep: newBus has to configure its history size to this.
+const suiteHistory = 16
+
+// waitTimeout bounds every wait for an asynchronous delivery.
+const waitTimeout = 10 * time.Second
+
+// testBus runs the behavioural suite against buses made by newBus. newBus
+// returns a fresh, open bus whose rooms keep suiteHistory messages and a
+// history TTL long enough not to matter; it registers the bus's Close with
+// t.Cleanup. Room names are unique per test, so buses sharing a store (one
+// Redis) do not see each other's rooms.
+func testBus(t *testing.T, newBus func(t *testing.T) Bus) {
+	tests := []struct {
+		name string
+		run  func(t *testing.T, newBus func(t *testing.T) Bus)
+	}{
+		{"offsets per room", testOffsets},
+		{"epoch stable", testEpochStable},
+		{"delivery in offset order", testDeliveryOrder},
+		{"no delivery after unsubscribe", testNoDeliveryAfterUnsubscribe},
+		{"no delivery to unsubscribed rooms", testNoDeliveryToOtherRooms},
+		{"subscribe twice", testSubscribeTwice},
+		{"history", testHistory},
+		{"history of an empty room", testHistoryEmptyRoom},
+		{"idempotency key", testIdempotencyKey},
+		{"idempotency keys are per room", testIdempotencyKeyPerRoom},
+		{"presence", testPresence},
+		{"presence events", testPresenceEvents},
+		{"concurrent publishers", testConcurrentPublishers},
+		{"close", testClose},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) { tt.run(t, newBus) })
+	}
+}
+
+// roomName returns a room name no other test uses.
+func roomName(t *testing.T, base string) string {
+	t.Helper()
+	return base + "-" + NewEpoch()
+}
+
+// data is the JSON body of the n-th test message.
+func data(n int) json.RawMessage {
+	return json.RawMessage(fmt.Sprintf(`{"n":%d}`, n))
+}
+
+func publish(t *testing.T, bus Bus, room string, p Publication) PublishResult {
+	t.Helper()
+	res, err := bus.Publish(context.Background(), room, p)
+	if err != nil {
+		t.Fatalf("Publish(%s): %v", room, err)
+	}
+	return res
+}
+
+// publishN publishes data(1)..data(n) to room and returns the results.
+func publishN(t *testing.T, bus Bus, room string, n int) []PublishResult {
+	t.Helper()
+	out := make([]PublishResult, n)
+	for i := range out {
+		out[i] = publish(t, bus, room, Publication{Data: data(i + 1), From: "alice"})
+	}
+	return out
+}
+
+func history(t *testing.T, bus Bus, room string, q HistoryQuery) History {
+	t.Helper()
+	h, err := bus.History(context.Background(), room, q)
+	if err != nil {
+		t.Fatalf("History(%s): %v", room, err)
+	}
+	return h
+}
+
+func subscribe(t *testing.T, bus Bus, room string, h Handler) {
+	t.Helper()
+	if err := bus.Subscribe(context.Background(), room, h); err != nil {
+		t.Fatalf("Subscribe(%s): %v", room, err)
+	}
+}
+
+// waitFor polls cond until it holds or waitTimeout passes.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(waitTimeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for %s", waitTimeout, what)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// offsets returns the offsets of msgs.
+func offsets(msgs []*Message) []uint64 {
+	out := make([]uint64, len(msgs))
+	for i, m := range msgs {
+		out[i] = m.Offset
+	}
+	return out
+}
+
+// seq returns from, from+1, ..., to (nil when to < from).
+func seq(from, to uint64) []uint64 {
+	var out []uint64
+	for o := from; o <= to; o++ {
+		out = append(out, o)
+	}
+	return out
+}
+
+// recorder is a Handler that records what it gets and checks the Handler
+// contract: calls never overlap, offsets rise by exactly 1, and nothing comes
+// after stop.
+type recorder struct {
+	mu     sync.Mutex
+	msgs   []*Message
+	events []PresenceEvent
+
+	inCall  atomic.Int32
+	overlap atomic.Bool
+	gaps    atomic.Int32 // messages whose offset is not the previous + 1
+	stopped atomic.Bool  // set once the test has unsubscribed
+	late    atomic.Int32 // calls running after stopped
+
+	// delay makes each call take this long, widening the window in which
+	// a call could still run when Unsubscribe returns.
+	delay time.Duration
+}
+
+func (r *recorder) enter() {
+	if r.inCall.Add(1) > 1 {
+		r.overlap.Store(true)
+	}
+	if r.stopped.Load() {
+		r.late.Add(1)
+	}
+	if r.delay > 0 {
+		time.Sleep(r.delay)
+	}
+}
+
+// exit counts a call still running once the test has unsubscribed: stopped is
+// set only after Unsubscribe returned.
+func (r *recorder) exit() {
+	if r.stopped.Load() {
+		r.late.Add(1)
+	}
+	r.inCall.Add(-1)
+}
+
+func (r *recorder) HandleMessage(m *Message) {
+	r.enter()
+	defer r.exit()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if n := len(r.msgs); n > 0 && m.Offset != r.msgs[n-1].Offset+1 {
+		r.gaps.Add(1)
+	}
+	r.msgs = append(r.msgs, m)
+}
+
+func (r *recorder) HandlePresence(e PresenceEvent) {
+	r.enter()
+	defer r.exit()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.events = append(r.events, e)
+}
+
+func (r *recorder) messages() []*Message {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return slices.Clone(r.msgs)
+}
+
+func (r *recorder) presence() []PresenceEvent {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return slices.Clone(r.events)
+}
+
+// waitMessages waits until r has at least n messages and returns them.
+func (r *recorder) waitMessages(t *testing.T, n int) []*Message {
+	t.Helper()
+	waitFor(t, fmt.Sprintf("%d messages", n), func() bool { return len(r.messages()) >= n })
+	return r.messages()
+}
+
+// check fails the test if r saw the Handler contract broken.
+func (r *recorder) check(t *testing.T) {
+	t.Helper()
+	if r.overlap.Load() {
+		t.Errorf("handler calls overlapped")
+	}
+	if n := r.gaps.Load(); n != 0 {
+		t.Errorf("got %d offset gaps or reorders, want 0", n)
+	}
+	if n := r.late.Load(); n != 0 {
+		t.Errorf("got %d handler calls after Unsubscribe returned, want 0", n)
+	}
+}
+
+func testOffsets(t *testing.T, newBus func(t *testing.T) Bus) {
+	bus := newBus(t)
+	a, b := roomName(t, "a"), roomName(t, "b")
+	// Interleave the rooms: each counts on its own.
+	var gotA, gotB []uint64
+	for i := range 5 {
+		gotA = append(gotA, publish(t, bus, a, Publication{Data: data(i)}).Offset)
+		if i%2 == 0 {
+			gotB = append(gotB, publish(t, bus, b, Publication{Data: data(i)}).Offset)
+		}
+	}
+	if want := seq(1, 5); !slices.Equal(gotA, want) {
+		t.Errorf("room a offsets: got %v, want %v", gotA, want)
+	}
+	if want := seq(1, 3); !slices.Equal(gotB, want) {
+		t.Errorf("room b offsets: got %v, want %v", gotB, want)
+	}
+	for _, tt := range []struct {
+		name string
+		room string
+		want uint64
+	}{
+		{"a", a, 5},
+		{"b", b, 3},
+	} {
+		if got := history(t, bus, tt.room, HistoryQuery{}).Top.Offset; got != tt.want {
+			t.Errorf("room %s top: got %v, want %v", tt.name, got, tt.want)
+		}
+	}
+}
+
+func testEpochStable(t *testing.T, newBus func(t *testing.T) Bus) {
+	bus := newBus(t)
+	room, other := roomName(t, "room"), roomName(t, "other")
+	rec := &recorder{}
+	subscribe(t, bus, room, rec)
+	res := publishN(t, bus, room, 5)
+	epoch := res[0].Epoch
+	if epoch == "" {
+		t.Fatalf("got empty epoch")
+	}
+	for i, r := range res {
+		if r.Epoch != epoch {
+			t.Errorf("publish %d epoch: got %q, want %q", i+1, r.Epoch, epoch)
+		}
+	}
+	for _, m := range rec.waitMessages(t, 5) {
+		if m.Epoch != epoch {
+			t.Errorf("message %d epoch: got %q, want %q", m.Offset, m.Epoch, epoch)
+		}
+	}
+	h := history(t, bus, room, HistoryQuery{Limit: 10})
+	if h.Top.Epoch != epoch {
+		t.Errorf("history top epoch: got %q, want %q", h.Top.Epoch, epoch)
+	}
+	for _, m := range h.Messages {
+		if m.Epoch != epoch {
+			t.Errorf("history message %d epoch: got %q, want %q", m.Offset, m.Epoch, epoch)
+		}
+	}
+	// Another room's activity does not move this room's epoch.
+	publishN(t, bus, other, 3)
+	if got := history(t, bus, room, HistoryQuery{}).Top.Epoch; got != epoch {
+		t.Errorf("epoch after publishing elsewhere: got %q, want %q", got, epoch)
+	}
+}
+
+func testDeliveryOrder(t *testing.T, newBus func(t *testing.T) Bus) {
+	bus := newBus(t)
+	room := roomName(t, "room")
+	rec := &recorder{}
+	subscribe(t, bus, room, rec)
+	const n = 50
+	res := publishN(t, bus, room, n)
+	msgs := rec.waitMessages(t, n)
+	if got, want := offsets(msgs), seq(1, n); !slices.Equal(got, want) {
+		t.Fatalf("delivered offsets: got %v, want %v", got, want)
+	}
+	for i, m := range msgs {
+		if m.Room != room || string(m.Data) != string(data(i+1)) || m.From != "alice" || m.Epoch != res[i].Epoch {
+			t.Errorf("message %d: got room %q data %s from %q epoch %q, want %q %s %q %q",
+				i+1, m.Room, m.Data, m.From, m.Epoch, room, data(i+1), "alice", res[i].Epoch)
+		}
+		if m.Time == 0 {
+			t.Errorf("message %d: got Time 0, want when the bus accepted it", i+1)
+		}
+	}
+	rec.check(t)
+}
+
+func testNoDeliveryAfterUnsubscribe(t *testing.T, newBus func(t *testing.T) Bus) {
+	bus := newBus(t)
+	for round := range 5 {
+		room := roomName(t, "room")
+		rec := &recorder{delay: 200 * time.Microsecond}
+		subscribe(t, bus, room, rec)
+
+		// Publish continuously from a few goroutines while unsubscribing, so
+		// that Unsubscribe races deliveries in progress.
+		stop := make(chan struct{})
+		var wg sync.WaitGroup
+		var published atomic.Int64
+		var pubErr atomic.Value
+		for range 3 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for i := 0; ; i++ {
+					select {
+					case <-stop:
+						return
+					default:
+					}
+					if _, err := bus.Publish(context.Background(), room, Publication{Data: data(i)}); err != nil {
+						pubErr.Store(err)
+						return
+					}
+					published.Add(1)
+				}
+			}()
+		}
+		rec.waitMessages(t, 5)
+		if err := bus.Unsubscribe(context.Background(), room); err != nil {
+			t.Fatalf("Unsubscribe: %v", err)
+		}
+		rec.stopped.Store(true)
+		after := published.Load()
+		waitFor(t, "20 publishes after Unsubscribe", func() bool { return published.Load() >= after+20 || pubErr.Load() != nil })
+		close(stop)
+		wg.Wait()
+		if err := pubErr.Load(); err != nil {
+			t.Fatalf("Publish: %v", err)
+		}
+
+		// A delivery in a room published to later marks when everything
+		// published before it would have arrived.
+		barrier(t, bus)
+		if n := rec.late.Load(); n != 0 {
+			t.Fatalf("round %d: got %d handler calls running after Unsubscribe returned, want 0", round, n)
+		}
+		rec.check(t)
+		if got := rec.messages(); len(got) == 0 || got[0].Offset != 1 {
+			t.Errorf("round %d: got first offset %v, want 1", round, offsets(got))
+		}
+	}
+}
+
+// barrier publishes to a fresh room and waits for its delivery, so that a
+// bus delivering asynchronously has delivered what was published before.
+func barrier(t *testing.T, bus Bus) {
+	t.Helper()
+	room := roomName(t, "barrier")
+	rec := &recorder{}
+	subscribe(t, bus, room, rec)
+	publish(t, bus, room, Publication{Data: data(0)})
+	rec.waitMessages(t, 1)
+	if err := bus.Unsubscribe(context.Background(), room); err != nil {
+		t.Fatalf("Unsubscribe(barrier): %v", err)
+	}
+}
+
+func testNoDeliveryToOtherRooms(t *testing.T, newBus func(t *testing.T) Bus) {
+	bus := newBus(t)
+	subscribed, other := roomName(t, "subscribed"), roomName(t, "other")
+	rec := &recorder{}
+	subscribe(t, bus, subscribed, rec)
+	publishN(t, bus, other, 3)
+	publish(t, bus, subscribed, Publication{Data: data(1)})
+	publishN(t, bus, other, 3)
+	rec.waitMessages(t, 1)
+	barrier(t, bus)
+	got := rec.messages()
+	if len(got) != 1 || got[0].Room != subscribed {
+		rooms := make([]string, len(got))
+		for i, m := range got {
+			rooms[i] = m.Room
+		}
+		t.Errorf("got messages of rooms %v, want one of %s", rooms, subscribed)
+	}
+}
+
+func testSubscribeTwice(t *testing.T, newBus func(t *testing.T) Bus) {
+	bus := newBus(t)
+	room := roomName(t, "room")
+	first, second := &recorder{}, &recorder{}
+	subscribe(t, bus, room, first)
+	if err := bus.Subscribe(context.Background(), room, second); !errors.Is(err, ErrSubscribed) {
+		t.Fatalf("second Subscribe: got %v, want %v", err, ErrSubscribed)
+	}
+	publish(t, bus, room, Publication{Data: data(1)})
+	first.waitMessages(t, 1)
+	if err := bus.Unsubscribe(context.Background(), room); err != nil {
+		t.Fatalf("Unsubscribe: %v", err)
+	}
+	// After Unsubscribe the room can be subscribed again.
+	subscribe(t, bus, room, second)
+	publish(t, bus, room, Publication{Data: data(2)})
+	second.waitMessages(t, 1)
+	barrier(t, bus)
+	if got, want := offsets(second.messages()), []uint64{2}; !slices.Equal(got, want) {
+		t.Errorf("second handler offsets: got %v, want %v", got, want)
+	}
+	if got, want := offsets(first.messages()), []uint64{1}; !slices.Equal(got, want) {
+		t.Errorf("first handler offsets: got %v, want %v", got, want)
+	}
+}
+
+func testHistory(t *testing.T, newBus func(t *testing.T) Bus) {
+	bus := newBus(t)
+	room := roomName(t, "room")
+	const published = suiteHistory + 4 // offsets 1..4 have left history
+	const oldest = published - suiteHistory + 1
+	epoch := publishN(t, bus, room, published)[0].Epoch
+	at := func(off uint64) *Position { return &Position{Epoch: epoch, Offset: off} }
+
+	tests := []struct {
+		name          string
+		q             HistoryQuery
+		wantOffsets   []uint64
+		wantRecovered bool
+	}{
+		{name: "no since, no limit", q: HistoryQuery{}},
+		{name: "newest 3", q: HistoryQuery{Limit: 3}, wantOffsets: seq(published-2, published)},
+		{name: "limit above what is kept", q: HistoryQuery{Limit: 1000}, wantOffsets: seq(oldest, published)},
+		{name: "since within history", q: HistoryQuery{Since: at(10)}, wantOffsets: seq(11, published), wantRecovered: true},
+		{name: "since within history, limited", q: HistoryQuery{Since: at(10), Limit: 2}, wantOffsets: seq(11, 12), wantRecovered: true},
+		{name: "since just before the oldest kept", q: HistoryQuery{Since: at(oldest - 1)}, wantOffsets: seq(oldest, published), wantRecovered: true},
+		{name: "since beyond kept history", q: HistoryQuery{Since: at(oldest - 2)}},
+		{name: "since 0 after history moved on", q: HistoryQuery{Since: at(0)}},
+		{name: "since top", q: HistoryQuery{Since: at(published)}, wantRecovered: true},
+		{name: "since above top", q: HistoryQuery{Since: at(published + 1)}},
+		{name: "wrong epoch", q: HistoryQuery{Since: &Position{Epoch: "not-" + epoch, Offset: 10}}},
+		{name: "empty epoch", q: HistoryQuery{Since: &Position{Offset: 10}}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			h := history(t, bus, room, tt.q)
+			if want := (Position{Epoch: epoch, Offset: published}); h.Top != want {
+				t.Errorf("top: got %v, want %v", h.Top, want)
+			}
+			if got := offsets(h.Messages); !slices.Equal(got, tt.wantOffsets) {
+				t.Errorf("offsets: got %v, want %v", got, tt.wantOffsets)
+			}
+			if h.Recovered != tt.wantRecovered {
+				t.Errorf("recovered: got %v, want %v", h.Recovered, tt.wantRecovered)
+			}
+			for _, m := range h.Messages {
+				if m.Room != room || m.Epoch != epoch || string(m.Data) != string(data(int(m.Offset))) {
+					t.Errorf("message %d: got room %q epoch %q data %s, want %q %q %s",
+						m.Offset, m.Room, m.Epoch, m.Data, room, epoch, data(int(m.Offset)))
+				}
+			}
+		})
+	}
+}
+
+func testHistoryEmptyRoom(t *testing.T, newBus func(t *testing.T) Bus) {
+	bus := newBus(t)
+	room := roomName(t, "room")
+	h := history(t, bus, room, HistoryQuery{Limit: 10})
+	if h.Top.Offset != 0 || h.Top.Epoch == "" || len(h.Messages) != 0 {
+		t.Fatalf("empty room: got top %v and %d messages, want offset 0, an epoch and none", h.Top, len(h.Messages))
+	}
+	empty := h.Top
+	h = history(t, bus, room, HistoryQuery{Since: &empty})
+	if !h.Recovered || len(h.Messages) != 0 || h.Top != empty {
+		t.Errorf("since the empty position: got recovered %v, %d messages, top %v; want true, 0, %v",
+			h.Recovered, len(h.Messages), h.Top, empty)
+	}
+	// A client that saw the room empty resumes from there once it has
+	// messages: the epoch did not change with the first publish.
+	res := publishN(t, bus, room, 2)
+	if res[0].Epoch != empty.Epoch {
+		t.Errorf("epoch after the first publish: got %q, want %q", res[0].Epoch, empty.Epoch)
+	}
+	h = history(t, bus, room, HistoryQuery{Since: &empty})
+	if got, want := offsets(h.Messages), seq(1, 2); !h.Recovered || !slices.Equal(got, want) {
+		t.Errorf("since the empty position after 2 publishes: got recovered %v offsets %v, want true %v", h.Recovered, got, want)
+	}
+}
+
+func testIdempotencyKey(t *testing.T, newBus func(t *testing.T) Bus) {
+	bus := newBus(t)
+	room := roomName(t, "room")
+	rec := &recorder{}
+	subscribe(t, bus, room, rec)
+
+	first := publish(t, bus, room, Publication{Data: data(1), Key: "k1"})
+	if first.Duplicate || first.Offset != 1 {
+		t.Fatalf("first publish: got %+v, want offset 1, not duplicate", first)
+	}
+	again := publish(t, bus, room, Publication{Data: data(99), Key: "k1"})
+	if want := (PublishResult{Position: first.Position, Duplicate: true}); again != want {
+		t.Errorf("repeat: got %+v, want %+v", again, want)
+	}
+	other := publish(t, bus, room, Publication{Data: data(2), Key: "k2"})
+	if other.Duplicate || other.Offset != 2 {
+		t.Errorf("another key: got %+v, want offset 2, not duplicate", other)
+	}
+	plain := publish(t, bus, room, Publication{Data: data(3)})
+	if plain.Duplicate || plain.Offset != 3 {
+		t.Errorf("no key: got %+v, want offset 3, not duplicate", plain)
+	}
+
+	rec.waitMessages(t, 3)
+	barrier(t, bus)
+	msgs := rec.messages()
+	if got, want := offsets(msgs), seq(1, 3); !slices.Equal(got, want) {
+		t.Fatalf("delivered offsets: got %v, want %v", got, want)
+	}
+	if string(msgs[0].Data) != string(data(1)) {
+		t.Errorf("delivered data: got %s, want the first publication's %s", msgs[0].Data, data(1))
+	}
+	h := history(t, bus, room, HistoryQuery{Limit: 100})
+	if got, want := offsets(h.Messages), seq(1, 3); !slices.Equal(got, want) {
+		t.Errorf("history offsets: got %v, want %v", got, want)
+	}
+	rec.check(t)
+}
+
+func testIdempotencyKeyPerRoom(t *testing.T, newBus func(t *testing.T) Bus) {
+	bus := newBus(t)
+	a, b := roomName(t, "a"), roomName(t, "b")
+	publishN(t, bus, a, 2)
+	ra := publish(t, bus, a, Publication{Data: data(3), Key: "same"})
+	rb := publish(t, bus, b, Publication{Data: data(1), Key: "same"})
+	if ra.Duplicate || rb.Duplicate || ra.Offset != 3 || rb.Offset != 1 {
+		t.Errorf("same key in two rooms: got %+v and %+v, want offsets 3 and 1, neither duplicate", ra, rb)
+	}
+}
+
+// sortedMembers returns ms ordered by session, so that presence lists compare
+// whatever order a bus keeps them in.
+func sortedMembers(ms []Member) []Member {
+	ms = slices.Clone(ms)
+	sort.Slice(ms, func(i, j int) bool { return ms[i].Session < ms[j].Session })
+	return ms
+}
+
+func testPresence(t *testing.T, newBus func(t *testing.T) Bus) {
+	bus := newBus(t)
+	ctx := context.Background()
+	room, other := roomName(t, "room"), roomName(t, "other")
+	alice := Member{User: "alice", Session: "s1", Node: "n1"}
+	bob := Member{User: "bob", Session: "s2", Node: "n2"}
+	alice2 := Member{User: "alice", Session: "s3", Node: "n2"}
+
+	tests := []struct {
+		name string
+		do   func() error
+		want []Member
+	}{
+		{"nobody yet", func() error { return nil }, nil},
+		{"alice joins", func() error { return bus.Join(ctx, room, alice) }, []Member{alice}},
+		{"bob joins", func() error { return bus.Join(ctx, room, bob) }, []Member{alice, bob}},
+		{"alice joins again from another session", func() error { return bus.Join(ctx, room, alice2) }, []Member{alice, bob, alice2}},
+		{"a join repeated is one member", func() error { return bus.Join(ctx, room, bob) }, []Member{alice, bob, alice2}},
+		{"someone joins another room", func() error { return bus.Join(ctx, other, Member{User: "carol", Session: "s9"}) }, []Member{alice, bob, alice2}},
+		{"alice leaves one session", func() error { return bus.Leave(ctx, room, alice) }, []Member{bob, alice2}},
+		{"leaving twice is harmless", func() error { return bus.Leave(ctx, room, alice) }, []Member{bob, alice2}},
+		{"everyone leaves", func() error {
+			return errors.Join(bus.Leave(ctx, room, bob), bus.Leave(ctx, room, alice2))
+		}, nil},
+	}
+	for _, tt := range tests {
+		if err := tt.do(); err != nil {
+			t.Fatalf("%s: %v", tt.name, err)
+		}
+		got, err := bus.Presence(ctx, room)
+		if err != nil {
+			t.Fatalf("%s: Presence: %v", tt.name, err)
+		}
+		if got, want := sortedMembers(got), sortedMembers(tt.want); !slices.Equal(got, want) {
+			t.Errorf("%s: got %v, want %v", tt.name, got, want)
+		}
+	}
+	got, err := bus.Presence(ctx, roomName(t, "never-used"))
+	if err != nil || len(got) != 0 {
+		t.Errorf("presence of an unused room: got %v, %v; want none, nil", got, err)
+	}
+}
+
+func testPresenceEvents(t *testing.T, newBus func(t *testing.T) Bus) {
+	bus := newBus(t)
+	ctx := context.Background()
+	room, other := roomName(t, "room"), roomName(t, "other")
+	alice := Member{User: "alice", Session: "s1", Node: "n1"}
+	bob := Member{User: "bob", Session: "s2", Node: "n1"}
+	rec := &recorder{}
+	subscribe(t, bus, room, rec)
+
+	steps := []error{
+		bus.Join(ctx, room, alice),
+		bus.Join(ctx, other, bob), // not this room
+		bus.Leave(ctx, room, alice),
+		bus.Leave(ctx, room, alice), // not a member: no event
+		bus.Join(ctx, room, bob),
+	}
+	if err := errors.Join(steps...); err != nil {
+		t.Fatalf("Join/Leave: %v", err)
+	}
+	want := []PresenceEvent{
+		{Room: room, Join: true, Member: alice},
+		{Room: room, Join: false, Member: alice},
+		{Room: room, Join: true, Member: bob},
+	}
+	waitFor(t, "3 presence events", func() bool { return len(rec.presence()) >= len(want) })
+	barrier(t, bus)
+	if got := rec.presence(); !slices.Equal(got, want) {
+		t.Errorf("got %+v, want %+v", got, want)
+	}
+	rec.check(t)
+}
+
+func testConcurrentPublishers(t *testing.T, newBus func(t *testing.T) Bus) {
+	bus := newBus(t)
+	room := roomName(t, "room")
+	rec := &recorder{}
+	subscribe(t, bus, room, rec)
+
+	const publishers, each = 8, 50
+	acked := make([][]uint64, publishers)
+	errs := make([]error, publishers)
+	var wg sync.WaitGroup
+	for p := range publishers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range each {
+				res, err := bus.Publish(context.Background(), room, Publication{Data: data(p*each + i)})
+				if err != nil {
+					errs[p] = err
+					return
+				}
+				acked[p] = append(acked[p], res.Offset)
+			}
+		}()
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		t.Fatalf("Publish: %v", err)
+	}
+	const total = publishers * each
+	var all []uint64
+	for p, offs := range acked {
+		// One publisher's messages land in the order it sent them.
+		if !slices.IsSorted(offs) {
+			t.Errorf("publisher %d acks: got %v, want increasing", p, offs)
+		}
+		all = append(all, offs...)
+	}
+	slices.Sort(all)
+	if want := seq(1, total); !slices.Equal(all, want) {
+		t.Errorf("acked offsets: got %v, want 1..%d each once", all, total)
+	}
+	msgs := rec.waitMessages(t, total)
+	if got, want := offsets(msgs), seq(1, total); !slices.Equal(got, want) {
+		t.Errorf("delivered offsets: got %v, want 1..%d in order", got, total)
+	}
+	rec.check(t)
+}
+
+func testClose(t *testing.T, newBus func(t *testing.T) Bus) {
+	bus := newBus(t)
+	ctx := context.Background()
+	room := roomName(t, "room")
+	if !bus.Ready() {
+		t.Fatalf("Ready before Close: got false, want true")
+	}
+	subscribe(t, bus, room, &recorder{})
+	publish(t, bus, room, Publication{Data: data(1)})
+	if err := bus.Close(); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+	if bus.Ready() {
+		t.Errorf("Ready after Close: got true, want false")
+	}
+	m := Member{User: "u", Session: "s"}
+	tests := []struct {
+		name string
+		call func() error
+	}{
+		{"Publish", func() error { _, err := bus.Publish(ctx, room, Publication{Data: data(2)}); return err }},
+		{"Subscribe", func() error { return bus.Subscribe(ctx, roomName(t, "new"), &recorder{}) }},
+		{"Unsubscribe", func() error { return bus.Unsubscribe(ctx, room) }},
+		{"History", func() error { _, err := bus.History(ctx, room, HistoryQuery{Limit: 1}); return err }},
+		{"Join", func() error { return bus.Join(ctx, room, m) }},
+		{"Leave", func() error { return bus.Leave(ctx, room, m) }},
+		{"Presence", func() error { _, err := bus.Presence(ctx, room); return err }},
+	}
+	for _, tt := range tests {
+		if err := tt.call(); !errors.Is(err, ErrClosed) {
+			t.Errorf("%s after Close: got %v, want %v", tt.name, err, ErrClosed)
+		}
+	}
+}

@@ -1,0 +1,222 @@
+package fanout
+
+import (
+	"context"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+)
+
+func TestMemory(t *testing.T) {
+	testBus(t, func(t *testing.T) Bus {
+		m := NewMemory(MemoryConfig{HistorySize: suiteHistory})
+		t.Cleanup(func() { m.Close() })
+		return m
+	})
+}
+
+// fakeClock is a MemoryConfig.Now that moves only when told.
+type fakeClock struct {
+	mu  sync.Mutex
+	now time.Time
+}
+
+func newFakeClock() *fakeClock {
+	return &fakeClock{now: time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)}
+}
+
+func (c *fakeClock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.now
+}
+
+func (c *fakeClock) Advance(d time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.now = c.now.Add(d)
+}
+
+// newTestMemory returns a Memory bus on clock, closed when the test ends.
+func newTestMemory(t *testing.T, clock *fakeClock, cfg MemoryConfig) *Memory {
+	t.Helper()
+	cfg.Now = clock.Now
+	m := NewMemory(cfg)
+	t.Cleanup(func() { m.Close() })
+	return m
+}
+
+func TestMemoryConfigDefaults(t *testing.T) {
+	m := NewMemory(MemoryConfig{})
+	defer m.Close()
+	tests := []struct {
+		name      string
+		got, want any
+	}{
+		{"HistorySize", m.cfg.HistorySize, 1000},
+		{"HistoryTTL", m.cfg.HistoryTTL, 24 * time.Hour},
+		{"MaxKeys", m.cfg.MaxKeys, 10000},
+		{"SweepInterval", m.cfg.SweepInterval, time.Minute},
+	}
+	for _, tt := range tests {
+		if tt.got != tt.want {
+			t.Errorf("%s: got %v, want %v", tt.name, tt.got, tt.want)
+		}
+	}
+	if m.cfg.Now == nil {
+		t.Errorf("Now: got nil, want time.Now")
+	}
+}
+
+func TestMemoryIdempotencyKeyExpiry(t *testing.T) {
+	clock := newFakeClock()
+	m := newTestMemory(t, clock, MemoryConfig{})
+	tests := []struct {
+		name          string
+		advance       time.Duration // before this publish
+		key           string
+		wantOffset    uint64
+		wantDuplicate bool
+	}{
+		{name: "first", key: "k", wantOffset: 1},
+		{name: "repeat just inside the window", advance: IdempotencyWindow - time.Nanosecond, key: "k", wantOffset: 1, wantDuplicate: true},
+		{name: "repeat when the window ends", advance: time.Nanosecond, key: "k", wantOffset: 2},
+		{name: "the key counts again from its new publish", advance: IdempotencyWindow - time.Nanosecond, key: "k", wantOffset: 2, wantDuplicate: true},
+		{name: "another key meanwhile", key: "other", wantOffset: 3},
+	}
+	for _, tt := range tests {
+		clock.Advance(tt.advance)
+		res := publish(t, m, "room", Publication{Data: data(1), Key: tt.key})
+		if res.Offset != tt.wantOffset || res.Duplicate != tt.wantDuplicate {
+			t.Errorf("%s: got offset %d duplicate %v, want %d %v", tt.name, res.Offset, res.Duplicate, tt.wantOffset, tt.wantDuplicate)
+		}
+	}
+}
+
+func TestMemoryMaxKeys(t *testing.T) {
+	m := newTestMemory(t, newFakeClock(), MemoryConfig{MaxKeys: 2})
+	for _, k := range []string{"k1", "k2", "k3"} {
+		publish(t, m, "room", Publication{Data: data(1), Key: k})
+	}
+	tests := []struct {
+		name          string
+		key           string
+		wantDuplicate bool
+	}{
+		{"newest kept", "k3", true},
+		{"second newest kept", "k2", true},
+		{"oldest forgotten past MaxKeys", "k1", false},
+	}
+	for _, tt := range tests {
+		if got := publish(t, m, "room", Publication{Data: data(2), Key: tt.key}).Duplicate; got != tt.wantDuplicate {
+			t.Errorf("%s: got duplicate %v, want %v", tt.name, got, tt.wantDuplicate)
+		}
+	}
+}
+
+func TestMemoryHistoryTTL(t *testing.T) {
+	clock := newFakeClock()
+	const ttl = time.Hour
+	m := newTestMemory(t, clock, MemoryConfig{HistoryTTL: ttl})
+	epoch := publishN(t, m, "room", 3)[0].Epoch // at t0
+	clock.Advance(30 * time.Minute)
+	publishN(t, m, "room", 2) // offsets 4 and 5, at t0+30m
+	at := func(off uint64) *Position { return &Position{Epoch: epoch, Offset: off} }
+
+	// Rows run in order on one clock: expiry only moves forward.
+	tests := []struct {
+		name          string
+		now           time.Duration // since t0
+		q             HistoryQuery
+		wantOffsets   []uint64
+		wantRecovered bool
+	}{
+		{name: "all kept at exactly the TTL", now: ttl, q: HistoryQuery{Limit: 10}, wantOffsets: seq(1, 5)},
+		{name: "first three expired", now: ttl + time.Nanosecond, q: HistoryQuery{Limit: 10}, wantOffsets: seq(4, 5)},
+		{name: "resume after the expired ones", now: ttl + time.Nanosecond, q: HistoryQuery{Since: at(3)}, wantOffsets: seq(4, 5), wantRecovered: true},
+		{name: "resume from an expired one", now: ttl + time.Nanosecond, q: HistoryQuery{Since: at(2)}},
+		{name: "everything expired", now: ttl + 31*time.Minute, q: HistoryQuery{Limit: 10}},
+		{name: "resume from top with nothing kept", now: ttl + 31*time.Minute, q: HistoryQuery{Since: at(5)}, wantRecovered: true},
+		{name: "resume from before top with nothing kept", now: ttl + 31*time.Minute, q: HistoryQuery{Since: at(4)}},
+	}
+	start := clock.Now().Add(-30 * time.Minute)
+	for _, tt := range tests {
+		clock.Advance(start.Add(tt.now).Sub(clock.Now()))
+		h := history(t, m, "room", tt.q)
+		if want := (Position{Epoch: epoch, Offset: 5}); h.Top != want {
+			t.Errorf("%s: top: got %v, want %v", tt.name, h.Top, want)
+		}
+		if got := offsets(h.Messages); !slices.Equal(got, tt.wantOffsets) {
+			t.Errorf("%s: offsets: got %v, want %v", tt.name, got, tt.wantOffsets)
+		}
+		if h.Recovered != tt.wantRecovered {
+			t.Errorf("%s: recovered: got %v, want %v", tt.name, h.Recovered, tt.wantRecovered)
+		}
+	}
+	// New messages continue the offsets in the same epoch.
+	if res := publish(t, m, "room", Publication{Data: data(6)}); res.Position != (Position{Epoch: epoch, Offset: 6}) {
+		t.Errorf("publish after expiry: got %v, want %v", res.Position, Position{Epoch: epoch, Offset: 6})
+	}
+}
+
+func (m *Memory) hasRoom(name string) bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	_, ok := m.rooms[name]
+	return ok
+}
+
+func TestMemorySweeper(t *testing.T) {
+	clock := newFakeClock()
+	const ttl = time.Hour
+	m := newTestMemory(t, clock, MemoryConfig{HistoryTTL: ttl, SweepInterval: time.Millisecond})
+	ctx := context.Background()
+
+	idle := publish(t, m, "idle", Publication{Data: data(1), Key: "k"})
+	publish(t, m, "subscribed", Publication{Data: data(1)})
+	subscribe(t, m, "subscribed", &recorder{})
+	member := Member{User: "u", Session: "s"}
+	if err := m.Join(ctx, "member", member); err != nil {
+		t.Fatalf("Join: %v", err)
+	}
+	clock.Advance(ttl - time.Minute)
+	history(t, m, "recent", HistoryQuery{}) // used near the end of the TTL
+
+	clock.Advance(time.Minute + time.Second)
+	waitFor(t, "the sweeper to forget the idle room", func() bool { return !m.hasRoom("idle") })
+	// The pass that forgot "idle" looked at every room.
+	for _, tt := range []struct {
+		name string
+		why  string
+	}{
+		{"subscribed", "it has a subscriber"},
+		{"member", "it has a member"},
+		{"recent", "it was used within the TTL"},
+	} {
+		if !m.hasRoom(tt.name) {
+			t.Errorf("room %s: got forgotten, want kept: %s", tt.name, tt.why)
+		}
+	}
+	// A forgotten room starts over in a new epoch, and its old positions do
+	// not recover.
+	h := history(t, m, "idle", HistoryQuery{Since: &idle.Position})
+	if h.Recovered || h.Top.Epoch == idle.Epoch || h.Top.Offset != 0 {
+		t.Errorf("idle room after the sweep: got recovered %v top %v, want false and offset 0 in an epoch other than %q", h.Recovered, h.Top, idle.Epoch)
+	}
+	if res := publish(t, m, "idle", Publication{Data: data(2), Key: "k"}); res.Duplicate {
+		t.Errorf("key of a forgotten room: got duplicate, want a new publish")
+	}
+
+	// Once the subscriber and the member are gone, those rooms go too.
+	if err := m.Unsubscribe(ctx, "subscribed"); err != nil {
+		t.Fatalf("Unsubscribe: %v", err)
+	}
+	if err := m.Leave(ctx, "member", member); err != nil {
+		t.Fatalf("Leave: %v", err)
+	}
+	clock.Advance(ttl + time.Second)
+	waitFor(t, "the sweeper to forget the rooms left alone", func() bool {
+		return !m.hasRoom("subscribed") && !m.hasRoom("member") && !m.hasRoom("recent")
+	})
+}
