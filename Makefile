@@ -1,7 +1,7 @@
 .PHONY: run test build bench fuzz lint fmt deps
 
 # A node with the embedded defaults: in-memory fan-out, STUN/TURN on 3478,
-# the public listener on http://localhost:8080, metrics on 127.0.0.1:9090.
+# the web demo and API on http://localhost:8080, metrics on 127.0.0.1:9090.
 run:
 	go run ./cmd/parley serve
 
@@ -10,9 +10,11 @@ test: deps
 	go vet ./...
 	go test -race -timeout 20m ./...
 
-# Installs the test tools that are missing (coturn's TURN utilities).
+# Installs the test tools that are missing: coturn's TURN utilities,
+# Debian's Chromium and playwright-core (never a browser download).
 deps:
 	bash .ci/deps
+	bash .ci/web-deps
 
 build:
 	go install ./cmd/parley

@@ -266,18 +266,25 @@ func Run(ctx context.Context, cfg Config) (Report, error) {
 	var published atomic.Int64
 	runStart := time.Now()
 	if cfg.Scenario == "fanout" && len(clients) > 0 {
-		pub, err := client.Dial(ctx, client.Options{URL: cfg.URL, Token: cfg.Token})
-		if err != nil {
-			return rep, fmt.Errorf("loadtest: publisher: %w", err)
+		// One publisher connection per room, so the node's per-session
+		// publish rate limit (--publish-rate) is not what the run measures.
+		pubs := make([]*client.Client, cfg.Rooms)
+		for r := range pubs {
+			pub, err := client.Dial(ctx, client.Options{URL: cfg.URL, Token: cfg.Token})
+			if err != nil {
+				return rep, fmt.Errorf("loadtest: publisher: %w", err)
+			}
+			defer pub.Close()
+			pubs[r] = pub
 		}
-		defer pub.Close()
 		pad := strings.Repeat("x", max(0, cfg.Size-24))
-		var pubs sync.WaitGroup
+		var publishers sync.WaitGroup
 		runCtx, stop := context.WithTimeout(ctx, cfg.Duration)
 		for r := 0; r < cfg.Rooms; r++ {
-			pubs.Add(1)
+			pub := pubs[r]
+			publishers.Add(1)
 			go func() {
-				defer pubs.Done()
+				defer publishers.Done()
 				room := "load-" + strconv.Itoa(r)
 				t := time.NewTicker(time.Duration(float64(time.Second) / cfg.Rate))
 				defer t.Stop()
@@ -306,7 +313,7 @@ func Run(ctx context.Context, cfg Config) (Report, error) {
 		}
 		report.Stop()
 		stop()
-		pubs.Wait()
+		publishers.Wait()
 		// Let the last messages arrive.
 		want := published.Load() * int64(len(clients)) / int64(cfg.Rooms)
 		deadline := time.Now().Add(5 * time.Second)

@@ -1,0 +1,520 @@
+package web_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/parley-rt/parley/fanout"
+	"github.com/parley-rt/parley/gateway"
+)
+
+// pingInterval is short so that the browser tests see several heartbeats.
+const pingInterval = 250 * time.Millisecond
+
+// browserTools finds node, Chromium and playwright-core. When one is missing
+// the test is skipped, or fails under CI=true: `bash .ci/web-deps` installs them.
+func browserTools(t *testing.T) (node, chromium string) {
+	t.Helper()
+	missing := func(what string) {
+		t.Helper()
+		msg := what + " is missing; install the browser test dependencies with `bash .ci/web-deps`"
+		if os.Getenv("CI") == "true" {
+			t.Fatal(msg)
+		}
+		t.Skip(msg)
+	}
+	node, err := exec.LookPath("node")
+	if err != nil {
+		missing("node (Node.js 20 or later)")
+	}
+	chromium = os.Getenv("PARLEY_CHROMIUM")
+	if chromium == "" {
+		chromium = "/usr/bin/chromium"
+	}
+	if _, err := os.Stat(chromium); err != nil {
+		missing("Chromium (" + chromium + ", Debian's chromium package)")
+	}
+	if _, err := os.Stat(filepath.Join("node_modules", "playwright-core", "package.json")); err != nil {
+		missing("playwright-core (web/node_modules)")
+	}
+	return node, chromium
+}
+
+// node is one gateway on 127.0.0.1 with its own Memory bus.
+type node struct {
+	srv    *gateway.Server
+	bus    *fanout.Memory
+	url    string
+	addr   string
+	served chan error
+	once   sync.Once
+}
+
+func startNode(t *testing.T, name string) (*node, error) {
+	bus := fanout.NewMemory(fanout.MemoryConfig{})
+	srv, err := gateway.New(gateway.Config{
+		Bus:          bus,
+		NodeID:       name,
+		PingInterval: pingInterval,
+		PongTimeout:  5 * time.Second, // roomy: a loaded machine may starve the browser
+		DrainTimeout: 300 * time.Millisecond,
+	})
+	if err != nil {
+		bus.Close()
+		return nil, err
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		srv.Shutdown(context.Background())
+		bus.Close()
+		return nil, err
+	}
+	n := &node{srv: srv, bus: bus, addr: ln.Addr().String(), url: "http://" + ln.Addr().String(), served: make(chan error, 1)}
+	go func() { n.served <- srv.Serve(ln) }()
+	t.Cleanup(n.stop)
+	return n, nil
+}
+
+// stop drains the node (clients are told to reconnect) and waits for it.
+func (n *node) stop() {
+	n.once.Do(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		n.srv.Shutdown(ctx)
+		<-n.served
+		n.bus.Close()
+	})
+}
+
+// proxy stands between the browser and a node, so a test can cut the
+// network under a page (every connection closed, new ones held until
+// restore) or move it to another node, without the page's knowledge.
+type proxy struct {
+	ln net.Listener
+	wg sync.WaitGroup
+
+	mu      sync.Mutex
+	backend string
+	cut     bool
+	held    []net.Conn
+	conns   map[net.Conn]struct{}
+}
+
+func startProxy(t *testing.T, backend string) *proxy {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &proxy{ln: ln, backend: backend, conns: make(map[net.Conn]struct{})}
+	p.wg.Add(1)
+	go p.serve()
+	t.Cleanup(p.close)
+	return p
+}
+
+func (p *proxy) url() string { return "http://" + p.ln.Addr().String() }
+
+func (p *proxy) serve() {
+	defer p.wg.Done()
+	for {
+		c, err := p.ln.Accept()
+		if err != nil {
+			return
+		}
+		p.mu.Lock()
+		if p.cut {
+			p.held = append(p.held, c)
+			p.mu.Unlock()
+			continue
+		}
+		backend := p.backend
+		p.wg.Add(1)
+		p.mu.Unlock()
+		go p.pipe(c, backend)
+	}
+}
+
+// pipe copies between c and a new connection to backend until either side
+// ends or the proxy cuts them.
+func (p *proxy) pipe(c net.Conn, backend string) {
+	defer p.wg.Done()
+	b, err := net.DialTimeout("tcp", backend, 5*time.Second)
+	if err != nil {
+		c.Close()
+		return
+	}
+	p.mu.Lock()
+	if p.cut || p.conns == nil {
+		p.mu.Unlock()
+		c.Close()
+		b.Close()
+		return
+	}
+	p.conns[c], p.conns[b] = struct{}{}, struct{}{}
+	p.mu.Unlock()
+	done := make(chan struct{})
+	go func() {
+		io.Copy(b, c)
+		b.Close()
+		c.Close()
+		close(done)
+	}()
+	io.Copy(c, b)
+	c.Close()
+	b.Close()
+	<-done
+	p.mu.Lock()
+	delete(p.conns, c)
+	delete(p.conns, b)
+	p.mu.Unlock()
+}
+
+// cutAll closes every proxied connection and holds new ones until restore.
+func (p *proxy) cutAll() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.cut = true
+	for c := range p.conns {
+		c.Close()
+	}
+}
+
+// restore lets held and new connections through to the backend.
+func (p *proxy) restore() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.cut = false
+	for _, c := range p.held {
+		p.wg.Add(1)
+		go p.pipe(c, p.backend)
+	}
+	p.held = nil
+}
+
+func (p *proxy) setBackend(addr string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.backend = addr
+}
+
+func (p *proxy) close() {
+	p.ln.Close()
+	p.mu.Lock()
+	p.cut = true
+	for c := range p.conns {
+		c.Close()
+	}
+	for _, c := range p.held {
+		c.Close()
+	}
+	p.held, p.conns = nil, nil
+	p.mu.Unlock()
+	p.wg.Wait()
+}
+
+// world is what a browser script talks to: a node behind a proxy, and a
+// control endpoint that cuts, restores and drains.
+type world struct {
+	proxy   *proxy
+	mu      sync.Mutex
+	node    *node
+	control *httptest.Server
+}
+
+// direct is the current node's URL, bypassing the proxy.
+func (w *world) direct() string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.node.url
+}
+
+func startWorld(t *testing.T) *world {
+	t.Helper()
+	n, err := startNode(t, "node-a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := &world{node: n, proxy: startProxy(t, n.addr)}
+	mux := http.NewServeMux()
+	mux.HandleFunc("POST /cut", func(rw http.ResponseWriter, r *http.Request) {
+		w.proxy.cutAll()
+		rw.Write([]byte("{}"))
+	})
+	mux.HandleFunc("POST /restore", func(rw http.ResponseWriter, r *http.Request) {
+		w.proxy.restore()
+		rw.Write([]byte("{}"))
+	})
+	// drain starts a node with an empty history, points the proxy at it and
+	// drains the old one, whose clients are told to reconnect.
+	mux.HandleFunc("POST /drain", func(rw http.ResponseWriter, r *http.Request) {
+		next, err := startNode(t, "node-b")
+		if err != nil {
+			http.Error(rw, err.Error(), http.StatusInternalServerError)
+			return
+		}
+		w.mu.Lock()
+		old := w.node
+		w.node = next
+		w.mu.Unlock()
+		w.proxy.setBackend(next.addr)
+		old.stop()
+		json.NewEncoder(rw).Encode(map[string]string{"direct": next.url})
+	})
+	w.control = httptest.NewServer(mux)
+	t.Cleanup(w.control.Close)
+	return w
+}
+
+// runScript runs a browser script of testdata/ against w and decodes the JSON
+// line it prints into result.
+func runScript(t *testing.T, w *world, script string, result any) {
+	t.Helper()
+	nodeBin, chromium := browserTools(t)
+	shots := os.Getenv("PARLEY_SCREENSHOT_DIR")
+	if shots == "" {
+		shots = t.TempDir()
+	} else if err := os.MkdirAll(shots, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	// Generous bounds for a loaded machine; a normal run takes a few seconds.
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, nodeBin, filepath.Join("testdata", script))
+	// On timeout, SIGTERM first: playwright then closes the browser it started.
+	cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGTERM) }
+	cmd.WaitDelay = 5 * time.Second
+	cmd.Env = append(os.Environ(),
+		"PARLEY_URL="+w.proxy.url(),
+		"PARLEY_DIRECT="+w.direct(),
+		"PARLEY_CONTROL="+w.control.URL,
+		"PARLEY_SCREENSHOT_DIR="+shots,
+		"PARLEY_CHROMIUM="+chromium,
+		"PARLEY_TIMEOUT_MS=100000",
+	)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	start := time.Now()
+	err := cmd.Run()
+	t.Logf("node %s (%v):\n%s", script, time.Since(start).Round(time.Millisecond), stderr.String())
+	if err != nil {
+		t.Fatalf("browser script %s failed: %v (its log is above)", script, err)
+	}
+	line := bytes.TrimSpace(stdout.Bytes())
+	if i := bytes.LastIndexByte(line, '\n'); i >= 0 {
+		line = line[i+1:]
+	}
+	if err := json.Unmarshal(line, result); err != nil {
+		t.Fatalf("browser script %s printed %q, not its JSON result: %v", script, stdout.String(), err)
+	}
+	t.Logf("result: %s\nscreenshots in %s", line, shots)
+}
+
+// pageLog is what every script reports about the pages themselves.
+type pageLog struct {
+	PageErrors    []string `json:"pageErrors"`
+	ConsoleErrors []string `json:"consoleErrors"`
+}
+
+func (l pageLog) check(t *testing.T) {
+	t.Helper()
+	for _, e := range l.PageErrors {
+		t.Errorf("uncaught exception in a page: %s", e)
+	}
+	for _, e := range l.ConsoleErrors {
+		// A cut connection is reported by the browser itself; anything else,
+		// such as a Content-Security-Policy violation, is the page's fault.
+		if strings.Contains(e, "net::ERR_") || strings.Contains(e, "WebSocket connection") {
+			t.Logf("browser console: %s", e)
+			continue
+		}
+		t.Errorf("console error: %s", e)
+	}
+}
+
+type shownMessage struct {
+	Offset uint64
+	Text   string
+}
+
+func (m *shownMessage) UnmarshalJSON(b []byte) error {
+	var pair [2]json.RawMessage
+	if err := json.Unmarshal(b, &pair); err != nil {
+		return err
+	}
+	if err := json.Unmarshal(pair[0], &m.Offset); err != nil {
+		return err
+	}
+	return json.Unmarshal(pair[1], &m.Text)
+}
+
+type delivered struct {
+	Epoch  string
+	Offset uint64
+}
+
+func (d *delivered) UnmarshalJSON(b []byte) error {
+	var pair [2]json.RawMessage
+	if err := json.Unmarshal(b, &pair); err != nil {
+		return err
+	}
+	if err := json.Unmarshal(pair[0], &d.Epoch); err != nil {
+		return err
+	}
+	return json.Unmarshal(pair[1], &d.Offset)
+}
+
+type chatResult struct {
+	pageLog
+	Room       string   `json:"room"`
+	Users      []string `json:"users"`
+	Sessions   []string `json:"sessions"`
+	Heartbeats []struct {
+		Pings, Pongs int
+	} `json:"heartbeats"`
+	SessionsAfterPings []string         `json:"sessionsAfterPings"`
+	SessionsAfterCut   []string         `json:"sessionsAfterCut"`
+	SessionsAfterDrain []string         `json:"sessionsAfterDrain"`
+	ShownAfterCut      [][]shownMessage `json:"shownAfterCut"`
+	StatusWhileAway    string           `json:"statusWhileAway"`
+	Notice             string           `json:"notice"`
+	Pages              []struct {
+		User      string         `json:"user"`
+		Shown     []shownMessage `json:"shown"`
+		Delivered []delivered    `json:"delivered"`
+		Lost      []string       `json:"lost"`
+		States    []string       `json:"states"`
+	} `json:"pages"`
+}
+
+// TestChatPage runs chat.html in two browser contexts: they exchange
+// messages and see each other's presence, ride out a network cut (messages
+// published meanwhile arrive once each, in order) and a drain onto a node
+// that lost the history (the page says so and goes on).
+func TestChatPage(t *testing.T) {
+	browserTools(t)
+	w := startWorld(t)
+	var res chatResult
+	runScript(t, w, "chat.mjs", &res)
+	res.check(t)
+
+	if len(res.Pages) != 2 || len(res.ShownAfterCut) != 2 {
+		t.Fatalf("got %d pages, want 2", len(res.Pages))
+	}
+	if res.Users[0] == res.Users[1] {
+		t.Errorf("both pages are user %s, want two anonymous users", res.Users[0])
+	}
+	for i, h := range res.Heartbeats {
+		if h.Pings < 3 || h.Pongs < h.Pings {
+			t.Errorf("page %d got %d pings and sent %d pongs, want at least 3 pings, each answered", i, h.Pings, h.Pongs)
+		}
+	}
+	if strings.Join(res.Sessions, ",") != strings.Join(res.SessionsAfterPings, ",") {
+		t.Errorf("sessions %v became %v across heartbeats, want the same connections", res.Sessions, res.SessionsAfterPings)
+	}
+	for i := range 2 {
+		if res.SessionsAfterCut[i] == res.Sessions[i] || res.SessionsAfterDrain[i] == res.SessionsAfterCut[i] {
+			t.Errorf("page %d sessions %s, %s, %s: want a new one after the cut and after the drain",
+				i, res.Sessions[i], res.SessionsAfterCut[i], res.SessionsAfterDrain[i])
+		}
+	}
+	if res.StatusWhileAway != "Reconnecting…" {
+		t.Errorf("status while cut off: got %q, want %q", res.StatusWhileAway, "Reconnecting…")
+	}
+
+	// Before the drain, both showed the same six messages, once each, in
+	// offset order.
+	want := []string{"Hello from A", "Hi A, B here", "While you were away 1", "While you were away 2", "While you were away 3", "Typed while reconnecting"}
+	for i, shown := range res.ShownAfterCut {
+		var texts []string
+		for j, m := range shown {
+			texts = append(texts, m.Text)
+			if m.Offset != uint64(j+1) {
+				t.Errorf("page %d message %d has offset %d, want %d", i, j, m.Offset, j+1)
+			}
+		}
+		// The API's three were published before the network came back, A's
+		// queued publish only after: so this order, each once.
+		if !slices.Equal(texts, want) {
+			t.Errorf("page %d shows %q, want %q", i, texts, want)
+		}
+	}
+
+	for i, p := range res.Pages {
+		// The SDK handed every message to the application once, in order per epoch.
+		last := map[string]uint64{}
+		var epochs []string
+		for _, d := range p.Delivered {
+			if _, ok := last[d.Epoch]; !ok {
+				epochs = append(epochs, d.Epoch)
+			}
+			if d.Offset != last[d.Epoch]+1 {
+				t.Errorf("page %d: delivered %s/%d after %d, want every offset once in order (all: %v)", i, d.Epoch, d.Offset, last[d.Epoch], p.Delivered)
+			}
+			last[d.Epoch] = d.Offset
+		}
+		if len(epochs) != 2 || last[epochs[0]] != 6 || last[epochs[1]] != 1 {
+			t.Errorf("page %d: delivered %v, want offsets 1-6 of the first node's epoch and 1 of the second's", i, p.Delivered)
+		}
+		if len(p.Lost) != 1 || p.Lost[0] != res.Room {
+			t.Errorf("page %d: onLost for %v, want once for %s (after the drain)", i, p.Lost, res.Room)
+		}
+		if len(p.Shown) != 1 || p.Shown[0].Text != "After the move" || p.Shown[0].Offset != 1 {
+			t.Errorf("page %d after the drain shows %v, want only \"After the move\" at offset 1", i, p.Shown)
+		}
+		if !slices.Contains(p.States, "reconnecting") || p.States[len(p.States)-1] != "open" {
+			t.Errorf("page %d went through states %v, want reconnecting and back to open", i, p.States)
+		}
+	}
+	if !strings.Contains(res.Notice, "no longer") {
+		t.Errorf("notice after the drain: got %q, want it to say the messages are no longer in history", res.Notice)
+	}
+}
+
+type eventsResult struct {
+	pageLog
+	Room      string   `json:"room"`
+	Other     string   `json:"other"`
+	FirstText string   `json:"firstText"`
+	Shown     [][2]any `json:"shown"`
+}
+
+// TestEventsPage runs events.html: EventSource receives the event its own
+// button publishes through the HTTP API, a backend's events in two rooms, and
+// after a cut the events it missed, once each.
+func TestEventsPage(t *testing.T) {
+	browserTools(t)
+	w := startWorld(t)
+	var res eventsResult
+	runScript(t, w, "events.mjs", &res)
+	res.check(t)
+
+	if !strings.Contains(res.FirstText, "Test event from the browser") {
+		t.Errorf("first event shows %q, want the page's test event", res.FirstText)
+	}
+	// Newest first: room 4, 3, 2, then other 1, then room 1 (other's event was
+	// published after room's second).
+	var got []string
+	for _, s := range res.Shown {
+		got = append(got, fmt.Sprintf("%v/%v", s[0], s[1]))
+	}
+	want := []string{res.Room + "/4", res.Room + "/3", res.Other + "/1", res.Room + "/2", res.Room + "/1"}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("events shown %v, want %v", got, want)
+	}
+}

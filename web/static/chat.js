@@ -1,0 +1,210 @@
+// The chat demo: one Parley client, one room at a time.
+import { Parley } from './parley.js';
+
+const $ = (selector) => document.querySelector(selector);
+const joinForm = $('#join');
+const sendForm = $('#send');
+const textInput = $('#text');
+const statusEl = $('#status');
+const noticeEl = $('#notice');
+const log = $('#messages');
+const membersEl = $('#members');
+const membersEmpty = $('#members-empty');
+const roomName = $('#room-name');
+
+const maxShown = 200;
+let client = null;
+let room = null;
+let token = '';
+let epoch = null; // epoch of the messages on screen
+const shown = new Map(); // offset -> <li>
+const myUsers = new Set(); // in dev mode every connection is a new anonymous user
+
+joinForm.elements.room.value = new URLSearchParams(location.search).get('room') || 'lobby';
+
+// For the browser console: parleyChat.client is the live client.
+window.parleyChat = {
+  get client() {
+    return client;
+  },
+};
+
+function showState() {
+  const state = client.state;
+  statusEl.dataset.state = state;
+  statusEl.dataset.session = client.session ?? '';
+  switch (state) {
+    case 'connecting':
+      statusEl.textContent = 'Connecting…';
+      break;
+    case 'open':
+      statusEl.textContent = `Connected as ${client.user} on node ${client.welcome.node}`;
+      break;
+    case 'reconnecting':
+      statusEl.textContent = 'Reconnecting…';
+      break;
+    case 'closed':
+      statusEl.textContent = 'Disconnected.';
+      break;
+  }
+}
+
+function notice(text) {
+  noticeEl.textContent = text;
+  noticeEl.hidden = !text;
+}
+
+function newKey() {
+  const b = new Uint8Array(12);
+  crypto.getRandomValues(b);
+  return Array.from(b, (x) => x.toString(16).padStart(2, '0')).join('');
+}
+
+function authHeaders() {
+  return token ? { Authorization: `Bearer ${token}` } : {};
+}
+
+function clearMessages() {
+  shown.clear();
+  log.replaceChildren();
+}
+
+function addMessage(m) {
+  if (m.epoch !== epoch) {
+    clearMessages(); // a new epoch: positions start over
+    epoch = m.epoch;
+  }
+  if (shown.has(m.offset)) return;
+  const li = document.createElement('li');
+  li.dataset.offset = m.offset;
+  const mine = m.from !== undefined && myUsers.has(m.from);
+  if (mine) li.classList.add('mine');
+  const meta = document.createElement('span');
+  meta.className = 'meta';
+  const time = m.ts ? new Date(m.ts).toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' }) : '';
+  meta.textContent = `${mine ? 'you' : (m.from ?? 'server')} · ${time}`;
+  const text = document.createElement('span');
+  text.className = 'text';
+  text.textContent = typeof m.data?.text === 'string' ? m.data.text : JSON.stringify(m.data);
+  li.append(meta, text);
+  // Keep offset order, whatever order history and live messages come in.
+  let before = null;
+  for (const [offset, el] of shown) {
+    if (offset > m.offset && (before === null || offset < Number(before.dataset.offset))) before = el;
+  }
+  const atBottom = log.scrollHeight - log.scrollTop - log.clientHeight < 40;
+  log.insertBefore(li, before);
+  shown.set(m.offset, li);
+  while (shown.size > maxShown) {
+    const oldest = Math.min(...shown.keys());
+    shown.get(oldest).remove();
+    shown.delete(oldest);
+  }
+  if (atBottom || mine) log.scrollTop = log.scrollHeight;
+}
+
+function showMembers(_event, members) {
+  const me = client.user;
+  const users = [...new Set(members.map((m) => m.user))].sort((a, b) => (b === me) - (a === me) || a.localeCompare(b));
+  const items = users.map((user) => {
+    const li = document.createElement('li');
+    li.dataset.user = user;
+    const name = document.createElement('span');
+    name.className = 'user';
+    name.textContent = user;
+    li.append(name);
+    if (user === me) {
+      const you = document.createElement('span');
+      you.className = 'you';
+      you.textContent = '(you)';
+      li.append(you);
+    }
+    return li;
+  });
+  membersEl.replaceChildren(...items);
+  membersEmpty.hidden = items.length > 0;
+}
+
+// loadHistory shows the room's recent messages and returns the position they
+// end at, so the subscription continues from there without a gap.
+async function loadHistory(name) {
+  try {
+    const res = await fetch(`/v1/rooms/${encodeURIComponent(name)}/history?limit=50`, { headers: authHeaders() });
+    if (!res.ok) return undefined;
+    const h = await res.json();
+    if (name !== room) return undefined;
+    for (const m of h.messages) addMessage(m);
+    return { epoch: h.epoch, offset: h.offset };
+  } catch {
+    return undefined; // the subscription still starts at the current position
+  }
+}
+
+async function onLost(name) {
+  if (name !== room) return;
+  notice('Some messages were no longer in the room\u2019s history, so the latest ones are shown instead.');
+  clearMessages();
+  epoch = null;
+  await loadHistory(name);
+}
+
+function connect() {
+  client = new Parley({ token: token || undefined });
+  client.on('state', showState);
+  client.on('welcome', (w) => {
+    myUsers.add(w.user);
+    showState();
+  });
+  client.on('error', (err) => notice(`Error: ${err.message}`));
+  showState();
+}
+
+async function join(name) {
+  if (room) {
+    const old = room;
+    room = null;
+    client.unsubscribe(old).catch(() => {});
+  }
+  room = name;
+  history.replaceState(null, '', `?room=${encodeURIComponent(name)}`);
+  roomName.textContent = `in ${name}`;
+  notice('');
+  clearMessages();
+  epoch = null;
+  membersEl.replaceChildren();
+  const since = await loadHistory(name);
+  try {
+    await client.subscribe(name, {
+      presence: true,
+      since,
+      onMessage: addMessage,
+      onPresence: showMembers,
+      onLost,
+    });
+    textInput.disabled = false;
+    sendForm.querySelector('button').disabled = false;
+    textInput.focus();
+  } catch (err) {
+    if (room === name) room = null;
+    notice(`Could not join ${name}: ${err.message}`);
+  }
+}
+
+joinForm.addEventListener('submit', (e) => {
+  e.preventDefault();
+  const name = joinForm.elements.room.value.trim();
+  if (!client) {
+    token = joinForm.elements.token.value.trim();
+    connect();
+  }
+  if (name && name !== room) join(name);
+});
+
+sendForm.addEventListener('submit', (e) => {
+  e.preventDefault();
+  const text = textInput.value.trim();
+  if (!text || !room) return;
+  textInput.value = '';
+  // The key makes a publish caught by a reconnect safe to send again.
+  client.publish(room, { text }, { key: newKey() }).catch((err) => notice(`Not sent: ${err.message}`));
+});

@@ -1,0 +1,766 @@
+// parley.js: the browser SDK of the Parley protocol, version 1.
+//
+// An ES module with no dependencies:
+//
+//   import { Parley } from '/parley.js';
+//   const client = new Parley({ token });            // ws(s)://<this host>/v1/ws
+//   await client.subscribe('lobby', { presence: true, onMessage: m => show(m) });
+//   await client.publish('lobby', { text: 'hi' });
+//
+// The client reconnects by itself (exponential backoff with full jitter, or when
+// a draining node says so with a `reconnect` frame), resubscribes every room
+// from the last position it saw, and drops any offset it has already delivered.
+// docs/SDK.md describes the whole API; docs/PROTOCOL.md the frames it speaks.
+
+/** The WebSocket subprotocol of the Parley protocol, version 1. */
+export const SUBPROTOCOL = 'parley.v1';
+
+/** An error from the node (`code` is the protocol's error code) or the SDK
+ * (`timeout`, `disconnected`, `closed`, `already_subscribed`). */
+export class ParleyError extends Error {
+  constructor(code, message, frame) {
+    super(message || code);
+    this.name = 'ParleyError';
+    this.code = code;
+    if (frame !== undefined) this.frame = frame;
+  }
+}
+
+// report hands an exception thrown by application code to the host's error
+// reporting, without letting it break the client.
+function report(err) {
+  if (typeof globalThis.reportError === 'function') globalThis.reportError(err);
+  else console.error(err);
+}
+
+// Emitter is a minimal event emitter: on() returns a function that removes the
+// listener.
+class Emitter {
+  #listeners = new Map();
+
+  on(type, fn) {
+    let set = this.#listeners.get(type);
+    if (!set) this.#listeners.set(type, (set = new Set()));
+    set.add(fn);
+    return () => set.delete(fn);
+  }
+
+  off(type, fn) {
+    this.#listeners.get(type)?.delete(fn);
+  }
+
+  emit(type, value) {
+    const set = this.#listeners.get(type);
+    if (!set) return;
+    for (const fn of [...set]) {
+      try {
+        fn(value);
+      } catch (err) {
+        report(err);
+      }
+    }
+  }
+}
+
+// call runs an application callback, reporting what it throws.
+function call(fn, ...args) {
+  if (typeof fn !== 'function') return;
+  try {
+    fn(...args);
+  } catch (err) {
+    report(err);
+  }
+}
+
+function baseURL() {
+  return typeof location !== 'undefined' ? location.href : undefined;
+}
+
+// endpoint resolves url against the page and switches its scheme to scheme
+// ('ws' or 'http'), keeping TLS. A URL with no path gets the default one, so
+// 'https://rt.example.com' will do.
+function endpoint(url, path, scheme) {
+  const u = new URL(url ?? path, baseURL());
+  if (u.pathname === '/' || u.pathname === '') u.pathname = path;
+  const tls = u.protocol === 'https:' || u.protocol === 'wss:';
+  u.protocol = scheme + (tls ? 's:' : ':');
+  return u;
+}
+
+async function resolveToken(token) {
+  return typeof token === 'function' ? await token() : token;
+}
+
+// backoff is the delay before reconnect attempt n (0-based): full jitter over
+// an exponentially growing cap.
+function backoff(n, min, max) {
+  const cap = Math.min(max, min * 2 ** Math.min(n, 30));
+  return Math.random() * cap;
+}
+
+/**
+ * A connection to a Parley node over WebSocket.
+ *
+ * States: 'idle' (not started), 'connecting' (first connection), 'open'
+ * (welcome received), 'reconnecting' (lost, waiting or dialling again),
+ * 'closed' (close() was called, or the token was refused).
+ *
+ * Events (client.on(name, fn)): 'state' (the new state), 'open' (the socket
+ * opened), 'welcome' (the welcome frame), 'close' ({code, reason, wasClean}),
+ * 'reconnecting' ({attempt, delay}), 'draining' (the reconnect frame),
+ * 'message' (every delivered message), 'lost' ({room, ack}), 'error' (a
+ * ParleyError that no promise received).
+ */
+export class Parley extends Emitter {
+  /**
+   * @param {object} [options]
+   * @param {string} [options.url] the node: ws://, wss://, http(s):// (with or without /v1/ws) or a path; default /v1/ws on this page's host
+   * @param {string|(() => string|Promise<string>)} [options.token] a JWT, or a function returning one (called before every connection)
+   * @param {(room: string, ack: object) => void} [options.onLost] called when a room could not be resumed
+   * @param {number} [options.timeout=10000] ms a command waits for its ack or error
+   * @param {number} [options.connectTimeout=10000] ms from dialling to the welcome frame
+   * @param {number} [options.minDelay=250] first reconnect delay cap, ms
+   * @param {number} [options.maxDelay=10000] largest reconnect delay cap, ms
+   * @param {boolean} [options.connect=true] connect at once; otherwise call connect()
+   * @param {typeof WebSocket} [options.WebSocket] a WebSocket implementation (e.g. in Node)
+   */
+  constructor(options = {}) {
+    super();
+    this.url = options.url;
+    this.token = options.token;
+    this.onLost = options.onLost;
+    this.timeout = options.timeout ?? 10000;
+    this.connectTimeout = options.connectTimeout ?? 10000;
+    this.minDelay = options.minDelay ?? 250;
+    this.maxDelay = options.maxDelay ?? 10000;
+    this.WebSocket = options.WebSocket ?? globalThis.WebSocket;
+    /** The current state. */
+    this.state = 'idle';
+    /** The last welcome frame: {session, node, user, ping_ms}. */
+    this.welcome = null;
+    if (options.connect !== false) this.connect();
+  }
+
+  #ws = null; // the current socket, or null
+  #welcomed = false; // the current socket has had its welcome
+  #everOpened = false;
+  #stopped = false; // close() was called
+  #attempt = 0;
+  #reconnectAt = null; // ms timestamp from a reconnect frame
+  #lastError = null; // code of the last error frame without an id
+  #seq = 0;
+  #subs = new Map(); // room -> subscription
+  #pending = new Map(); // id -> command (publish, unsubscribe)
+  #subAcks = new Map(); // id -> {sub, since} for subscribe frames in flight
+  #retryTimer = null;
+  #connectTimer = null;
+  #drainTimer = null;
+  #watchdog = null;
+  #lastSeen = 0;
+
+  /** The session id of the current connection, or null. */
+  get session() {
+    return this.#welcomed ? this.welcome.session : null;
+  }
+
+  /** The user of the current connection (in dev mode a new anonymous one per connection). */
+  get user() {
+    return this.#welcomed ? this.welcome.user : null;
+  }
+
+  /** Starts connecting (after close(), too). Subscriptions kept across close() resume. */
+  connect() {
+    if (this.state === 'connecting' || this.state === 'open' || (this.state === 'reconnecting' && !this.#stopped)) return;
+    this.#stopped = false;
+    this.#attempt = 0;
+    this.#dial();
+  }
+
+  /** Closes the connection and stops reconnecting. Pending commands, and
+   * subscribes not acknowledged yet, fail with `closed`; acknowledged
+   * subscriptions are kept, and resume if connect() is called again. */
+  close() {
+    this.#stopped = true;
+    clearTimeout(this.#retryTimer);
+    const ws = this.#ws;
+    if (ws) this.#lost(ws, 1000, 'closed by client', true);
+    else this.#setState('closed');
+    const closed = () => new ParleyError('closed', 'the client was closed');
+    for (const [id, cmd] of this.#pending) {
+      this.#pending.delete(id);
+      clearTimeout(cmd.timer);
+      cmd.reject(closed());
+    }
+    for (const [room, sub] of this.#subs) {
+      if (!sub.waiter) continue;
+      this.#subs.delete(room);
+      clearTimeout(sub.waiter.timer);
+      sub.waiter.reject(closed());
+      sub.waiter = null;
+    }
+  }
+
+  /** Drops the current connection and reconnects at once, resuming every room
+   * (for instance after the token changed). */
+  reconnect() {
+    if (this.#stopped) return this.connect();
+    this.#reconnectAt = Date.now();
+    if (this.#ws) this.#lost(this.#ws, 1000, 'reconnect requested', true);
+  }
+
+  /**
+   * Joins a room. Resolves with the ack ({epoch, offset, recovered, members?})
+   * once the node has subscribed this session; rejects with a ParleyError.
+   * The subscription lasts until unsubscribe(): after every reconnect it is
+   * renewed from the last position delivered.
+   *
+   * @param {string} room
+   * @param {object} [options]
+   * @param {boolean} [options.presence] receive presence events and members
+   * @param {(message: object) => void} [options.onMessage] each message, once, in offset order
+   * @param {(event: object, members: object[]) => void} [options.onPresence] a join, a leave, or a
+   *   'sync' (a fresh member list after a (re)subscribe); members is the current list
+   * @param {(room: string, ack: object) => void} [options.onLost] messages since the last
+   *   position are gone (a new epoch, or past history): reload the room's state
+   * @param {{epoch: string, offset: number}} [options.since] start after this position
+   * @param {number} [options.timeout] ms to wait for the first ack
+   */
+  subscribe(room, options = {}) {
+    if (this.#subs.has(room)) {
+      return Promise.reject(new ParleyError('already_subscribed', `already subscribed to ${room}`));
+    }
+    const sub = {
+      room,
+      presence: !!options.presence,
+      onMessage: options.onMessage,
+      onPresence: options.onPresence,
+      onLost: options.onLost,
+      pos: options.since ? { epoch: options.since.epoch, offset: options.since.offset } : null,
+      members: new Map(),
+      waiter: null,
+    };
+    const promise = new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        if (this.#subs.get(room) !== sub) return;
+        this.#subs.delete(room);
+        sub.waiter = null;
+        if (this.#welcomed) this.#command({ type: 'unsubscribe', room }).catch(() => {});
+        reject(new ParleyError('timeout', `subscribe ${room}: no answer within ${options.timeout ?? this.timeout} ms`));
+      }, options.timeout ?? this.timeout);
+      sub.waiter = { resolve, reject, timer };
+    });
+    this.#subs.set(room, sub);
+    if (this.#welcomed) this.#sendSubscribe(sub);
+    return promise;
+  }
+
+  /** Leaves a room; its callbacks are not called again. */
+  unsubscribe(room) {
+    const sub = this.#subs.get(room);
+    if (!sub) return Promise.reject(new ParleyError('not_found', `not subscribed to ${room}`));
+    this.#subs.delete(room);
+    if (sub.waiter) {
+      clearTimeout(sub.waiter.timer);
+      sub.waiter.reject(new ParleyError('unsubscribed', `unsubscribed from ${room}`));
+      sub.waiter = null;
+    }
+    if (!this.#welcomed) return Promise.resolve({ type: 'ack' });
+    return this.#command({ type: 'unsubscribe', room });
+  }
+
+  /**
+   * Publishes data (any JSON value) to a room. Resolves with the ack
+   * ({epoch, offset, duplicate?}). With a `key` (an idempotency key, at most 64
+   * bytes) a publish in flight when the connection drops is sent again after
+   * the reconnect, and the node publishes it at most once; without one it
+   * rejects with `disconnected`, because it may or may not have been published.
+   *
+   * @param {string} room
+   * @param {*} data
+   * @param {{key?: string, timeout?: number}} [options]
+   */
+  publish(room, data, options = {}) {
+    const frame = { type: 'publish', room, data };
+    if (options.key) frame.key = options.key;
+    return this.#command(frame, options.timeout);
+  }
+
+  /** The last position delivered in a room, {epoch, offset}, or null. */
+  position(room) {
+    const pos = this.#subs.get(room)?.pos;
+    return pos ? { ...pos } : null;
+  }
+
+  /** The members of a room subscribed with presence: [{user, session, node?}]. */
+  members(room) {
+    return [...(this.#subs.get(room)?.members.values() ?? [])];
+  }
+
+  /** The rooms this client is subscribed to (or is subscribing to). */
+  rooms() {
+    return [...this.#subs.keys()];
+  }
+
+  // ---- connection ----
+
+  #setState(state) {
+    if (this.state === state) return;
+    this.state = state;
+    this.emit('state', state);
+  }
+
+  async #dial() {
+    clearTimeout(this.#retryTimer);
+    this.#setState(this.#everOpened ? 'reconnecting' : 'connecting');
+    let token;
+    try {
+      token = await resolveToken(this.token);
+    } catch (err) {
+      this.emit('error', new ParleyError('unauthorized', `token: ${err?.message ?? err}`));
+      this.#retry();
+      return;
+    }
+    if (this.#stopped || this.#ws) return;
+    const url = endpoint(this.url, '/v1/ws', 'ws');
+    if (token) url.searchParams.set('token', token);
+    let ws;
+    try {
+      ws = new this.WebSocket(url.toString(), SUBPROTOCOL);
+    } catch (err) {
+      this.emit('error', new ParleyError('bad_request', `WebSocket: ${err?.message ?? err}`));
+      this.#retry();
+      return;
+    }
+    this.#ws = ws;
+    this.#welcomed = false;
+    this.#lastError = null;
+    ws.onopen = () => {
+      if (this.#ws === ws) this.emit('open', { url: ws.url, protocol: ws.protocol });
+    };
+    ws.onmessage = (ev) => {
+      if (this.#ws === ws) this.#receive(ev.data);
+    };
+    ws.onerror = () => {}; // a close event follows
+    ws.onclose = (ev) => this.#lost(ws, ev.code, ev.reason, ev.wasClean);
+    this.#connectTimer = setTimeout(() => {
+      if (this.#ws === ws && !this.#welcomed) this.#lost(ws, 4000, 'connect timeout', false);
+    }, this.connectTimeout);
+  }
+
+  // lost ends the socket ws (whoever noticed first) and decides what next.
+  #lost(ws, code, reason, wasClean) {
+    if (this.#ws !== ws) return;
+    this.#ws = null;
+    ws.onopen = ws.onmessage = ws.onerror = ws.onclose = null;
+    if (ws.readyState === 0 || ws.readyState === 1) {
+      try {
+        ws.close(1000);
+      } catch {
+        // already closing
+      }
+    }
+    clearTimeout(this.#connectTimer);
+    clearTimeout(this.#drainTimer);
+    clearTimeout(this.#watchdog);
+    this.#welcomed = false;
+    this.#subAcks.clear();
+    for (const [id, cmd] of this.#pending) {
+      if (!cmd.sent) continue;
+      if (cmd.frame.type === 'publish' && cmd.frame.key) {
+        cmd.sent = false; // sent again after the welcome; the key makes that safe
+        continue;
+      }
+      this.#pending.delete(id);
+      clearTimeout(cmd.timer);
+      if (cmd.frame.type === 'unsubscribe') cmd.resolve({ type: 'ack', id });
+      else cmd.reject(new ParleyError('disconnected', 'the connection dropped before the ack'));
+    }
+    for (const [id, cmd] of this.#pending) {
+      if (cmd.frame.type !== 'unsubscribe') continue;
+      // A new session has no subscriptions to leave.
+      this.#pending.delete(id);
+      clearTimeout(cmd.timer);
+      cmd.resolve({ type: 'ack', id });
+    }
+    this.emit('close', { code, reason, wasClean });
+    if (this.#stopped) {
+      this.#setState('closed');
+      return;
+    }
+    if (code === 1008 && this.#lastError === 'unauthorized' && typeof this.token !== 'function') {
+      // The same token would be refused again.
+      this.#stopped = true;
+      this.#setState('closed');
+      this.emit('error', new ParleyError('unauthorized', reason || 'the node refused the token'));
+      return;
+    }
+    this.#retry();
+  }
+
+  #retry() {
+    if (this.#stopped) return;
+    let delay;
+    if (this.#reconnectAt !== null) {
+      delay = Math.max(0, this.#reconnectAt - Date.now());
+      this.#reconnectAt = null;
+    } else {
+      delay = backoff(this.#attempt, this.minDelay, this.maxDelay);
+    }
+    this.#attempt++;
+    this.#setState('reconnecting');
+    this.emit('reconnecting', { attempt: this.#attempt, delay });
+    clearTimeout(this.#retryTimer);
+    this.#retryTimer = setTimeout(() => this.#dial(), delay);
+  }
+
+  // watch closes a connection that has been silent for ping_ms + 10 s.
+  #watch(ws, limit) {
+    clearTimeout(this.#watchdog);
+    const left = this.#lastSeen + limit - Date.now();
+    if (left <= 0) {
+      this.#lost(ws, 4001, 'heartbeat timeout', false);
+      return;
+    }
+    this.#watchdog = setTimeout(() => this.#watch(ws, limit), left);
+  }
+
+  #send(frame) {
+    this.#ws.send(JSON.stringify(frame));
+  }
+
+  // ---- frames ----
+
+  #receive(data) {
+    this.#lastSeen = Date.now();
+    if (typeof data !== 'string') return;
+    for (const line of data.split('\n')) {
+      if (line === '') continue;
+      let frame;
+      try {
+        frame = JSON.parse(line);
+      } catch {
+        this.emit('error', new ParleyError('bad_frame', 'a server frame is not JSON'));
+        continue;
+      }
+      if (!this.#ws) return; // a frame handler closed the connection
+      this.#frame(frame);
+    }
+  }
+
+  #frame(f) {
+    switch (f.type) {
+      case 'welcome':
+        return this.#onWelcome(f);
+      case 'ping':
+        return this.#send({ type: 'pong' });
+      case 'ack':
+        return this.#onReply(f, null);
+      case 'error':
+        return this.#onReply(null, f);
+      case 'message':
+        return this.#onMessage(f);
+      case 'presence':
+        return this.#onPresence(f);
+      case 'reconnect':
+        return this.#onDrain(f);
+      default:
+      // Unknown frames are ignored: the protocol may grow.
+    }
+  }
+
+  #onWelcome(f) {
+    const ws = this.#ws;
+    clearTimeout(this.#connectTimer);
+    this.welcome = { session: f.session, node: f.node, user: f.user, ping_ms: f.ping_ms };
+    this.#welcomed = true;
+    this.#everOpened = true;
+    this.#attempt = 0;
+    this.#watch(ws, (f.ping_ms || 25000) + 10000);
+    this.#setState('open');
+    this.emit('welcome', this.welcome);
+    if (this.#ws !== ws) return; // a listener closed it
+    for (const sub of this.#subs.values()) this.#sendSubscribe(sub);
+    for (const cmd of this.#pending.values()) {
+      if (!cmd.sent) {
+        cmd.sent = true;
+        this.#send(cmd.frame);
+      }
+    }
+  }
+
+  #onDrain(f) {
+    const ws = this.#ws;
+    const after = Math.max(0, Number(f.after_ms) || 0);
+    this.#reconnectAt = Date.now() + after;
+    this.emit('draining', f);
+    clearTimeout(this.#drainTimer);
+    // The node closes with 1012 about then; if it has not, leave first, so a
+    // load balancer sends the new connection to another node.
+    this.#drainTimer = setTimeout(() => this.#lost(ws, 1000, 'draining', true), after);
+  }
+
+  #sendSubscribe(sub) {
+    const id = String(++this.#seq);
+    const frame = { type: 'subscribe', id, room: sub.room };
+    if (sub.presence) frame.presence = true;
+    const since = sub.pos ? { ...sub.pos } : null;
+    if (since) frame.since = since;
+    this.#subAcks.set(id, { sub, since });
+    this.#send(frame);
+  }
+
+  #command(frame, timeout) {
+    if (this.#stopped) return Promise.reject(new ParleyError('closed', 'the client is closed'));
+    const id = String(++this.#seq);
+    frame.id = id;
+    return new Promise((resolve, reject) => {
+      const ms = timeout ?? this.timeout;
+      const timer = setTimeout(() => {
+        this.#pending.delete(id);
+        reject(new ParleyError('timeout', `${frame.type}: no answer within ${ms} ms`));
+      }, ms);
+      const cmd = { frame, resolve, reject, timer, sent: false };
+      this.#pending.set(id, cmd);
+      if (this.#welcomed) {
+        cmd.sent = true;
+        this.#send(frame);
+      }
+    });
+  }
+
+  #onReply(ack, error) {
+    const f = ack ?? error;
+    const id = f.id;
+    if (id === undefined || id === '') {
+      if (error) {
+        this.#lastError = error.code;
+        this.emit('error', new ParleyError(error.code, error.message, error));
+      }
+      return;
+    }
+    const subAck = this.#subAcks.get(id);
+    if (subAck) {
+      this.#subAcks.delete(id);
+      const { sub, since } = subAck;
+      if (this.#subs.get(sub.room) !== sub) return; // unsubscribed meanwhile
+      if (ack) this.#onSubscribed(sub, since, ack);
+      else this.#onSubscribeFailed(sub, error);
+      return;
+    }
+    const cmd = this.#pending.get(id);
+    if (!cmd) return; // timed out already
+    this.#pending.delete(id);
+    clearTimeout(cmd.timer);
+    if (ack) cmd.resolve(ack);
+    else cmd.reject(new ParleyError(error.code, error.message, error));
+  }
+
+  #onSubscribed(sub, since, ack) {
+    const recovered = !!(since && ack.recovered);
+    if (!recovered) {
+      // Start from the room's current position; a recovered subscribe keeps
+      // its position, and the missed messages follow the ack.
+      sub.pos = { epoch: ack.epoch, offset: ack.offset };
+    }
+    if (sub.presence) {
+      sub.members = new Map((ack.members ?? []).map((m) => [m.session, m]));
+      call(sub.onPresence, { type: 'presence', room: sub.room, event: 'sync' }, [...sub.members.values()]);
+    }
+    if (sub.waiter) {
+      clearTimeout(sub.waiter.timer);
+      const { resolve } = sub.waiter;
+      sub.waiter = null;
+      resolve(ack);
+    }
+    if (since && !recovered) {
+      call(sub.onLost, sub.room, ack);
+      call(this.onLost, sub.room, ack);
+      this.emit('lost', { room: sub.room, ack });
+    }
+  }
+
+  #onSubscribeFailed(sub, error) {
+    this.#subs.delete(sub.room);
+    const err = new ParleyError(error.code, error.message, error);
+    err.room = sub.room;
+    if (sub.waiter) {
+      clearTimeout(sub.waiter.timer);
+      const { reject } = sub.waiter;
+      sub.waiter = null;
+      reject(err);
+    } else {
+      // A renewal was refused (say, the new token does not allow the room).
+      this.emit('error', err);
+    }
+  }
+
+  #onMessage(m) {
+    const sub = this.#subs.get(m.room);
+    if (!sub) return;
+    const pos = sub.pos;
+    if (pos && pos.epoch === m.epoch && m.offset <= pos.offset) return; // seen it
+    sub.pos = { epoch: m.epoch, offset: m.offset };
+    call(sub.onMessage, m);
+    this.emit('message', m);
+  }
+
+  #onPresence(p) {
+    const sub = this.#subs.get(p.room);
+    if (!sub || !sub.presence) return;
+    if (p.event === 'join') sub.members.set(p.session, { user: p.user, session: p.session });
+    else if (p.event === 'leave') sub.members.delete(p.session);
+    call(sub.onPresence, p, [...sub.members.values()]);
+  }
+}
+
+/**
+ * Receives room messages over Server-Sent Events (EventSource), resuming from
+ * the last event after any reconnect.
+ *
+ *   const sse = new ParleySSE({ rooms: ['news'], onMessage: m => show(m) });
+ *
+ * Events: 'state' ('connecting', 'open', 'reconnecting', 'closed'),
+ * 'welcome', 'message', 'lost' ({room}), 'draining', 'error'.
+ */
+export class ParleySSE extends Emitter {
+  /**
+   * @param {object} options
+   * @param {string[]} options.rooms
+   * @param {string} [options.url] default /v1/sse on this page's host
+   * @param {string|(() => string|Promise<string>)} [options.token]
+   * @param {(message: object) => void} [options.onMessage]
+   * @param {(room: string) => void} [options.onLost]
+   * @param {number} [options.minDelay=1000] @param {number} [options.maxDelay=30000]
+   * @param {typeof EventSource} [options.EventSource]
+   */
+  constructor(options) {
+    super();
+    this.rooms = [...options.rooms];
+    this.url = options.url;
+    this.token = options.token;
+    this.onMessage = options.onMessage;
+    this.onLost = options.onLost;
+    this.minDelay = options.minDelay ?? 1000;
+    this.maxDelay = options.maxDelay ?? 30000;
+    this.EventSource = options.EventSource ?? globalThis.EventSource;
+    this.state = 'idle';
+    this.welcome = null;
+    if (options.connect !== false) this.connect();
+  }
+
+  #es = null;
+  #stopped = false;
+  #lastId = '';
+  #pos = new Map(); // room -> {epoch, offset}
+  #attempt = 0;
+  #timer = null;
+
+  /** The last event id: an opaque cursor over every room of the stream. */
+  get lastEventId() {
+    return this.#lastId;
+  }
+
+  connect() {
+    if (this.#es || this.state === 'connecting') return;
+    this.#stopped = false;
+    this.#open();
+  }
+
+  close() {
+    this.#stopped = true;
+    clearTimeout(this.#timer);
+    this.#es?.close();
+    this.#es = null;
+    this.#setState('closed');
+  }
+
+  #setState(state) {
+    if (this.state === state) return;
+    this.state = state;
+    this.emit('state', state);
+  }
+
+  async #open() {
+    this.#setState(this.welcome ? 'reconnecting' : 'connecting');
+    let token;
+    try {
+      token = await resolveToken(this.token);
+    } catch (err) {
+      this.emit('error', new ParleyError('unauthorized', `token: ${err?.message ?? err}`));
+      this.#retry();
+      return;
+    }
+    if (this.#stopped) return;
+    const url = endpoint(this.url, '/v1/sse', 'http');
+    url.searchParams.set('rooms', this.rooms.join(','));
+    if (token) url.searchParams.set('token', token);
+    // A new EventSource cannot set Last-Event-ID; the node reads this instead.
+    // (An EventSource's own reconnects send the header, which takes precedence.)
+    if (this.#lastId) url.searchParams.set('last_event_id', this.#lastId);
+    const es = new this.EventSource(url.toString());
+    this.#es = es;
+    es.addEventListener('welcome', (e) => {
+      const w = JSON.parse(e.data);
+      const resumed = this.welcome !== null;
+      this.#lastId = e.lastEventId;
+      this.welcome = w;
+      this.#attempt = 0;
+      for (const [room, info] of Object.entries(w.rooms ?? {})) {
+        if (!info.recovered) {
+          const had = this.#pos.has(room);
+          this.#pos.set(room, { epoch: info.epoch, offset: info.offset });
+          if (resumed && had) {
+            call(this.onLost, room);
+            this.emit('lost', { room });
+          }
+        }
+      }
+      this.#setState('open');
+      this.emit('welcome', w);
+    });
+    es.addEventListener('message', (e) => {
+      const m = JSON.parse(e.data);
+      this.#lastId = e.lastEventId;
+      const pos = this.#pos.get(m.room);
+      if (pos && pos.epoch === m.epoch && m.offset <= pos.offset) return;
+      this.#pos.set(m.room, { epoch: m.epoch, offset: m.offset });
+      call(this.onMessage, m);
+      this.emit('message', m);
+    });
+    es.addEventListener('reconnect', (e) => {
+      let after = 0;
+      try {
+        after = Number(JSON.parse(e.data).after_ms) || 0;
+      } catch {
+        // keep 0
+      }
+      this.emit('draining', e.data);
+      this.#drop(es, after);
+    });
+    es.onerror = () => {
+      if (this.#es !== es) return;
+      if (es.readyState === 2) {
+        // The browser gave up (an HTTP error, such as 503 while draining).
+        this.emit('error', new ParleyError('disconnected', 'the event stream failed'));
+        this.#drop(es, null);
+      } else {
+        this.#setState('reconnecting'); // the browser retries by itself
+      }
+    };
+  }
+
+  #drop(es, after) {
+    if (this.#es !== es) return;
+    es.close();
+    this.#es = null;
+    this.#retry(after);
+  }
+
+  #retry(after = null) {
+    if (this.#stopped) return;
+    const delay = after ?? backoff(this.#attempt++, this.minDelay, this.maxDelay);
+    this.#setState('reconnecting');
+    clearTimeout(this.#timer);
+    this.#timer = setTimeout(() => this.#open(), delay);
+  }
+}
