@@ -41,6 +41,8 @@ func (srv *Server) apiIdentity(w http.ResponseWriter, r *http.Request) (identity
 		srv.writeError(w, errorf(codeForbidden, "origin not allowed"))
 		return identity{}, "", false
 	}
+	// A client that stops reading cannot pin the handler and its response.
+	http.NewResponseController(w).SetWriteDeadline(srv.cfg.now().Add(srv.cfg.WriteTimeout))
 	ident, perr := srv.auth.authenticate(r, true)
 	if perr != nil {
 		srv.writeError(w, perr)
@@ -68,6 +70,10 @@ func (srv *Server) handlePublish(w http.ResponseWriter, r *http.Request) {
 	}
 	if !ident.may(actPublish, room) {
 		srv.writeError(w, errorf(codeForbidden, "not allowed to publish to "+room))
+		return
+	}
+	if !ident.backend && !srv.apiLimits.allow(srv.apiLimitKey(ident, r)) {
+		srv.writeError(w, errorf(codeRateLimited, "publish rate limit exceeded"))
 		return
 	}
 	key := r.Header.Get("Idempotency-Key")
@@ -104,10 +110,17 @@ type historyResponse struct {
 	Offset    uint64         `json:"offset"`
 	Recovered *bool          `json:"recovered,omitempty"`
 	Messages  []messageFrame `json:"messages"`
+	// Truncated says the page stopped at maxHistoryBytes: with since, ask
+	// again from the last offset; without, older messages were left out.
+	Truncated bool `json:"truncated,omitempty"`
 }
 
-// maxHistoryLimit bounds one history page.
-const maxHistoryLimit = 1000
+// maxHistoryLimit bounds one history page's messages, maxHistoryBytes its
+// message data.
+const (
+	maxHistoryLimit = 1000
+	maxHistoryBytes = 4 << 20
+)
 
 func (srv *Server) handleHistory(w http.ResponseWriter, r *http.Request) {
 	ident, room, ok := srv.apiIdentity(w, r)
@@ -156,7 +169,21 @@ func (srv *Server) handleHistory(w http.ResponseWriter, r *http.Request) {
 	if hq.Since != nil {
 		resp.Recovered = &h.Recovered
 	}
-	for _, m := range h.Messages {
+	msgs := h.Messages
+	size, from, to := 0, 0, len(msgs)
+	if hq.Since != nil {
+		// Oldest first: keep the head that fits.
+		for to = 0; to < len(msgs) && (to == 0 || size+len(msgs[to].Data) <= maxHistoryBytes); to++ {
+			size += len(msgs[to].Data)
+		}
+	} else {
+		// Newest: keep the tail that fits.
+		for from = len(msgs); from > 0 && (from == len(msgs) || size+len(msgs[from-1].Data) <= maxHistoryBytes); from-- {
+			size += len(msgs[from-1].Data)
+		}
+	}
+	resp.Truncated = to-from < len(msgs)
+	for _, m := range msgs[from:to] {
 		resp.Messages = append(resp.Messages, messageFrame{Type: "message", Room: m.Room, Offset: m.Offset, Epoch: m.Epoch, Data: m.Data, From: m.From, TS: m.Time / int64(time.Millisecond)})
 	}
 	writeJSON(w, http.StatusOK, resp)

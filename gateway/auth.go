@@ -116,14 +116,19 @@ func newAuthenticator(cfg *Config) (*authenticator, error) {
 // dev reports whether no JWT key is configured: anonymous users are let in.
 func (a *authenticator) dev() bool { return a.key == nil }
 
-// credential returns the bearer credential of a request: the Authorization
-// header, else the `token` query parameter.
+// bearer returns the request's Authorization bearer credential.
+func bearer(r *http.Request) string {
+	if tok, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer "); ok {
+		return strings.TrimSpace(tok)
+	}
+	return ""
+}
+
+// credential returns a user's token: the Authorization header, else the
+// `token` query parameter (for browsers' WebSocket and EventSource).
 func credential(r *http.Request) string {
-	if h := r.Header.Get("Authorization"); h != "" {
-		if tok, ok := strings.CutPrefix(h, "Bearer "); ok {
-			return strings.TrimSpace(tok)
-		}
-		return ""
+	if r.Header.Get("Authorization") != "" {
+		return bearer(r)
 	}
 	return r.URL.Query().Get("token")
 }
@@ -131,11 +136,13 @@ func credential(r *http.Request) string {
 // authenticate identifies the request's user. allowKey lets the API key in
 // (the HTTP API); sessions are always users.
 func (a *authenticator) authenticate(r *http.Request, allowKey bool) (identity, *protoError) {
-	cred := credential(r)
-	if allowKey && a.apiKey != nil && cred != "" &&
-		subtle.ConstantTimeCompare([]byte(cred), a.apiKey) == 1 {
+	// The API key is read from the header only: a key in a URL ends up in
+	// proxy and access logs.
+	if key := bearer(r); allowKey && a.apiKey != nil && key != "" &&
+		subtle.ConstantTimeCompare([]byte(key), a.apiKey) == 1 {
 		return identity{user: "", backend: true}, nil
 	}
+	cred := credential(r)
 	if a.dev() {
 		return identity{user: "anon-" + randomID(6)}, nil
 	}

@@ -20,6 +20,10 @@ func TestMain(m *testing.M) {
 	goleak.VerifyTestMain(m)
 }
 
+// testAPIKey is the API key of test servers unless a test sets another:
+// backends' bulk publishes are not rate limited.
+const testAPIKey = "test-api-key"
+
 // testServer is a gateway on 127.0.0.1:0 with a Memory bus.
 type testServer struct {
 	srv  *Server
@@ -41,7 +45,7 @@ func startServer(t testing.TB, mod func(*Config)) *testServer {
 func startServerWith(t testing.TB, mc fanout.MemoryConfig, mod func(*Config)) *testServer {
 	t.Helper()
 	bus := fanout.NewMemory(mc)
-	cfg := Config{Bus: bus, NodeID: "test-node", DrainTimeout: 200 * time.Millisecond}
+	cfg := Config{Bus: bus, NodeID: "test-node", DrainTimeout: 200 * time.Millisecond, APIKey: testAPIKey}
 	if mod != nil {
 		mod(&cfg)
 	}

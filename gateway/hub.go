@@ -126,24 +126,30 @@ func (h *hub) subscribe(ctx context.Context, s *session, name string, since *fan
 	if hist.Recovered {
 		res.cursor = *since
 	}
-
-	r := m.room
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	s.enqueue(ack(res))
+	// Replayed messages are encoded for this session alone, before the room
+	// is locked, and carry no time: they are not live deliveries.
+	replay := make([]*frame, 0, len(hist.Messages))
 	for _, msg := range hist.Messages {
 		b, err := encodeMessage(msg)
 		if err != nil {
 			continue
 		}
-		s.enqueue(&frame{b: b, kind: kindMessage, room: msg.Room, epoch: msg.Epoch, offset: msg.Offset, time: msg.Time})
+		replay = append(replay, &frame{b: b, kind: kindMessage, room: msg.Room, epoch: msg.Epoch, offset: msg.Offset})
 		last = max(last, msg.Offset)
+	}
+
+	r := m.room
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	s.enqueue(ack(res))
+	for _, f := range replay {
+		s.enqueueReplay(f)
 	}
 	for _, f := range m.held {
 		if f.kind == kindMessage && f.offset <= last {
 			continue
 		}
-		s.enqueue(f)
+		s.enqueueReplay(f)
 	}
 	m.holding, m.held = false, nil
 	return nil

@@ -87,7 +87,12 @@ func recCheckAck(t testing.TB, ack map[string]any, epoch string, offset uint64, 
 // recPublishAPI publishes data to room over the HTTP API.
 func recPublishAPI(t testing.TB, ts *testServer, room, data string) fanout.Position {
 	t.Helper()
-	resp, err := ts.http.Client().Post(ts.url+"/v1/rooms/"+room+"/messages", "application/json", strings.NewReader(data))
+	req, err := http.NewRequest(http.MethodPost, ts.url+"/v1/rooms/"+room+"/messages", strings.NewReader(data))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Authorization", "Bearer "+ts.srv.cfg.APIKey)
+	resp, err := ts.http.Client().Do(req)
 	if err != nil {
 		t.Fatalf("publish: %v", err)
 	}

@@ -35,6 +35,9 @@ type Server struct {
 
 	draining atomic.Bool
 
+	// apiLimits rate-limits publishes by token holders on the HTTP API.
+	apiLimits *limiterSet
+
 	sessMu   sync.Mutex
 	sessions map[*session]struct{}
 	perIP    map[string]int
@@ -69,6 +72,7 @@ func New(cfg Config) (*Server, error) {
 	srv.ctx, srv.cancel = context.WithCancel(context.Background())
 	srv.ticks.Store(newTick())
 	srv.hub = newHub(srv, cfg.Bus)
+	srv.apiLimits = newLimiterSet(cfg.PublishRate, cfg.PublishBurst)
 	srv.routes()
 	srv.http = &http.Server{
 		Handler:           srv.mux,

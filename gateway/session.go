@@ -104,19 +104,33 @@ func newSession(srv *Server, ident identity, t transportKind, ip string) *sessio
 // session is closed, or closes it as a slow consumer when the queue passes its
 // bound.
 func (s *session) enqueue(f *frame) bool {
+	return s.push(f, true)
+}
+
+// enqueueReplay queues a frame of a subscription's replay (history and the
+// frames held while it was read). Replay does not count against the queue
+// bound: it is bounded by the history size, and counting it would close a
+// client that resumes after a busy spell every time it tried.
+func (s *session) enqueueReplay(f *frame) bool {
+	return s.push(f, false)
+}
+
+func (s *session) push(f *frame, counted bool) bool {
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
 		return false
 	}
 	s.queue = append(s.queue, f)
-	s.queued += len(f.b)
-	if s.queued > s.srv.cfg.QueueLimit && f.kind != kindClose {
-		s.mu.Unlock()
-		s.srv.metrics.slowConsumers.Inc()
-		s.srv.log.Info("slow consumer closed", "session", s.id, "queued_bytes", s.queued)
-		s.closeNow(closeSlowConsumer, "slow consumer")
-		return false
+	if counted && f.kind != kindClose {
+		s.queued += len(f.b)
+		if queued := s.queued; queued > s.srv.cfg.QueueLimit {
+			s.mu.Unlock()
+			s.srv.metrics.slowConsumers.Inc()
+			s.srv.log.Info("slow consumer closed", "session", s.id, "queued_bytes", queued)
+			s.closeNow(closeSlowConsumer, "slow consumer")
+			return false
+		}
 	}
 	if s.transport == transportWS && !s.writing {
 		s.writing = true
@@ -264,6 +278,9 @@ func (s *session) writeWS(batch []*frame) *frame {
 	}
 	now := s.srv.cfg.now()
 	s.netConn.SetWriteDeadline(now.Add(s.srv.cfg.WriteTimeout))
+	// coder/websocket's own writes (close frames, pong replies) come later
+	// and bound themselves; a stale deadline would make them fail.
+	defer s.netConn.SetWriteDeadline(time.Time{})
 	var (
 		start    int // first frame of the message being gathered
 		size     int

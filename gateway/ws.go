@@ -39,14 +39,31 @@ func (h *hijackWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 		return nil, nil, err
 	}
 	h.conn = c
-	var r *bufio.Reader
+	var rc net.Conn = c
 	if n := brw.Reader.Buffered(); n > 0 {
+		// The bytes travel inside the connection, not in the new reader's
+		// buffer: coder/websocket re-seats the reader on the connection
+		// after Hijack, keeping only what that reader has buffered.
 		b, _ := brw.Reader.Peek(n)
-		r = bufio.NewReaderSize(io.MultiReader(bytes.NewReader(bytes.Clone(b)), c), smallBuf)
-	} else {
-		r = bufio.NewReaderSize(c, smallBuf)
+		rc = &prefixConn{Conn: c, prefix: bytes.Clone(b)}
 	}
-	return c, bufio.NewReadWriter(r, bufio.NewWriterSize(c, smallBuf)), nil
+	return rc, bufio.NewReadWriter(bufio.NewReaderSize(rc, smallBuf), bufio.NewWriterSize(c, smallBuf)), nil
+}
+
+// prefixConn is a connection whose first reads return bytes that were read
+// from it before the hijack.
+type prefixConn struct {
+	net.Conn
+	prefix []byte
+}
+
+func (p *prefixConn) Read(b []byte) (int, error) {
+	if len(p.prefix) > 0 {
+		n := copy(b, p.prefix)
+		p.prefix = p.prefix[n:]
+		return n, nil
+	}
+	return p.Conn.Read(b)
 }
 
 func (srv *Server) handleWS(w http.ResponseWriter, r *http.Request) {
@@ -78,6 +95,8 @@ func (srv *Server) handleWS(w http.ResponseWriter, r *http.Request) {
 	if authErr != nil {
 		// A browser cannot read an HTTP status from a failed handshake, so
 		// the reason travels as an error frame and a 1008 close.
+		srv.goroutines.Add(1)
+		defer srv.goroutines.Done()
 		srv.metrics.rejected.WithLabelValues("auth").Inc()
 		srv.metrics.errorsSent.WithLabelValues(authErr.Code).Inc()
 		ctx, cancel := context.WithTimeout(srv.ctx, srv.cfg.WriteTimeout)
@@ -89,15 +108,16 @@ func (srv *Server) handleWS(w http.ResponseWriter, r *http.Request) {
 	}
 	s := newSession(srv, ident, transportWS, ip)
 	s.conn, s.netConn = conn, hw.conn
-	if !srv.register(s) {
-		conn.Close(closeDraining, "draining")
-		srv.releaseIP(ip)
-		return
-	}
+	// The welcome is queued first, so it precedes a drain's reconnect notice.
 	s.enqueue(&frame{kind: kindControl, b: mustJSON(welcomeFrame{
 		Type: "welcome", Session: s.id, Node: srv.cfg.NodeID, User: ident.user,
 		PingMS: srv.cfg.PingInterval.Milliseconds(),
 	})})
+	if !srv.register(s) {
+		s.closeNow(closeDraining, "draining")
+		srv.releaseIP(ip)
+		return
+	}
 	srv.goroutines.Add(1)
 	go s.readLoop()
 }

@@ -1,0 +1,155 @@
+package gateway
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/coder/websocket"
+
+	"github.com/parley-rt/parley/fanout"
+)
+
+// A client may send its first frame the moment the handshake completes,
+// before the welcome arrives; no byte of it may be lost.
+func TestFirstFrameRightAfterHandshake(t *testing.T) {
+	ts := startServer(t, nil)
+	for i := range 60 {
+		w := dialWS(t, ts.ws, nil)
+		w.send(map[string]any{"type": "subscribe", "id": "s", "room": fmt.Sprintf("early:%d", i)})
+		w.expect("welcome")
+		if ack := w.expect("ack"); ack["id"] != "s" {
+			t.Fatalf("dial %d: got %v, want the subscribe ack", i, ack)
+		}
+		w.c.Close(websocket.StatusNormalClosure, "")
+	}
+}
+
+// With the default ratio of pong timeout to write timeout (the pong timeout
+// not shorter), a silent client still gets the 1001 close frame.
+func TestHeartbeatCloseAfterWriteTimeout(t *testing.T) {
+	ts := startServer(t, func(c *Config) {
+		c.PingInterval = 400 * time.Millisecond
+		c.PongTimeout = 600 * time.Millisecond
+		c.WriteTimeout = 300 * time.Millisecond
+	})
+	w := dialWS(t, ts.ws, nil)
+	w.expect("welcome")
+	w.expect("ping")
+	if got := w.closeStatus(); got != websocket.StatusGoingAway {
+		t.Fatalf("got close %v, want %v", got, websocket.StatusGoingAway)
+	}
+}
+
+// The WebSocket library's own control writes (its pong to a client's ping)
+// work after the session has been idle past the write timeout.
+func TestClientPingAfterIdle(t *testing.T) {
+	ts := startServer(t, func(c *Config) { c.WriteTimeout = 100 * time.Millisecond })
+	w := dialWS(t, ts.ws, nil)
+	w.expect("welcome")
+	time.Sleep(300 * time.Millisecond) // idle past the write timeout on purpose
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	// Ping needs a reader to see the pong.
+	go w.c.Read(ctx)
+	if err := w.c.Ping(ctx); err != nil {
+		t.Fatalf("ping after idle: %v", err)
+	}
+}
+
+// Recovering more history than the queue bound holds is still a recovery,
+// not a slow-consumer close that would repeat at every reconnect.
+func TestLargeRecoveryIsNotASlowConsumer(t *testing.T) {
+	const n, size = 1000, 2048
+	ts := startServer(t, func(c *Config) { c.QueueLimit = 1 << 20 })
+	room := "big:recovery"
+	data := `{"pad":"` + strings.Repeat("x", size) + `"}`
+	var epoch string
+	for range n {
+		res, err := ts.bus.Publish(context.Background(), room, fanout.Publication{Data: []byte(data)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		epoch = res.Epoch
+	}
+	t.Run("websocket", func(t *testing.T) {
+		w := dialWS(t, ts.ws, nil)
+		w.expect("welcome")
+		w.send(map[string]any{"type": "subscribe", "id": "r", "room": room, "since": fanout.Position{Epoch: epoch, Offset: 0}})
+		if ack := w.expect("ack"); ack["recovered"] != true {
+			t.Fatalf("got ack %v, want recovered", ack)
+		}
+		for i := 1; i <= n; i++ {
+			m := w.expect("message")
+			if got := uint64(m["offset"].(float64)); got != uint64(i) {
+				t.Fatalf("got offset %d, want %d", got, i)
+			}
+		}
+	})
+	t.Run("sse", func(t *testing.T) {
+		s := recOpenSSE(t, ts, room, cursor{room: {Epoch: epoch, Offset: 0}}.encode())
+		s.open()
+		s.welcome()
+		for i := 1; i <= n; i++ {
+			if m, _ := s.message(); m.offset != uint64(i) {
+				t.Fatalf("got offset %d, want %d", m.offset, i)
+			}
+		}
+	})
+}
+
+// Token holders get the same publish rate limit on the HTTP API as on a
+// session; backends with the API key do not.
+func TestAPIPublishRateLimit(t *testing.T) {
+	ts := apiTestServer(t, func(c *Config) { c.PublishRate, c.PublishBurst = 1, 3 })
+	tok := confToken(t, apiTestSecret, "flooder", nil)
+	u := ts.url + "/v1/rooms/flood/messages"
+	limited := 0
+	for range 10 {
+		resp, body := apiTestDo(t, http.MethodPost, u, tok, nil, `{"n":1}`)
+		if resp.StatusCode == http.StatusTooManyRequests {
+			apiTestCheckError(t, resp, body, http.StatusTooManyRequests, codeRateLimited)
+			limited++
+		}
+	}
+	if limited < 5 {
+		t.Errorf("got %d of 10 rapid publishes rate limited, want at least 5", limited)
+	}
+	for range 10 {
+		if resp, body := apiTestDo(t, http.MethodPost, u, apiTestKey, nil, `{"n":2}`); resp.StatusCode != http.StatusOK {
+			t.Fatalf("backend publish: got %d %v, want 200", resp.StatusCode, body)
+		}
+	}
+}
+
+// The API key is a header credential only: in a URL it would land in logs.
+func TestAPIKeyNotAcceptedInQuery(t *testing.T) {
+	ts := apiTestServer(t, nil)
+	resp, body := apiTestDo(t, http.MethodPost, ts.url+"/v1/rooms/q/messages?token="+apiTestKey, "", nil, `{"n":1}`)
+	apiTestCheckError(t, resp, body, http.StatusUnauthorized, codeUnauthorized)
+}
+
+// A history page stops at its byte bound and says so.
+func TestHistoryPageByteBound(t *testing.T) {
+	ts := apiTestServer(t, nil)
+	room := "big:history"
+	data := `{"pad":"` + strings.Repeat("y", 60<<10) + `"}`
+	for range 80 {
+		if _, err := ts.bus.Publish(context.Background(), room, fanout.Publication{Data: []byte(data)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, q := range []string{"limit=100", "since=0&limit=100"} {
+		resp, body := apiTestDo(t, http.MethodGet, ts.url+"/v1/rooms/"+room+"/history?"+q, apiTestKey, nil, "")
+		if resp.StatusCode != http.StatusOK {
+			t.Fatalf("%s: got %d, want 200", q, resp.StatusCode)
+		}
+		msgs := body["messages"].([]any)
+		if body["truncated"] != true || len(msgs) == 0 || len(msgs) >= 80 {
+			t.Errorf("%s: got %d messages, truncated %v; want fewer than 80 and truncated", q, len(msgs), body["truncated"])
+		}
+	}
+}
