@@ -54,6 +54,7 @@ type memRoom struct {
 	handler  Handler
 	members  map[string]Member // by session
 	lastUsed time.Time
+	dead     bool // forgotten by the sweeper; callers look the room up again
 }
 
 type keyEntry struct {
@@ -109,17 +110,37 @@ func (m *Memory) room(name string) (*memRoom, error) {
 	return r, nil
 }
 
+// locked returns the named room with r.mu held, and r.deliver before it when
+// deliver is set; never a room the sweeper has forgotten.
+func (m *Memory) locked(name string, deliver bool) (*memRoom, error) {
+	for {
+		r, err := m.room(name)
+		if err != nil {
+			return nil, err
+		}
+		if deliver {
+			r.deliver.Lock()
+		}
+		r.mu.Lock()
+		if !r.dead {
+			return r, nil
+		}
+		r.mu.Unlock()
+		if deliver {
+			r.deliver.Unlock()
+		}
+	}
+}
+
 // Publish implements Bus.
 func (m *Memory) Publish(ctx context.Context, room string, p Publication) (PublishResult, error) {
-	r, err := m.room(room)
+	r, err := m.locked(room, true)
 	if err != nil {
 		return PublishResult{}, err
 	}
-	r.deliver.Lock()
 	defer r.deliver.Unlock()
 
 	now := m.cfg.Now()
-	r.mu.Lock()
 	r.lastUsed = now
 	if p.Key != "" {
 		if k, ok := r.keys[p.Key]; ok && now.Before(k.expiry) {
@@ -173,11 +194,10 @@ func (r *memRoom) remember(key string, e keyEntry, max int) {
 
 // Subscribe implements Bus.
 func (m *Memory) Subscribe(ctx context.Context, room string, h Handler) error {
-	r, err := m.room(room)
+	r, err := m.locked(room, false)
 	if err != nil {
 		return err
 	}
-	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.handler != nil {
 		return ErrSubscribed
@@ -189,11 +209,10 @@ func (m *Memory) Subscribe(ctx context.Context, room string, h Handler) error {
 
 // Unsubscribe implements Bus.
 func (m *Memory) Unsubscribe(ctx context.Context, room string) error {
-	r, err := m.room(room)
+	r, err := m.locked(room, false)
 	if err != nil {
 		return err
 	}
-	r.mu.Lock()
 	r.handler = nil
 	r.lastUsed = m.cfg.Now()
 	r.mu.Unlock()
@@ -206,11 +225,10 @@ func (m *Memory) Unsubscribe(ctx context.Context, room string) error {
 
 // History implements Bus.
 func (m *Memory) History(ctx context.Context, room string, q HistoryQuery) (History, error) {
-	r, err := m.room(room)
+	r, err := m.locked(room, false)
 	if err != nil {
 		return History{}, err
 	}
-	r.mu.Lock()
 	defer r.mu.Unlock()
 	now := m.cfg.Now()
 	r.lastUsed = now
@@ -276,13 +294,11 @@ func (m *Memory) Leave(ctx context.Context, room string, mem Member) error {
 }
 
 func (m *Memory) presence(room string, mem Member, join bool) error {
-	r, err := m.room(room)
+	r, err := m.locked(room, true)
 	if err != nil {
 		return err
 	}
-	r.deliver.Lock()
 	defer r.deliver.Unlock()
-	r.mu.Lock()
 	r.lastUsed = m.cfg.Now()
 	if join {
 		if r.members == nil {
@@ -306,11 +322,10 @@ func (m *Memory) presence(room string, mem Member, join bool) error {
 
 // Presence implements Bus.
 func (m *Memory) Presence(ctx context.Context, room string) ([]Member, error) {
-	r, err := m.room(room)
+	r, err := m.locked(room, false)
 	if err != nil {
 		return nil, err
 	}
-	r.mu.Lock()
 	defer r.mu.Unlock()
 	out := make([]Member, 0, len(r.members))
 	for _, mem := range r.members {
@@ -356,10 +371,13 @@ func (m *Memory) sweepLoop() {
 }
 
 // sweep drops expired history and keys, and forgets rooms that have nothing
-// left: no history, no subscriber, no member, and idle for the history TTL.
+// left: no history, no subscriber, no member, and idle for the history TTL,
+// or for one sweep interval if the room never had a message (rooms that were
+// only read, which anyone may name).
 func (m *Memory) sweep() {
 	now := m.cfg.Now()
 	cutoff := now.Add(-m.cfg.HistoryTTL)
+	unusedCutoff := now.Add(-m.cfg.SweepInterval)
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	for name, r := range m.rooms {
@@ -369,7 +387,9 @@ func (m *Memory) sweep() {
 			delete(r.keys, r.keyOrder[0])
 			r.keyOrder = r.keyOrder[1:]
 		}
-		idle := len(r.hist) == 0 && r.handler == nil && len(r.members) == 0 && len(r.keys) == 0 && r.lastUsed.Before(cutoff)
+		idle := len(r.hist) == 0 && r.handler == nil && len(r.members) == 0 && len(r.keys) == 0 &&
+			(r.lastUsed.Before(cutoff) || r.offset == 0 && r.lastUsed.Before(unusedCutoff))
+		r.dead = idle
 		r.mu.Unlock()
 		if idle {
 			delete(m.rooms, name)

@@ -176,10 +176,16 @@ func TestMemorySweeper(t *testing.T) {
 	idle := publish(t, m, "idle", Publication{Data: data(1), Key: "k"})
 	publish(t, m, "subscribed", Publication{Data: data(1)})
 	subscribe(t, m, "subscribed", &recorder{})
+	publish(t, m, "recent", Publication{Data: data(1)})
 	member := Member{User: "u", Session: "s"}
 	if err := m.Join(ctx, "member", member); err != nil {
 		t.Fatalf("Join: %v", err)
 	}
+	// A room that was only read, never published to, goes at the next sweep.
+	history(t, m, "readonly", HistoryQuery{})
+	clock.Advance(2 * time.Millisecond)
+	waitFor(t, "the sweeper to forget a room that was only read", func() bool { return !m.hasRoom("readonly") })
+
 	clock.Advance(ttl - time.Minute)
 	history(t, m, "recent", HistoryQuery{}) // used near the end of the TTL
 

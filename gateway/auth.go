@@ -21,7 +21,7 @@ import (
 
 // Permissions are the rooms a token may use, from its `rooms` claim. A pattern
 // is a room name or a prefix followed by `*`; a nil *Permissions allows every
-// room.
+// room. Call is carried for WebRTC calls, which this version does not serve.
 type Permissions struct {
 	Subscribe []string `json:"subscribe,omitempty"`
 	Publish   []string `json:"publish,omitempty"`
@@ -39,7 +39,6 @@ type action int
 const (
 	actSubscribe action = iota
 	actPublish
-	actCall
 )
 
 // identity is who made a request.
@@ -59,8 +58,6 @@ func (id identity) may(a action, room string) bool {
 		patterns = id.perms.Subscribe
 	case actPublish:
 		patterns = id.perms.Publish
-	case actCall:
-		patterns = id.perms.Call
 	}
 	for _, p := range patterns {
 		if matchRoom(p, room) {

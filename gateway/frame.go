@@ -22,8 +22,6 @@ type clientFrame struct {
 	Presence bool             `json:"presence,omitempty"`
 	Data     json.RawMessage  `json:"data,omitempty"`
 	Key      string           `json:"key,omitempty"`
-	Call     string           `json:"call,omitempty"`
-	To       string           `json:"to,omitempty"`
 }
 
 // decodeClientFrame parses and validates one client frame. On error the
@@ -70,6 +68,8 @@ func decodeClientFrame(b []byte) (clientFrame, *protoError) {
 			return f, errorf(codeBadRequest, "key longer than 64 bytes")
 		}
 	case "pong":
+	case "join", "signal", "leave":
+		return f, errorf(codeBadRequest, "calls ("+f.Type+") are not supported by this version of Parley")
 	default:
 		return f, errorf(codeBadRequest, "unknown type "+strconv.Quote(f.Type))
 	}

@@ -86,13 +86,14 @@ func (c *Config) setDefaults() error {
 		c.Ramp = 2000
 	}
 	switch {
-	case c.Conns < 0 || c.Rooms < 0 || c.Size < 0 || c.Ramp < 0 || c.Rate < 0:
-		return errors.New("loadtest: counts and rates must not be negative")
-	case c.Rooms > c.Conns:
-		c.Rooms = c.Conns
+	case c.Conns < 0 || c.Rooms < 0 || c.Size < 0 || c.Ramp < 0 || c.Rate < 0 || c.Duration < 0:
+		return errors.New("loadtest: counts, rates and durations must not be negative")
 	case c.Duration > maxDuration:
 		return fmt.Errorf("loadtest: duration %s is over the %s bound", c.Duration, maxDuration)
+	case c.Ramp > 1_000_000 || c.Rate > 1_000_000:
+		return errors.New("loadtest: --ramp and --rate are at most 1000000 a second")
 	}
+	c.Rooms = min(c.Rooms, c.Conns)
 	if c.Progress == nil {
 		c.Progress = io.Discard
 	}

@@ -1,30 +1,31 @@
 package main
 
 import (
+	"errors"
 	"flag"
 	"fmt"
 	"io"
-	"strconv"
 	"strings"
-	"time"
 )
 
-// envFlags is a FlagSet whose defaults come from PARLEY_* variables, so every
-// flag can be set either way; a flag on the command line wins.
+// envFlags is a FlagSet whose flags can also be set as PARLEY_* variables: a
+// variable is applied before the command line, so a flag given there wins.
+// Defaults shown by --help are the built-in ones, never a value from the
+// environment, so --help and usage errors print no secret.
 type envFlags struct {
 	*flag.FlagSet
-	getenv func(string) string
-	errs   []error
+	name, summary string
+	getenv        func(string) string
+	out           io.Writer
 }
 
 func newEnvFlags(name, summary string, getenv func(string) string, out io.Writer) *envFlags {
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
-	fs.SetOutput(out)
-	fs.Usage = func() {
-		fmt.Fprintf(out, "%s\n\nUsage: parley %s [flags]\n\nFlags (each also PARLEY_<NAME> in the environment):\n", summary, name)
-		fs.PrintDefaults()
-	}
-	return &envFlags{FlagSet: fs, getenv: getenv}
+	// Errors are returned, not printed with the whole usage: the caller
+	// prints one line that names the flag.
+	fs.SetOutput(io.Discard)
+	fs.Usage = func() {}
+	return &envFlags{FlagSet: fs, name: name, summary: summary, getenv: getenv, out: out}
 }
 
 // envName is the variable that sets a flag: --jwt-secret is PARLEY_JWT_SECRET.
@@ -32,72 +33,41 @@ func envName(flagName string) string {
 	return "PARLEY_" + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
 }
 
-func (f *envFlags) env(name string) (string, bool) {
-	v := f.getenv(envName(name))
-	return v, v != ""
+func (f *envFlags) usage() {
+	fmt.Fprintf(f.out, "%s\n\nUsage: parley %s [flags]\n\nFlags (each also PARLEY_<NAME> in the environment, --jwt-secret as PARLEY_JWT_SECRET):\n", f.summary, f.name)
+	f.SetOutput(f.out)
+	f.PrintDefaults()
+	f.SetOutput(io.Discard)
 }
 
-func (f *envFlags) String(name, def, usage string) *string {
-	if v, ok := f.env(name); ok {
-		def = v
-	}
-	return f.FlagSet.String(name, def, usage)
-}
-
-func (f *envFlags) Bool(name string, def bool, usage string) *bool {
-	if v, ok := f.env(name); ok {
-		b, err := strconv.ParseBool(v)
-		if err != nil {
-			f.errs = append(f.errs, fmt.Errorf("%s=%q: want true or false", envName(name), v))
-		}
-		def = b
-	}
-	return f.FlagSet.Bool(name, def, usage)
-}
-
-func (f *envFlags) Int(name string, def int, usage string) *int {
-	if v, ok := f.env(name); ok {
-		n, err := strconv.Atoi(v)
-		if err != nil {
-			f.errs = append(f.errs, fmt.Errorf("%s=%q: want a whole number", envName(name), v))
-		}
-		def = n
-	}
-	return f.FlagSet.Int(name, def, usage)
-}
-
-func (f *envFlags) Float(name string, def float64, usage string) *float64 {
-	if v, ok := f.env(name); ok {
-		n, err := strconv.ParseFloat(v, 64)
-		if err != nil {
-			f.errs = append(f.errs, fmt.Errorf("%s=%q: want a number", envName(name), v))
-		}
-		def = n
-	}
-	return f.FlagSet.Float64(name, def, usage)
-}
-
-func (f *envFlags) Duration(name string, def time.Duration, usage string) *time.Duration {
-	if v, ok := f.env(name); ok {
-		d, err := time.ParseDuration(v)
-		if err != nil {
-			f.errs = append(f.errs, fmt.Errorf("%s=%q: want a duration such as 25s", envName(name), v))
-		}
-		def = d
-	}
-	return f.FlagSet.Duration(name, def, usage)
-}
-
-// parse parses args and reports the first bad environment value too.
+// parse applies the environment, then args. It prints the usage and returns
+// flag.ErrHelp for -h or --help, and reports every bad value at once.
 func (f *envFlags) parse(args []string) error {
+	for _, a := range args {
+		if a == "--" {
+			break
+		}
+		if a == "-h" || a == "-help" || a == "--help" || a == "--h" {
+			f.usage()
+			return flag.ErrHelp
+		}
+	}
+	var errs []error
+	f.VisitAll(func(fl *flag.Flag) {
+		name := envName(fl.Name)
+		if v := f.getenv(name); v != "" {
+			if err := fl.Value.Set(v); err != nil {
+				errs = append(errs, fmt.Errorf("%s=%q is not a valid --%s: %v", name, v, fl.Name, err))
+			}
+		}
+	})
 	if err := f.FlagSet.Parse(args); err != nil {
-		return err
+		errs = append(errs, err)
+	} else if f.NArg() > 0 {
+		errs = append(errs, fmt.Errorf("unexpected argument %q", f.Arg(0)))
 	}
-	if len(f.errs) > 0 {
-		return f.errs[0]
-	}
-	if f.NArg() > 0 {
-		return fmt.Errorf("unexpected argument %q (see --help)", f.Arg(0))
+	if len(errs) > 0 {
+		return fmt.Errorf("%w\n(run 'parley %s --help' for the flags)", errors.Join(errs...), f.name)
 	}
 	return nil
 }

@@ -1,6 +1,5 @@
 // Command parley is the Parley real-time gateway: WebSocket and SSE rooms with
-// history and resume, WebRTC signaling, and built-in STUN and TURN, in one
-// binary.
+// history and resume, and built-in STUN and TURN, in one binary.
 package main
 
 import (
@@ -30,7 +29,7 @@ func main() {
 }
 
 const usage = `Parley is a real-time gateway: WebSocket and Server-Sent Events rooms with
-history and resume, WebRTC signaling, and built-in STUN and TURN.
+history and resume, and built-in STUN and TURN for WebRTC calls.
 
 Usage:
   parley [serve] [flags]          run a node (the default command)
@@ -48,6 +47,10 @@ PARLEY_JWT_SECRET).
 // ends signal handling, so that a second SIGTERM kills a draining node.
 func run(ctx context.Context, stop func(), args []string, getenv func(string) string, stdout, stderr io.Writer) error {
 	cmd := "serve"
+	if len(args) > 0 && (args[0] == "-h" || args[0] == "-help" || args[0] == "--help") {
+		fmt.Fprint(stdout, usage)
+		return nil
+	}
 	if len(args) > 0 && len(args[0]) > 0 && args[0][0] != '-' {
 		cmd, args = args[0], args[1:]
 	}
@@ -67,8 +70,7 @@ func run(ctx context.Context, stop func(), args []string, getenv func(string) st
 		fmt.Fprint(stdout, usage)
 		return nil
 	default:
-		fmt.Fprint(stderr, usage)
-		return fmt.Errorf("unknown command %q", cmd)
+		return fmt.Errorf("unknown command %q (run 'parley help' for the commands)", cmd)
 	}
 }
 

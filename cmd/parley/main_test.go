@@ -57,6 +57,7 @@ func TestConfigErrors(t *testing.T) {
 		{"bad public IP", []string{"--turn-public-ip", "relay.example"}, env(), "--turn-public-ip"},
 		{"TURNS without a certificate", []string{"--turn-tls-addr", "127.0.0.1:5349"}, env(), "--turn-tls-addr"},
 		{"cert without key", []string{"--tls-cert", "c.pem"}, env(), "go together"},
+		{"redis is not in this version", nil, env("PARLEY_REDIS", "redis://127.0.0.1:6379/0"), "--redis"},
 		{"missing public key file", []string{"--jwt-public-key", "/nonexistent.pem", "--admin-addr", "off", "--turn-addr", "off"}, env(), "--jwt-public-key"},
 	}
 	for _, tt := range tests {
@@ -67,6 +68,37 @@ func TestConfigErrors(t *testing.T) {
 				t.Fatalf("got %v (output %q), want an error mentioning %q", err, out.String(), tt.want)
 			}
 		})
+	}
+}
+
+// Every bad value is reported at once, and no secret from the environment
+// reaches the output.
+func TestConfigErrorsAllAtOnceWithoutSecrets(t *testing.T) {
+	var out bytes.Buffer
+	err := run(context.Background(), func() {}, []string{"--adress", ":1"},
+		env("PARLEY_JWT_SECRET", "s3cr3t-jwt", "PARLEY_API_KEY", "s3cr3t-key", "PARLEY_PING", "soon", "PARLEY_DRAIN", "x"), &out, &out)
+	if err == nil {
+		t.Fatal("got no error")
+	}
+	all := err.Error() + out.String()
+	for _, want := range []string{"PARLEY_PING", "PARLEY_DRAIN", "adress"} {
+		if !strings.Contains(all, want) {
+			t.Errorf("error %q does not name %s", all, want)
+		}
+	}
+	for _, secret := range []string{"s3cr3t-jwt", "s3cr3t-key"} {
+		if strings.Contains(all, secret) {
+			t.Errorf("output shows a secret: %q", all)
+		}
+	}
+	out.Reset()
+	run(context.Background(), func() {}, []string{"--help"}, env("PARLEY_JWT_SECRET", "s3cr3t-jwt"), &out, &out)
+	run(context.Background(), func() {}, []string{"serve", "--help"}, env("PARLEY_JWT_SECRET", "s3cr3t-jwt"), &out, &out)
+	if strings.Contains(out.String(), "s3cr3t-jwt") {
+		t.Errorf("--help shows the secret")
+	}
+	if !strings.Contains(out.String(), "parley token") {
+		t.Errorf("parley --help does not list the commands:\n%s", out.String())
 	}
 }
 

@@ -73,12 +73,12 @@ spread over --drain, then the process exits.`
 func parseServe(args []string, getenv func(string) string, stderr io.Writer) (*serveConfig, error) {
 	fs := newEnvFlags("serve", serveSummary, getenv, stderr)
 	c := &serveConfig{}
-	fs.StringVar(&c.addr, "addr", envOr(getenv, "addr", "localhost:8080"), "public HTTP listener: WebSocket, SSE, HTTP API, web app")
-	fs.StringVar(&c.adminAddr, "admin-addr", envOr(getenv, "admin-addr", "127.0.0.1:9090"), "admin listener for /metrics and /debug/pprof/; off disables it")
-	fs.StringVar(&c.nodeID, "node-id", envOr(getenv, "node-id", ""), "this node's name in welcome frames, logs and presence (default hostname plus a random suffix)")
-	fs.StringVar(&c.jwtSecret, "jwt-secret", envOr(getenv, "jwt-secret", ""), "HS256 secret that client JWTs are verified with")
-	fs.StringVar(&c.jwtPublicKey, "jwt-public-key", envOr(getenv, "jwt-public-key", ""), "PEM `file` with the public key for RS256, ES256 or EdDSA JWTs")
-	fs.StringVar(&c.apiKey, "api-key", envOr(getenv, "api-key", ""), "bearer key that backends use on the HTTP API")
+	fs.StringVar(&c.addr, "addr", "localhost:8080", "public HTTP listener: WebSocket, SSE, HTTP API, web app")
+	fs.StringVar(&c.adminAddr, "admin-addr", "127.0.0.1:9090", "admin listener for /metrics and /debug/pprof/; off disables it")
+	fs.StringVar(&c.nodeID, "node-id", "", "this node's name in welcome frames, logs and presence (default hostname plus a random suffix)")
+	fs.StringVar(&c.jwtSecret, "jwt-secret", "", "HS256 secret that client JWTs are verified with")
+	fs.StringVar(&c.jwtPublicKey, "jwt-public-key", "", "PEM `file` with the public key for RS256, ES256 or EdDSA JWTs")
+	fs.StringVar(&c.apiKey, "api-key", "", "bearer key that backends use on the HTTP API")
 	allowAnon := fs.Bool("allow-anonymous", false, "allow dev mode (no JWT key) on a non-loopback --addr")
 	origins := fs.String("origins", "", "allowed browser origins for WebSocket and SSE, comma-separated host patterns such as app.example.com,*.example.com (default: the request's own host)")
 	historySize := fs.Int("history-size", 1000, "messages kept per room for recovery and the history API")
@@ -86,21 +86,22 @@ func parseServe(args []string, getenv func(string) string, stderr io.Writer) (*s
 	ping := fs.Duration("ping", 25*time.Second, "heartbeat interval: an idle client gets a ping this often")
 	drain := fs.Duration("drain", 10*time.Second, "on SIGTERM, the window over which clients are told to reconnect")
 	queueLimit := fs.Int("queue-limit", 1<<20, "bytes a session may have waiting to be sent before it is closed as a slow consumer (1013)")
-	publishRate := fs.Float("publish-rate", 50, "publishes per second allowed to one session (burst twice that)")
+	publishRate := fs.Float64("publish-rate", 50, "publishes per second allowed to one session (burst twice that)")
 	maxRooms := fs.Int("max-rooms", 100, "rooms one session may subscribe to")
 	maxConns := fs.Int("max-conns-per-ip", 1000, "concurrent WebSocket and SSE connections from one client address")
-	fs.StringVar(&c.tlsCert, "tls-cert", envOr(getenv, "tls-cert", ""), "PEM certificate `file` for TURN over TLS, and HTTPS on --addr")
-	fs.StringVar(&c.tlsKey, "tls-key", envOr(getenv, "tls-key", ""), "PEM private key `file` matching --tls-cert")
-	fs.StringVar(&c.turn.addr, "turn-addr", envOr(getenv, "turn-addr", "localhost:3478"), "TURN and STUN listener on UDP and TCP; off disables them")
-	fs.StringVar(&c.turn.tlsAddr, "turn-tls-addr", envOr(getenv, "turn-tls-addr", ""), "TURN over TLS listener, such as :5349 (needs --tls-cert and --tls-key)")
+	fs.StringVar(&c.tlsCert, "tls-cert", "", "PEM certificate `file` for TURN over TLS, and HTTPS on --addr")
+	fs.StringVar(&c.tlsKey, "tls-key", "", "PEM private key `file` matching --tls-cert")
+	fs.StringVar(&c.turn.addr, "turn-addr", "localhost:3478", "TURN and STUN listener on UDP and TCP; off disables them")
+	fs.StringVar(&c.turn.tlsAddr, "turn-tls-addr", "", "TURN over TLS listener, such as :5349 (needs --tls-cert and --tls-key)")
 	turnPublicIP := fs.String("turn-public-ip", "", "the address put in relay candidates and ICE server URLs (default the TURN listener's IP)")
 	turnPorts := fs.String("turn-ports", "49152-65535", "relay port range")
-	fs.StringVar(&c.turn.secret, "turn-secret", envOr(getenv, "turn-secret", ""), "TURN REST shared secret (default the JWT secret, else random)")
-	fs.StringVar(&c.turn.realm, "turn-realm", envOr(getenv, "turn-realm", "parley"), "TURN realm")
+	fs.StringVar(&c.turn.secret, "turn-secret", "", "TURN REST shared secret (default the JWT secret, else random)")
+	fs.StringVar(&c.turn.realm, "turn-realm", "parley", "TURN realm")
 	turnAllow := fs.String("turn-allow-peers", "", "CIDRs the relay may reach despite its deny list of loopback, private, link-local and other special ranges (default in dev mode 127.0.0.0/8,::1/128, else none)")
 	userQuota := fs.Int("turn-user-quota", 10, "live TURN allocations per user")
 	maxAllocs := fs.Int("turn-max-allocations", 10000, "live TURN allocations in all")
 	iceTTL := fs.Duration("ice-ttl", time.Hour, "validity of the TURN credentials that /v1/ice-servers hands out")
+	redisURL := fs.String("redis", "", "Redis URL (redis://host:port/db) to run several nodes as one; this version runs one node with in-memory fan-out and refuses the flag")
 	logFormat := fs.String("log-format", "text", "log format: text or json")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn or error")
 	if err := fs.parse(args); err != nil {
@@ -120,6 +121,9 @@ func parseServe(args []string, getenv func(string) string, stderr io.Writer) (*s
 	if err := c.logLevel.UnmarshalText([]byte(*logLevel)); err != nil {
 		bad("--log-level %q: want debug, info, warn or error", *logLevel)
 	}
+	if *redisURL != "" {
+		bad("--redis: this version has no Redis fan-out yet; a node runs alone with in-memory fan-out (leave --redis and PARLEY_REDIS unset)")
+	}
 	if c.logFormat != "text" && c.logFormat != "json" {
 		bad("--log-format %q: want text or json", c.logFormat)
 	}
@@ -134,7 +138,7 @@ func parseServe(args []string, getenv func(string) string, stderr io.Writer) (*s
 	if c.jwtSecret != "" && c.jwtPublicKey != "" {
 		bad("--jwt-secret and --jwt-public-key are exclusive: pick one")
 	}
-	if c.jwtSecret == "" && c.jwtPublicKey == "" && !c.allowAnonymous && !loopback(c.addr) {
+	if _, _, err := net.SplitHostPort(c.addr); err == nil && c.jwtSecret == "" && c.jwtPublicKey == "" && !c.allowAnonymous && !loopback(c.addr) {
 		bad("--addr %s is not a loopback address and no --jwt-secret or --jwt-public-key is set: anyone could connect as anonymous; set a JWT key, or --allow-anonymous to mean it", c.addr)
 	}
 	for name, v := range map[string]int{"--history-size": c.historySize, "--queue-limit": c.queueLimit, "--max-rooms": c.maxRooms, "--max-conns-per-ip": c.maxConnsPerIP} {
@@ -175,7 +179,9 @@ func parseServe(args []string, getenv func(string) string, stderr io.Writer) (*s
 		c.turn.portMin, c.turn.portMax = lo, hi
 	}
 	allow := *turnAllow
-	if allow == "" && dev {
+	// Local calls in dev mode relay to loopback; a node that others can reach
+	// never opens its own loopback services to anonymous users by default.
+	if allow == "" && dev && loopback(c.addr) {
 		allow = "127.0.0.0/8,::1/128"
 	}
 	if allow != "" {
@@ -202,14 +208,6 @@ func parseServe(args []string, getenv func(string) string, stderr io.Writer) (*s
 		c.nodeID = host + "-" + randSuffix()
 	}
 	return c, errors.Join(errs...)
-}
-
-// envOr returns the flag's environment value or def.
-func envOr(getenv func(string) string, name, def string) string {
-	if v := getenv(envName(name)); v != "" {
-		return v
-	}
-	return def
 }
 
 // loopback reports whether a listen address only accepts local connections.
@@ -336,6 +334,9 @@ func serveCmd(ctx context.Context, stop func(), args []string, getenv func(strin
 		c.nodeID, base, strings.Replace(strings.Replace(base, "https://", "wss://", 1), "http://", "ws://", 1), base, base)
 	if adminLn != nil {
 		fmt.Fprintf(stdout, "  metrics    http://%s/metrics\n", adminLn.Addr())
+	}
+	if c.jwtSecret == "" && c.jwtPublicKey == "" {
+		fmt.Fprintf(stdout, "  dev mode: no JWT key is set, every client is an anonymous user\n")
 	}
 	if relay != nil {
 		fmt.Fprintf(stdout, "  STUN/TURN  %s (UDP and TCP)\n", relay.UDPAddr())
