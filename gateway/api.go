@@ -35,8 +35,9 @@ func originAllowed(origin, host string, patterns []string) bool {
 	return false
 }
 
-// apiIdentity authenticates an API request: the API key, or a user's token.
-func (srv *Server) apiIdentity(w http.ResponseWriter, r *http.Request) (identity, string, bool) {
+// apiIdentity authenticates an API request (the API key, or a user's token)
+// and checks that it may do act in the path's room.
+func (srv *Server) apiIdentity(w http.ResponseWriter, r *http.Request, act action) (identity, string, bool) {
 	if !srv.corsOrigin(w, r) {
 		srv.writeError(w, errorf(codeForbidden, "origin not allowed"))
 		return identity{}, "", false
@@ -53,6 +54,14 @@ func (srv *Server) apiIdentity(w http.ResponseWriter, r *http.Request) (identity
 		srv.writeError(w, errorf(codeBadRoom, "room names are 1 to 128 bytes of A-Z a-z 0-9 _ . : @ -"))
 		return identity{}, "", false
 	}
+	if !ident.may(act, room) {
+		verb := "read"
+		if act == actPublish {
+			verb = "publish to"
+		}
+		srv.writeError(w, errorf(codeForbidden, "not allowed to "+verb+" "+room))
+		return identity{}, "", false
+	}
 	return ident, room, true
 }
 
@@ -64,12 +73,8 @@ type publishResponse struct {
 }
 
 func (srv *Server) handlePublish(w http.ResponseWriter, r *http.Request) {
-	ident, room, ok := srv.apiIdentity(w, r)
+	ident, room, ok := srv.apiIdentity(w, r, actPublish)
 	if !ok {
-		return
-	}
-	if !ident.may(actPublish, room) {
-		srv.writeError(w, errorf(codeForbidden, "not allowed to publish to "+room))
 		return
 	}
 	if !ident.backend && !srv.apiLimits.allow(srv.apiLimitKey(ident, r)) {
@@ -123,12 +128,8 @@ const (
 )
 
 func (srv *Server) handleHistory(w http.ResponseWriter, r *http.Request) {
-	ident, room, ok := srv.apiIdentity(w, r)
+	_, room, ok := srv.apiIdentity(w, r, actSubscribe)
 	if !ok {
-		return
-	}
-	if !ident.may(actSubscribe, room) {
-		srv.writeError(w, errorf(codeForbidden, "not allowed to read "+room))
 		return
 	}
 	q := r.URL.Query()
@@ -195,12 +196,8 @@ type presenceResponse struct {
 }
 
 func (srv *Server) handlePresence(w http.ResponseWriter, r *http.Request) {
-	ident, room, ok := srv.apiIdentity(w, r)
+	_, room, ok := srv.apiIdentity(w, r, actSubscribe)
 	if !ok {
-		return
-	}
-	if !ident.may(actSubscribe, room) {
-		srv.writeError(w, errorf(codeForbidden, "not allowed to read "+room))
 		return
 	}
 	members, err := srv.cfg.Bus.Presence(r.Context(), room)

@@ -40,6 +40,7 @@ func (srv *Server) heartbeatLoop() {
 		now := srv.cfg.now().UnixNano()
 		ping := int64(srv.cfg.PingInterval)
 		for _, s := range batch {
+			s.subOps.Store(0)
 			if d := s.pongDeadline.Load(); d != 0 {
 				if now > d {
 					srv.metrics.heartbeatClose.Inc()

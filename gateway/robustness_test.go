@@ -153,3 +153,28 @@ func TestHistoryPageByteBound(t *testing.T) {
 		}
 	}
 }
+
+// Subscribe churn is bounded per session, so one client cannot flood a
+// room's presence watchers with joins and leaves.
+func TestSubscribeChurnLimited(t *testing.T) {
+	ts := startServer(t, func(c *Config) { c.MaxRoomsPerSession = 5 })
+	w := dialWS(t, ts.ws, nil)
+	w.expect("welcome")
+	limited := 0
+	for i := range 40 {
+		typ := "subscribe"
+		if i%2 == 1 {
+			typ = "unsubscribe"
+		}
+		w.send(map[string]any{"type": typ, "id": fmt.Sprint(i), "room": "churn"})
+	}
+	for range 40 {
+		f := w.next()
+		if f["type"] == "error" && f["code"] == codeRateLimited {
+			limited++
+		}
+	}
+	if limited < 20 {
+		t.Errorf("got %d of 40 rapid subscribe/unsubscribe commands rate limited, want at least 20 (limit 10 per second)", limited)
+	}
+}

@@ -79,6 +79,10 @@ type session struct {
 	rooms   map[string]*member
 	limiter *rate.Limiter
 
+	// subOps counts subscribes and unsubscribes since the last heartbeat
+	// tick, which resets it: churn is bounded without a limiter per session.
+	subOps atomic.Int32
+
 	lastWrite    atomic.Int64 // Unix ns of the last write
 	pongDeadline atomic.Int64 // Unix ns; zero when no ping is outstanding
 	pingShift    int64        // jitter of the first ping, owned by the heartbeat loop

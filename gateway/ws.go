@@ -171,6 +171,10 @@ func (s *session) handle(b []byte) {
 	}
 	ctx, cancel := context.WithTimeout(s.srv.ctx, commandTimeout)
 	defer cancel()
+	if (f.Type == "subscribe" || f.Type == "unsubscribe") && s.subOps.Add(1) > int32(2*s.srv.cfg.MaxRoomsPerSession) {
+		s.replyError(f.ID, errorf(codeRateLimited, "subscribing and unsubscribing too fast"))
+		return
+	}
 	switch f.Type {
 	case "pong":
 	case "subscribe":
