@@ -17,7 +17,12 @@ import (
 // socket, and a datagram from the bound peer read from the relay socket goes
 // straight back to the client as ChannelData. Everything else (STUN, Send and
 // Data indications, channels of TCP and TLS clients) takes pion's path. The
-// fast path allocates nothing per datagram.
+// fast path allocates nothing per datagram. Sockets are read in batches
+// (recvmmsg on Linux) and what the fast path relays from one batch is sent
+// in one system call per socket (sendmmsg); a batch is gone through in
+// order, and a datagram pion has to see is handed to it, and handled, before
+// the fast path looks at the next one, so pion's state (channels bound or
+// deleted) is the same for each datagram as with one read per datagram.
 type fastPath struct {
 	// disabled leaves every datagram to pion; only TestCompareCoturn sets
 	// it, before serving, to measure pion's own relay path.
@@ -41,32 +46,31 @@ type fastRoute struct {
 type relayChannel struct {
 	channel uint16
 	client  netip.AddrPort
-	out     *net.UDPConn // a listener socket on the client's 5-tuple
+	out     *udpSock // a listener socket on the client's 5-tuple
 }
 
 func newFastPath() *fastPath {
 	return &fastPath{routes: make(map[fastKey]fastRoute)}
 }
 
-// fromClient relays ChannelData datagram b from client if its channel is
-// bound, and reports whether it did.
-func (f *fastPath) fromClient(client netip.AddrPort, b []byte) bool {
+// route returns where ChannelData datagram b from client goes if its
+// channel is bound, with the payload, or false.
+func (f *fastPath) route(client netip.AddrPort, b []byte) (fastRoute, []byte, bool) {
 	length := int(binary.BigEndian.Uint16(b[2:4]))
 	if 4+length > len(b) {
-		return false // pion drops it
+		return fastRoute{}, nil, false // pion drops it
 	}
 	k := fastKey{client: client, channel: binary.BigEndian.Uint16(b[0:2])}
 	f.mu.RLock()
 	r, ok := f.routes[k]
 	f.mu.RUnlock()
 	if !ok {
-		return false
+		return fastRoute{}, nil, false
 	}
-	r.relay.sendToPeer(b[4:4+length], r.peer)
-	return true
+	return r, b[4 : 4+length], true
 }
 
-func (f *fastPath) add(client netip.AddrPort, channel uint16, rc *relayConn, peer netip.AddrPort, out *net.UDPConn) {
+func (f *fastPath) add(client netip.AddrPort, channel uint16, rc *relayConn, peer netip.AddrPort, out *udpSock) {
 	if f.disabled {
 		return
 	}

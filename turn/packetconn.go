@@ -10,14 +10,17 @@ import (
 
 // packetConn wraps a UDP listener socket: every datagram passes the gate
 // before pion's read loop sees it. pion reads each socket from one
-// goroutine, so the scratch message needs no lock.
+// goroutine, so the scratch message and the batches need no lock.
 type packetConn struct {
 	tracked
 	conn net.PacketConn
 	udp  *net.UDPConn // conn, if it is one: then the fast path is on
+	sock *udpSock     // udp, for the fast path's writes
 	g    *gate
 	fast *fastPath
 	msg  pionstun.Message
+	in   *batchReader // reads udp
+	out  *batchWriter // the fast path's datagrams to peers
 }
 
 var _ net.PacketConn = (*packetConn)(nil)
@@ -31,16 +34,23 @@ func (c *packetConn) ReadFrom(p []byte) (int, net.Addr, error) {
 		var n int
 		var addr net.Addr
 		var err error
-		if c.udp != nil {
-			var ap netip.AddrPort
-			n, ap, err = c.udp.ReadFromUDPAddrPort(p)
-			if err != nil {
-				return 0, nil, err
-			}
-			ap = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
-			if n >= 4 && p[0]&0xC0 == 0x40 && c.fast.fromClient(ap, p[:n]) {
+		if c.in != nil {
+			b, ap, ok := c.in.pop()
+			if !ok {
+				c.out.flush()
+				if err := c.in.fill(len(p)); err != nil {
+					return 0, nil, err
+				}
 				continue
 			}
+			if len(b) >= 4 && b[0]&0xC0 == 0x40 {
+				if r, payload, ok := c.fast.route(ap, b); ok {
+					c.out.add(r.relay.sock, payload, r.peer, r.relay)
+					continue
+				}
+			}
+			c.out.flush()
+			n = copy(p, b)
 			addr = net.UDPAddrFromAddrPort(ap)
 		} else if n, addr, err = c.conn.ReadFrom(p); err != nil {
 			return n, addr, err

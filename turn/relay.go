@@ -63,7 +63,9 @@ func (r *relays) listen(requestedPort int, c *relayCounters) (*relayConn, error)
 	if err != nil {
 		return nil, err
 	}
-	rc := &relayConn{conn: conn, r: r, c: c, port: port}
+	sock := newUDPSock(conn)
+	rc := &relayConn{conn: conn, sock: sock, r: r, c: c, port: port,
+		in: newBatchReader(sock, 4, relayBatch), out: newBatchWriter(relayBatch)}
 	rc.init(r.track)
 	r.mu.Lock()
 	r.byPort[port] = rc
@@ -125,6 +127,7 @@ func (g *relayGenerator) AllocateConn(string, int) (net.Conn, net.Addr, error) {
 type relayConn struct {
 	tracked
 	conn *net.UDPConn
+	sock *udpSock
 	r    *relays
 	c    *relayCounters
 	port int
@@ -135,6 +138,10 @@ type relayConn struct {
 
 	chanMu sync.RWMutex
 	chans  map[netip.AddrPort]relayChannel // by peer, for the fast path
+
+	// Owned by the goroutine in ReadFrom (pion's, one per allocation).
+	in  *batchReader // 4 bytes free in front of each datagram
+	out *batchWriter // ChannelData to clients
 }
 
 var _ net.PacketConn = (*relayConn)(nil)
@@ -153,7 +160,8 @@ func (rc *relayConn) markAllocated() {
 
 // ReadFrom returns the next datagram from a peer for pion to relay. A
 // datagram from a peer with a channel bound for a UDP client is relayed
-// here instead, as ChannelData built in place in p (see fastPath).
+// here instead, as ChannelData built in place in the batch's buffer (see
+// fastPath).
 func (rc *relayConn) ReadFrom(p []byte) (int, net.Addr, error) {
 	rc.enter()
 	defer rc.exit()
@@ -161,11 +169,15 @@ func (rc *relayConn) ReadFrom(p []byte) (int, net.Addr, error) {
 		return 0, nil, io.ErrShortBuffer
 	}
 	for {
-		n, ap, err := rc.conn.ReadFromUDPAddrPort(p[4:])
-		if err != nil {
-			return 0, nil, err
+		b, ap, ok := rc.in.pop()
+		if !ok {
+			rc.out.flush()
+			if err := rc.in.fill(len(p)); err != nil {
+				return 0, nil, err
+			}
+			continue
 		}
-		ap = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+		n := len(b) - 4
 		if rc.r.refused(ap) {
 			continue
 		}
@@ -175,21 +187,14 @@ func (rc *relayConn) ReadFrom(p []byte) (int, net.Addr, error) {
 		ch, ok := rc.chans[ap]
 		rc.chanMu.RUnlock()
 		if ok {
-			binary.BigEndian.PutUint16(p[0:2], ch.channel)
-			binary.BigEndian.PutUint16(p[2:4], uint16(n))
-			_, _ = ch.out.WriteToUDPAddrPort(p[:4+n], ch.client)
+			binary.BigEndian.PutUint16(b[0:2], ch.channel)
+			binary.BigEndian.PutUint16(b[2:4], uint16(n))
+			rc.out.add(ch.out, b, ch.client, nil)
 			continue
 		}
-		copy(p, p[4:4+n])
+		rc.out.flush()
+		n = copy(p, b[4:])
 		return n, net.UDPAddrFromAddrPort(ap), nil
-	}
-}
-
-// sendToPeer is the fast path's write to a peer.
-func (rc *relayConn) sendToPeer(b []byte, peer netip.AddrPort) {
-	if n, err := rc.conn.WriteToUDPAddrPort(b, peer); err == nil {
-		rc.c.toPeerBytes.Add(float64(n))
-		rc.c.toPeerPackets.Inc()
 	}
 }
 

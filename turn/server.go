@@ -120,7 +120,11 @@ func newServer(cfg Config, now func() time.Time) (*Server, error) {
 	udpCounters := s.m.relayCounters(transportUDP)
 	for _, c := range cfg.UDPConns {
 		pc := &packetConn{conn: c, g: g, fast: s.fast}
-		pc.udp, _ = c.(*net.UDPConn)
+		if pc.udp, _ = c.(*net.UDPConn); pc.udp != nil {
+			pc.sock = newUDPSock(pc.udp)
+			pc.in = newBatchReader(pc.sock, 0, listenerBatch)
+			pc.out = newBatchWriter(listenerBatch)
+		}
 		pc.init(s.track)
 		s.udp = append(s.udp, pc)
 		pcs = append(pcs, pionturn.PacketConnConfig{
@@ -282,10 +286,10 @@ func (s *Server) onChannelDeleted(src, _ net.Addr, _, _, _ string, relayAddr, pe
 
 // udpConnFor returns a UDP listener socket bound to local, to answer a
 // client on its 5-tuple; SO_REUSEPORT siblings are interchangeable.
-func (s *Server) udpConnFor(local net.Addr) *net.UDPConn {
+func (s *Server) udpConnFor(local net.Addr) *udpSock {
 	for _, pc := range s.udp {
 		if pc.udp != nil && pc.LocalAddr().String() == local.String() {
-			return pc.udp
+			return pc.sock
 		}
 	}
 	return nil
