@@ -11,7 +11,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/parley-rt/parley/stun/internal/srclimit"
+	"github.com/parley-rt/parley/stun/srclimit"
 )
 
 // ErrServerClosed is returned by Serve after Close.

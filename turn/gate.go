@@ -7,7 +7,7 @@ import (
 
 	pionstun "github.com/pion/stun/v3"
 
-	"github.com/parley-rt/parley/turn/internal/srclimit"
+	"github.com/parley-rt/parley/stun/srclimit"
 )
 
 // gate inspects every frame a client sends before pion/turn sees it, and

@@ -8,7 +8,7 @@ import (
 
 	pionstun "github.com/pion/stun/v3"
 
-	"github.com/parley-rt/parley/turn/internal/srclimit"
+	"github.com/parley-rt/parley/stun/srclimit"
 )
 
 type malformedSeed struct {

@@ -13,8 +13,8 @@ import (
 	pionturn "github.com/pion/turn/v4"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/parley-rt/parley/stun/srclimit"
 	"github.com/parley-rt/parley/turn/internal/pionlog"
-	"github.com/parley-rt/parley/turn/internal/srclimit"
 )
 
 // maxSources bounds the per-source rate limit table.
