@@ -5,6 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"regexp"
 	"strings"
 )
 
@@ -57,12 +58,12 @@ func (f *envFlags) parse(args []string) error {
 		name := envName(fl.Name)
 		if v := f.getenv(name); v != "" {
 			if err := fl.Value.Set(v); err != nil {
-				errs = append(errs, fmt.Errorf("%s=%q is not a valid --%s: %v", name, v, fl.Name, err))
+				errs = append(errs, fmt.Errorf("%s=%q: want %s for --%s", name, v, want(fl), fl.Name))
 			}
 		}
 	})
 	if err := f.FlagSet.Parse(args); err != nil {
-		errs = append(errs, err)
+		errs = append(errs, f.explain(err))
 	} else if f.NArg() > 0 {
 		errs = append(errs, fmt.Errorf("unexpected argument %q", f.Arg(0)))
 	}
@@ -70,4 +71,40 @@ func (f *envFlags) parse(args []string) error {
 		return fmt.Errorf("%w\n(run 'parley %s --help' for the flags)", errors.Join(errs...), f.name)
 	}
 	return nil
+}
+
+var (
+	badValueRE  = regexp.MustCompile(`^invalid (?:boolean )?value "(.*)" for flag -([^:]+): `)
+	undefinedRE = regexp.MustCompile(`^flag provided but not defined: -+(.*)$`)
+)
+
+// explain rewrites the flag package's errors in the words of the docs:
+// `--ping: "abc" is not a duration such as 25s`.
+func (f *envFlags) explain(err error) error {
+	msg := err.Error()
+	if m := badValueRE.FindStringSubmatch(msg); m != nil {
+		if fl := f.Lookup(m[2]); fl != nil {
+			return fmt.Errorf("--%s: %q is not %s", m[2], m[1], want(fl))
+		}
+	}
+	if m := undefinedRE.FindStringSubmatch(msg); m != nil {
+		return fmt.Errorf("unknown flag --%s", m[1])
+	}
+	return err
+}
+
+// want describes the values a flag takes.
+func want(fl *flag.Flag) string {
+	switch fmt.Sprintf("%T", fl.Value) {
+	case "*flag.durationValue":
+		return "a duration such as 25s or 1h"
+	case "*flag.intValue":
+		return "a whole number"
+	case "*flag.float64Value":
+		return "a number"
+	case "*flag.boolValue":
+		return "true or false"
+	default:
+		return "a valid value"
+	}
 }
