@@ -227,11 +227,7 @@ func TestRow12RelayToRelay(t *testing.T) {
 
 	// The relay's own address is open on relay ports only: a service on
 	// 127.0.0.1 outside the range gets nothing.
-	svc, err := net.ListenPacket("udp4", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer svc.Close()
+	svc := listenOutside(t, 42000, 42999)
 	if _, err := ra.WriteTo([]byte("probe"), svc.LocalAddr()); err != nil {
 		t.Fatal(err)
 	}
@@ -524,4 +520,29 @@ func TestRow19NoSecretsInLogsOrLabels(t *testing.T) {
 	if logs == "" {
 		t.Error("got no logs at all; the test proves nothing")
 	}
+}
+
+// listenOutside opens a UDP socket on 127.0.0.1 whose ephemeral port is not
+// in [lo, hi] (the kernel's ephemeral range overlaps relay ranges).
+func listenOutside(t *testing.T, lo, hi int) net.PacketConn {
+	t.Helper()
+	var held []net.PacketConn
+	defer func() {
+		for _, c := range held {
+			c.Close()
+		}
+	}()
+	for range 100 {
+		c, err := net.ListenPacket("udp4", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if p := c.LocalAddr().(*net.UDPAddr).Port; p < lo || p > hi {
+			t.Cleanup(func() { c.Close() })
+			return c
+		}
+		held = append(held, c)
+	}
+	t.Fatalf("no ephemeral port outside %d-%d in 100 tries", lo, hi)
+	return nil
 }
