@@ -46,6 +46,9 @@ type identity struct {
 	user    string
 	perms   *Permissions // nil: every room
 	backend bool         // authenticated with the API key
+	// expires is when the token stops being accepted, leeway included
+	// (Unix ns); zero when there is no token.
+	expires int64
 }
 
 func (id identity) may(a action, room string) bool {
@@ -75,6 +78,9 @@ func matchRoom(pattern, room string) bool {
 	}
 	return pattern == room
 }
+
+// tokenLeeway is the clock skew allowed on a token's exp.
+const tokenLeeway = 5 * time.Second
 
 // authenticator checks JWTs and the API key.
 type authenticator struct {
@@ -150,7 +156,7 @@ func (a *authenticator) authenticate(r *http.Request, allowKey bool) (identity, 
 	if err != nil {
 		return identity{}, errorf(codeUnauthorized, err.Error())
 	}
-	return identity{user: claims.Subject, perms: claims.Rooms}, nil
+	return identity{user: claims.Subject, perms: claims.Rooms, expires: claims.ExpiresAt.Add(tokenLeeway).UnixNano()}, nil
 }
 
 func (a *authenticator) parse(tok string) (*Claims, error) {
@@ -159,7 +165,7 @@ func (a *authenticator) parse(tok string) (*Claims, error) {
 		jwt.WithValidMethods(a.methods),
 		jwt.WithExpirationRequired(),
 		jwt.WithTimeFunc(a.now),
-		jwt.WithLeeway(5*time.Second),
+		jwt.WithLeeway(tokenLeeway),
 	)
 	if err != nil {
 		switch {

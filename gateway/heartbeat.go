@@ -16,8 +16,9 @@ func (srv *Server) tick() <-chan struct{} {
 
 // heartbeatLoop is one goroutine for every session's heartbeat: it pings
 // sessions that have been quiet for the ping interval (the first ping of each
-// jittered) and closes WebSocket sessions that left a ping unanswered past the
-// pong timeout. No session holds a timer of its own.
+// jittered), closes WebSocket sessions that left a ping unanswered past the
+// pong timeout, and ends sessions whose token expired (an unauthorized error,
+// then close 1008). No session holds a timer of its own.
 func (srv *Server) heartbeatLoop() {
 	defer srv.goroutines.Done()
 	tick := min(time.Second, srv.cfg.PingInterval/4)
@@ -41,6 +42,14 @@ func (srv *Server) heartbeatLoop() {
 		ping := int64(srv.cfg.PingInterval)
 		for _, s := range batch {
 			s.subOps.Store(0)
+			if e := s.expires; e != 0 && now > e {
+				// A session lasts as long as its token: the client comes
+				// back with a fresh one and resumes.
+				s.expires = 0
+				s.replyError("", errorf(codeUnauthorized, "token expired"))
+				s.closeAfterFlush(closePolicy, "token expired")
+				continue
+			}
 			if d := s.pongDeadline.Load(); d != 0 {
 				if now > d {
 					srv.metrics.heartbeatClose.Inc()

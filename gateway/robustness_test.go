@@ -3,6 +3,7 @@ package gateway
 import (
 	"context"
 	"fmt"
+	"io"
 	"net/http"
 	"strings"
 	"testing"
@@ -177,4 +178,63 @@ func TestSubscribeChurnLimited(t *testing.T) {
 	if limited < 20 {
 		t.Errorf("got %d of 40 rapid subscribe/unsubscribe commands rate limited, want at least 20 (limit 10 per second)", limited)
 	}
+}
+
+// A session lasts as long as its token: when the token expires the client
+// gets an unauthorized error and close 1008, over WebSocket and SSE.
+func TestSessionEndsWhenTokenExpires(t *testing.T) {
+	secret := []byte("expiry-secret")
+	ts := startServer(t, func(c *Config) {
+		c.JWTSecret = secret
+		c.PingInterval = 400 * time.Millisecond // a heartbeat tick every 100ms
+	})
+	// The token is valid for the 5 s leeway past its exp, so it expires
+	// about a second after the connection opens.
+	tok, err := MintToken(secret, "brief", time.Second-tokenLeeway, nil, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Run("websocket", func(t *testing.T) {
+		w := dialWS(t, ts.ws+"?token="+tok, nil)
+		w.expect("welcome")
+		for {
+			f, err := w.nextErr(5 * time.Second)
+			if err != nil {
+				if got := websocket.CloseStatus(err); got != websocket.StatusPolicyViolation {
+					t.Fatalf("got close %v (%v), want 1008 after the token expired", got, err)
+				}
+				return
+			}
+			if f["type"] == "error" {
+				if f["code"] != codeUnauthorized {
+					t.Fatalf("got error %v, want unauthorized", f)
+				}
+				if got := w.closeStatus(); got != websocket.StatusPolicyViolation {
+					t.Fatalf("got close %v, want 1008", got)
+				}
+				return
+			}
+		}
+	})
+	t.Run("sse", func(t *testing.T) {
+		tok, err := MintToken(secret, "brief", time.Second-tokenLeeway, nil, time.Now())
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, ts.url+"/v1/sse?rooms=brief&token="+tok, nil)
+		resp, err := ts.http.Client().Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		start := time.Now()
+		if _, err := io.ReadAll(resp.Body); err != nil {
+			t.Fatalf("stream did not end cleanly: %v", err)
+		}
+		if took := time.Since(start); took > 5*time.Second {
+			t.Errorf("stream ended after %s, want about a second", took)
+		}
+	})
 }

@@ -86,6 +86,7 @@ type session struct {
 	lastWrite    atomic.Int64 // Unix ns of the last write
 	pongDeadline atomic.Int64 // Unix ns; zero when no ping is outstanding
 	pingShift    int64        // jitter of the first ping, owned by the heartbeat loop
+	expires      int64        // when the token expires (Unix ns, 0: never), owned by the heartbeat loop
 }
 
 func newSession(srv *Server, ident identity, t transportKind, ip string) *session {
@@ -101,6 +102,7 @@ func newSession(srv *Server, ident identity, t transportKind, ip string) *sessio
 	now := srv.cfg.now().UnixNano()
 	s.lastWrite.Store(now)
 	s.pingShift = rand.Int64N(int64(srv.cfg.PingInterval)/2 + 1)
+	s.expires = ident.expires
 	return s
 }
 

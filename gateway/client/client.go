@@ -31,6 +31,10 @@ type Options struct {
 	URL string
 	// Token is the JWT sent as ?token=; empty in dev mode.
 	Token string
+	// TokenSource, when set, is called before every connection for the
+	// token to send instead of Token: a node ends a session when its token
+	// expires, and the reconnect needs a fresh one.
+	TokenSource func(ctx context.Context) (string, error)
 	// Header is sent with every handshake (Origin, Authorization, ...).
 	Header http.Header
 	// Logger receives the client's logs; nil discards them.
@@ -256,23 +260,34 @@ func (c *Client) Close() error {
 	return nil
 }
 
-func (c *Client) dialURL() string {
-	if c.opts.Token == "" {
-		return c.opts.URL
+func (c *Client) dialURL(ctx context.Context) (string, error) {
+	tok := c.opts.Token
+	if c.opts.TokenSource != nil {
+		var err error
+		if tok, err = c.opts.TokenSource(ctx); err != nil {
+			return "", fmt.Errorf("client: token: %w", err)
+		}
+	}
+	if tok == "" {
+		return c.opts.URL, nil
 	}
 	u, err := url.Parse(c.opts.URL)
 	if err != nil {
-		return c.opts.URL
+		return "", fmt.Errorf("client: URL: %w", err)
 	}
 	q := u.Query()
-	q.Set("token", c.opts.Token)
+	q.Set("token", tok)
 	u.RawQuery = q.Encode()
-	return u.String()
+	return u.String(), nil
 }
 
 // connect dials and reads the welcome.
 func (c *Client) connect(ctx context.Context) (*websocket.Conn, Welcome, error) {
-	conn, _, err := websocket.Dial(ctx, c.dialURL(), &websocket.DialOptions{
+	target, err := c.dialURL(ctx)
+	if err != nil {
+		return nil, Welcome{}, err
+	}
+	conn, _, err := websocket.Dial(ctx, target, &websocket.DialOptions{
 		Subprotocols: []string{"parley.v1"},
 		HTTPHeader:   c.opts.Header,
 		HTTPClient:   c.opts.HTTPClient,

@@ -906,3 +906,34 @@ func TestScriptedServer(t *testing.T) {
 		t.Errorf("offsets: got %v, want %v", got, want)
 	}
 }
+
+// When the node ends the session because the token expired, the client
+// reconnects with a fresh token from TokenSource and resumes.
+func TestTokenSourceAfterExpiry(t *testing.T) {
+	secret := []byte("client-secret")
+	bus := newBus(t, fanout.MemoryConfig{})
+	n := startNode(t, bus, func(c *gateway.Config) {
+		c.JWTSecret = secret
+		c.PingInterval = 400 * time.Millisecond // a heartbeat tick every 100ms
+	})
+	var minted atomic.Int32
+	source := func(context.Context) (string, error) {
+		minted.Add(1)
+		// Valid for about a second, the node's 5 s leeway included.
+		return gateway.MintToken(secret, "renewed", -4*time.Second, nil, time.Now())
+	}
+	c, rec := dial(t, n.url, func(o *client.Options) { o.TokenSource = source })
+	if _, err := c.Subscribe(ctxT(t), "room", false); err != nil {
+		t.Fatalf("Subscribe: %v", err)
+	}
+	publishBus(t, bus, "room", 1, 3)
+	rec.waitMessages(t, "room", 3)
+	rec.waitKind(t, client.EventConnected, 2)
+	if got := minted.Load(); got < 2 {
+		t.Fatalf("got %d tokens minted, want a fresh one for the reconnect", got)
+	}
+	publishBus(t, bus, "room", 4, 5)
+	if got := offsets(rec.waitMessages(t, "room", 5)); !slices.Equal(got, seq(1, 5)) {
+		t.Errorf("offsets: got %v, want 1..5", got)
+	}
+}
