@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"path"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -134,6 +135,13 @@ func (c *Config) setDefaults() error {
 		return errors.New("gateway: Config.MaxRoomsPerSession is negative")
 	case c.MaxConnsPerIP < 0:
 		return errors.New("gateway: Config.MaxConnsPerIP is negative")
+	case c.PingInterval < 100*time.Millisecond:
+		return fmt.Errorf("gateway: Config.PingInterval %s is below 100ms", c.PingInterval)
+	}
+	for _, p := range c.Origins {
+		if _, err := path.Match(p, ""); err != nil {
+			return fmt.Errorf("gateway: Config.Origins: bad pattern %q: %w", p, err)
+		}
 	}
 	if c.now == nil {
 		c.now = time.Now

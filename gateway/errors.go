@@ -24,7 +24,6 @@ const (
 	closeGoingAway    = websocket.StatusGoingAway       // 1001: heartbeat timeout
 	closeUnsupported  = websocket.StatusUnsupportedData // 1003: binary frame
 	closePolicy       = websocket.StatusPolicyViolation // 1008: auth, origin, limits
-	closeTooLarge     = websocket.StatusMessageTooBig   // 1009
 	closeInternal     = websocket.StatusInternalError   // 1011
 	closeDraining     = websocket.StatusServiceRestart  // 1012
 	closeSlowConsumer = websocket.StatusTryAgainLater   // 1013

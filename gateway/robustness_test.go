@@ -238,3 +238,75 @@ func TestSessionEndsWhenTokenExpires(t *testing.T) {
 		}
 	})
 }
+
+// WebSocket handshakes follow the same origin policy as SSE and the API: the
+// page's own host, or a configured pattern.
+func TestWebSocketOrigin(t *testing.T) {
+	ts := startServer(t, func(c *Config) { c.Origins = []string{"*.example.com"} })
+	host := strings.TrimPrefix(ts.url, "http://")
+	tests := []struct {
+		name   string
+		origin string
+		ok     bool
+	}{
+		{"no origin (not a browser)", "", true},
+		{"own host", "http://" + host, true},
+		{"allowed pattern", "https://app.example.com", true},
+		{"foreign", "https://evil.test", false},
+		{"pattern lookalike", "https://example.com.evil.test", false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			h := http.Header{}
+			if tt.origin != "" {
+				h.Set("Origin", tt.origin)
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			c, resp, err := websocket.Dial(ctx, ts.ws, &websocket.DialOptions{Subprotocols: []string{Subprotocol}, HTTPHeader: h})
+			if tt.ok {
+				if err != nil {
+					t.Fatalf("got %v, want the handshake to succeed", err)
+				}
+				c.CloseNow()
+				return
+			}
+			if err == nil {
+				c.CloseNow()
+				t.Fatal("handshake succeeded, want 403")
+			}
+			if resp == nil || resp.StatusCode != http.StatusForbidden {
+				t.Fatalf("got %v (%v), want 403", resp, err)
+			}
+		})
+	}
+}
+
+func TestConfigValidation(t *testing.T) {
+	tests := []struct {
+		name string
+		mod  func(*Config)
+		want string
+	}{
+		{"bad origin pattern", func(c *Config) { c.Origins = []string{"[a-"} }, "Config.Origins"},
+		{"ping too short", func(c *Config) { c.PingInterval = time.Nanosecond }, "Config.PingInterval"},
+		{"negative queue", func(c *Config) { c.QueueLimit = -1 }, "Config.QueueLimit"},
+		{"no bus", func(c *Config) { c.Bus = nil }, "Config.Bus"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			bus := fanout.NewMemory(fanout.MemoryConfig{})
+			defer bus.Close()
+			cfg := Config{Bus: bus}
+			tt.mod(&cfg)
+			srv, err := New(cfg)
+			if err == nil {
+				srv.Shutdown(context.Background())
+				t.Fatal("got no error")
+			}
+			if !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("got %v, want an error naming %s", err, tt.want)
+			}
+		})
+	}
+}

@@ -72,6 +72,12 @@ func (srv *Server) handleWS(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "draining: reconnect to another node", http.StatusServiceUnavailable)
 		return
 	}
+	// One origin policy for WebSocket, SSE and the API (originAllowed).
+	if origin := r.Header.Get("Origin"); origin != "" && !originAllowed(origin, r.Host, srv.cfg.Origins) {
+		srv.metrics.rejected.WithLabelValues("origin").Inc()
+		http.Error(w, "origin not allowed", http.StatusForbidden)
+		return
+	}
 	ip := clientIP(r)
 	if !srv.acquireIP(ip) {
 		srv.metrics.rejected.WithLabelValues("ip_limit").Inc()
@@ -81,9 +87,11 @@ func (srv *Server) handleWS(w http.ResponseWriter, r *http.Request) {
 	ident, authErr := srv.auth.authenticate(r, false)
 	hw := &hijackWriter{ResponseWriter: w}
 	conn, err := websocket.Accept(hw, r, &websocket.AcceptOptions{
-		Subprotocols:    []string{Subprotocol},
-		OriginPatterns:  srv.cfg.Origins,
-		CompressionMode: websocket.CompressionDisabled,
+		Subprotocols: []string{Subprotocol},
+		// The origin was checked above, with the same rules as SSE and
+		// the API; this skips only coder/websocket's own origin check.
+		InsecureSkipVerify: true,
+		CompressionMode:    websocket.CompressionDisabled,
 	})
 	if err != nil {
 		srv.releaseIP(ip)
