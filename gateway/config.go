@@ -135,8 +135,8 @@ func (c *Config) setDefaults() error {
 		return errors.New("gateway: Config.MaxRoomsPerSession is negative")
 	case c.MaxConnsPerIP < 0:
 		return errors.New("gateway: Config.MaxConnsPerIP is negative")
-	case c.PingInterval < 100*time.Millisecond:
-		return fmt.Errorf("gateway: Config.PingInterval %s is below 100ms", c.PingInterval)
+	case c.PingInterval < 10*time.Millisecond:
+		return fmt.Errorf("gateway: Config.PingInterval %s is below 10ms", c.PingInterval)
 	}
 	for _, p := range c.Origins {
 		if _, err := path.Match(p, ""); err != nil {
