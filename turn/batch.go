@@ -8,8 +8,9 @@ import (
 
 // Batch sizes: how many datagrams one system call may read from a socket
 // (recvmmsg on Linux). A socket starts reading one at a time and grows to
-// its batch size the first time a read fills the batch, so an idle relay
-// socket keeps one buffer, as pion's own read loop would.
+// its batch size the first time a read fills the batch with datagrams that
+// were already queued, so an idle or lightly used relay socket keeps one
+// buffer, as pion's own read loop would.
 const (
 	listenerBatch = 32
 	relayBatch    = 8
@@ -78,8 +79,11 @@ func (b *batchReader) fill(size int) error {
 	for i := range n {
 		b.from[i] = netip.AddrPortFrom(b.from[i].Addr().Unmap(), b.from[i].Port())
 	}
-	if n == len(b.bufs) && n < b.max && b.sock.raw != nil {
-		// Datagrams are queuing up: read them in batches from now on.
+	if n == len(b.bufs) && n < b.max && b.sock.raw != nil && !b.sys.waited {
+		// Datagrams were queuing up (the read filled the batch without
+		// waiting): read them in batches from now on. A socket whose
+		// datagrams arrive one at a time to a waiting reader, such as a
+		// slow media stream, keeps one buffer.
 		for len(b.bufs) < b.max {
 			b.bufs = append(b.bufs, make([]byte, size))
 			b.lens = append(b.lens, 0)

@@ -48,7 +48,10 @@ type sysReader struct {
 	names []unix.RawSockaddrInet6
 	got   int
 	errno syscall.Errno
-	fn    func(uintptr) bool // s.recv, bound once
+	// waited is set when the last read found the socket empty and had to
+	// wait: its datagram was not queued behind others.
+	waited bool
+	fn     func(uintptr) bool // s.recv, bound once
 
 	zoneIndex uint32 // the last scope ID seen and its name
 	zone      string
@@ -84,7 +87,7 @@ func (b *batchReader) read() (int, error) {
 		s.hdrs[i].hdr.Flags = 0
 		s.hdrs[i].len = 0
 	}
-	s.got, s.errno = 0, 0
+	s.got, s.errno, s.waited = 0, 0, false
 	if err := b.sock.raw.Read(s.fn); err != nil {
 		return 0, err
 	}
@@ -108,6 +111,7 @@ func (s *sysReader) recv(fd uintptr) bool {
 		case unix.EINTR:
 			continue
 		case unix.EAGAIN:
+			s.waited = true
 			return false // wait until readable
 		default:
 			s.errno = e

@@ -5,7 +5,9 @@ package turn
 // Without recvmmsg and sendmmsg, datagrams are read and written one at a
 // time: initUDPSock leaves raw nil, so a batchReader never grows.
 
-type sysReader struct{}
+// sysReader reads one datagram at a time here; waited is never set, and no
+// reader grows past one buffer without a raw connection.
+type sysReader struct{ waited bool }
 
 func (sysReader) reset() {}
 

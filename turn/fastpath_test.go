@@ -207,3 +207,45 @@ func startBenchServer(b *testing.B) *Server {
 	b.Cleanup(func() { s.Close() })
 	return s
 }
+
+// A relay socket whose datagrams arrive one at a time to a waiting reader
+// (a slow media stream) keeps one read buffer instead of a batch's worth.
+func TestSlowStreamKeepsOneBuffer(t *testing.T) {
+	if runtime.GOOS != "linux" {
+		t.Skip("batched reads are Linux only")
+	}
+	conn, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	sender, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sender.Close()
+	r := newBatchReader(newUDPSock(conn), 4, relayBatch)
+	done := make(chan error, 1)
+	go func() {
+		for range 5 {
+			if err := r.fill(1600); err != nil {
+				done <- err
+				return
+			}
+		}
+		done <- nil
+	}()
+	to := conn.LocalAddr().(*net.UDPAddr).AddrPort()
+	for range 5 {
+		time.Sleep(20 * time.Millisecond) // the reader is waiting by now
+		if _, err := sender.WriteToUDPAddrPort([]byte("rtp"), to); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if len(r.bufs) != 1 {
+		t.Errorf("got %d read buffers after a slow stream, want 1", len(r.bufs))
+	}
+}
