@@ -284,23 +284,7 @@ func allocateOnce(server *net.UDPAddr, user string) error {
 	}
 	defer conn.Close()
 	username, pass := Credentials(benchSecret, user, time.Hour, time.Now())
-	rt := func(setters ...pionstun.Setter) (*pionstun.Message, error) {
-		req, err := pionstun.Build(append([]pionstun.Setter{pionstun.TransactionID}, setters...)...)
-		if err != nil {
-			return nil, err
-		}
-		if _, err := conn.Write(req.Raw); err != nil {
-			return nil, err
-		}
-		buf := make([]byte, 1500)
-		_ = conn.SetReadDeadline(time.Now().Add(3 * time.Second))
-		n, err := conn.Read(buf)
-		if err != nil {
-			return nil, err
-		}
-		m := &pionstun.Message{Raw: buf[:n]}
-		return m, m.Decode()
-	}
+	rt := func(setters ...pionstun.Setter) (*pionstun.Message, error) { return benchRoundTrip(conn, setters...) }
 	allocType := pionstun.NewType(pionstun.MethodAllocate, pionstun.ClassRequest)
 	resp, err := rt(allocType, transportUDPAttr)
 	if err != nil {
@@ -417,23 +401,7 @@ func channelToWith(server, peer *net.UDPAddr, username, pass string) (*net.UDPCo
 	if err != nil {
 		return nil, err
 	}
-	rt := func(setters ...pionstun.Setter) (*pionstun.Message, error) {
-		req, err := pionstun.Build(append([]pionstun.Setter{pionstun.TransactionID}, setters...)...)
-		if err != nil {
-			return nil, err
-		}
-		if _, err := conn.Write(req.Raw); err != nil {
-			return nil, err
-		}
-		buf := make([]byte, 1500)
-		_ = conn.SetReadDeadline(time.Now().Add(3 * time.Second))
-		n, err := conn.Read(buf)
-		if err != nil {
-			return nil, err
-		}
-		m := &pionstun.Message{Raw: buf[:n]}
-		return m, m.Decode()
-	}
+	rt := func(setters ...pionstun.Setter) (*pionstun.Message, error) { return benchRoundTrip(conn, setters...) }
 	allocType := pionstun.NewType(pionstun.MethodAllocate, pionstun.ClassRequest)
 	resp, err := rt(allocType, transportUDPAttr)
 	if err != nil {
@@ -461,4 +429,24 @@ func channelToWith(server, peer *net.UDPAddr, username, pass string) (*net.UDPCo
 	}
 	_ = conn.SetReadDeadline(time.Time{})
 	return conn, nil
+}
+
+// benchRoundTrip sends one STUN request built from setters on conn and reads
+// and decodes the answer, waiting at most 3 s.
+func benchRoundTrip(conn net.Conn, setters ...pionstun.Setter) (*pionstun.Message, error) {
+	req, err := pionstun.Build(append([]pionstun.Setter{pionstun.TransactionID}, setters...)...)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := conn.Write(req.Raw); err != nil {
+		return nil, err
+	}
+	buf := make([]byte, 1500)
+	_ = conn.SetReadDeadline(time.Now().Add(3 * time.Second))
+	n, err := conn.Read(buf)
+	if err != nil {
+		return nil, err
+	}
+	m := &pionstun.Message{Raw: buf[:n]}
+	return m, m.Decode()
 }

@@ -18,8 +18,7 @@ func TestFastPathRelaysChannelData(t *testing.T) {
 	ts := startServer(t, Config{AllowPeers: mustAllow(t, "127.0.0.0/8")})
 	peer := echoPeer(t)
 	user, pass := ts.creds("alice", time.Hour)
-	c := dialRaw(t, "udp", ts.UDPAddr())
-	c.username, c.password = user, pass
+	c := ts.dialAs(t, user, pass)
 	if _, code := c.allocate(); code != 0 {
 		t.Fatalf("allocate: %v", code)
 	}

@@ -147,6 +147,15 @@ func waitFor(t *testing.T, what string, timeout time.Duration, cond func() bool)
 
 // creds mints a credential pair for user, valid for ttl from the server's
 // clock.
+// dialAs opens a raw UDP client to the server that authenticates with the
+// given REST username and password.
+func (ts *testServer) dialAs(t *testing.T, user, pass string) *rawClient {
+	t.Helper()
+	c := dialRaw(t, "udp", ts.UDPAddr())
+	c.username, c.password = user, pass
+	return c
+}
+
 func (ts *testServer) creds(user string, ttl time.Duration) (string, string) {
 	return Credentials(testSecret, user, ttl, ts.clock.now())
 }

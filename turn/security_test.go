@@ -83,8 +83,7 @@ func TestRow02BadCredentials(t *testing.T) {
 func TestRow03RefreshAfterExpiry(t *testing.T) {
 	ts := startServer(t, Config{})
 	user, pass := ts.creds("alice", time.Minute)
-	c := dialRaw(t, "udp", ts.UDPAddr())
-	c.username, c.password = user, pass
+	c := ts.dialAs(t, user, pass)
 	if _, code := c.allocate(); code != 0 {
 		t.Fatalf("got %v, want a new allocation", code)
 	}
@@ -133,8 +132,7 @@ var elsewhere = netip.MustParseAddr("203.0.113.10")
 func TestRows04To10PeersDeniedByDefault(t *testing.T) {
 	ts := startServer(t, Config{PublicIP: elsewhere})
 	user, pass := ts.creds("alice", time.Hour)
-	c := dialRaw(t, "udp", ts.UDPAddr())
-	c.username, c.password = user, pass
+	c := ts.dialAs(t, user, pass)
 	if _, code := c.allocate(); code != 0 {
 		t.Fatalf("allocate: got %v", code)
 	}
@@ -165,8 +163,7 @@ func TestRow11PeersAllowedByConfig(t *testing.T) {
 			}
 			ts := startServer(t, Config{AllowPeers: allow, PublicIP: elsewhere})
 			user, pass := ts.creds("alice", time.Hour)
-			c := dialRaw(t, "udp", ts.UDPAddr())
-			c.username, c.password = user, pass
+			c := ts.dialAs(t, user, pass)
 			if _, code := c.allocate(); code != 0 {
 				t.Fatalf("allocate: got %v", code)
 			}
@@ -252,8 +249,7 @@ func TestRow13Quota(t *testing.T) {
 		for i := range 3 {
 			// A fresh credential each time: the quota is the user's.
 			user, pass := ts.creds("mallory", time.Hour+time.Duration(i)*time.Second)
-			c := dialRaw(t, "udp", ts.UDPAddr())
-			c.username, c.password = user, pass
+			c := ts.dialAs(t, user, pass)
 			_, code := c.allocate()
 			want := pionstun.ErrorCode(0)
 			if i == 2 {
@@ -264,8 +260,7 @@ func TestRow13Quota(t *testing.T) {
 			}
 		}
 		user, pass := ts.creds("alice", time.Hour)
-		c := dialRaw(t, "udp", ts.UDPAddr())
-		c.username, c.password = user, pass
+		c := ts.dialAs(t, user, pass)
 		if _, code := c.allocate(); code != 0 {
 			t.Errorf("another user: got %v, want success", code)
 		}
@@ -278,8 +273,7 @@ func TestRow13Quota(t *testing.T) {
 		var first *rawClient
 		for i, name := range []string{"a", "b", "c"} {
 			user, pass := ts.creds(name, time.Hour)
-			c := dialRaw(t, "udp", ts.UDPAddr())
-			c.username, c.password = user, pass
+			c := ts.dialAs(t, user, pass)
 			_, code := c.allocate()
 			want := pionstun.ErrorCode(0)
 			if i == 2 {
@@ -297,8 +291,7 @@ func TestRow13Quota(t *testing.T) {
 			t.Fatalf("delete: got %v", code)
 		}
 		user, pass := ts.creds("c", time.Hour)
-		c := dialRaw(t, "udp", ts.UDPAddr())
-		c.username, c.password = user, pass
+		c := ts.dialAs(t, user, pass)
 		if _, code := c.allocate(); code != 0 {
 			t.Errorf("after a deletion: got %v, want success", code)
 		}
@@ -311,8 +304,7 @@ func TestRow14PortRangeExhausted(t *testing.T) {
 	ok := 0
 	for i := range 5 {
 		user, pass := ts.creds("user"+string(rune('a'+i)), time.Hour)
-		c := dialRaw(t, "udp", ts.UDPAddr())
-		c.username, c.password = user, pass
+		c := ts.dialAs(t, user, pass)
 		_, code := c.allocate()
 		switch code {
 		case 0:
@@ -349,8 +341,7 @@ func TestRow15LifetimeClamped(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			ts := startServer(t, Config{MaxLifetime: tt.max})
 			user, pass := ts.creds("alice", time.Hour)
-			c := dialRaw(t, "udp", ts.UDPAddr())
-			c.username, c.password = user, pass
+			c := ts.dialAs(t, user, pass)
 			resp, code := c.allocate(tt.requested...)
 			if code != 0 {
 				t.Fatalf("allocate: got %v", code)
@@ -483,8 +474,7 @@ func TestRow18OldTLSRefused(t *testing.T) {
 func TestRow19NoSecretsInLogsOrLabels(t *testing.T) {
 	ts := startServer(t, Config{})
 	user, pass := ts.creds("very-private-user", time.Hour)
-	c := dialRaw(t, "udp", ts.UDPAddr())
-	c.username, c.password = user, pass
+	c := ts.dialAs(t, user, pass)
 	if _, code := c.allocate(); code != 0 {
 		t.Fatalf("allocate: %v", code)
 	}
