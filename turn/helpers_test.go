@@ -378,12 +378,3 @@ func lifetimeOf(t *testing.T, m *pionstun.Message) uint32 {
 	}
 	return binary.BigEndian.Uint32(v)
 }
-
-func relayedAddr(t *testing.T, m *pionstun.Message) *net.UDPAddr {
-	t.Helper()
-	var a pionstun.XORMappedAddress
-	if err := a.GetFromAs(m, pionstun.AttrXORRelayedAddress); err != nil {
-		t.Fatalf("no XOR-RELAYED-ADDRESS: %v", err)
-	}
-	return &net.UDPAddr{IP: a.IP, Port: a.Port}
-}

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"flag"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -20,6 +21,7 @@ import (
 
 	"github.com/coder/websocket"
 	"github.com/golang-jwt/jwt/v5"
+	pionstun "github.com/pion/stun/v3"
 	"go.uber.org/goleak"
 )
 
@@ -57,6 +59,7 @@ func TestConfigErrors(t *testing.T) {
 		{"bad public IP", []string{"--turn-public-ip", "relay.example"}, env(), "--turn-public-ip"},
 		{"TURNS without a certificate", []string{"--turn-tls-addr", "127.0.0.1:5349"}, env(), "--turn-tls-addr"},
 		{"cert without key", []string{"--tls-cert", "c.pem"}, env(), "go together"},
+		{"bad STUN address", []string{"--stun-addr", "19302"}, env(), "--stun-addr"},
 		{"redis is not in this version", nil, env("PARLEY_REDIS", "redis://127.0.0.1:6379/0"), "--redis"},
 		{"missing public key file", []string{"--jwt-public-key", "/nonexistent.pem", "--admin-addr", "off", "--turn-addr", "off"}, env(), "--jwt-public-key"},
 	}
@@ -178,7 +181,7 @@ func TestServeInProcess(t *testing.T) {
 	var out, logs syncBuffer
 	done := make(chan error, 1)
 	go func() {
-		done <- run(ctx, func() {}, []string{"--addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0", "--turn-addr", "off", "--drain", "100ms"}, env(), &out, &logs)
+		done <- run(ctx, func() {}, []string{"--addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0", "--turn-addr", "off", "--stun-addr", "127.0.0.1:0", "--drain", "100ms"}, env(), &out, &logs)
 	}()
 	base := waitListening(t, &out)
 	for _, path := range []string{"/healthz", "/readyz"} {
@@ -204,6 +207,31 @@ func TestServeInProcess(t *testing.T) {
 	if !strings.Contains(string(body), "parley_connections") {
 		t.Errorf("metrics lack parley_connections")
 	}
+	// The STUN-only listener answers a binding request with the client's
+	// address.
+	sm := regexp.MustCompile(`STUN +(\S+) \(UDP\)`).FindStringSubmatch(out.String())
+	if sm == nil {
+		t.Fatalf("no STUN address in output:\n%s", out.String())
+	}
+	conn, err := net.Dial("udp", sm[1])
+	if err != nil {
+		t.Fatal(err)
+	}
+	req := pionstun.MustBuild(pionstun.TransactionID, pionstun.BindingRequest)
+	conn.Write(req.Raw)
+	conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+	buf := make([]byte, 1500)
+	n, err := conn.Read(buf)
+	conn.Close()
+	if err != nil {
+		t.Fatalf("STUN binding: %v", err)
+	}
+	sresp := &pionstun.Message{Raw: buf[:n]}
+	var mapped pionstun.XORMappedAddress
+	if err := sresp.Decode(); err != nil || mapped.GetFrom(sresp) != nil || mapped.Port != conn.LocalAddr().(*net.UDPAddr).Port {
+		t.Errorf("STUN binding answer: got %v (%v), want our mapped address", sresp, err)
+	}
+
 	cancel()
 	select {
 	case err := <-done:

@@ -22,6 +22,7 @@ import (
 
 	"github.com/parley-rt/parley/fanout"
 	"github.com/parley-rt/parley/gateway"
+	"github.com/parley-rt/parley/stun"
 	"github.com/parley-rt/parley/turn"
 )
 
@@ -47,6 +48,7 @@ type serveConfig struct {
 
 	tlsCert, tlsKey string
 	turn            turnFlags
+	stunAddr        string
 }
 
 // turnFlags configure the built-in TURN and STUN server.
@@ -92,6 +94,7 @@ func parseServe(args []string, getenv func(string) string, stderr io.Writer) (*s
 	fs.StringVar(&c.tlsCert, "tls-cert", "", "PEM certificate `file` for TURN over TLS, and HTTPS on --addr")
 	fs.StringVar(&c.tlsKey, "tls-key", "", "PEM private key `file` matching --tls-cert")
 	fs.StringVar(&c.turn.addr, "turn-addr", "localhost:3478", "TURN and STUN listener on UDP and TCP; off disables them")
+	fs.StringVar(&c.stunAddr, "stun-addr", "off", "an extra STUN-only listener on UDP, such as :19302, with per-source rate limits (the TURN ports answer STUN too); off disables it")
 	fs.StringVar(&c.turn.tlsAddr, "turn-tls-addr", "", "TURN over TLS listener, such as :5349 (needs --tls-cert and --tls-key)")
 	turnPublicIP := fs.String("turn-public-ip", "", "the address put in relay candidates and ICE server URLs (default the TURN listener's IP)")
 	turnPorts := fs.String("turn-ports", "49152-65535", "relay port range")
@@ -164,6 +167,11 @@ func parseServe(args []string, getenv func(string) string, stderr io.Writer) (*s
 	if c.turn.addr != "off" {
 		if _, _, err := net.SplitHostPort(c.turn.addr); err != nil {
 			bad("--turn-addr %q: want host:port or off", c.turn.addr)
+		}
+	}
+	if c.stunAddr != "off" {
+		if _, _, err := net.SplitHostPort(c.stunAddr); err != nil {
+			bad("--stun-addr %q: want host:port or off", c.stunAddr)
 		}
 	}
 	if *turnPublicIP != "" {
@@ -304,6 +312,19 @@ func serveCmd(ctx context.Context, stop func(), args []string, getenv func(strin
 		defer relay.Close()
 		gcfg.ICEServers = iceServers(c, relay)
 	}
+	stunSrv, stunConn, err := startSTUN(c, log, reg)
+	if err != nil {
+		ln.Close()
+		if adminLn != nil {
+			adminLn.Close()
+		}
+		return err
+	}
+	if stunSrv != nil {
+		defer stunConn.Close()
+		defer stunSrv.Close()
+		go stunSrv.Serve(stunConn)
+	}
 
 	bus := fanout.NewMemory(fanout.MemoryConfig{HistorySize: c.historySize, HistoryTTL: c.historyTTL})
 	defer bus.Close()
@@ -343,6 +364,9 @@ func serveCmd(ctx context.Context, stop func(), args []string, getenv func(strin
 		if a := relay.TLSAddr(); a != nil {
 			fmt.Fprintf(stdout, "  TURNS      %s\n", a)
 		}
+	}
+	if stunConn != nil {
+		fmt.Fprintf(stdout, "  STUN       %s (UDP)\n", stunConn.LocalAddr())
 	}
 
 	var serveErr error
@@ -480,4 +504,21 @@ func iceServers(c *serveConfig, relay *turn.Server) func(user string) (any, erro
 			TTL: int64(c.turn.credentialTTL.Seconds()),
 		}, nil
 	}
+}
+
+// startSTUN opens the STUN-only listener of --stun-addr; nil when it is off.
+func startSTUN(c *serveConfig, log *slog.Logger, reg prometheus.Registerer) (*stun.Server, net.PacketConn, error) {
+	if c.stunAddr == "off" {
+		return nil, nil, nil
+	}
+	conn, err := net.ListenPacket("udp", c.stunAddr)
+	if err != nil {
+		return nil, nil, fmt.Errorf("--stun-addr: %w", err)
+	}
+	srv, err := stun.NewServer(stun.Config{Logger: log, Registerer: reg})
+	if err != nil {
+		conn.Close()
+		return nil, nil, err
+	}
+	return srv, conn, nil
 }
