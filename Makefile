@@ -5,8 +5,10 @@
 run:
 	go run ./cmd/parley serve
 
-# Every test, with the race detector. Installs what the tests need first.
+# Every test, with the race detector. Installs what the tests need first,
+# and checks the script that does so.
 test: deps
+	bash .ci/deps-test
 	go vet ./...
 	go test -race -count=1 -timeout 20m ./...
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"sync/atomic"
 	"time"
 )
 
@@ -13,6 +14,9 @@ var (
 	ErrClosed = errors.New("fanout: bus closed")
 	// ErrSubscribed is returned by Subscribe for a room this node already subscribed to.
 	ErrSubscribed = errors.New("fanout: room already subscribed")
+	// ErrRoomLimit is returned for a room the bus does not hold yet while it
+	// holds as many rooms as it may (MemoryConfig.MaxRooms).
+	ErrRoomLimit = errors.New("fanout: room limit reached")
 )
 
 // IdempotencyWindow is how long a publish key is remembered: a repeat of the
@@ -36,6 +40,25 @@ type Message struct {
 	From   string          `json:"from,omitempty"`
 	// Time is when the bus accepted the message, in Unix nanoseconds.
 	Time int64 `json:"time"`
+
+	// encoded caches what Encoded computed.
+	encoded atomic.Pointer[[]byte]
+}
+
+// Encoded returns enc(m), computed at most once per Message value (two
+// concurrent first calls may both run enc; one result wins). A consumer
+// that puts every message on the wire the same way, as the gateway does,
+// thereby shares one encoding among every reader of a message that a bus
+// keeps in history: live delivery and every replay. enc must not retain m.
+func (m *Message) Encoded(enc func(*Message) []byte) []byte {
+	if p := m.encoded.Load(); p != nil {
+		return *p
+	}
+	b := enc(m)
+	if m.encoded.CompareAndSwap(nil, &b) {
+		return b
+	}
+	return *m.encoded.Load()
 }
 
 // Publication is what a publisher hands to Publish.
@@ -70,6 +93,34 @@ type PresenceEvent struct {
 	Join   bool
 	Member Member
 }
+
+// PresenceQuery selects one page of a room's members.
+type PresenceQuery struct {
+	// Cursor continues after the page whose Next it was; empty starts at the
+	// first member. Cursors are opaque to callers.
+	Cursor string
+	// Limit caps the page; zero means DefaultPresenceLimit, and it is at
+	// most MaxPresenceLimit.
+	Limit int
+}
+
+// Presence page sizes.
+const (
+	DefaultPresenceLimit = 100
+	MaxPresenceLimit     = 1000
+)
+
+// PresencePage is one page of a room's members, ordered by session.
+type PresencePage struct {
+	Members []Member
+	// Total is how many members the room has.
+	Total int
+	// Next is the cursor of the following page; empty when this is the last.
+	Next string
+}
+
+// ErrBadCursor is returned by Presence for a cursor that no page gave.
+var ErrBadCursor = errors.New("fanout: bad presence cursor")
 
 // HistoryQuery selects messages from a room's history.
 type HistoryQuery struct {
@@ -118,8 +169,11 @@ type Bus interface {
 	Join(ctx context.Context, room string, m Member) error
 	// Leave removes m from the room's presence and tells subscribed nodes.
 	Leave(ctx context.Context, room string, m Member) error
-	// Presence lists the room's members across all nodes.
-	Presence(ctx context.Context, room string) ([]Member, error)
+	// Presence lists a page of the room's members across all nodes. A page
+	// costs the size of the page, not of the room. Members that join or
+	// leave between pages may be missed or seen twice; a member present
+	// throughout is on exactly one page.
+	Presence(ctx context.Context, room string, q PresenceQuery) (PresencePage, error)
 	// Ready reports whether the bus can serve right now.
 	Ready() bool
 	// Close releases the bus; calls after it return ErrClosed.

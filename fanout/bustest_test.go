@@ -45,6 +45,8 @@ func testBus(t *testing.T, newBus func(t *testing.T) Bus) {
 		{"idempotency keys are per room", testIdempotencyKeyPerRoom},
 		{"presence", testPresence},
 		{"presence events", testPresenceEvents},
+		{"presence pages", testPresencePages},
+		{"presence cursor", testPresenceBadCursor},
 		{"concurrent publishers", testConcurrentPublishers},
 		{"close", testClose},
 	}
@@ -589,17 +591,112 @@ func testPresence(t *testing.T, newBus func(t *testing.T) Bus) {
 		if err := tt.do(); err != nil {
 			t.Fatalf("%s: %v", tt.name, err)
 		}
-		got, err := bus.Presence(ctx, room)
-		if err != nil {
-			t.Fatalf("%s: Presence: %v", tt.name, err)
-		}
+		got := allMembers(t, bus, room, 0)
 		if got, want := sortedMembers(got), sortedMembers(tt.want); !slices.Equal(got, want) {
 			t.Errorf("%s: got %v, want %v", tt.name, got, want)
 		}
 	}
-	got, err := bus.Presence(ctx, roomName(t, "never-used"))
-	if err != nil || len(got) != 0 {
-		t.Errorf("presence of an unused room: got %v, %v; want none, nil", got, err)
+	page, err := bus.Presence(ctx, roomName(t, "never-used"), PresenceQuery{})
+	if err != nil || len(page.Members) != 0 || page.Total != 0 || page.Next != "" {
+		t.Errorf("presence of an unused room: got %+v, %v; want an empty last page, nil", page, err)
+	}
+}
+
+// allMembers pages through a room's presence with pages of limit, checking
+// that every page reports the same total and that the pages add up to it.
+func allMembers(t *testing.T, bus Bus, room string, limit int) []Member {
+	t.Helper()
+	var all []Member
+	q := PresenceQuery{Limit: limit}
+	for pages := 0; ; pages++ {
+		if pages > 10000 {
+			t.Fatalf("presence of %s: paging does not end", room)
+		}
+		page, err := bus.Presence(context.Background(), room, q)
+		if err != nil {
+			t.Fatalf("Presence(%s, %+v): %v", room, q, err)
+		}
+		all = append(all, page.Members...)
+		if page.Next == "" {
+			if page.Total != len(all) {
+				t.Fatalf("presence of %s: total %d, pages held %d", room, page.Total, len(all))
+			}
+			return all
+		}
+		if len(page.Members) == 0 {
+			t.Fatalf("presence of %s: an empty page with a next cursor", room)
+		}
+		q.Cursor = page.Next
+	}
+}
+
+func testPresencePages(t *testing.T, newBus func(t *testing.T) Bus) {
+	bus := newBus(t)
+	ctx := context.Background()
+	room := roomName(t, "room")
+	const n = 250
+	var want []Member
+	for i := range n {
+		m := Member{User: fmt.Sprintf("u%d", i%7), Session: fmt.Sprintf("s%04d", (i*37)%n), Node: "n1"}
+		if err := bus.Join(ctx, room, m); err != nil {
+			t.Fatalf("Join: %v", err)
+		}
+		want = append(want, m)
+	}
+	want = sortedMembers(want)
+
+	first, err := bus.Presence(ctx, room, PresenceQuery{})
+	if err != nil {
+		t.Fatalf("Presence: %v", err)
+	}
+	if len(first.Members) != DefaultPresenceLimit || first.Total != n || first.Next == "" {
+		t.Errorf("first page: got %d members, total %d, next %q; want %d, %d, a cursor",
+			len(first.Members), first.Total, first.Next, DefaultPresenceLimit, n)
+	}
+	for _, limit := range []int{1, 7, 100, n, MaxPresenceLimit} {
+		got := allMembers(t, bus, room, limit)
+		if !slices.Equal(sortedMembers(got), want) {
+			t.Errorf("pages of %d: got %d members, want each of %d once", limit, len(got), n)
+		}
+	}
+
+	// A member present throughout is on exactly one page, whoever joins or
+	// leaves between pages.
+	page, err := bus.Presence(ctx, room, PresenceQuery{Limit: 100})
+	if err != nil {
+		t.Fatalf("Presence: %v", err)
+	}
+	if err := errors.Join(bus.Leave(ctx, room, page.Members[0]), bus.Join(ctx, room, Member{User: "late", Session: "s0000a"})); err != nil {
+		t.Fatalf("Join/Leave: %v", err)
+	}
+	seen := map[string]int{}
+	for _, m := range page.Members {
+		seen[m.Session]++
+	}
+	for q := (PresenceQuery{Limit: 100, Cursor: page.Next}); q.Cursor != ""; {
+		p, err := bus.Presence(ctx, room, q)
+		if err != nil {
+			t.Fatalf("Presence: %v", err)
+		}
+		for _, m := range p.Members {
+			seen[m.Session]++
+		}
+		q.Cursor = p.Next
+	}
+	for _, m := range want {
+		if seen[m.Session] != 1 {
+			t.Errorf("member %s seen %d times across pages, want once", m.Session, seen[m.Session])
+		}
+	}
+}
+
+func testPresenceBadCursor(t *testing.T, newBus func(t *testing.T) Bus) {
+	bus := newBus(t)
+	room := roomName(t, "room")
+	for _, c := range []string{"not base64 at all!", "%%%"} {
+		if _, err := bus.Presence(context.Background(), room, PresenceQuery{Cursor: c}); !errors.Is(err, ErrBadCursor) {
+			t.Errorf("cursor %q: got %v, want %v", c, err, ErrBadCursor)
+		}
 	}
 }
 
@@ -709,7 +806,7 @@ func testClose(t *testing.T, newBus func(t *testing.T) Bus) {
 		{"History", func() error { _, err := bus.History(ctx, room, HistoryQuery{Limit: 1}); return err }},
 		{"Join", func() error { return bus.Join(ctx, room, m) }},
 		{"Leave", func() error { return bus.Leave(ctx, room, m) }},
-		{"Presence", func() error { _, err := bus.Presence(ctx, room); return err }},
+		{"Presence", func() error { _, err := bus.Presence(ctx, room, PresenceQuery{}); return err }},
 	}
 	for _, tt := range tests {
 		if err := tt.call(); !errors.Is(err, ErrClosed) {

@@ -6,6 +6,7 @@ import (
 	"encoding/base64"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -22,8 +23,48 @@ type MemoryConfig struct {
 	// SweepInterval is how often expired history, keys and idle rooms are
 	// dropped; zero means one minute.
 	SweepInterval time.Duration
+
+	// MaxRooms bounds the rooms the bus holds. While it holds that many,
+	// every call that names a room it does not hold yet fails with
+	// ErrRoomLimit (rooms that hold nothing are let go first). Zero means
+	// 100000.
+	MaxRooms int
+	// MaxRoomHistoryBytes bounds one room's history: past it the room's
+	// oldest messages are dropped, as past HistorySize. Zero means 8 MiB.
+	MaxRoomHistoryBytes int64
+	// MaxHistoryBytes bounds the history of all rooms together: past it the
+	// oldest messages of the node are dropped (the oldest among a sample of
+	// rooms, as Redis approximates LRU). Publishing never fails for it:
+	// history is a recovery window, and refusing publishes would let anyone
+	// who fills it stop every room. Zero means 256 MiB.
+	//
+	// Both byte bounds count a message at MessageCost: its data and the wire
+	// encoding that readers share (Message.Encoded), plus a fixed overhead.
+	MaxHistoryBytes int64
+
 	// Now returns the current time; nil means time.Now.
 	Now func() time.Time
+}
+
+// MessageCost is what a message counts against the history byte bounds:
+// twice its data, sender and room (the message and the encoding that its
+// readers share) plus 256 bytes for the structures around them.
+func MessageCost(m *Message) int64 {
+	return 2*int64(len(m.Data)+len(m.From)+len(m.Room)) + 256
+}
+
+// MemoryStats are a Memory bus's gauges and counters, for metrics.
+type MemoryStats struct {
+	// Rooms is how many rooms the bus holds; HistoryBytes what their
+	// history counts against MaxHistoryBytes.
+	Rooms        int
+	HistoryBytes int64
+	// EvictedRoomBytes and EvictedNodeBytes count the messages dropped from
+	// history by MaxRoomHistoryBytes and MaxHistoryBytes.
+	EvictedRoomBytes uint64
+	EvictedNodeBytes uint64
+	// RoomsRefused counts calls that failed with ErrRoomLimit.
+	RoomsRefused uint64
 }
 
 // Memory is the in-process Bus: one node, everything in memory. A restart
@@ -31,9 +72,15 @@ type MemoryConfig struct {
 type Memory struct {
 	cfg MemoryConfig
 
-	mu     sync.Mutex
-	rooms  map[string]*memRoom
-	closed bool
+	mu          sync.Mutex
+	rooms       map[string]*memRoom
+	closed      bool
+	lastReclaim time.Time // when rooms holding nothing were last let go
+
+	bytes        atomic.Int64 // history bytes of every room (MessageCost)
+	evictedRoom  atomic.Uint64
+	evictedNode  atomic.Uint64
+	roomsRefused atomic.Uint64
 
 	stop chan struct{}
 	done chan struct{}
@@ -47,12 +94,12 @@ type memRoom struct {
 	mu       sync.Mutex
 	epoch    string
 	offset   uint64
-	hist     []*Message // ring buffer, oldest at head
-	head     int
+	hist     ring
+	bytes    int64 // MessageCost of hist
 	keys     map[string]keyEntry
 	keyOrder []string
 	handler  Handler
-	members  map[string]Member // by session
+	members  []*Member // ordered by Session
 	lastUsed time.Time
 	dead     bool // forgotten by the sweeper; callers look the room up again
 }
@@ -60,6 +107,48 @@ type memRoom struct {
 type keyEntry struct {
 	offset uint64
 	expiry time.Time
+}
+
+// ring is a room's history, oldest first. Its buffer grows as messages come,
+// up to the history size, so a room with few messages holds a small one.
+type ring struct {
+	buf  []*Message
+	head int
+	n    int
+}
+
+func (r *ring) at(i int) *Message { return r.buf[(r.head+i)%len(r.buf)] }
+
+func (r *ring) oldest() *Message {
+	if r.n == 0 {
+		return nil
+	}
+	return r.buf[r.head]
+}
+
+// push appends m; the caller has made room (n < size).
+func (r *ring) push(m *Message, size int) {
+	if r.n == len(r.buf) {
+		grown := make([]*Message, min(max(2*len(r.buf), 4), size))
+		for i := 0; i < r.n; i++ {
+			grown[i] = r.at(i)
+		}
+		r.buf, r.head = grown, 0
+	}
+	r.buf[(r.head+r.n)%len(r.buf)] = m
+	r.n++
+}
+
+// pop drops and returns the oldest message.
+func (r *ring) pop() *Message {
+	m := r.buf[r.head]
+	r.buf[r.head] = nil
+	r.head = (r.head + 1) % len(r.buf)
+	r.n--
+	if r.n == 0 {
+		r.buf, r.head = nil, 0
+	}
+	return m
 }
 
 // NewMemory returns a Memory bus with a sweeper goroutine that Close stops.
@@ -75,6 +164,15 @@ func NewMemory(cfg MemoryConfig) *Memory {
 	}
 	if cfg.SweepInterval <= 0 {
 		cfg.SweepInterval = time.Minute
+	}
+	if cfg.MaxRooms <= 0 {
+		cfg.MaxRooms = 100_000
+	}
+	if cfg.MaxRoomHistoryBytes <= 0 {
+		cfg.MaxRoomHistoryBytes = 8 << 20
+	}
+	if cfg.MaxHistoryBytes <= 0 {
+		cfg.MaxHistoryBytes = 256 << 20
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
@@ -96,6 +194,20 @@ func NewEpoch() string {
 	return base64.RawURLEncoding.EncodeToString(b[:])
 }
 
+// Stats returns the bus's gauges and counters.
+func (m *Memory) Stats() MemoryStats {
+	m.mu.Lock()
+	rooms := len(m.rooms)
+	m.mu.Unlock()
+	return MemoryStats{
+		Rooms:            rooms,
+		HistoryBytes:     m.bytes.Load(),
+		EvictedRoomBytes: m.evictedRoom.Load(),
+		EvictedNodeBytes: m.evictedNode.Load(),
+		RoomsRefused:     m.roomsRefused.Load(),
+	}
+}
+
 func (m *Memory) room(name string) (*memRoom, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -104,15 +216,47 @@ func (m *Memory) room(name string) (*memRoom, error) {
 	}
 	r := m.rooms[name]
 	if r == nil {
+		if len(m.rooms) >= m.cfg.MaxRooms && !m.reclaim() {
+			m.roomsRefused.Add(1)
+			return nil, ErrRoomLimit
+		}
 		r = &memRoom{epoch: NewEpoch(), lastUsed: m.cfg.Now()}
 		m.rooms[name] = r
 	}
 	return r, nil
 }
 
+// reclaim lets go of rooms that hold nothing (no history, subscriber, member
+// or idempotency key), at most once a second; it reports whether there is
+// room for another. m.mu is held.
+func (m *Memory) reclaim() bool {
+	now := m.cfg.Now()
+	if now.Sub(m.lastReclaim) < time.Second {
+		return false
+	}
+	m.lastReclaim = now
+	for name, r := range m.rooms {
+		r.mu.Lock()
+		if r.empty() {
+			r.dead = true
+			delete(m.rooms, name)
+		}
+		r.mu.Unlock()
+	}
+	return len(m.rooms) < m.cfg.MaxRooms
+}
+
+// empty reports whether the room holds nothing worth keeping; r.mu is held.
+func (r *memRoom) empty() bool {
+	return r.hist.n == 0 && r.handler == nil && len(r.members) == 0 && len(r.keys) == 0
+}
+
 // locked returns the named room with r.mu held, and r.deliver before it when
 // deliver is set; never a room the sweeper has forgotten.
-func (m *Memory) locked(name string, deliver bool) (*memRoom, error) {
+func (m *Memory) locked(ctx context.Context, name string, deliver bool) (*memRoom, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
 	for {
 		r, err := m.room(name)
 		if err != nil {
@@ -134,7 +278,7 @@ func (m *Memory) locked(name string, deliver bool) (*memRoom, error) {
 
 // Publish implements Bus.
 func (m *Memory) Publish(ctx context.Context, room string, p Publication) (PublishResult, error) {
-	r, err := m.locked(room, true)
+	r, err := m.locked(ctx, room, true)
 	if err != nil {
 		return PublishResult{}, err
 	}
@@ -151,7 +295,7 @@ func (m *Memory) Publish(ctx context.Context, room string, p Publication) (Publi
 	}
 	r.offset++
 	msg := &Message{Room: room, Offset: r.offset, Epoch: r.epoch, Data: p.Data, From: p.From, Time: now.UnixNano()}
-	r.append(msg, m.cfg.HistorySize)
+	m.append(r, msg)
 	if p.Key != "" {
 		r.remember(p.Key, keyEntry{offset: msg.Offset, expiry: now.Add(IdempotencyWindow)}, m.cfg.MaxKeys)
 	}
@@ -161,21 +305,73 @@ func (m *Memory) Publish(ctx context.Context, room string, p Publication) (Publi
 	if h != nil {
 		h.HandleMessage(msg)
 	}
+	if m.bytes.Load() > m.cfg.MaxHistoryBytes {
+		m.evict()
+	}
 	return PublishResult{Position: Position{Epoch: msg.Epoch, Offset: msg.Offset}}, nil
 }
 
-func (r *memRoom) append(msg *Message, size int) {
-	if len(r.hist) < size {
-		r.hist = append(r.hist, msg)
-		return
+// append adds msg to r's history, dropping the oldest messages past the
+// history size and the room's byte bound; r.mu is held.
+func (m *Memory) append(r *memRoom, msg *Message) {
+	if r.hist.n >= m.cfg.HistorySize {
+		m.drop(r)
 	}
-	r.hist[r.head] = msg
-	r.head = (r.head + 1) % len(r.hist)
+	r.hist.push(msg, m.cfg.HistorySize)
+	c := MessageCost(msg)
+	r.bytes += c
+	m.bytes.Add(c)
+	for r.bytes > m.cfg.MaxRoomHistoryBytes && r.hist.n > 1 {
+		m.drop(r)
+		m.evictedRoom.Add(1)
+	}
 }
 
-// at returns the i-th retained message, oldest first.
-func (r *memRoom) at(i int) *Message {
-	return r.hist[(r.head+i)%len(r.hist)]
+// drop removes r's oldest message from history; r.mu is held.
+func (m *Memory) drop(r *memRoom) {
+	c := MessageCost(r.hist.pop())
+	r.bytes -= c
+	m.bytes.Add(-c)
+}
+
+// evictSample is how many rooms evict compares to find old history.
+const evictSample = 8
+
+// evict drops the oldest messages of the node until its history is within
+// MaxHistoryBytes: each round takes the oldest message among a sample of
+// rooms. It runs in the publisher's goroutine with no room locked.
+func (m *Memory) evict() {
+	for m.bytes.Load() > m.cfg.MaxHistoryBytes {
+		var (
+			victim *memRoom
+			oldest int64
+		)
+		m.mu.Lock()
+		n := 0
+		for _, r := range m.rooms {
+			if n == evictSample {
+				break
+			}
+			r.mu.Lock()
+			if o := r.hist.oldest(); o != nil {
+				n++
+				if victim == nil || o.Time < oldest {
+					victim, oldest = r, o.Time
+				}
+			}
+			r.mu.Unlock()
+		}
+		m.mu.Unlock()
+		if victim == nil {
+			return
+		}
+		victim.mu.Lock()
+		if victim.hist.n > 0 {
+			m.drop(victim)
+			m.evictedNode.Add(1)
+		}
+		victim.mu.Unlock()
+	}
 }
 
 func (r *memRoom) remember(key string, e keyEntry, max int) {
@@ -194,7 +390,7 @@ func (r *memRoom) remember(key string, e keyEntry, max int) {
 
 // Subscribe implements Bus.
 func (m *Memory) Subscribe(ctx context.Context, room string, h Handler) error {
-	r, err := m.locked(room, false)
+	r, err := m.locked(ctx, room, false)
 	if err != nil {
 		return err
 	}
@@ -209,7 +405,7 @@ func (m *Memory) Subscribe(ctx context.Context, room string, h Handler) error {
 
 // Unsubscribe implements Bus.
 func (m *Memory) Unsubscribe(ctx context.Context, room string) error {
-	r, err := m.locked(room, false)
+	r, err := m.locked(ctx, room, false)
 	if err != nil {
 		return err
 	}
@@ -225,17 +421,17 @@ func (m *Memory) Unsubscribe(ctx context.Context, room string) error {
 
 // History implements Bus.
 func (m *Memory) History(ctx context.Context, room string, q HistoryQuery) (History, error) {
-	r, err := m.locked(room, false)
+	r, err := m.locked(ctx, room, false)
 	if err != nil {
 		return History{}, err
 	}
 	defer r.mu.Unlock()
 	now := m.cfg.Now()
 	r.lastUsed = now
-	r.expire(now.Add(-m.cfg.HistoryTTL).UnixNano())
+	m.expire(r, now.Add(-m.cfg.HistoryTTL).UnixNano())
 
 	h := History{Top: Position{Epoch: r.epoch, Offset: r.offset}}
-	n := len(r.hist)
+	n := r.hist.n
 	oldest := r.offset - uint64(n) + 1 // offset of the oldest retained message
 	if q.Since == nil {
 		if q.Limit <= 0 {
@@ -244,7 +440,7 @@ func (m *Memory) History(ctx context.Context, room string, q HistoryQuery) (Hist
 		from := max(0, n-q.Limit)
 		h.Messages = make([]*Message, 0, n-from)
 		for i := from; i < n; i++ {
-			h.Messages = append(h.Messages, r.at(i))
+			h.Messages = append(h.Messages, r.hist.at(i))
 		}
 		return h, nil
 	}
@@ -261,56 +457,62 @@ func (m *Memory) History(ctx context.Context, room string, q HistoryQuery) (Hist
 	if to > from {
 		h.Messages = make([]*Message, 0, to-from)
 		for i := from; i < to; i++ {
-			h.Messages = append(h.Messages, r.at(i))
+			h.Messages = append(h.Messages, r.hist.at(i))
 		}
 	}
 	return h, nil
 }
 
-// expire drops messages older than cutoff (Unix nanoseconds) from the head.
-func (r *memRoom) expire(cutoff int64) {
-	drop := 0
-	for drop < len(r.hist) && r.at(drop).Time < cutoff {
-		drop++
+// expire drops messages older than cutoff (Unix nanoseconds); r.mu is held.
+func (m *Memory) expire(r *memRoom, cutoff int64) {
+	for r.hist.n > 0 && r.hist.oldest().Time < cutoff {
+		m.drop(r)
 	}
-	if drop == 0 {
-		return
-	}
-	kept := make([]*Message, 0, len(r.hist)-drop)
-	for i := drop; i < len(r.hist); i++ {
-		kept = append(kept, r.at(i))
-	}
-	r.hist, r.head = kept, 0
 }
 
 // Join implements Bus.
 func (m *Memory) Join(ctx context.Context, room string, mem Member) error {
-	return m.presence(room, mem, true)
+	return m.presence(ctx, room, mem, true)
 }
 
 // Leave implements Bus.
 func (m *Memory) Leave(ctx context.Context, room string, mem Member) error {
-	return m.presence(room, mem, false)
+	return m.presence(ctx, room, mem, false)
 }
 
-func (m *Memory) presence(room string, mem Member, join bool) error {
-	r, err := m.locked(room, true)
+// memberIndex returns where session is, or would be, in r.members.
+func (r *memRoom) memberIndex(session string) (int, bool) {
+	i := sort.Search(len(r.members), func(i int) bool { return r.members[i].Session >= session })
+	return i, i < len(r.members) && r.members[i].Session == session
+}
+
+func (m *Memory) presence(ctx context.Context, room string, mem Member, join bool) error {
+	r, err := m.locked(ctx, room, true)
 	if err != nil {
 		return err
 	}
 	defer r.deliver.Unlock()
 	r.lastUsed = m.cfg.Now()
-	if join {
-		if r.members == nil {
-			r.members = make(map[string]Member)
+	i, found := r.memberIndex(mem.Session)
+	switch {
+	case join && found:
+		*r.members[i] = mem
+	case join:
+		mp := new(Member)
+		*mp = mem
+		r.members = append(r.members, nil)
+		copy(r.members[i+1:], r.members[i:])
+		r.members[i] = mp
+	case !found:
+		r.mu.Unlock()
+		return nil
+	default:
+		copy(r.members[i:], r.members[i+1:])
+		r.members[len(r.members)-1] = nil
+		r.members = r.members[:len(r.members)-1]
+		if len(r.members) == 0 {
+			r.members = nil
 		}
-		r.members[mem.Session] = mem
-	} else {
-		if _, ok := r.members[mem.Session]; !ok {
-			r.mu.Unlock()
-			return nil
-		}
-		delete(r.members, mem.Session)
 	}
 	h := r.handler
 	r.mu.Unlock()
@@ -320,19 +522,57 @@ func (m *Memory) presence(room string, mem Member, join bool) error {
 	return nil
 }
 
-// Presence implements Bus.
-func (m *Memory) Presence(ctx context.Context, room string) ([]Member, error) {
-	r, err := m.locked(room, false)
+// Presence implements Bus. A page costs a binary search and the page: the
+// members are kept ordered by session.
+func (m *Memory) Presence(ctx context.Context, room string, q PresenceQuery) (PresencePage, error) {
+	limit, after, err := q.parse()
 	if err != nil {
-		return nil, err
+		return PresencePage{}, err
+	}
+	r, err := m.locked(ctx, room, false)
+	if err != nil {
+		return PresencePage{}, err
 	}
 	defer r.mu.Unlock()
-	out := make([]Member, 0, len(r.members))
-	for _, mem := range r.members {
-		out = append(out, mem)
+	from := 0
+	if q.Cursor != "" {
+		from = sort.Search(len(r.members), func(i int) bool { return r.members[i].Session > after })
 	}
-	sort.Slice(out, func(i, j int) bool { return out[i].Session < out[j].Session })
-	return out, nil
+	to := min(from+limit, len(r.members))
+	page := PresencePage{Total: len(r.members), Members: make([]Member, 0, to-from)}
+	for _, mp := range r.members[from:to] {
+		page.Members = append(page.Members, *mp)
+	}
+	if to < len(r.members) {
+		page.Next = presenceCursor(r.members[to-1].Session)
+	}
+	return page, nil
+}
+
+// presenceCursor is the cursor of the page after the member with session.
+func presenceCursor(session string) string {
+	return base64.RawURLEncoding.EncodeToString([]byte(session))
+}
+
+// parse checks a query: the page size, and the session its cursor is after.
+func (q PresenceQuery) parse() (limit int, after string, err error) {
+	limit = q.Limit
+	switch {
+	case limit == 0:
+		limit = DefaultPresenceLimit
+	case limit < 0:
+		return 0, "", ErrBadCursor
+	case limit > MaxPresenceLimit:
+		limit = MaxPresenceLimit
+	}
+	if q.Cursor == "" {
+		return limit, "", nil
+	}
+	b, err := base64.RawURLEncoding.DecodeString(q.Cursor)
+	if err != nil || len(b) == 0 || len(b) > 256 {
+		return 0, "", ErrBadCursor
+	}
+	return limit, string(b), nil
 }
 
 // Ready implements Bus: a Memory bus is ready until closed.
@@ -382,13 +622,12 @@ func (m *Memory) sweep() {
 	defer m.mu.Unlock()
 	for name, r := range m.rooms {
 		r.mu.Lock()
-		r.expire(cutoff.UnixNano())
+		m.expire(r, cutoff.UnixNano())
 		for len(r.keyOrder) > 0 && !now.Before(r.keys[r.keyOrder[0]].expiry) {
 			delete(r.keys, r.keyOrder[0])
 			r.keyOrder = r.keyOrder[1:]
 		}
-		idle := len(r.hist) == 0 && r.handler == nil && len(r.members) == 0 && len(r.keys) == 0 &&
-			(r.lastUsed.Before(cutoff) || r.offset == 0 && r.lastUsed.Before(unusedCutoff))
+		idle := r.empty() && (r.lastUsed.Before(cutoff) || r.offset == 0 && r.lastUsed.Before(unusedCutoff))
 		r.dead = idle
 		r.mu.Unlock()
 		if idle {

@@ -155,7 +155,7 @@ func (srv *Server) handleHistory(w http.ResponseWriter, r *http.Request) {
 		// An offset without an epoch is read against the current epoch.
 		top, err := srv.cfg.Bus.History(r.Context(), room, fanout.HistoryQuery{})
 		if err != nil {
-			srv.writeError(w, errorf(codeInternal, "history unavailable"))
+			srv.writeError(w, busError(err, "history unavailable"))
 			return
 		}
 		hq.Since.Epoch = top.Top.Epoch
@@ -163,7 +163,7 @@ func (srv *Server) handleHistory(w http.ResponseWriter, r *http.Request) {
 	h, err := srv.cfg.Bus.History(r.Context(), room, hq)
 	if err != nil {
 		srv.log.Warn("history failed", "room", room, "err", err)
-		srv.writeError(w, errorf(codeInternal, "history unavailable"))
+		srv.writeError(w, busError(err, "history unavailable"))
 		return
 	}
 	resp := historyResponse{Room: room, Epoch: h.Top.Epoch, Offset: h.Top.Offset, Messages: make([]messageFrame, 0, len(h.Messages))}
@@ -191,8 +191,10 @@ func (srv *Server) handleHistory(w http.ResponseWriter, r *http.Request) {
 }
 
 type presenceResponse struct {
-	Room    string          `json:"room"`
-	Members []fanout.Member `json:"members"`
+	Room         string          `json:"room"`
+	Members      []fanout.Member `json:"members"`
+	MembersTotal int             `json:"members_total"`
+	Next         string          `json:"next,omitempty"`
 }
 
 func (srv *Server) handlePresence(w http.ResponseWriter, r *http.Request) {
@@ -200,13 +202,26 @@ func (srv *Server) handlePresence(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	members, err := srv.cfg.Bus.Presence(r.Context(), room)
-	if err != nil {
-		srv.log.Warn("presence failed", "room", room, "err", err)
-		srv.writeError(w, errorf(codeInternal, "presence unavailable"))
+	q := r.URL.Query()
+	pq := fanout.PresenceQuery{Cursor: q.Get("cursor")}
+	if v := q.Get("limit"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 || n > fanout.MaxPresenceLimit {
+			srv.writeError(w, errorf(codeBadRequest, "limit must be 1 to 1000"))
+			return
+		}
+		pq.Limit = n
+	}
+	if len(pq.Cursor) > maxCursor {
+		srv.writeError(w, errorf(codeBadRequest, "cursor is not one this node gave"))
 		return
 	}
-	writeJSON(w, http.StatusOK, presenceResponse{Room: room, Members: members})
+	page, perr := srv.presencePage(r.Context(), room, pq)
+	if perr != nil {
+		srv.writeError(w, perr)
+		return
+	}
+	writeJSON(w, http.StatusOK, presenceResponse{Room: room, Members: page.Members, MembersTotal: page.Total, Next: page.Next})
 }
 
 func (srv *Server) handleICEServers(w http.ResponseWriter, r *http.Request) {

@@ -324,7 +324,7 @@ func TestAPIPresence(t *testing.T) {
 	type member struct{ User, Session, Node string }
 	dial := func(user, room string) (*wsConn, member) {
 		w, welcome := confDial(t, ts, confBearer(confToken(t, apiTestSecret, user, nil)))
-		confSubscribe(w, "s1", room, false)
+		confSubscribe(w, "s1", room, true)
 		return w, member{User: user, Session: confStr(t, welcome, "session"), Node: "test-node"}
 	}
 	_, alice := dial("alice", "lobby")

@@ -5,7 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"path"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -59,11 +61,28 @@ type Config struct {
 	// zero means 50 and 100.
 	PublishRate  float64
 	PublishBurst int
+	// ReplayLimit bounds the history one subscribe replays, in bytes of
+	// encoded frames: a resume that would replay more is answered
+	// recovered: false (the client reloads instead). It also bounds a
+	// session's replay waiting to be written, past which the session's next
+	// command waits. Zero means 4 MiB.
+	ReplayLimit int
+	// PresenceRooms are room patterns (a trailing * is a wildcard, as in
+	// token permissions) whose every subscriber is in the room's presence.
+	// In other rooms only sessions that subscribe with presence: true are.
+	PresenceRooms []string
 	// MaxRoomsPerSession bounds a session's subscriptions; zero means 100.
 	MaxRoomsPerSession int
 	// MaxConnsPerIP bounds concurrent WebSocket and SSE connections from one
 	// client address; zero means 1000.
 	MaxConnsPerIP int
+	// TrustedProxies are the load balancers and reverse proxies whose
+	// X-Forwarded-For header (or, without one, Forwarded) is believed: a
+	// request from one of them comes from the nearest address in the
+	// forwarded chain that is not itself a trusted proxy. Empty means none:
+	// the TCP peer is the client and those headers are ignored. Prefixes must
+	// have no bits set past their mask (ParseTrustedProxies builds them).
+	TrustedProxies []netip.Prefix
 
 	// ICEServers answers GET /v1/ice-servers for a user; nil means the
 	// endpoint answers 404.
@@ -121,6 +140,9 @@ func (c *Config) setDefaults() error {
 	if c.MaxRoomsPerSession == 0 {
 		c.MaxRoomsPerSession = 100
 	}
+	if c.ReplayLimit == 0 {
+		c.ReplayLimit = 4 << 20
+	}
 	if c.MaxConnsPerIP == 0 {
 		c.MaxConnsPerIP = 1000
 	}
@@ -131,12 +153,22 @@ func (c *Config) setDefaults() error {
 		return errors.New("gateway: Config.QueueLimit is negative")
 	case c.PublishRate < 0 || c.PublishBurst < 0:
 		return errors.New("gateway: Config.PublishRate and PublishBurst must not be negative")
+	case c.ReplayLimit < 0:
+		return errors.New("gateway: Config.ReplayLimit is negative")
 	case c.MaxRoomsPerSession < 0:
 		return errors.New("gateway: Config.MaxRoomsPerSession is negative")
 	case c.MaxConnsPerIP < 0:
 		return errors.New("gateway: Config.MaxConnsPerIP is negative")
 	case c.PingInterval < 10*time.Millisecond:
 		return fmt.Errorf("gateway: Config.PingInterval %s is below 10ms", c.PingInterval)
+	}
+	if err := validTrustedProxies(c.TrustedProxies); err != nil {
+		return err
+	}
+	for _, p := range c.PresenceRooms {
+		if !validRoom(strings.TrimSuffix(p, "*")) && p != "*" {
+			return fmt.Errorf("gateway: Config.PresenceRooms: %q is not a room name or a room prefix ending in *", p)
+		}
 	}
 	for _, p := range c.Origins {
 		if _, err := path.Match(p, ""); err != nil {

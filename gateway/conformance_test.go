@@ -301,7 +301,9 @@ func TestConformanceUnsubscribe(t *testing.T) {
 
 func TestConformancePresence(t *testing.T) {
 	secret := []byte("conformance-secret")
-	ts := startServer(t, func(c *Config) { c.JWTSecret = secret })
+	// lobby is a presence room: every subscriber is a member, whether or not
+	// it asked for the events.
+	ts := startServer(t, func(c *Config) { c.JWTSecret, c.PresenceRooms = secret, []string{"lobby"} })
 	dial := func(user string) (*wsConn, string) {
 		w, welcome := confDial(t, ts, confBearer(confToken(t, secret, user, nil)))
 		return w, confStr(t, welcome, "session")
@@ -610,4 +612,42 @@ func TestConformanceJWT(t *testing.T) {
 			t.Errorf("close status: got %v, want %v", got, websocket.StatusPolicyViolation)
 		}
 	})
+}
+
+// Outside the presence rooms, only sessions that subscribe with presence are
+// members: a plain subscriber is not listed and causes no events.
+func TestConformancePresenceOptIn(t *testing.T) {
+	ts := startServer(t, nil)
+	alice, welcome := confDial(t, ts, nil)
+	aliceS := confStr(t, welcome, "session")
+	bob, _ := confDial(t, ts, nil)
+	carol, welcome := confDial(t, ts, nil)
+	carolS := confStr(t, welcome, "session")
+
+	ack := confSubscribe(alice, "s1", "quiet", true)
+	if got := confNum(t, ack["members_total"]); got != 1 {
+		t.Errorf("members_total: got %d, want 1", got)
+	}
+	confSubscribe(bob, "s1", "quiet", false)
+	confSubscribe(carol, "s1", "quiet", true)
+	// Alice hears carol join, and nothing of bob before it.
+	m := confNextSkipping(alice, aliceS)
+	want := map[string]any{"type": "presence", "room": "quiet", "event": "join", "user": confStr(t, m, "user"), "session": carolS}
+	if !reflect.DeepEqual(m, want) {
+		t.Fatalf("got %v, want %v", m, want)
+	}
+	carol.send(map[string]any{"type": "presence", "id": "p1", "room": "quiet"})
+	a := confAck(carol, "p1")
+	if got := confNum(t, a["members_total"]); got != 2 {
+		t.Errorf("presence members_total: got %d, want 2 (alice and carol, not bob)", got)
+	}
+	ms, _ := a["members"].([]any)
+	sessions := map[string]bool{}
+	for _, raw := range ms {
+		mm, _ := raw.(map[string]any)
+		sessions[fmt.Sprint(mm["session"])] = true
+	}
+	if len(ms) != 2 || !sessions[aliceS] || !sessions[carolS] {
+		t.Errorf("presence members: got %v, want alice's and carol's sessions", ms)
+	}
 }

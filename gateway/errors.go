@@ -1,9 +1,12 @@
 package gateway
 
 import (
+	"errors"
 	"net/http"
 
 	"github.com/coder/websocket"
+
+	"github.com/parley-rt/parley/fanout"
 )
 
 // Error codes of the protocol's error frames.
@@ -16,6 +19,9 @@ const (
 	codeRateLimited  = "rate_limited"
 	codeTooLarge     = "too_large"
 	codeInternal     = "internal"
+	// codeOverCapacity: a node-wide bound (the rooms a node holds) is
+	// reached; the client may try again later or on another node.
+	codeOverCapacity = "over_capacity"
 )
 
 // Close codes of the protocol, beyond the ones coder/websocket names.
@@ -55,7 +61,18 @@ func httpStatus(code string) int {
 		return http.StatusTooManyRequests
 	case codeTooLarge:
 		return http.StatusRequestEntityTooLarge
+	case codeOverCapacity:
+		return http.StatusServiceUnavailable
 	default:
 		return http.StatusInternalServerError
 	}
+}
+
+// busError turns a bus failure into what the client sees: a node-wide bound
+// is over_capacity, with the reason; anything else is internal, with what.
+func busError(err error, what string) *protoError {
+	if errors.Is(err, fanout.ErrRoomLimit) {
+		return errorf(codeOverCapacity, "this node holds as many rooms as it may; try again later")
+	}
+	return errorf(codeInternal, what)
 }

@@ -22,7 +22,13 @@ type clientFrame struct {
 	Presence bool             `json:"presence,omitempty"`
 	Data     json.RawMessage  `json:"data,omitempty"`
 	Key      string           `json:"key,omitempty"`
+	// presence command: a page of the room's members.
+	Cursor string `json:"cursor,omitempty"`
+	Limit  int    `json:"limit,omitempty"`
 }
+
+// maxCursor bounds a presence cursor.
+const maxCursor = 512
 
 // decodeClientFrame parses and validates one client frame. On error the
 // returned frame still carries whatever id could be read, so the error frame
@@ -66,6 +72,16 @@ func decodeClientFrame(b []byte) (clientFrame, *protoError) {
 		}
 		if len(f.Key) > maxIDLen {
 			return f, errorf(codeBadRequest, "key longer than 64 bytes")
+		}
+	case "presence":
+		if perr := checkRoom(b, f.Room); perr != nil {
+			return f, perr
+		}
+		if f.Limit < 0 || f.Limit > fanout.MaxPresenceLimit {
+			return f, errorf(codeBadRequest, "limit must be 1 to 1000")
+		}
+		if len(f.Cursor) > maxCursor {
+			return f, errorf(codeBadRequest, "cursor is not one this node gave")
 		}
 	case "pong":
 	case "join", "signal", "leave":
@@ -164,7 +180,19 @@ type ackFrame struct {
 	Offset    *uint64         `json:"offset,omitempty"`
 	Recovered *bool           `json:"recovered,omitempty"`
 	Members   []fanout.Member `json:"members,omitempty"`
-	Duplicate bool            `json:"duplicate,omitempty"`
+	// MembersTotal and MembersNext come with Members in a subscribe ack.
+	MembersTotal *int   `json:"members_total,omitempty"`
+	MembersNext  string `json:"members_next,omitempty"`
+	Duplicate    bool   `json:"duplicate,omitempty"`
+}
+
+// presenceAck answers the presence command: a page of members.
+type presenceAck struct {
+	Type         string          `json:"type"`
+	ID           string          `json:"id,omitempty"`
+	Members      []fanout.Member `json:"members"`
+	MembersTotal int             `json:"members_total"`
+	Next         string          `json:"next,omitempty"`
 }
 
 type errorFrame struct {

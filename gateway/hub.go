@@ -34,10 +34,13 @@ type hubRoom struct {
 
 // member is a session's subscription to a room.
 type member struct {
-	s        *session
-	room     *hubRoom
-	idx      int // position in room.members
+	s    *session
+	room *hubRoom
+	idx  int // position in room.members
+	// presence: the session gets the room's presence events. joined: it is
+	// in the room's presence (it asked, or the room is a presence room).
 	presence bool
+	joined   bool
 	// While holding, live frames are kept in held instead of being queued, so
 	// that the subscribe ack and history go out first.
 	holding bool
@@ -69,13 +72,32 @@ func (h *hub) lookup(name string) *hubRoom {
 type subscribeResult struct {
 	top       fanout.Position
 	recovered bool
-	members   []fanout.Member
+	// members is the first page of the room's presence, for a subscription
+	// with presence; total counts every member, next pages on.
+	members []fanout.Member
+	total   int
+	next    string
 	// cursor is where the session now stands: since when recovered, else top.
 	cursor fanout.Position
 }
 
+// encodeShared is the encoding of a message that every reader of it shares:
+// live delivery and every replay (fanout.Message.Encoded).
+func (h *hub) encodeShared(msg *fanout.Message) []byte {
+	return msg.Encoded(func(m *fanout.Message) []byte {
+		b, err := encodeMessage(m)
+		if err != nil {
+			h.srv.log.Error("encoding message", "room", m.Room, "offset", m.Offset, "err", err)
+			return nil
+		}
+		return b
+	})
+}
+
 // subscribe adds s to room. It queues ack (built from the result), then the
-// history after since, then live messages, with no gap and no duplicate.
+// history after since, then live messages, with no gap and no duplicate. A
+// replay larger than Config.ReplayLimit is not sent: the ack says
+// recovered: false instead.
 func (h *hub) subscribe(ctx context.Context, s *session, name string, since *fanout.Position, presence bool, ack func(subscribeResult) *frame) *protoError {
 	if _, ok := s.rooms[name]; ok {
 		return errorf(codeBadRequest, "already subscribed to "+name)
@@ -83,7 +105,7 @@ func (h *hub) subscribe(ctx context.Context, s *session, name string, since *fan
 	if len(s.rooms) >= s.srv.cfg.MaxRoomsPerSession {
 		return errorf(codeForbidden, "room limit reached")
 	}
-	m := &member{s: s, presence: presence, holding: true}
+	m := &member{s: s, presence: presence, joined: presence || h.srv.presenceRoom(name), holding: true}
 	for {
 		r := h.room(name)
 		r.mu.Lock()
@@ -104,7 +126,7 @@ func (h *hub) subscribe(ctx context.Context, s *session, name string, since *fan
 	fail := func(err error) *protoError {
 		h.srv.log.Warn("subscribe failed", "room", name, "session", s.id, "err", err)
 		h.unsubscribe(ctx, s, name)
-		return errorf(codeInternal, "subscribe failed")
+		return busError(err, "subscribe failed")
 	}
 	if err := h.ensureSubscribed(ctx, m.room); err != nil {
 		return fail(err)
@@ -113,35 +135,50 @@ func (h *hub) subscribe(ctx context.Context, s *session, name string, since *fan
 	if err != nil {
 		return fail(err)
 	}
-	if err := h.bus.Join(ctx, name, fanout.Member{User: s.ident.user, Session: s.id, Node: h.srv.cfg.NodeID}); err != nil {
-		return fail(err)
-	}
-	res := subscribeResult{top: hist.Top, recovered: hist.Recovered, cursor: hist.Top}
-	if presence {
-		if res.members, err = h.bus.Presence(ctx, name); err != nil {
+	if m.joined {
+		if err := h.bus.Join(ctx, name, fanout.Member{User: s.ident.user, Session: s.id, Node: h.srv.cfg.NodeID}); err != nil {
 			return fail(err)
 		}
 	}
-	last := hist.Top.Offset
-	if hist.Recovered {
-		res.cursor = *since
-	}
-	// Replayed messages are encoded for this session alone, before the room
-	// is locked, and carry no time: they are not live deliveries.
-	replay := make([]*frame, 0, len(hist.Messages))
-	for _, msg := range hist.Messages {
-		b, err := encodeMessage(msg)
+	res := subscribeResult{top: hist.Top, recovered: hist.Recovered, cursor: hist.Top}
+	if presence {
+		page, err := h.bus.Presence(ctx, name, fanout.PresenceQuery{Limit: firstMembersPage})
 		if err != nil {
-			continue
+			return fail(err)
 		}
-		replay = append(replay, &frame{b: b, kind: kindMessage, room: msg.Room, epoch: msg.Epoch, offset: msg.Offset})
-		last = max(last, msg.Offset)
+		res.members, res.total, res.next = page.Members, page.Total, page.Next
+	}
+	last := hist.Top.Offset
+	// Replayed messages share the bytes of their live delivery; they carry
+	// no time, as they are not live deliveries.
+	var replay []*frame
+	if hist.Recovered && len(hist.Messages) > 0 {
+		replay = make([]*frame, 0, len(hist.Messages))
+		size := 0
+		for _, msg := range hist.Messages {
+			b := h.encodeShared(msg)
+			if b == nil {
+				continue
+			}
+			size += len(b)
+			replay = append(replay, &frame{b: b, kind: kindMessage, room: msg.Room, epoch: msg.Epoch, offset: msg.Offset})
+			last = max(last, msg.Offset)
+		}
+		if size > h.srv.cfg.ReplayLimit {
+			// Too much to replay: the client reloads the room's state
+			// instead, as when history has moved on.
+			h.srv.metrics.replayRefused.Inc()
+			res.recovered, replay = false, nil
+		}
+	}
+	if res.recovered {
+		res.cursor = *since
 	}
 
 	r := m.room
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	s.enqueue(ack(res))
+	s.reply(ack(res))
 	for _, f := range replay {
 		s.enqueueReplay(f)
 	}
@@ -154,6 +191,10 @@ func (h *hub) subscribe(ctx context.Context, s *session, name string, since *fan
 	m.holding, m.held = false, nil
 	return nil
 }
+
+// firstMembersPage is how many members a subscribe ack lists at most; the
+// rest are paged with the presence command or the HTTP API.
+const firstMembersPage = 100
 
 // ensureSubscribed subscribes this node to the room on the bus if it is not.
 func (h *hub) ensureSubscribed(ctx context.Context, r *hubRoom) error {
@@ -186,8 +227,10 @@ func (h *hub) unsubscribe(ctx context.Context, s *session, name string) bool {
 	r.members = r.members[:last]
 	r.mu.Unlock()
 
-	if err := h.bus.Leave(ctx, name, fanout.Member{User: s.ident.user, Session: s.id, Node: h.srv.cfg.NodeID}); err != nil {
-		h.srv.log.Warn("presence leave failed", "room", name, "session", s.id, "err", err)
+	if m.joined {
+		if err := h.bus.Leave(ctx, name, fanout.Member{User: s.ident.user, Session: s.id, Node: h.srv.cfg.NodeID}); err != nil {
+			h.srv.log.Warn("presence leave failed", "room", name, "session", s.id, "err", err)
+		}
 	}
 
 	r.sub.Lock()
@@ -223,9 +266,8 @@ func (h *hub) HandleMessage(msg *fanout.Message) {
 	if r == nil {
 		return
 	}
-	b, err := encodeMessage(msg)
-	if err != nil {
-		h.srv.log.Error("encoding message", "room", msg.Room, "err", err)
+	b := h.encodeShared(msg)
+	if b == nil {
 		return
 	}
 	f := &frame{b: b, kind: kindMessage, room: msg.Room, epoch: msg.Epoch, offset: msg.Offset, time: msg.Time}

@@ -54,7 +54,7 @@ func (l *limiterSet) allow(key string) bool {
 // new anonymous user.
 func (srv *Server) apiLimitKey(id identity, r *http.Request) string {
 	if srv.auth.dev() {
-		return "ip:" + clientIP(r)
+		return "ip:" + srv.clientIP(r)
 	}
 	return "user:" + id.user
 }

@@ -15,6 +15,7 @@ type metrics struct {
 	deliveryLatency prometheus.Histogram
 	publishLatency  prometheus.Histogram
 	slowConsumers   prometheus.Counter
+	replayRefused   prometheus.Counter
 	errorsSent      *prometheus.CounterVec
 	heartbeatClose  prometheus.Counter
 	draining        prometheus.Gauge
@@ -53,6 +54,9 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		slowConsumers: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "parley_slow_consumer_closes_total", Help: "Sessions closed because their outgoing queue passed its bound (queued frames dropped).",
 		}),
+		replayRefused: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "parley_replay_refused_total", Help: "Resumes answered recovered: false because their replay passed the replay limit.",
+		}),
 		errorsSent: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "parley_errors_total", Help: "Error frames and API errors sent, by code.",
 		}, []string{"code"}),
@@ -75,7 +79,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	m.out[transportSSE] = m.messagesOut.WithLabelValues(transportSSE.String())
 	if reg != nil {
 		reg.MustRegister(m.connections, m.connsTotal, m.rejected, m.messagesIn, m.messagesOut,
-			m.deliveryLatency, m.publishLatency, m.slowConsumers, m.errorsSent, m.heartbeatClose, m.draining)
+			m.deliveryLatency, m.publishLatency, m.slowConsumers, m.replayRefused, m.errorsSent, m.heartbeatClose, m.draining)
 	}
 	return m
 }

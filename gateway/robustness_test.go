@@ -135,7 +135,9 @@ func TestAPIKeyNotAcceptedInQuery(t *testing.T) {
 
 // A history page stops at its byte bound and says so.
 func TestHistoryPageByteBound(t *testing.T) {
-	ts := apiTestServer(t, nil)
+	ts := startServerWith(t, fanout.MemoryConfig{MaxRoomHistoryBytes: 64 << 20}, func(c *Config) {
+		c.JWTSecret, c.APIKey = apiTestSecret, apiTestKey
+	})
 	room := "big:history"
 	data := `{"pad":"` + strings.Repeat("y", 60<<10) + `"}`
 	for range 80 {

@@ -132,13 +132,17 @@ func (srv *Server) handleReady(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-// register adds a session; it fails while draining.
+// register adds a session; it fails while draining. It counts the session's
+// owner (its reader, or the SSE handler) in srv.goroutines, under the same
+// lock as the draining check, so Shutdown waits for every owner to finish;
+// the owner calls Done after finish.
 func (srv *Server) register(s *session) bool {
 	srv.sessMu.Lock()
 	defer srv.sessMu.Unlock()
 	if srv.draining.Load() {
 		return false
 	}
+	srv.goroutines.Add(1)
 	srv.sessions[s] = struct{}{}
 	srv.metrics.connections.WithLabelValues(s.transport.String()).Inc()
 	srv.metrics.connsTotal.WithLabelValues(s.transport.String()).Inc()
@@ -183,18 +187,39 @@ func (srv *Server) releaseIP(ip string) {
 	srv.perIP[ip]--
 }
 
-func clientIP(r *http.Request) string {
-	host, _, err := net.SplitHostPort(r.RemoteAddr)
-	if err != nil {
-		return r.RemoteAddr
+// presenceRoom reports whether every subscriber of room is in its presence
+// (Config.PresenceRooms).
+func (srv *Server) presenceRoom(room string) bool {
+	for _, p := range srv.cfg.PresenceRooms {
+		if matchRoom(p, room) {
+			return true
+		}
 	}
-	return host
+	return false
 }
 
-// finish releases what a session holds once its owner goroutine is done.
+// cleanupTimeout bounds what a finishing session undoes on the bus (leaving
+// its rooms and their presence). It has its own context: a session that
+// Shutdown closes finishes after the server's context is cancelled, and its
+// presence must still be cleaned up, or other nodes would keep a ghost.
+const cleanupTimeout = 5 * time.Second
+
+// finish releases what a session holds once its owner goroutine is done, and
+// logs why the node closed it, if it did. (The close itself may happen with a
+// room locked, where no logging belongs.)
 func (s *session) finish() {
+	s.mu.Lock()
+	code, reason := s.closeCode, s.closeReason
+	s.mu.Unlock()
+	if code == closeSlowConsumer {
+		s.srv.log.Info("slow consumer closed", "session", s.id, "user", s.ident.user, "ip", s.ip, "transport", s.transport.String())
+	} else if reason != "" {
+		s.srv.log.Debug("session closed", "session", s.id, "code", int(code), "reason", reason)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), cleanupTimeout)
+	defer cancel()
 	for room := range s.rooms {
-		s.srv.hub.unsubscribe(s.srv.ctx, s, room)
+		s.srv.hub.unsubscribe(ctx, s, room)
 	}
 	s.srv.unregister(s)
 	s.srv.releaseIP(s.ip)

@@ -17,7 +17,8 @@ type frameKind uint8
 
 const (
 	kindMessage   frameKind = iota // a room message; SSE renders it as an event
-	kindControl                    // welcome, ack, error, presence: WebSocket only
+	kindControl                    // welcome, ack, presence: WebSocket only (SSE: its welcome)
+	kindError                      // an error frame: SSE sends it as `event: error`
 	kindAck                        // a subscribe ack: WebSocket sends it, SSE moves its cursor
 	kindPing                       // heartbeat
 	kindReconnect                  // drain notice
@@ -66,15 +67,22 @@ type session struct {
 	conn    *websocket.Conn // WebSocket only
 	netConn net.Conn        // WebSocket only: for write deadlines
 
-	wake chan struct{} // capacity 1: frames are waiting
-	done chan struct{} // closed when the session is closed
+	wake    chan struct{} // capacity 1: frames are waiting
+	drained chan struct{} // capacity 1: the writer took the queue
+	done    chan struct{} // closed when the session is closed
 
-	mu      sync.Mutex
-	queue   []*frame
-	spare   []*frame
-	queued  int // bytes in queue
-	writing bool
-	closed  bool
+	mu        sync.Mutex
+	queue     []*frame
+	spare     []*frame
+	queued    int // bytes of live frames in queue
+	replies   int // bytes of replies in queue
+	replaying int // bytes of replay in queue
+	writing   bool
+	closed    bool
+	// closeCode and closeReason say why the node closed the session, for
+	// the log line its owner writes when it finishes.
+	closeCode   websocket.StatusCode
+	closeReason string
 
 	rooms   map[string]*member
 	limiter *rate.Limiter
@@ -97,6 +105,7 @@ func newSession(srv *Server, ident identity, t transportKind, ip string) *sessio
 		transport: t,
 		ip:        ip,
 		wake:      make(chan struct{}, 1),
+		drained:   make(chan struct{}, 1),
 		done:      make(chan struct{}),
 	}
 	now := srv.cfg.now().UnixNano()
@@ -106,34 +115,70 @@ func newSession(srv *Server, ident identity, t transportKind, ip string) *sessio
 	return s
 }
 
-// enqueue queues f for the client without blocking. It reports false when the
-// session is closed, or closes it as a slow consumer when the queue passes its
-// bound.
+// queueClass says which bound a queued frame counts against.
+type queueClass uint8
+
+const (
+	// classLive frames (room messages, presence events, heartbeats, drain
+	// notices) count against Config.QueueLimit: past it the session is a
+	// slow consumer and is closed.
+	classLive queueClass = iota
+	// classReply frames answer the client's own commands. They never close
+	// a session: while more than maxPendingReplies bytes of them are unsent,
+	// the reader reads no further command (see awaitDrain), so a client that
+	// does not read its replies is simply not served more.
+	classReply
+	// classReplay frames are history replayed by a subscribe and the live
+	// frames held while it was read: their bytes are shared with every other
+	// reader, and at most Config.ReplayLimit of them are unsent before the
+	// reader waits.
+	classReplay
+)
+
+// maxPendingReplies bounds the unsent reply bytes after which a session's
+// reader waits for its writer before reading another command.
+const maxPendingReplies = 64 << 10
+
+// enqueue queues a live frame for the client without blocking. It reports
+// false when the session is closed, or closes it as a slow consumer when the
+// queue passes its bound.
 func (s *session) enqueue(f *frame) bool {
-	return s.push(f, true)
+	return s.push(f, classLive)
+}
+
+// reply queues the answer to a client's command; it never closes the session.
+func (s *session) reply(f *frame) bool {
+	return s.push(f, classReply)
 }
 
 // enqueueReplay queues a frame of a subscription's replay (history and the
 // frames held while it was read). Replay does not count against the queue
-// bound: it is bounded by the history size, and counting it would close a
-// client that resumes after a busy spell every time it tried.
+// bound, so a client that resumes after a busy spell is not closed every time
+// it tries; the replay budget bounds it instead.
 func (s *session) enqueueReplay(f *frame) bool {
-	return s.push(f, false)
+	return s.push(f, classReplay)
 }
 
-func (s *session) push(f *frame, counted bool) bool {
+func (s *session) push(f *frame, class queueClass) bool {
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
 		return false
 	}
 	s.queue = append(s.queue, f)
-	if counted && f.kind != kindClose {
+	switch {
+	case f.kind == kindClose:
+	case class == classReply:
+		s.replies += len(f.b)
+	case class == classReplay:
+		s.replaying += len(f.b)
+	default:
 		s.queued += len(f.b)
-		if queued := s.queued; queued > s.srv.cfg.QueueLimit {
+		if s.queued > s.srv.cfg.QueueLimit {
 			s.mu.Unlock()
+			// No logging here: the hub calls push with a room locked. The
+			// session's owner logs the close when it finishes.
 			s.srv.metrics.slowConsumers.Inc()
-			s.srv.log.Info("slow consumer closed", "session", s.id, "queued_bytes", queued)
 			s.closeNow(closeSlowConsumer, "slow consumer")
 			return false
 		}
@@ -163,8 +208,36 @@ func (s *session) take() []*frame {
 	}
 	batch := s.queue
 	s.queue, s.spare = s.spare[:0], nil
-	s.queued = 0
+	s.queued, s.replies, s.replaying = 0, 0, 0
+	select {
+	case s.drained <- struct{}{}:
+	default:
+	}
 	return batch
+}
+
+// awaitDrain waits until the session's unsent replies and replay are within
+// their bounds; it reports false if the session closed meanwhile. The reader
+// calls it before reading a command, so a client that reads nothing stops
+// being read (TCP pushes back on it) instead of growing the node's memory.
+func (s *session) awaitDrain() bool {
+	for {
+		s.mu.Lock()
+		over := s.replies > maxPendingReplies || s.replaying > s.srv.cfg.ReplayLimit
+		closed := s.closed
+		s.mu.Unlock()
+		if closed {
+			return false
+		}
+		if !over {
+			return true
+		}
+		select {
+		case <-s.drained:
+		case <-s.done:
+			return false
+		}
+	}
 }
 
 func (s *session) release(batch []*frame) {
@@ -184,8 +257,9 @@ func (s *session) closeNow(code websocket.StatusCode, reason string) {
 		return
 	}
 	s.closed = true
+	s.closeCode, s.closeReason = code, reason
 	clear(s.queue)
-	s.queue, s.queued = nil, 0
+	s.queue, s.queued, s.replies, s.replaying = nil, 0, 0, 0
 	s.mu.Unlock()
 	close(s.done)
 	if s.conn != nil {
@@ -231,6 +305,9 @@ func (s *session) writeLoop() {
 			s.mu.Lock()
 			already := s.closed
 			s.closed = true
+			if !already {
+				s.closeCode, s.closeReason = closing.code, closing.reason
+			}
 			s.writing = false
 			s.mu.Unlock()
 			if !already {

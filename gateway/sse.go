@@ -194,7 +194,7 @@ func (srv *Server) handleSSE(w http.ResponseWriter, r *http.Request) {
 		}
 		since = c
 	}
-	ip := clientIP(r)
+	ip := srv.clientIP(r)
 	if !srv.acquireIP(ip) {
 		srv.metrics.rejected.WithLabelValues("ip_limit").Inc()
 		srv.writeError(w, errorf(codeRateLimited, "too many connections from this address"))
@@ -206,6 +206,7 @@ func (srv *Server) handleSSE(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "draining: reconnect to another node", http.StatusServiceUnavailable)
 		return
 	}
+	defer srv.goroutines.Done() // register counted the handler as the session's owner
 	defer s.finish()
 	defer s.closeNow(closeNormal, "")
 
@@ -322,11 +323,17 @@ func (s *session) writeSSE(bw *bufio.Writer, pos cursor, batch []*frame) bool {
 				oldest = f.time
 			}
 		case kindControl:
-			// The welcome is the only control frame an SSE session gets.
+			// The welcome is the only control frame an SSE session gets:
+			// acks move the cursor, and presence events are WebSocket only.
 			bw.WriteString("event: welcome\ndata: ")
 			bw.Write(f.b)
 			bw.WriteString("\nid: ")
 			bw.WriteString(pos.encode())
+			bw.WriteString("\n\n")
+		case kindError:
+			// No id line: an error moves no position.
+			bw.WriteString("event: error\ndata: ")
+			bw.Write(f.b)
 			bw.WriteString("\n\n")
 		case kindPing:
 			bw.WriteString(": ping\n\n")

@@ -78,7 +78,7 @@ func (srv *Server) handleWS(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "origin not allowed", http.StatusForbidden)
 		return
 	}
-	ip := clientIP(r)
+	ip := srv.clientIP(r)
 	if !srv.acquireIP(ip) {
 		srv.metrics.rejected.WithLabelValues("ip_limit").Inc()
 		http.Error(w, "too many connections from this address", http.StatusTooManyRequests)
@@ -96,7 +96,7 @@ func (srv *Server) handleWS(w http.ResponseWriter, r *http.Request) {
 	if err != nil {
 		srv.releaseIP(ip)
 		srv.metrics.rejected.WithLabelValues("handshake").Inc()
-		srv.log.Debug("websocket handshake refused", "remote", r.RemoteAddr, "err", err)
+		srv.log.Debug("websocket handshake refused", "remote", r.RemoteAddr, "client", ip, "err", err)
 		return
 	}
 	conn.SetReadLimit(srv.cfg.MaxFrameSize)
@@ -117,7 +117,7 @@ func (srv *Server) handleWS(w http.ResponseWriter, r *http.Request) {
 	s := newSession(srv, ident, transportWS, ip)
 	s.conn, s.netConn = conn, hw.conn
 	// The welcome is queued first, so it precedes a drain's reconnect notice.
-	s.enqueue(&frame{kind: kindControl, b: mustJSON(welcomeFrame{
+	s.reply(&frame{kind: kindControl, b: mustJSON(welcomeFrame{
 		Type: "welcome", Session: s.id, Node: srv.cfg.NodeID, User: ident.user,
 		PingMS: srv.cfg.PingInterval.Milliseconds(),
 	})})
@@ -126,16 +126,19 @@ func (srv *Server) handleWS(w http.ResponseWriter, r *http.Request) {
 		srv.releaseIP(ip)
 		return
 	}
-	srv.goroutines.Add(1)
 	go s.readLoop()
 }
 
 // readLoop is the session's owner: it reads and handles client frames one at
-// a time until the connection ends, then releases the session.
+// a time until the connection ends, then releases the session. register
+// counted it in srv.goroutines.
 func (s *session) readLoop() {
 	defer s.srv.goroutines.Done()
 	defer s.finish()
 	for {
+		if !s.awaitDrain() {
+			return
+		}
 		typ, b, err := s.conn.Read(context.Background())
 		if err != nil {
 			s.readFailed(err)
@@ -161,10 +164,10 @@ func (s *session) readFailed(err error) {
 	s.closeNow(closeNormal, "")
 }
 
-// reply queues an error frame for the command with id.
+// replyError queues an error frame for the command with id.
 func (s *session) replyError(id string, e *protoError) {
 	s.srv.metrics.errorsSent.WithLabelValues(e.Code).Inc()
-	s.enqueue(&frame{kind: kindControl, b: encodeError(id, e)})
+	s.reply(&frame{kind: kindError, b: encodeError(id, e)})
 }
 
 // commandTimeout bounds one command's bus calls.
@@ -193,8 +196,11 @@ func (s *session) handle(b []byte) {
 		id := f.ID
 		perr = s.srv.hub.subscribe(ctx, s, f.Room, f.Since, f.Presence, func(res subscribeResult) *frame {
 			off, rec := res.top.Offset, res.recovered
-			return &frame{kind: kindAck, room: f.Room, epoch: res.cursor.Epoch, offset: res.cursor.Offset,
-				b: mustJSON(ackFrame{Type: "ack", ID: id, Epoch: res.top.Epoch, Offset: &off, Recovered: &rec, Members: res.members})}
+			a := ackFrame{Type: "ack", ID: id, Epoch: res.top.Epoch, Offset: &off, Recovered: &rec}
+			if f.Presence {
+				a.Members, a.MembersTotal, a.MembersNext = res.members, &res.total, res.next
+			}
+			return &frame{kind: kindAck, room: f.Room, epoch: res.cursor.Epoch, offset: res.cursor.Offset, b: mustJSON(a)}
 		})
 		if perr != nil {
 			s.replyError(f.ID, perr)
@@ -204,7 +210,18 @@ func (s *session) handle(b []byte) {
 			s.replyError(f.ID, errorf(codeNotFound, "not subscribed to "+f.Room))
 			return
 		}
-		s.enqueue(&frame{kind: kindControl, b: mustJSON(ackFrame{Type: "ack", ID: f.ID})})
+		s.reply(&frame{kind: kindControl, b: mustJSON(ackFrame{Type: "ack", ID: f.ID})})
+	case "presence":
+		if !s.ident.may(actSubscribe, f.Room) {
+			s.replyError(f.ID, errorf(codeForbidden, "not allowed to subscribe to "+f.Room))
+			return
+		}
+		page, perr := s.srv.presencePage(ctx, f.Room, fanout.PresenceQuery{Cursor: f.Cursor, Limit: f.Limit})
+		if perr != nil {
+			s.replyError(f.ID, perr)
+			return
+		}
+		s.reply(&frame{kind: kindControl, b: mustJSON(presenceAck{Type: "ack", ID: f.ID, Members: page.Members, MembersTotal: page.Total, Next: page.Next})})
 	case "publish":
 		if !s.ident.may(actPublish, f.Room) {
 			s.replyError(f.ID, errorf(codeForbidden, "not allowed to publish to "+f.Room))
@@ -223,7 +240,7 @@ func (s *session) handle(b []byte) {
 			return
 		}
 		off := res.Offset
-		s.enqueue(&frame{kind: kindControl, b: mustJSON(ackFrame{Type: "ack", ID: f.ID, Epoch: res.Epoch, Offset: &off, Duplicate: res.Duplicate})})
+		s.reply(&frame{kind: kindControl, b: mustJSON(ackFrame{Type: "ack", ID: f.ID, Epoch: res.Epoch, Offset: &off, Duplicate: res.Duplicate})})
 	}
 }
 
@@ -238,11 +255,28 @@ func (srv *Server) publish(ctx context.Context, room string, p fanout.Publicatio
 	res, err := srv.cfg.Bus.Publish(ctx, room, p)
 	if err != nil {
 		srv.log.Warn("publish failed", "room", room, "err", err)
-		return res, errorf(codeInternal, "publish failed")
+		return res, busError(err, "publish failed")
 	}
 	srv.metrics.publishLatency.Observe(time.Since(start).Seconds())
 	if !res.Duplicate {
 		srv.metrics.messagesIn.WithLabelValues(source).Inc()
 	}
 	return res, nil
+}
+
+// presencePage reads a page of a room's members for the presence command and
+// the HTTP API.
+func (srv *Server) presencePage(ctx context.Context, room string, q fanout.PresenceQuery) (fanout.PresencePage, *protoError) {
+	page, err := srv.cfg.Bus.Presence(ctx, room, q)
+	switch {
+	case errors.Is(err, fanout.ErrBadCursor):
+		return page, errorf(codeBadRequest, "cursor is not one this node gave")
+	case err != nil:
+		srv.log.Warn("presence failed", "room", room, "err", err)
+		return page, busError(err, "presence unavailable")
+	}
+	if page.Members == nil {
+		page.Members = []fanout.Member{}
+	}
+	return page, nil
 }
