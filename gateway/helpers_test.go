@@ -154,3 +154,15 @@ func (w *wsConn) closeStatus() websocket.StatusCode {
 		}
 	}
 }
+
+// waitFor polls cond until it holds, failing the test after 5 seconds.
+func waitFor(t testing.TB, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("waited 5s for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}

@@ -41,6 +41,11 @@ type member struct {
 	// in the room's presence (it asked, or the room is a presence room).
 	presence bool
 	joined   bool
+	// epoch and last are the position the session has reached in the room:
+	// a live message at or below it (one the bus had accepted when history
+	// was read, delivered only after the subscription completed) is dropped.
+	epoch string
+	last  uint64
 	// While holding, live frames are kept in held instead of being queued, so
 	// that the subscribe ack and history go out first.
 	holding bool
@@ -182,8 +187,9 @@ func (h *hub) subscribe(ctx context.Context, s *session, name string, since *fan
 	for _, f := range replay {
 		s.enqueueReplay(f)
 	}
+	m.epoch, m.last = hist.Top.Epoch, last
 	for _, f := range m.held {
-		if f.kind == kindMessage && f.offset <= last {
+		if f.kind == kindMessage && !m.advance(f) {
 			continue
 		}
 		s.enqueueReplay(f)
@@ -277,9 +283,22 @@ func (h *hub) HandleMessage(msg *fanout.Message) {
 			m.hold(f)
 			continue
 		}
-		m.s.enqueue(f)
+		if m.advance(f) {
+			m.s.enqueue(f)
+		}
 	}
 	r.mu.Unlock()
+}
+
+// advance moves the member's position to message frame f and reports whether
+// f is new to it: not at or below the position in the same epoch. The room
+// is locked.
+func (m *member) advance(f *frame) bool {
+	if f.epoch == m.epoch && f.offset <= m.last {
+		return false
+	}
+	m.epoch, m.last = f.epoch, f.offset
+	return true
 }
 
 // HandlePresence implements fanout.Handler: members that asked for presence

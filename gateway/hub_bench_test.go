@@ -156,6 +156,7 @@ func BenchmarkHubFanout(b *testing.B) {
 			s.conn.CloseNow()
 			s.closeNow(closeNormal, "")
 			s.finish()
+			srv.goroutines.Done() // register counted the benchmark as the session's owner
 		}
 	}()
 	sink.wait(b)

@@ -2,8 +2,8 @@ package gateway
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
-	"io"
 	"net/http"
 	"strings"
 	"testing"
@@ -223,18 +223,26 @@ func TestSessionEndsWhenTokenExpires(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, ts.url+"/v1/sse?rooms=brief&token="+tok, nil)
-		resp, err := ts.http.Client().Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer resp.Body.Close()
+		// The stream is read as a browser's EventSource reads it: the error
+		// is its own event, not a welcome, and then the stream ends.
+		s := sseTestOpen(t, ts.url+"/v1/sse?rooms=brief&token="+tok, nil)
+		s.start()
 		start := time.Now()
-		if _, err := io.ReadAll(resp.Body); err != nil {
-			t.Fatalf("stream did not end cleanly: %v", err)
+		ev := s.next()
+		for ev.event == "" && len(ev.comments) > 0 { // heartbeats
+			ev = s.next()
 		}
+		var m map[string]any
+		if ev.event != "error" || json.Unmarshal([]byte(ev.data), &m) != nil {
+			t.Fatalf("got event %+v, want an error event with a JSON error frame", ev)
+		}
+		if m["type"] != "error" || m["code"] != codeUnauthorized || m["message"] != "token expired" {
+			t.Errorf("error event data: got %s, want an unauthorized error frame saying the token expired", ev.data)
+		}
+		if ev.id != "" {
+			t.Errorf("error event id: got %q, want none (an error moves no position)", ev.id)
+		}
+		s.expectEnd()
 		if took := time.Since(start); took > 5*time.Second {
 			t.Errorf("stream ended after %s, want about a second", took)
 		}

@@ -229,7 +229,7 @@ func Run(ctx context.Context, cfg Config) (Report, error) {
 			rep.ConnectErrors++
 			continue
 		}
-		if _, err := c.Subscribe(ctx, room, false); err != nil {
+		if _, err := c.Subscribe(ctx, room, client.SubscribeOptions{}); err != nil {
 			rep.ConnectErrors++
 			c.Close()
 			continue

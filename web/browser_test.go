@@ -13,6 +13,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -65,15 +66,21 @@ type node struct {
 	once   sync.Once
 }
 
-func startNode(t *testing.T, name string) (*node, error) {
+// startNode starts a node; configure, if given, changes its configuration
+// first (a JWT secret, say).
+func startNode(t *testing.T, name string, configure ...func(*gateway.Config)) (*node, error) {
 	bus := fanout.NewMemory(fanout.MemoryConfig{})
-	srv, err := gateway.New(gateway.Config{
+	cfg := gateway.Config{
 		Bus:          bus,
 		NodeID:       name,
 		PingInterval: pingInterval,
 		PongTimeout:  5 * time.Second, // roomy: a loaded machine may starve the browser
 		DrainTimeout: 300 * time.Millisecond,
-	})
+	}
+	for _, f := range configure {
+		f(&cfg)
+	}
+	srv, err := gateway.New(cfg)
 	if err != nil {
 		bus.Close()
 		return nil, err
@@ -281,9 +288,18 @@ func startWorld(t *testing.T) *world {
 	return w
 }
 
-// runScript runs a browser script of testdata/ against w and decodes the JSON
-// line it prints into result.
-func runScript(t *testing.T, w *world, script string, result any) {
+// env is what a browser script needs to reach w (lib.mjs lists it).
+func (w *world) env() []string {
+	return []string{
+		"PARLEY_URL=" + w.proxy.url(),
+		"PARLEY_DIRECT=" + w.direct(),
+		"PARLEY_CONTROL=" + w.control.URL,
+	}
+}
+
+// runScript runs a browser script of testdata/ with env (the addresses it
+// talks to) and decodes the JSON line it prints into result.
+func runScript(t *testing.T, env []string, script string, result any) {
 	t.Helper()
 	nodeBin, chromium := browserTools(t)
 	shots := os.Getenv("PARLEY_SCREENSHOT_DIR")
@@ -299,10 +315,8 @@ func runScript(t *testing.T, w *world, script string, result any) {
 	// On timeout, SIGTERM first: playwright then closes the browser it started.
 	cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGTERM) }
 	cmd.WaitDelay = 5 * time.Second
-	cmd.Env = append(os.Environ(),
-		"PARLEY_URL="+w.proxy.url(),
-		"PARLEY_DIRECT="+w.direct(),
-		"PARLEY_CONTROL="+w.control.URL,
+	cmd.Env = append(os.Environ(), env...)
+	cmd.Env = append(cmd.Env,
 		"PARLEY_SCREENSHOT_DIR="+shots,
 		"PARLEY_CHROMIUM="+chromium,
 		"PARLEY_TIMEOUT_MS=100000",
@@ -379,10 +393,21 @@ func (d *delivered) UnmarshalJSON(b []byte) error {
 	return json.Unmarshal(pair[1], &d.Offset)
 }
 
+type presencePage struct {
+	Sessions []string `json:"sessions"`
+	Total    int      `json:"total"`
+	Next     bool     `json:"next"`
+}
+
 type chatResult struct {
 	pageLog
-	Room       string   `json:"room"`
-	Users      []string `json:"users"`
+	Room         string   `json:"room"`
+	Users        []string `json:"users"`
+	MemberCounts []string `json:"memberCounts"`
+	Presence     struct {
+		First, Second presencePage
+		All           []string
+	} `json:"presencePages"`
 	Sessions   []string `json:"sessions"`
 	Heartbeats []struct {
 		Pings, Pongs int
@@ -410,7 +435,7 @@ func TestChatPage(t *testing.T) {
 	browserTools(t)
 	w := startWorld(t)
 	var res chatResult
-	runScript(t, w, "chat.mjs", &res)
+	runScript(t, w.env(), "chat.mjs", &res)
 	res.check(t)
 
 	if len(res.Pages) != 2 || len(res.ShownAfterCut) != 2 {
@@ -418,6 +443,22 @@ func TestChatPage(t *testing.T) {
 	}
 	if res.Users[0] == res.Users[1] {
 		t.Errorf("both pages are user %s, want two anonymous users", res.Users[0])
+	}
+	if !slices.Equal(res.MemberCounts, []string{"(2)", "(2)"}) {
+		t.Errorf("member counts shown %q, want (2) on both pages", res.MemberCounts)
+	}
+	// client.presence with limit 1 pages through the two sessions in session
+	// order; allMembers walks both pages.
+	p := res.Presence
+	sessions := slices.Sorted(slices.Values(res.Sessions))
+	if want := (presencePage{Sessions: sessions[:1], Total: 2, Next: true}); !slices.Equal(p.First.Sessions, want.Sessions) || p.First.Total != 2 || !p.First.Next {
+		t.Errorf("presence page 1: got %+v, want %+v", p.First, want)
+	}
+	if want := (presencePage{Sessions: sessions[1:], Total: 2, Next: false}); !slices.Equal(p.Second.Sessions, want.Sessions) || p.Second.Total != 2 || p.Second.Next {
+		t.Errorf("presence page 2: got %+v, want %+v", p.Second, want)
+	}
+	if !slices.Equal(p.All, sessions) {
+		t.Errorf("allMembers: got sessions %v, want %v", p.All, sessions)
 	}
 	for i, h := range res.Heartbeats {
 		if h.Pings < 3 || h.Pongs < h.Pings {
@@ -501,7 +542,7 @@ func TestEventsPage(t *testing.T) {
 	browserTools(t)
 	w := startWorld(t)
 	var res eventsResult
-	runScript(t, w, "events.mjs", &res)
+	runScript(t, w.env(), "events.mjs", &res)
 	res.check(t)
 
 	if !strings.Contains(res.FirstText, "Test event from the browser") {
@@ -516,5 +557,123 @@ func TestEventsPage(t *testing.T) {
 	want := []string{res.Room + "/4", res.Room + "/3", res.Other + "/1", res.Room + "/2", res.Room + "/1"}
 	if fmt.Sprint(got) != fmt.Sprint(want) {
 		t.Errorf("events shown %v, want %v", got, want)
+	}
+}
+
+// tokenLeeway is the clock skew the node allows past a token's exp
+// (docs/PROTOCOL.md): a token minted with ttl d is accepted for d + 5 s.
+const tokenLeeway = 5 * time.Second
+
+type sseExpiryLog struct {
+	Streams   int                              `json:"streams"`
+	Raw       [][2]any                         `json:"raw"`
+	Errors    []struct{ Code, Message string } `json:"errors"`
+	Welcomes  int                              `json:"welcomes"`
+	Delivered []uint64                         `json:"delivered"`
+	States    []string                         `json:"states"`
+	State     string                           `json:"state"`
+}
+
+// serverErrors returns the data of the events named error that carry data
+// (the node's, not the browser's connection errors), and of any welcome event
+// that holds an error frame.
+func (l sseExpiryLog) serverErrors() (errs []map[string]any, welcomes []string) {
+	for _, ev := range l.Raw {
+		data, ok := ev[1].(string)
+		if !ok {
+			continue
+		}
+		switch ev[0] {
+		case "error":
+			var f map[string]any
+			json.Unmarshal([]byte(data), &f)
+			errs = append(errs, f)
+		case "welcome":
+			if strings.Contains(data, `"type":"error"`) {
+				welcomes = append(welcomes, data)
+			}
+		}
+	}
+	return errs, welcomes
+}
+
+type sseExpiryResult struct {
+	pageLog
+	Room       string       `json:"room"`
+	TokenCalls int          `json:"tokenCalls"`
+	Renewing   sseExpiryLog `json:"renewing"`
+	Fixed      sseExpiryLog `json:"fixed"`
+}
+
+// TestSSETokenExpiry runs ParleySSE in Chromium (a real EventSource) against
+// a node that checks JWTs. When a stream's token expires, the node sends an
+// `error` event (code unauthorized) and ends the stream. With a token
+// function the page gets a fresh token and resumes from its last event,
+// missing none of the messages published meanwhile; with a fixed token it
+// reports the error and stops, instead of reconnecting with a token the node
+// refuses.
+func TestSSETokenExpiry(t *testing.T) {
+	browserTools(t)
+	secret := []byte("web-sse-expiry-secret")
+	n, err := startNode(t, "node-jwt", func(c *gateway.Config) { c.JWTSecret = secret })
+	if err != nil {
+		t.Fatal(err)
+	}
+	// POST /token?user=U&ttl_ms=N answers a token of U that the node accepts
+	// for about N ms (exp has whole seconds: between N-1000 and N).
+	mux := http.NewServeMux()
+	mux.HandleFunc("POST /token", func(rw http.ResponseWriter, r *http.Request) {
+		ms, err := strconv.Atoi(r.URL.Query().Get("ttl_ms"))
+		if err != nil {
+			http.Error(rw, "ttl_ms: "+err.Error(), http.StatusBadRequest)
+			return
+		}
+		tok, err := gateway.MintToken(secret, r.URL.Query().Get("user"), time.Duration(ms)*time.Millisecond-tokenLeeway, nil, time.Now())
+		if err != nil {
+			http.Error(rw, err.Error(), http.StatusInternalServerError)
+			return
+		}
+		json.NewEncoder(rw).Encode(map[string]string{"token": tok})
+	})
+	control := httptest.NewServer(mux)
+	t.Cleanup(control.Close)
+
+	var res sseExpiryResult
+	runScript(t, []string{"PARLEY_URL=" + n.url, "PARLEY_CONTROL=" + control.URL}, "sse-expiry.mjs", &res)
+	res.check(t)
+
+	for name, l := range map[string]sseExpiryLog{"renewing": res.Renewing, "fixed": res.Fixed} {
+		errs, welcomes := l.serverErrors()
+		if len(welcomes) > 0 {
+			t.Errorf("%s: the node sent an error as a welcome event: %q", name, welcomes)
+		}
+		if len(errs) != 1 || errs[0]["type"] != "error" || errs[0]["code"] != "unauthorized" {
+			t.Errorf("%s: the stream's error events carried %v, want one {type: error, code: unauthorized}", name, errs)
+		}
+		if len(l.Errors) != 1 || l.Errors[0].Code != "unauthorized" {
+			t.Errorf("%s: the application got errors %+v, want one unauthorized", name, l.Errors)
+		}
+	}
+
+	r := res.Renewing
+	if res.TokenCalls != 2 {
+		t.Errorf("renewing: the token function was called %d times, want 2 (the first stream, the renewal)", res.TokenCalls)
+	}
+	if r.Streams != 2 || r.Welcomes != 2 {
+		t.Errorf("renewing: %d streams, %d welcomes; want 2 of each (the expired stream and its successor)", r.Streams, r.Welcomes)
+	}
+	if !slices.Equal(r.Delivered, []uint64{1, 2, 3, 4}) {
+		t.Errorf("renewing: delivered offsets %v, want 1 to 4 once each (2 and 3 published while the token was renewed)", r.Delivered)
+	}
+	if r.State != "open" {
+		t.Errorf("renewing: ended in state %q, want open", r.State)
+	}
+
+	f := res.Fixed
+	if f.Streams != 1 {
+		t.Errorf("fixed: %d streams, want 1: the client must not reconnect with a refused token", f.Streams)
+	}
+	if f.State != "closed" {
+		t.Errorf("fixed: ended in state %q, want closed", f.State)
 	}
 }

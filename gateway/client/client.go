@@ -23,6 +23,9 @@ var (
 	// ErrDisconnected is returned for a command whose connection dropped
 	// before its reply; a publish with a key can be retried safely.
 	ErrDisconnected = errors.New("client: disconnected before the reply")
+	// ErrInvalidJSON is returned by Publish for data given as JSON bytes
+	// ([]byte or json.RawMessage) that are not valid JSON; nothing is sent.
+	ErrInvalidJSON = errors.New("client: data is not valid JSON")
 )
 
 // Options configure a Client. Zero values take the documented defaults.
@@ -44,9 +47,15 @@ type Options struct {
 	MinBackoff, MaxBackoff time.Duration
 	// NoReconnect makes the client stop at the first disconnect.
 	NoReconnect bool
-	// EventBuffer is the capacity of Events; zero means 1024. A full buffer
-	// stops reading, so a client that does not drain Events becomes the
-	// server's slow consumer and resumes later.
+	// EventBuffer bounds the room events (messages, presence events, error
+	// frames that answer no command) waiting for the application to receive
+	// them from Events; zero means 1024. A room whose event finds the bound
+	// reached is paused: the client drops its events without moving its
+	// position and unsubscribes, then subscribes again from that position once
+	// the application has read the waiting events down to half the bound,
+	// and the node sends the missed messages from its history. Reading slowly
+	// therefore loses no message, and commands complete meanwhile. The package
+	// documentation describes the delivery model.
 	EventBuffer int
 	// ReadLimit bounds one server frame; zero means 4 MiB.
 	ReadLimit int64
@@ -85,12 +94,32 @@ type Welcome struct {
 	PingMS  int64  `json:"ping_ms"`
 }
 
+// SubscribeOptions configure a subscription. The zero value subscribes
+// without presence from the room's current position.
+type SubscribeOptions struct {
+	// Presence asks for the room's presence: the ack carries the first page
+	// of its members, and joins and leaves come as EventPresence.
+	Presence bool
+	// Since, when set, starts the subscription after that position: every
+	// later message still in the node's history is delivered first, in
+	// order, and the ack's Recovered says whether history reached back that
+	// far. A position saved from a Message (its Epoch and Offset) or from
+	// Position resumes where the application left off.
+	Since *Position
+}
+
 // SubscribeAck is the server's answer to a subscribe.
 type SubscribeAck struct {
-	Epoch     string   `json:"epoch"`
-	Offset    uint64   `json:"offset"`
-	Recovered bool     `json:"recovered"`
-	Members   []Member `json:"members,omitempty"`
+	Epoch     string `json:"epoch"`
+	Offset    uint64 `json:"offset"`
+	Recovered bool   `json:"recovered"`
+	// Members, MembersTotal and MembersNext answer a subscribe with
+	// presence: the first page of the room's members (at most 100, ordered
+	// by session id), how many members the room has, and the cursor of the
+	// next page for Presence, empty when Members holds them all.
+	Members      []Member `json:"members,omitempty"`
+	MembersTotal int      `json:"members_total,omitempty"`
+	MembersNext  string   `json:"members_next,omitempty"`
 }
 
 // PublishAck is the server's answer to a publish.
@@ -114,10 +143,13 @@ type EventKind int
 const (
 	// EventMessage carries Message: a room message not delivered before.
 	EventMessage EventKind = iota
-	// EventPresence carries Presence.
+	// EventPresence carries Presence: a join or a leave in a room subscribed
+	// with presence, or a sync (see Presence.Event).
 	EventPresence
 	// EventConnected carries Welcome: a connection is up and every room has
-	// been subscribed again.
+	// been subscribed again, except a paused one (see the package
+	// documentation), which is subscribed once the application has read
+	// enough of Events.
 	EventConnected
 	// EventDisconnected carries Err: the connection dropped; the client
 	// reconnects unless NoReconnect.
@@ -137,9 +169,13 @@ const (
 	EventDraining
 )
 
-// Presence is a join or leave in a room.
+// Presence is a change in a room's members.
 type Presence struct {
-	Room    string `json:"room"`
+	Room string `json:"room"`
+	// Event is "join" or "leave" (with User and Session), or "sync": the
+	// room was subscribed again, after a reconnect or a pause (see the
+	// package documentation), so joins and leaves may have been missed;
+	// Client.AllMembers gives the current members.
 	Event   string `json:"event"`
 	User    string `json:"user"`
 	Session string `json:"session"`
@@ -157,11 +193,25 @@ type Event struct {
 	After    time.Duration
 }
 
+// sub is the client's side of a subscription; its fields are guarded by
+// Client.mu.
 type sub struct {
 	presence bool
-	pos      Position
-	seen     bool // pos has been set by SubscribeSince, an ack or a message
-	acked    bool // the server acknowledged the subscription once
+	// pos is the last position queued for the application (or set by an
+	// ack): a subscribe again resumes after it, and a message at or before
+	// it is a duplicate.
+	pos  Position
+	seen bool // pos has been set by Since, an ack or a message
+	// delivered is the position of the last message handed to Events, or
+	// the subscription's starting position; Position reports it.
+	delivered Position
+	acked     bool // the server acknowledged the subscription once
+	// paused: an event of the room found the queue full; the room's events
+	// are dropped and pos stays put until resync subscribes it again.
+	paused bool
+	// stopped: the paused room is not subscribed on the node any more (it
+	// was unsubscribed, or the connection it was subscribed on is gone).
+	stopped bool
 }
 
 type reply struct {
@@ -178,15 +228,30 @@ type call struct {
 	onAck func(raw []byte)
 }
 
-// Client is a connection to a Parley node that survives reconnects.
+// Client is a connection to a Parley node that survives reconnects. Its
+// methods may be called from any goroutine, including the one that reads
+// Events.
 type Client struct {
 	opts   Options
 	log    *slog.Logger
 	events chan Event
 
+	// ctx ends with Close, or when the connection ends for good
+	// (NoReconnect); commands then fail with ErrClosed.
 	ctx    context.Context
 	cancel context.CancelFunc
-	done   chan struct{}
+	// closed is closed by Close: the dispatcher stops at once.
+	closed    chan struct{}
+	closeOnce sync.Once
+	// goroutines are run, dispatch and resync; Close waits for them.
+	goroutines sync.WaitGroup
+
+	// limit bounds the room events queued; lowWater is where paused rooms
+	// are subscribed again.
+	limit, lowWater int
+	// wake tells dispatch that the queue has an event or run has ended;
+	// resyncWake tells resync that a room was paused or the queue drained.
+	wake, resyncWake chan struct{}
 
 	mu      sync.Mutex
 	conn    *websocket.Conn
@@ -195,6 +260,11 @@ type Client struct {
 	pending map[string]*call
 	nextID  uint64
 	ready   chan struct{} // closed once connected; replaced on disconnect
+	queue   eventQueue
+	// resyncWanted: some room is paused; dispatch wakes resync when the
+	// queue drains.
+	resyncWanted bool
+	runDone      bool // run has returned: dispatch ends once the queue is empty
 }
 
 // Dial connects to the node and returns a Client that stays connected until
@@ -219,13 +289,17 @@ func Dial(ctx context.Context, opts Options) (*Client, error) {
 		opts.ReadLimit = 4 << 20
 	}
 	c := &Client{
-		opts:    opts,
-		log:     opts.Logger.With("component", "parley-client"),
-		events:  make(chan Event, opts.EventBuffer),
-		done:    make(chan struct{}),
-		subs:    make(map[string]*sub),
-		pending: make(map[string]*call),
-		ready:   make(chan struct{}),
+		opts:       opts,
+		log:        opts.Logger.With("component", "parley-client"),
+		events:     make(chan Event),
+		closed:     make(chan struct{}),
+		limit:      opts.EventBuffer,
+		lowWater:   opts.EventBuffer / 2,
+		wake:       make(chan struct{}, 1),
+		resyncWake: make(chan struct{}, 1),
+		subs:       make(map[string]*sub),
+		pending:    make(map[string]*call),
+		ready:      make(chan struct{}),
 	}
 	c.ctx, c.cancel = context.WithCancel(context.Background())
 	conn, w, err := c.connect(ctx)
@@ -233,11 +307,17 @@ func Dial(ctx context.Context, opts Options) (*Client, error) {
 		c.cancel()
 		return nil, err
 	}
+	c.goroutines.Add(3)
 	go c.run(conn, w)
+	go c.dispatch()
+	go c.resync()
 	return c, nil
 }
 
-// Events returns the client's events; it is closed after Close.
+// Events returns the client's events, in the order they happened; the
+// package documentation describes how they are delivered. It is closed after
+// Close, or, with NoReconnect, once the connection has ended and every event
+// has been received.
 func (c *Client) Events() <-chan Event { return c.events }
 
 // Welcome returns the current connection's welcome.
@@ -247,16 +327,19 @@ func (c *Client) Welcome() Welcome {
 	return c.welcome
 }
 
-// Close closes the connection and stops reconnecting.
+// Close closes the connection and stops reconnecting; events not yet
+// received from Events are discarded. It may be called from the goroutine
+// that reads Events, and more than once.
 func (c *Client) Close() error {
 	c.cancel()
+	c.closeOnce.Do(func() { close(c.closed) })
 	c.mu.Lock()
 	conn := c.conn
 	c.mu.Unlock()
 	if conn != nil {
 		conn.Close(websocket.StatusNormalClosure, "")
 	}
-	<-c.done
+	c.goroutines.Wait()
 	return nil
 }
 
@@ -332,10 +415,16 @@ func firstLine(b []byte) []byte {
 }
 
 // run owns the connection: it reads until the connection drops, then
-// reconnects with backoff and resubscribes, until Close.
+// reconnects with backoff and resubscribes, until Close (or the first
+// disconnect, with NoReconnect).
 func (c *Client) run(conn *websocket.Conn, w Welcome) {
-	defer close(c.done)
-	defer close(c.events)
+	defer c.goroutines.Done()
+	defer func() {
+		c.mu.Lock()
+		c.runDone = true
+		c.mu.Unlock()
+		poke(c.wake)
+	}()
 	// Once run is over (NoReconnect), calls waiting for a connection fail
 	// with ErrClosed instead of waiting for one that never comes.
 	defer c.cancel()
@@ -383,10 +472,20 @@ func (c *Client) run(conn *websocket.Conn, w Welcome) {
 	}
 }
 
+// subscribeFrame is the subscribe command for room.
+func subscribeFrame(room string, presence bool, since *Position) map[string]any {
+	f := map[string]any{"type": "subscribe", "room": room, "presence": presence}
+	if since != nil {
+		f["since"] = *since
+	}
+	return f
+}
+
 // resubscribe subscribes every room the server had acknowledged again from
 // its last position, then reports the connection ready. A room the server
 // now refuses is dropped and reported; a subscription still waiting for its
-// first ack is left to its own Subscribe call, which retries.
+// first ack is left to its own Subscribe call, which retries, and a paused
+// room to resync.
 func (c *Client) resubscribe(conn *websocket.Conn) error {
 	c.mu.Lock()
 	rooms := make(map[string]*sub, len(c.subs))
@@ -398,21 +497,25 @@ func (c *Client) resubscribe(conn *websocket.Conn) error {
 	c.mu.Unlock()
 	for room, s := range rooms {
 		c.mu.Lock()
-		since, seen, presence := s.pos, s.seen, s.presence
-		c.mu.Unlock()
-		f := map[string]any{"type": "subscribe", "room": room, "presence": presence}
-		if seen {
-			f["since"] = since
+		var since *Position
+		if s.seen {
+			since = &Position{Epoch: s.pos.Epoch, Offset: s.pos.Offset}
 		}
-		_, err := c.command(c.ctx, conn, f, c.onSubscribeAck(room, s, true))
+		skip := c.subs[room] != s || s.paused
+		if s.paused {
+			// Not subscribed on this connection: resync subscribes it
+			// once the queue has drained.
+			s.stopped = true
+		}
+		presence := s.presence
+		c.mu.Unlock()
+		if skip {
+			continue
+		}
+		_, err := c.command(c.ctx, conn, subscribeFrame(room, presence, since), c.onSubscribeAck(room, s, true))
 		var serr *ServerError
 		if errors.As(err, &serr) {
-			c.mu.Lock()
-			if c.subs[room] == s {
-				delete(c.subs, room)
-			}
-			c.mu.Unlock()
-			c.emit(Event{Kind: EventError, Room: room, Err: err})
+			c.dropRoom(room, s, err)
 			continue
 		}
 		if err != nil {
@@ -423,8 +526,19 @@ func (c *Client) resubscribe(conn *websocket.Conn) error {
 	close(c.ready)
 	w := c.welcome
 	c.mu.Unlock()
-	c.emit(Event{Kind: EventConnected, Welcome: w})
+	c.notify(Event{Kind: EventConnected, Welcome: w})
 	return nil
+}
+
+// dropRoom forgets a subscription the server refused to renew and reports
+// it.
+func (c *Client) dropRoom(room string, s *sub, err error) {
+	c.mu.Lock()
+	if c.subs[room] == s {
+		delete(c.subs, room)
+	}
+	c.mu.Unlock()
+	c.notify(Event{Kind: EventError, Room: room, Err: err})
 }
 
 // failPending fails every command waiting for a reply.
@@ -448,19 +562,13 @@ func (c *Client) disconnected(err error) {
 	}
 	c.mu.Unlock()
 	if c.ctx.Err() == nil {
-		c.emit(Event{Kind: EventDisconnected, Err: err})
-	}
-}
-
-func (c *Client) emit(e Event) {
-	select {
-	case c.events <- e:
-	case <-c.ctx.Done():
+		c.notify(Event{Kind: EventDisconnected, Err: err})
 	}
 }
 
 // readLoop reads frames until the connection fails. It returns the error and,
-// if the server asked for it, when to reconnect.
+// if the server asked for it, when to reconnect. It never waits for the
+// application: events go to the queue.
 func (c *Client) readLoop(conn *websocket.Conn, w Welcome) (time.Time, error) {
 	idle := time.Duration(w.PingMS)*time.Millisecond + 10*time.Second
 	var reconnectAt time.Time
@@ -476,7 +584,7 @@ func (c *Client) readLoop(conn *websocket.Conn, w Welcome) (time.Time, error) {
 			b = b[min(len(line)+1, len(b)):]
 			if d, ok := c.handle(conn, line); ok {
 				reconnectAt = time.Now().Add(d)
-				c.emit(Event{Kind: EventDraining, After: d})
+				c.notify(Event{Kind: EventDraining, After: d})
 			}
 		}
 	}
@@ -504,15 +612,19 @@ func (c *Client) handle(conn *websocket.Conn, line []byte) (time.Duration, bool)
 		c.mu.Lock()
 		s := c.subs[f.Room]
 		dup := s != nil && s.seen && s.pos.Epoch == f.Epoch && f.Offset <= s.pos.Offset
-		if s != nil && !dup {
+		if s != nil && !dup && c.admit(f.Room, s) {
 			s.pos, s.seen = Position{Epoch: f.Epoch, Offset: f.Offset}, true
+			c.queue.push(queued{ev: Event{Kind: EventMessage, Message: f.Message}, s: s, pos: s.pos})
+			poke(c.wake)
 		}
 		c.mu.Unlock()
-		if s != nil && !dup {
-			c.emit(Event{Kind: EventMessage, Message: f.Message})
-		}
 	case "presence":
-		c.emit(Event{Kind: EventPresence, Presence: Presence{Room: f.Room, Event: f.Event, User: f.User, Session: f.Session}})
+		c.mu.Lock()
+		if s := c.subs[f.Room]; s != nil && c.admit(f.Room, s) {
+			c.queue.push(queued{ev: Event{Kind: EventPresence, Presence: Presence{Room: f.Room, Event: f.Event, User: f.User, Session: f.Session}}})
+			poke(c.wake)
+		}
+		c.mu.Unlock()
 	case "ping":
 		ctx, cancel := context.WithTimeout(c.ctx, 10*time.Second)
 		conn.Write(ctx, websocket.MessageText, []byte(`{"type":"pong"}`))
@@ -537,7 +649,14 @@ func (c *Client) handle(conn *websocket.Conn, line []byte) (time.Duration, bool)
 			}
 			call.ch <- r
 		case r.err != nil:
-			c.emit(Event{Kind: EventError, Err: r.err})
+			c.mu.Lock()
+			if c.queue.len() < c.limit {
+				c.queue.push(queued{ev: Event{Kind: EventError, Err: r.err}})
+				poke(c.wake)
+			} else {
+				c.log.Warn("error frame dropped: the event queue is full", "err", r.err)
+			}
+			c.mu.Unlock()
 		}
 	}
 	return 0, false
@@ -550,13 +669,15 @@ func (c *Client) command(ctx context.Context, conn *websocket.Conn, f map[string
 	c.mu.Lock()
 	c.nextID++
 	id := strconv.FormatUint(c.nextID, 10)
-	c.pending[id] = &call{ch: ch, onAck: onAck}
 	c.mu.Unlock()
 	f["id"] = id
 	b, err := json.Marshal(f)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("client: encoding %v: %w", f["type"], err)
 	}
+	c.mu.Lock()
+	c.pending[id] = &call{ch: ch, onAck: onAck}
+	c.mu.Unlock()
 	if err := conn.Write(ctx, websocket.MessageText, b); err != nil {
 		c.mu.Lock()
 		delete(c.pending, id)
@@ -593,22 +714,16 @@ func (c *Client) live(ctx context.Context) (*websocket.Conn, error) {
 	}
 }
 
-// Subscribe joins a room and keeps it joined across reconnects; messages come
-// on Events.
-func (c *Client) Subscribe(ctx context.Context, room string, presence bool) (SubscribeAck, error) {
-	return c.subscribe(ctx, room, presence, nil)
-}
-
-// SubscribeSince joins a room from a known position: every message after it
-// that is still in history is delivered first (ack.Recovered tells).
-func (c *Client) SubscribeSince(ctx context.Context, room string, since Position) (SubscribeAck, error) {
-	return c.subscribe(ctx, room, false, &since)
-}
-
-func (c *Client) subscribe(ctx context.Context, room string, presence bool, since *Position) (SubscribeAck, error) {
-	s := &sub{presence: presence}
-	if since != nil {
-		s.pos, s.seen = *since, true
+// Subscribe joins a room and keeps it joined across reconnects; its messages
+// and presence events come on Events. The zero SubscribeOptions start at the
+// room's current position, without presence. A room can be subscribed once
+// at a time.
+func (c *Client) Subscribe(ctx context.Context, room string, opts SubscribeOptions) (SubscribeAck, error) {
+	s := &sub{presence: opts.Presence}
+	var since *Position
+	if opts.Since != nil {
+		since = &Position{Epoch: opts.Since.Epoch, Offset: opts.Since.Offset}
+		s.pos, s.delivered, s.seen = *since, *since, true
 	}
 	c.mu.Lock()
 	if _, ok := c.subs[room]; ok {
@@ -617,10 +732,7 @@ func (c *Client) subscribe(ctx context.Context, room string, presence bool, sinc
 	}
 	c.subs[room] = s
 	c.mu.Unlock()
-	f := map[string]any{"type": "subscribe", "room": room, "presence": presence}
-	if since != nil {
-		f["since"] = since
-	}
+	f := subscribeFrame(room, opts.Presence, since)
 	for {
 		conn, err := c.live(ctx)
 		if err == nil {
@@ -649,8 +761,10 @@ func (c *Client) subscribe(ctx context.Context, room string, presence bool, sinc
 }
 
 // onSubscribeAck returns what the read loop does with a subscribe ack for s:
-// it sets the room's position before any message that follows the ack, and
-// after a reconnect reports a room that could not be recovered.
+// it sets the room's position before any message that follows the ack and
+// ends a pause. When the room is subscribed again (resumed: after a
+// reconnect or a pause) it reports a room that could not be recovered, and
+// a presence sync.
 func (c *Client) onSubscribeAck(room string, s *sub, resumed bool) func(raw []byte) {
 	return func(raw []byte) {
 		var ack SubscribeAck
@@ -660,8 +774,8 @@ func (c *Client) onSubscribeAck(room string, s *sub, resumed bool) func(raw []by
 		}
 		top := Position{Epoch: ack.Epoch, Offset: ack.Offset}
 		c.mu.Lock()
+		defer c.mu.Unlock()
 		if c.subs[room] != s {
-			c.mu.Unlock()
 			return
 		}
 		lost := resumed && s.seen && !ack.Recovered
@@ -670,17 +784,25 @@ func (c *Client) onSubscribeAck(room string, s *sub, resumed bool) func(raw []by
 			// Otherwise the room goes on from its current top.
 			s.pos, s.seen = top, true
 		}
-		s.acked = true
-		c.mu.Unlock()
-		if lost {
-			c.emit(Event{Kind: EventLost, Room: room, Position: top})
+		if !resumed {
+			s.delivered = s.pos
 		}
+		s.acked, s.paused, s.stopped = true, false, false
+		if lost {
+			c.queue.push(queued{ev: Event{Kind: EventLost, Room: room, Position: top}, s: s, pos: top})
+		}
+		if resumed && s.presence {
+			c.queue.push(queued{ev: Event{Kind: EventPresence, Presence: Presence{Room: room, Event: "sync"}}})
+		}
+		poke(c.wake)
 	}
 }
 
 // Unsubscribe leaves a room.
 func (c *Client) Unsubscribe(ctx context.Context, room string) error {
 	c.mu.Lock()
+	s := c.subs[room]
+	paused := s != nil && s.paused
 	delete(c.subs, room)
 	c.mu.Unlock()
 	conn, err := c.live(ctx)
@@ -688,36 +810,67 @@ func (c *Client) Unsubscribe(ctx context.Context, room string) error {
 		return err
 	}
 	_, err = c.command(ctx, conn, map[string]any{"type": "unsubscribe", "room": room}, nil)
-	if errors.Is(err, ErrDisconnected) {
+	var serr *ServerError
+	switch {
+	case errors.Is(err, ErrDisconnected):
 		// The next connection does not subscribe the room again.
+		return nil
+	case paused && errors.As(err, &serr) && serr.Code == "not_found":
+		// The pause had unsubscribed it already.
 		return nil
 	}
 	return err
 }
 
-// Publish sends data (any JSON-encodable value, or json.RawMessage) to a
-// room. A non-empty key makes it idempotent for five minutes.
+// Publish sends data to a room and returns the node's ack. Data given as
+// []byte or json.RawMessage is taken as JSON and sent as it is (it must be
+// valid JSON, or Publish returns ErrInvalidJSON); any other value is encoded
+// with encoding/json, so a string is sent as a JSON string. Nothing is sent
+// when data cannot be encoded. A non-empty key makes the publish idempotent
+// for five minutes: a repeat is not published again, and its ack has the
+// first offset and Duplicate set, so a publish that failed with
+// ErrDisconnected can be retried safely with the same key.
 func (c *Client) Publish(ctx context.Context, room string, data any, key string) (PublishAck, error) {
+	var raw json.RawMessage
+	switch d := data.(type) {
+	case []byte:
+		raw = d
+	case json.RawMessage:
+		raw = d
+	default:
+		b, err := json.Marshal(data)
+		if err != nil {
+			return PublishAck{}, fmt.Errorf("client: encoding data: %w", err)
+		}
+		raw = b
+	}
+	if !json.Valid(raw) {
+		return PublishAck{}, ErrInvalidJSON
+	}
 	conn, err := c.live(ctx)
 	if err != nil {
 		return PublishAck{}, err
 	}
-	f := map[string]any{"type": "publish", "room": room, "data": data}
+	f := map[string]any{"type": "publish", "room": room, "data": raw}
 	if key != "" {
 		f["key"] = key
 	}
-	raw, err := c.command(ctx, conn, f, nil)
+	b, err := c.command(ctx, conn, f, nil)
 	if err != nil {
 		return PublishAck{}, err
 	}
 	var ack PublishAck
-	if err := json.Unmarshal(raw, &ack); err != nil {
+	if err := json.Unmarshal(b, &ack); err != nil {
 		return PublishAck{}, fmt.Errorf("client: bad ack: %w", err)
 	}
 	return ack, nil
 }
 
-// Position returns the last position seen in a room.
+// Position returns the position of a subscribed room as far as Events has
+// gone: that of the last message of the room handed to Events (the one
+// being handed over included), or, before any, where the subscription
+// started. An application that saves positions to resume later can also
+// save the Epoch and Offset of each Message once it has processed it.
 func (c *Client) Position(room string) (Position, bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -725,5 +878,5 @@ func (c *Client) Position(room string) (Position, bool) {
 	if s == nil || !s.seen {
 		return Position{}, false
 	}
-	return s.pos, true
+	return s.delivered, true
 }

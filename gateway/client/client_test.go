@@ -271,9 +271,22 @@ func (r *recorder) waitMessages(t *testing.T, room string, n int) []client.Messa
 	return r.messages(room)
 }
 
-// dial connects a client to url with quick reconnects; mod may change the
-// options. The client is closed when the test ends, before the nodes.
+// dial connects a client to url with quick reconnects and records its
+// events; mod may change the options. The client is closed when the test
+// ends, before the nodes.
 func dial(t *testing.T, url string, mod func(*client.Options)) (*client.Client, *recorder) {
+	t.Helper()
+	c := dialQuiet(t, url, mod)
+	rec := record(c)
+	t.Cleanup(func() {
+		c.Close()
+		<-rec.done
+	})
+	return c, rec
+}
+
+// dialQuiet is dial for a test that reads Events itself.
+func dialQuiet(t *testing.T, url string, mod func(*client.Options)) *client.Client {
 	t.Helper()
 	opts := client.Options{URL: url, MinBackoff: 5 * time.Millisecond, MaxBackoff: 50 * time.Millisecond}
 	if mod != nil {
@@ -285,12 +298,8 @@ func dial(t *testing.T, url string, mod func(*client.Options)) (*client.Client, 
 	if err != nil {
 		t.Fatalf("Dial %s: %v", url, err)
 	}
-	rec := record(c)
-	t.Cleanup(func() {
-		c.Close()
-		<-rec.done
-	})
-	return c, rec
+	t.Cleanup(func() { c.Close() })
+	return c
 }
 
 func ctxT(t *testing.T) context.Context {
@@ -340,7 +349,7 @@ func TestDialSubscribePublish(t *testing.T) {
 	if w.Session == "" || w.User == "" || w.Node != n.srv.NodeID() || w.PingMS != 25000 {
 		t.Errorf("welcome: got %+v, want a session, a user, node %q and ping_ms 25000", w, n.srv.NodeID())
 	}
-	ack, err := c.Subscribe(ctx, "chat", false)
+	ack, err := c.Subscribe(ctx, "chat", client.SubscribeOptions{})
 	if err != nil {
 		t.Fatalf("Subscribe: %v", err)
 	}
@@ -399,24 +408,119 @@ func TestDialSubscribePublish(t *testing.T) {
 	}
 }
 
-func TestSubscribeSince(t *testing.T) {
+// Subscribe takes presence and a starting position together: a session that
+// resumes a room also gets its members.
+func TestSubscribeOptions(t *testing.T) {
 	bus := newBus(t, fanout.MemoryConfig{})
 	n := startNode(t, bus, nil)
-	publishBus(t, bus, "room", 1, 10)
-	top, err := bus.History(context.Background(), "room", fanout.HistoryQuery{})
-	if err != nil {
-		t.Fatal(err)
+	tests := []struct {
+		name          string
+		presence      bool
+		since         uint64 // 0: no Since
+		wantRecovered bool
+		wantOffsets   []uint64 // the messages that follow the ack
+	}{
+		{name: "zero value"},
+		{name: "presence", presence: true},
+		{name: "since", since: 4, wantRecovered: true, wantOffsets: seq(5, 10)},
+		{name: "since and presence", presence: true, since: 7, wantRecovered: true, wantOffsets: seq(8, 10)},
 	}
-	c, rec := dial(t, n.url, nil)
-	ack, err := c.SubscribeSince(ctxT(t), "room", client.Position{Epoch: top.Top.Epoch, Offset: 4})
-	if err != nil {
-		t.Fatalf("SubscribeSince: %v", err)
+	for i, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			room := fmt.Sprintf("room%d", i)
+			publishBus(t, bus, room, 1, 10)
+			top, err := bus.History(context.Background(), room, fanout.HistoryQuery{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			epoch := top.Top.Epoch
+			opts := client.SubscribeOptions{Presence: tt.presence}
+			if tt.since != 0 {
+				opts.Since = &client.Position{Epoch: epoch, Offset: tt.since}
+			}
+			c, rec := dial(t, n.url, nil)
+			ack, err := c.Subscribe(ctxT(t), room, opts)
+			if err != nil {
+				t.Fatalf("Subscribe: %v", err)
+			}
+			if ack.Recovered != tt.wantRecovered || ack.Offset != 10 || ack.Epoch != epoch {
+				t.Errorf("ack: got %+v, want recovered %v at %s/10", ack, tt.wantRecovered, epoch)
+			}
+			me := c.Welcome().Session
+			listed := len(ack.Members) == 1 && ack.Members[0].Session == me && ack.MembersTotal == 1 && ack.MembersNext == ""
+			if listed != tt.presence || (!tt.presence && len(ack.Members) != 0) {
+				t.Errorf("members: got %+v (total %d, next %q), want this session alone: %v", ack.Members, ack.MembersTotal, ack.MembersNext, tt.presence)
+			}
+			// A barrier: nothing else is on its way once 11 has come.
+			publishBus(t, bus, room, 11, 11)
+			rec.waitMessages(t, room, len(tt.wantOffsets)+1)
+			if got, want := offsets(rec.messages(room)), append(slices.Clone(tt.wantOffsets), 11); !slices.Equal(got, want) {
+				t.Errorf("offsets: got %v, want %v", got, want)
+			}
+			if pos, ok := c.Position(room); !ok || pos != (client.Position{Epoch: epoch, Offset: 11}) {
+				t.Errorf("Position: got %v %v, want %s/11 true", pos, ok, epoch)
+			}
+		})
 	}
-	if !ack.Recovered || ack.Offset != 10 {
-		t.Errorf("ack: got %+v, want recovered at offset 10", ack)
+}
+
+// Publish takes []byte as JSON, as it takes json.RawMessage, and sends
+// nothing when the data is not JSON.
+func TestPublishData(t *testing.T) {
+	bus := newBus(t, fanout.MemoryConfig{})
+	n := startNode(t, bus, nil)
+	sub, rec := dial(t, n.url, nil)
+	pub, _ := dial(t, n.url, nil)
+	ctx := ctxT(t)
+	if _, err := sub.Subscribe(ctx, "room", client.SubscribeOptions{}); err != nil {
+		t.Fatalf("Subscribe: %v", err)
 	}
-	if got, want := offsets(rec.waitMessages(t, "room", 6)), seq(5, 10); !slices.Equal(got, want) {
-		t.Errorf("offsets: got %v, want %v", got, want)
+	tests := []struct {
+		name    string
+		data    any
+		want    string // the message's data; empty when Publish fails
+		wantErr error  // nil: any error
+	}{
+		{name: "bytes", data: []byte(`{"a":1}`), want: `{"a":1}`},
+		{name: "bytes with spaces", data: []byte(` {"a": [1, 2]} `), want: `{"a":[1,2]}`},
+		{name: "bytes of a string", data: []byte(`"hi"`), want: `"hi"`},
+		{name: "raw message", data: json.RawMessage(`[true,null]`), want: `[true,null]`},
+		{name: "a string", data: `{"a":1}`, want: `"{\"a\":1}"`},
+		{name: "a struct", data: struct{ N int }{7}, want: `{"N":7}`},
+		{name: "bytes not JSON", data: []byte(`{"a":`), wantErr: client.ErrInvalidJSON},
+		{name: "empty bytes", data: []byte{}, wantErr: client.ErrInvalidJSON},
+		{name: "raw message not JSON", data: json.RawMessage(`nope`), wantErr: client.ErrInvalidJSON},
+		{name: "a value JSON cannot encode", data: func() {}},
+	}
+	var want []string
+	for _, tt := range tests {
+		_, err := pub.Publish(ctx, "room", tt.data, "")
+		switch {
+		case tt.want != "":
+			if err != nil {
+				t.Errorf("%s: Publish: %v", tt.name, err)
+			}
+			want = append(want, tt.want)
+		case err == nil:
+			t.Errorf("%s: Publish: got no error, want one", tt.name)
+		case tt.wantErr != nil && !errors.Is(err, tt.wantErr):
+			t.Errorf("%s: Publish: got %v, want %v", tt.name, err, tt.wantErr)
+		}
+	}
+	if got, want := client.ErrInvalidJSON.Error(), "client: data is not valid JSON"; got != want {
+		t.Errorf("ErrInvalidJSON: got %q, want %q", got, want)
+	}
+	// A barrier: the refused publishes sent nothing, so the subscriber
+	// gets the accepted ones and then this.
+	publishBus(t, bus, "room", 0, 0)
+	want = append(want, `{"n":0}`)
+	msgs := rec.waitMessages(t, "room", len(want))
+	var got []string
+	for _, m := range msgs {
+		got = append(got, string(m.Data))
+	}
+	if !slices.Equal(got, want) {
+		t.Errorf("data: got %v, want %v", got, want)
 	}
 }
 
@@ -425,15 +529,20 @@ func TestPresenceEvents(t *testing.T) {
 	n := startNode(t, bus, nil)
 	ctx := ctxT(t)
 	watcher, rec := dial(t, n.url, nil)
-	ack, err := watcher.Subscribe(ctx, "room", true)
+	ack, err := watcher.Subscribe(ctx, "room", client.SubscribeOptions{Presence: true})
 	if err != nil {
 		t.Fatalf("Subscribe: %v", err)
 	}
-	if len(ack.Members) != 1 || ack.Members[0].Session != watcher.Welcome().Session {
-		t.Errorf("members: got %+v, want the watcher alone", ack.Members)
+	if len(ack.Members) != 1 || ack.Members[0].Session != watcher.Welcome().Session || ack.MembersTotal != 1 || ack.MembersNext != "" {
+		t.Errorf("members: got %+v, total %d, next %q; want the watcher alone, total 1, no next page", ack.Members, ack.MembersTotal, ack.MembersNext)
+	}
+	// A subscriber without presence is not a member and causes no event.
+	quiet, _ := dial(t, n.url, nil)
+	if _, err := quiet.Subscribe(ctx, "room", client.SubscribeOptions{}); err != nil {
+		t.Fatalf("Subscribe: %v", err)
 	}
 	joiner, _ := dial(t, n.url, nil)
-	if _, err := joiner.Subscribe(ctx, "room", false); err != nil {
+	if _, err := joiner.Subscribe(ctx, "room", client.SubscribeOptions{Presence: true}); err != nil {
 		t.Fatalf("Subscribe: %v", err)
 	}
 	// The watcher's own join is in its ack; it hears the joiner's.
@@ -462,7 +571,7 @@ func TestCommandErrors(t *testing.T) {
 	n := startNode(t, bus, nil)
 	c, _ := dial(t, n.url, nil)
 	ctx := ctxT(t)
-	if _, err := c.Subscribe(ctx, "taken", false); err != nil {
+	if _, err := c.Subscribe(ctx, "taken", client.SubscribeOptions{}); err != nil {
 		t.Fatalf("Subscribe: %v", err)
 	}
 	tests := []struct {
@@ -470,8 +579,8 @@ func TestCommandErrors(t *testing.T) {
 		do       func() error
 		wantCode string // a server error code; empty for an error of the client
 	}{
-		{"subscribe to a bad room", func() error { _, err := c.Subscribe(ctx, "no spaces", false); return err }, "bad_room"},
-		{"subscribe twice", func() error { _, err := c.Subscribe(ctx, "taken", false); return err }, ""},
+		{"subscribe to a bad room", func() error { _, err := c.Subscribe(ctx, "no spaces", client.SubscribeOptions{}); return err }, "bad_room"},
+		{"subscribe twice", func() error { _, err := c.Subscribe(ctx, "taken", client.SubscribeOptions{}); return err }, ""},
 		{"publish to a bad room", func() error { _, err := c.Publish(ctx, "no spaces", 1, ""); return err }, "bad_room"},
 		{"unsubscribe from a room not subscribed", func() error { return c.Unsubscribe(ctx, "elsewhere") }, "not_found"},
 	}
@@ -505,7 +614,7 @@ func TestReconnectResumes(t *testing.T) {
 	n := startNode(t, bus, nil)
 	px := startProxy(t, n.addr)
 	c, rec := dial(t, px.url, nil)
-	if _, err := c.Subscribe(ctxT(t), "room", false); err != nil {
+	if _, err := c.Subscribe(ctxT(t), "room", client.SubscribeOptions{}); err != nil {
 		t.Fatalf("Subscribe: %v", err)
 	}
 	publishBus(t, bus, "room", 1, 5)
@@ -541,7 +650,7 @@ func TestReconnectWhilePublishing(t *testing.T) {
 	n := startNode(t, bus, nil)
 	px := startProxy(t, n.addr)
 	c, rec := dial(t, px.url, nil)
-	if _, err := c.Subscribe(ctxT(t), "room", false); err != nil {
+	if _, err := c.Subscribe(ctxT(t), "room", client.SubscribeOptions{}); err != nil {
 		t.Fatalf("Subscribe: %v", err)
 	}
 
@@ -592,7 +701,7 @@ func TestReconnectLost(t *testing.T) {
 	n := startNode(t, bus, nil)
 	px := startProxy(t, n.addr)
 	c, rec := dial(t, px.url, nil)
-	ack, err := c.Subscribe(ctxT(t), "room", false)
+	ack, err := c.Subscribe(ctxT(t), "room", client.SubscribeOptions{})
 	if err != nil {
 		t.Fatalf("Subscribe: %v", err)
 	}
@@ -639,7 +748,7 @@ func TestResubscribeRefused(t *testing.T) {
 	c, rec := dial(t, px.url, nil)
 	ctx := ctxT(t)
 	for _, room := range []string{"one", "two"} {
-		if _, err := c.Subscribe(ctx, room, false); err != nil {
+		if _, err := c.Subscribe(ctx, room, client.SubscribeOptions{}); err != nil {
 			t.Fatalf("Subscribe(%s): %v", room, err)
 		}
 	}
@@ -687,7 +796,7 @@ func TestDrainReconnectsAfterNotice(t *testing.T) {
 	for i := range recs {
 		var c *client.Client
 		c, recs[i] = dial(t, px.url, nil)
-		if _, err := c.Subscribe(ctx, "room", false); err != nil {
+		if _, err := c.Subscribe(ctx, "room", client.SubscribeOptions{}); err != nil {
 			t.Fatalf("Subscribe: %v", err)
 		}
 	}
@@ -786,7 +895,7 @@ func TestClose(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			c, rec := dial(t, px.url, nil)
 			ctx := ctxT(t)
-			if _, err := c.Subscribe(ctx, "room", false); err != nil {
+			if _, err := c.Subscribe(ctx, "room", client.SubscribeOptions{}); err != nil {
 				t.Fatalf("Subscribe: %v", err)
 			}
 			tt.prepare(t, rec)
@@ -804,7 +913,7 @@ func TestClose(t *testing.T) {
 			if _, err := c.Publish(ctx, "room", 1, ""); !errors.Is(err, client.ErrClosed) {
 				t.Errorf("Publish after Close: got %v, want %v", err, client.ErrClosed)
 			}
-			if _, err := c.Subscribe(ctx, "other", false); !errors.Is(err, client.ErrClosed) {
+			if _, err := c.Subscribe(ctx, "other", client.SubscribeOptions{}); !errors.Is(err, client.ErrClosed) {
 				t.Errorf("Subscribe after Close: got %v, want %v", err, client.ErrClosed)
 			}
 			if err := c.Close(); err != nil {
@@ -890,7 +999,7 @@ func TestScriptedServer(t *testing.T) {
 	t.Cleanup(hs.Close)
 
 	c, rec := dial(t, "ws"+strings.TrimPrefix(hs.URL, "http"), nil)
-	if _, err := c.Subscribe(ctxT(t), "r", false); err != nil {
+	if _, err := c.Subscribe(ctxT(t), "r", client.SubscribeOptions{}); err != nil {
 		t.Fatalf("Subscribe: %v", err)
 	}
 	select {
@@ -923,7 +1032,7 @@ func TestTokenSourceAfterExpiry(t *testing.T) {
 		return gateway.MintToken(secret, "renewed", -4*time.Second, nil, time.Now())
 	}
 	c, rec := dial(t, n.url, func(o *client.Options) { o.TokenSource = source })
-	if _, err := c.Subscribe(ctxT(t), "room", false); err != nil {
+	if _, err := c.Subscribe(ctxT(t), "room", client.SubscribeOptions{}); err != nil {
 		t.Fatalf("Subscribe: %v", err)
 	}
 	publishBus(t, bus, "room", 1, 3)

@@ -10,6 +10,8 @@ const noticeEl = $('#notice');
 const log = $('#messages');
 const membersEl = $('#members');
 const membersEmpty = $('#members-empty');
+const membersCount = $('#members-count');
+const membersMore = $('#members-more');
 const roomName = $('#room-name');
 
 const maxShown = 200;
@@ -103,7 +105,10 @@ function addMessage(m) {
   if (atBottom || mine) log.scrollTop = log.scrollHeight;
 }
 
-function showMembers(_event, members) {
+// showMembers lists the members the client knows (for a big room, the first
+// page and the joins since) and counts all of them: total is the room's
+// members_total, kept up to date by the SDK.
+function showMembers(_event, members, total) {
   const me = client.user;
   const users = [...new Set(members.map((m) => m.user))].sort((a, b) => (b === me) - (a === me) || a.localeCompare(b));
   const items = users.map((user) => {
@@ -122,7 +127,19 @@ function showMembers(_event, members) {
     return li;
   });
   membersEl.replaceChildren(...items);
-  membersEmpty.hidden = items.length > 0;
+  membersCount.textContent = `(${total})`;
+  membersCount.dataset.total = total;
+  const unlisted = total - members.length;
+  membersMore.textContent = `${unlisted} more not listed`;
+  membersMore.hidden = unlisted <= 0;
+  membersEmpty.hidden = total > 0;
+}
+
+function clearMembers() {
+  membersEl.replaceChildren();
+  membersCount.textContent = '';
+  delete membersCount.dataset.total;
+  membersMore.hidden = true;
 }
 
 // loadHistory shows the room's recent messages and returns the position they
@@ -171,7 +188,7 @@ async function join(name) {
   notice('');
   clearMessages();
   epoch = null;
-  membersEl.replaceChildren();
+  clearMembers();
   const since = await loadHistory(name);
   try {
     await client.subscribe(name, {

@@ -12,11 +12,24 @@
 // from the last position it saw, and drops any offset it has already delivered.
 // docs/SDK.md describes the whole API; docs/PROTOCOL.md the frames it speaks.
 
+/**
+ * A member of a room's presence: one session of a user.
+ * @typedef {{user: string, session: string, node?: string}} Member
+ */
+
+/**
+ * One page of a room's presence, as client.presence() resolves it.
+ * @typedef {object} PresencePage
+ * @property {Member[]} members this page, ordered by session id
+ * @property {number} total how many members the room has in all
+ * @property {string|null} next the cursor of the next page; null on the last one
+ */
+
 /** The WebSocket subprotocol of the Parley protocol, version 1. */
 export const SUBPROTOCOL = 'parley.v1';
 
 /** An error from the node (`code` is the protocol's error code) or the SDK
- * (`timeout`, `disconnected`, `closed`, `already_subscribed`). */
+ * (`timeout`, `disconnected`, `closed`, `already_subscribed`, `unsubscribed`). */
 export class ParleyError extends Error {
   constructor(code, message, frame) {
     super(message || code);
@@ -145,7 +158,7 @@ export class Parley extends Emitter {
   #welcomed = false; // the current socket has had its welcome
   #everOpened = false;
   #stopped = false; // close() was called
-  #attempt = 0;
+  #attempt = 0; // reconnect attempts since the last ready connection
   #reconnectAt = null; // ms timestamp from a reconnect frame
   #lastError = null; // code of the last error frame without an id
   #seq = 0;
@@ -216,10 +229,12 @@ export class Parley extends Emitter {
    *
    * @param {string} room
    * @param {object} [options]
-   * @param {boolean} [options.presence] receive presence events and members
+   * @param {boolean} [options.presence] receive presence events, members and their count
    * @param {(message: object) => void} [options.onMessage] each message, once, in offset order
-   * @param {(event: object, members: object[]) => void} [options.onPresence] a join, a leave, or a
-   *   'sync' (a fresh member list after a (re)subscribe); members is the current list
+   * @param {(event: object, members: Member[], total: number) => void} [options.onPresence] a join,
+   *   a leave, or a 'sync' ({event: 'sync', total, next}: a fresh first page of members after a
+   *   (re)subscribe); members is the known list (that page plus later joins, less leaves),
+   *   total the room's member count
    * @param {(room: string, ack: object) => void} [options.onLost] messages since the last
    *   position are gone (a new epoch, or past history): reload the room's state
    * @param {{epoch: string, offset: number}} [options.since] start after this position
@@ -236,7 +251,9 @@ export class Parley extends Emitter {
       onPresence: options.onPresence,
       onLost: options.onLost,
       pos: options.since ? { epoch: options.since.epoch, offset: options.since.offset } : null,
-      members: new Map(),
+      members: new Map(), // session -> Member: the known members
+      total: null, // the room's member count, from the last sync and the events since
+      next: null, // cursor after the first page, null when that page was everything
       waiter: null,
     };
     const promise = new Promise((resolve, reject) => {
@@ -291,9 +308,66 @@ export class Parley extends Emitter {
     return pos ? { ...pos } : null;
   }
 
-  /** The members of a room subscribed with presence: [{user, session, node?}]. */
+  /**
+   * The known members of a room subscribed with presence: the first page of
+   * the subscribe ack (at most 100, by session id), plus the joins and less
+   * the leaves since. When the room has more members than that page, the
+   * list is partial: membersTotal() counts them all, and presence() or
+   * allMembers() pages through them.
+   * @param {string} room
+   * @returns {Member[]}
+   */
   members(room) {
     return [...(this.#subs.get(room)?.members.values() ?? [])];
+  }
+
+  /**
+   * How many members a room subscribed with presence has, on every node:
+   * the ack's members_total, kept in step with joins and leaves. Null for a
+   * room not subscribed with presence, or not acknowledged yet.
+   * @param {string} room
+   * @returns {number|null}
+   */
+  membersTotal(room) {
+    const sub = this.#subs.get(room);
+    return sub?.presence ? sub.total : null;
+  }
+
+  /**
+   * Fetches one page of a room's presence, across every node. Without a
+   * cursor it is the first page; pass the `next` of a page to get the one
+   * after it. The room need not be subscribed.
+   * @param {string} room
+   * @param {{cursor?: string, limit?: number, timeout?: number}} [options] limit: 1 to 1000
+   *   members a page (the node's default is 100)
+   * @returns {Promise<PresencePage>}
+   */
+  async presence(room, options = {}) {
+    const frame = { type: 'presence', room };
+    if (options.cursor) frame.cursor = options.cursor;
+    if (options.limit !== undefined) frame.limit = options.limit;
+    const ack = await this.#command(frame, options.timeout);
+    const members = Array.isArray(ack.members) ? ack.members : [];
+    return { members, total: ack.members_total ?? members.length, next: ack.next || null };
+  }
+
+  /**
+   * Fetches every page of a room's presence and returns all its members,
+   * each session once. A room with many members takes many round trips.
+   * @param {string} room
+   * @param {{limit?: number, timeout?: number}} [options] limit per page; timeout per page
+   * @returns {Promise<Member[]>}
+   */
+  async allMembers(room, options = {}) {
+    const all = new Map();
+    let cursor;
+    for (;;) {
+      const page = await this.presence(room, { cursor, limit: options.limit, timeout: options.timeout });
+      for (const m of page.members) all.set(m.session, m);
+      if (!page.next || page.next === cursor) break;
+      cursor = page.next;
+    }
+    return [...all.values()];
   }
 
   /** The rooms this client is subscribed to (or is subscribing to). */
@@ -366,8 +440,10 @@ export class Parley extends Emitter {
     this.#subAcks.clear();
     for (const [id, cmd] of this.#pending) {
       if (!cmd.sent) continue;
-      if (cmd.frame.type === 'publish' && cmd.frame.key) {
-        cmd.sent = false; // sent again after the welcome; the key makes that safe
+      if ((cmd.frame.type === 'publish' && cmd.frame.key) || cmd.frame.type === 'presence') {
+        // Sent again after the welcome: the key makes that safe for a
+        // publish, and a presence query changes nothing.
+        cmd.sent = false;
         continue;
       }
       this.#pending.delete(id);
@@ -474,7 +550,6 @@ export class Parley extends Emitter {
     this.welcome = { session: f.session, node: f.node, user: f.user, ping_ms: f.ping_ms };
     this.#welcomed = true;
     this.#everOpened = true;
-    this.#attempt = 0;
     this.#watch(ws, (f.ping_ms || 25000) + 10000);
     this.#setState('open');
     this.emit('welcome', this.welcome);
@@ -486,6 +561,15 @@ export class Parley extends Emitter {
         this.#send(cmd.frame);
       }
     }
+    this.#readyCheck();
+  }
+
+  // readyCheck starts the backoff over once the connection is ready: welcomed,
+  // and every subscribe answered. A connection the node closes before then
+  // (1013 while sending a big room's subscribe ack, say) does not count, so
+  // repeated failures back off instead of resubscribing in a tight loop.
+  #readyCheck() {
+    if (this.#welcomed && this.#subAcks.size === 0) this.#attempt = 0;
   }
 
   #onDrain(f) {
@@ -542,9 +626,11 @@ export class Parley extends Emitter {
     if (subAck) {
       this.#subAcks.delete(id);
       const { sub, since } = subAck;
-      if (this.#subs.get(sub.room) !== sub) return; // unsubscribed meanwhile
-      if (ack) this.#onSubscribed(sub, since, ack);
-      else this.#onSubscribeFailed(sub, error);
+      if (this.#subs.get(sub.room) === sub) {
+        if (ack) this.#onSubscribed(sub, since, ack);
+        else this.#onSubscribeFailed(sub, error);
+      }
+      this.#readyCheck();
       return;
     }
     const cmd = this.#pending.get(id);
@@ -564,7 +650,10 @@ export class Parley extends Emitter {
     }
     if (sub.presence) {
       sub.members = new Map((ack.members ?? []).map((m) => [m.session, m]));
-      call(sub.onPresence, { type: 'presence', room: sub.room, event: 'sync' }, [...sub.members.values()]);
+      sub.next = ack.members_next || null;
+      sub.total = Math.max(Number(ack.members_total) || 0, sub.members.size);
+      const sync = { type: 'presence', room: sub.room, event: 'sync', total: sub.total, next: sub.next };
+      call(sub.onPresence, sync, [...sub.members.values()], sub.total);
     }
     if (sub.waiter) {
       clearTimeout(sub.waiter.timer);
@@ -606,10 +695,19 @@ export class Parley extends Emitter {
 
   #onPresence(p) {
     const sub = this.#subs.get(p.room);
-    if (!sub || !sub.presence) return;
-    if (p.event === 'join') sub.members.set(p.session, { user: p.user, session: p.session });
-    else if (p.event === 'leave') sub.members.delete(p.session);
-    call(sub.onPresence, p, [...sub.members.values()]);
+    if (!sub || !sub.presence || sub.total === null) return;
+    const known = sub.members.has(p.session);
+    if (p.event === 'join' && !known) {
+      sub.members.set(p.session, { user: p.user, session: p.session });
+      sub.total++;
+    } else if (p.event === 'leave') {
+      sub.members.delete(p.session);
+      // A member the known list lacks was on a page not fetched, unless that
+      // list was the whole room.
+      if (known || sub.next !== null) sub.total--;
+    }
+    sub.total = Math.max(sub.total, sub.members.size);
+    call(sub.onPresence, p, [...sub.members.values()], sub.total);
   }
 }
 
@@ -620,17 +718,26 @@ export class Parley extends Emitter {
  *   const sse = new ParleySSE({ rooms: ['news'], onMessage: m => show(m) });
  *
  * Events: 'state' ('connecting', 'open', 'reconnecting', 'closed'),
- * 'welcome', 'message', 'lost' ({room}), 'draining', 'error'.
+ * 'welcome', 'message', 'lost' ({room}), 'draining', 'error' (a ParleyError:
+ * an `error` event of the stream, with the node's code, or `disconnected`).
+ *
+ * When the node ends the stream with an `unauthorized` error (the token
+ * expired), a `token` function is called for a fresh token and the stream
+ * resumes from the last event; with a fixed token the client stops (state
+ * 'closed'), since the same token would be refused again.
  */
 export class ParleySSE extends Emitter {
   /**
    * @param {object} options
    * @param {string[]} options.rooms
    * @param {string} [options.url] default /v1/sse on this page's host
-   * @param {string|(() => string|Promise<string>)} [options.token]
+   * @param {string|(() => string|Promise<string>)} [options.token] a JWT, or a function returning one
+   *   (called before every stream the client opens, so it can renew an expired token)
    * @param {(message: object) => void} [options.onMessage]
    * @param {(room: string) => void} [options.onLost]
+   * @param {(err: ParleyError) => void} [options.onError] every error, as the 'error' event has it
    * @param {number} [options.minDelay=1000] @param {number} [options.maxDelay=30000]
+   * @param {boolean} [options.connect=true] connect at once; otherwise call connect()
    * @param {typeof EventSource} [options.EventSource]
    */
   constructor(options) {
@@ -640,6 +747,7 @@ export class ParleySSE extends Emitter {
     this.token = options.token;
     this.onMessage = options.onMessage;
     this.onLost = options.onLost;
+    this.onError = options.onError;
     this.minDelay = options.minDelay ?? 1000;
     this.maxDelay = options.maxDelay ?? 30000;
     this.EventSource = options.EventSource ?? globalThis.EventSource;
@@ -652,7 +760,7 @@ export class ParleySSE extends Emitter {
   #stopped = false;
   #lastId = '';
   #pos = new Map(); // room -> {epoch, offset}
-  #attempt = 0;
+  #attempt = 0; // streams opened since the last welcome
   #timer = null;
 
   /** The last event id: an opaque cursor over every room of the stream. */
@@ -660,12 +768,15 @@ export class ParleySSE extends Emitter {
     return this.#lastId;
   }
 
+  /** Starts receiving (after close(), or after a refused token, too), from the last event. */
   connect() {
     if (this.#es || this.state === 'connecting') return;
     this.#stopped = false;
+    clearTimeout(this.#timer);
     this.#open();
   }
 
+  /** Closes the stream and stops reconnecting. */
   close() {
     this.#stopped = true;
     clearTimeout(this.#timer);
@@ -680,17 +791,22 @@ export class ParleySSE extends Emitter {
     this.emit('state', state);
   }
 
+  #fail(err) {
+    call(this.onError, err);
+    this.emit('error', err);
+  }
+
   async #open() {
     this.#setState(this.welcome ? 'reconnecting' : 'connecting');
     let token;
     try {
       token = await resolveToken(this.token);
     } catch (err) {
-      this.emit('error', new ParleyError('unauthorized', `token: ${err?.message ?? err}`));
+      this.#fail(new ParleyError('unauthorized', `token: ${err?.message ?? err}`));
       this.#retry();
       return;
     }
-    if (this.#stopped) return;
+    if (this.#stopped || this.#es) return;
     const url = endpoint(this.url, '/v1/sse', 'http');
     url.searchParams.set('rooms', this.rooms.join(','));
     if (token) url.searchParams.set('token', token);
@@ -701,6 +817,9 @@ export class ParleySSE extends Emitter {
     this.#es = es;
     es.addEventListener('welcome', (e) => {
       const w = JSON.parse(e.data);
+      // Older nodes sent every control frame of a stream, errors included,
+      // as a welcome event; a welcome has no type.
+      if (w.type === 'error') return this.#onServerError(es, e.data);
       const resumed = this.welcome !== null;
       this.#lastId = e.lastEventId;
       this.welcome = w;
@@ -737,16 +856,56 @@ export class ParleySSE extends Emitter {
       this.emit('draining', e.data);
       this.#drop(es, after);
     });
-    es.onerror = () => {
+    // The node's `event: error` and the EventSource's own connection errors
+    // share the name: the first is a MessageEvent with data, the second a
+    // plain Event.
+    es.addEventListener('error', (e) => {
       if (this.#es !== es) return;
-      if (es.readyState === 2) {
-        // The browser gave up (an HTTP error, such as 503 while draining).
-        this.emit('error', new ParleyError('disconnected', 'the event stream failed'));
-        this.#drop(es, null);
-      } else {
-        this.#setState('reconnecting'); // the browser retries by itself
-      }
-    };
+      if (typeof e.data === 'string') this.#onServerError(es, e.data);
+      else this.#onStreamError(es);
+    });
+  }
+
+  // onServerError handles an error event of the stream: the error frame of
+  // the WebSocket protocol, {type: 'error', code, message}.
+  #onServerError(es, data) {
+    let f;
+    try {
+      f = JSON.parse(data);
+    } catch {
+      f = { type: 'error', code: 'internal', message: 'an error event that is not JSON' };
+    }
+    const err = new ParleyError(f.code || 'internal', f.message, f);
+    if (err.code !== 'unauthorized') {
+      // If the node ends the stream, the browser reconnects and resumes.
+      this.#fail(err);
+      return;
+    }
+    // The node ends the stream. Left alone, the browser would reconnect with
+    // the same token, which is refused.
+    es.close();
+    this.#es = null;
+    if (typeof this.token === 'function') {
+      this.#fail(err);
+      // At once with a fresh token; with backoff if that one fails too.
+      this.#retry(this.#attempt === 0 ? 0 : null);
+      return;
+    }
+    this.#stopped = true;
+    clearTimeout(this.#timer);
+    this.#setState('closed');
+    this.#fail(err);
+  }
+
+  #onStreamError(es) {
+    if (es.readyState === 2) {
+      // The browser gave up (an HTTP error: 503 while draining, 401 for a
+      // refused token).
+      this.#fail(new ParleyError('disconnected', 'the event stream failed'));
+      this.#drop(es, null);
+    } else {
+      this.#setState('reconnecting'); // the browser retries by itself
+    }
   }
 
   #drop(es, after) {
@@ -758,7 +917,8 @@ export class ParleySSE extends Emitter {
 
   #retry(after = null) {
     if (this.#stopped) return;
-    const delay = after ?? backoff(this.#attempt++, this.minDelay, this.maxDelay);
+    const delay = after ?? backoff(this.#attempt, this.minDelay, this.maxDelay);
+    this.#attempt++;
     this.#setState('reconnecting');
     clearTimeout(this.#timer);
     this.#timer = setTimeout(() => this.#open(), delay);

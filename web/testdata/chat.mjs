@@ -81,12 +81,27 @@ run(async (browser, log) => {
     pages.push(page);
   }
   const [a, b] = pages;
-    const users = await Promise.all(pages.map((p) => p.evaluate(() => window.parleyChat.client.user)));
+  const users = await Promise.all(pages.map((p) => p.evaluate(() => window.parleyChat.client.user)));
   step(`joined ${room} as ${users.join(' and ')}`);
 
   // Each sees the other.
   await a.locator(`#members li[data-user="${users[1]}"]`).waitFor(wait);
   await b.locator(`#members li[data-user="${users[0]}"]`).waitFor(wait);
+  // The count is the room's members_total, as the SDK keeps it.
+  for (const p of pages) await p.locator('#members-count[data-total="2"]').waitFor(wait);
+  const memberCounts = await Promise.all(pages.map((p) => p.$eval('#members-count', (el) => el.textContent)));
+  // Presence a page at a time, through the SDK.
+  const presencePages = await a.evaluate(async (room) => {
+    const client = window.parleyChat.client;
+    const first = await client.presence(room, { limit: 1 });
+    const second = await client.presence(room, { cursor: first.next, limit: 1 });
+    const all = await client.allMembers(room, { limit: 1 });
+    return {
+      first: { sessions: first.members.map((m) => m.session), total: first.total, next: first.next !== null },
+      second: { sessions: second.members.map((m) => m.session), total: second.total, next: second.next !== null },
+      all: all.map((m) => m.session),
+    };
+  }, room);
   step('presence seen both ways');
 
   await send(a, 'Hello from A');
@@ -152,6 +167,8 @@ run(async (browser, log) => {
   return {
     room,
     users,
+    memberCounts,
+    presencePages,
     sessions,
     heartbeats,
     sessionsAfterPings,

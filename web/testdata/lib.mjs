@@ -4,6 +4,7 @@
 //   PARLEY_URL            the web app, as a browser reaches it (through the test's proxy)
 //   PARLEY_DIRECT         the node itself, for the HTTP API while the proxy is cut
 //   PARLEY_CONTROL        the Go test's control endpoint: POST /cut, /restore, /drain
+//                         (POST /token in the token expiry test)
 //   PARLEY_SCREENSHOT_DIR where screenshots go
 //   PARLEY_CHROMIUM       the browser (default /usr/bin/chromium)
 //
@@ -23,7 +24,17 @@ export function step(what) {
   process.stderr.write(`[${String(Date.now() - started).padStart(5)} ms] ${what}\n`);
 }
 
-// control asks the Go test to change the network: cut, restore or drain.
+// until polls cond (which may be async) until it holds.
+export async function until(what, cond, timeout = 20000) {
+  const deadline = Date.now() + timeout;
+  while (!(await cond())) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 25));
+  }
+}
+
+// control asks the Go test to act: cut, restore or drain the network, or
+// (in the token expiry test) mint a token.
 export async function control(action) {
   const res = await fetch(`${env('PARLEY_CONTROL')}/${action}`, { method: 'POST' });
   const body = await res.text();
@@ -31,11 +42,14 @@ export async function control(action) {
   return body ? JSON.parse(body) : {};
 }
 
-// publish sends one message through the HTTP API from outside the browser.
-export async function publish(base, room, data) {
+// publish sends one message through the HTTP API from outside the browser,
+// with token (a JWT) if the node checks them.
+export async function publish(base, room, data, token) {
+  const headers = { 'Content-Type': 'application/json' };
+  if (token) headers.Authorization = `Bearer ${token}`;
   const res = await fetch(`${base}/v1/rooms/${encodeURIComponent(room)}/messages`, {
     method: 'POST',
-    headers: { 'Content-Type': 'application/json' },
+    headers,
     body: JSON.stringify(data),
   });
   const body = await res.json();

@@ -1,10 +1,11 @@
-// Unit tests of parley.js in Node, against a scripted fake WebSocket: the
-// paths a real node rarely takes on cue (a replayed duplicate, a lost epoch,
-// a drain, a timeout, backoff). Run with `node --test web/testdata/`; the
+// Unit tests of parley.js in Node, against a scripted fake WebSocket and a
+// fake EventSource: the paths a real node rarely takes on cue (a replayed
+// duplicate, a lost epoch, a drain, a timeout, backoff, presence paging, an
+// expired token on an event stream). Run with `node --test web/testdata/`; the
 // browser tests cover the same SDK against a real node.
 import assert from 'node:assert/strict';
-import { test } from 'node:test';
-import { Parley, ParleyError, SUBPROTOCOL } from '../static/parley.js';
+import { afterEach, test } from 'node:test';
+import { Parley, ParleyError, ParleySSE, SUBPROTOCOL } from '../static/parley.js';
 
 // FakeWS is the server side of one connection, scripted by the test.
 class FakeWS {
@@ -61,10 +62,19 @@ async function until(what, cond, ms = 2000) {
   }
 }
 
+// clients are closed after each test, so that one that fails leaves no
+// client reconnecting behind it.
+const clients = [];
+afterEach(() => {
+  for (const c of clients.splice(0)) c.close();
+});
+
 function newClient(options = {}) {
   FakeWS.all = [];
   FakeWS.refuse = false;
-  return new Parley({ url: 'ws://node.test/v1/ws', WebSocket: FakeWS, minDelay: 5, maxDelay: 40, ...options });
+  const client = new Parley({ url: 'ws://node.test/v1/ws', WebSocket: FakeWS, minDelay: 5, maxDelay: 40, ...options });
+  clients.push(client);
+  return client;
 }
 
 async function socket(n) {
@@ -233,4 +243,320 @@ test('close rejects a subscribe still waiting for its ack', async () => {
   client.close();
   await assert.rejects(pending, (err) => err.code === 'closed');
   assert.deepEqual(client.rooms(), []);
+});
+
+// reconnects records the client's 'reconnecting' events.
+function reconnects(client) {
+  const got = [];
+  client.on('reconnecting', (e) => got.push(e));
+  return got;
+}
+
+test('a node that closes with 1013 before the subscribe ack gets backoff, not a tight loop', async () => {
+  const client = newClient({ minDelay: 2, maxDelay: 64 });
+  const delays = reconnects(client);
+  const acked = client.subscribe('big', { presence: true, timeout: 5000 });
+  // Each connection is welcomed, the room is subscribed, and the node closes
+  // it as a slow consumer while it sends the (large) ack.
+  for (let i = 0; i < 5; i++) {
+    const ws = await socket(i);
+    ws.push(welcome(i));
+    assert.equal(ws.sentOf('subscribe').length, 1, `connection ${i} subscribes`);
+    ws.drop(1013, 'slow consumer');
+  }
+  assert.deepEqual(delays.map((d) => d.attempt), [1, 2, 3, 4, 5], 'each failed connection counts towards the backoff');
+  for (const { attempt, delay } of delays) {
+    assert.ok(delay <= Math.min(64, 2 * 2 ** (attempt - 1)), `attempt ${attempt} waited ${delay} ms`);
+  }
+  // A connection whose subscribes are all answered is ready: the backoff
+  // starts over.
+  const ws = await socket(5);
+  ws.push(welcome(5));
+  const [sub] = ws.sentOf('subscribe');
+  ws.push({ type: 'ack', id: sub.id, epoch: 'E', offset: 0, recovered: false, members: [], members_total: 5000, members_next: 'c' });
+  assert.equal((await acked).members_total, 5000);
+  ws.drop(1013, 'slow consumer');
+  assert.equal(delays.at(-1).attempt, 1);
+  client.close();
+});
+
+test('presence: the first page, the total kept in step with joins and leaves', async () => {
+  const client = newClient();
+  const ws = await socket(0);
+  ws.push(welcome(0));
+  const seen = [];
+  client.subscribe('big', { presence: true, onPresence: (e, members, total) => seen.push([e.event, members.length, total]) });
+  client.subscribe('small', { presence: true });
+  const [big, small] = ws.sentOf('subscribe');
+  assert.equal(client.membersTotal('big'), null, 'no total before the ack');
+  const page = [
+    { user: 'u0', session: 's0', node: 'n1' },
+    { user: 'u1', session: 's1', node: 'n2' },
+  ];
+  ws.push({ type: 'ack', id: big.id, epoch: 'E', offset: 0, recovered: false, members: page, members_total: 250, members_next: 'p2' });
+  ws.push({ type: 'ack', id: small.id, epoch: 'E', offset: 0, recovered: false, members: page, members_total: 2 });
+  assert.deepEqual(client.members('big'), page);
+  assert.equal(client.membersTotal('big'), 250);
+  assert.equal(client.membersTotal('small'), 2);
+  assert.deepEqual(seen, [['sync', 2, 250]]);
+
+  const presence = (room, event, session) => ({ type: 'presence', room, event, user: `user-${session}`, session });
+  ws.push(presence('big', 'join', 'sX'));
+  assert.equal(client.membersTotal('big'), 251);
+  assert.deepEqual(client.members('big').map((m) => m.session), ['s0', 's1', 'sX']);
+  ws.push(presence('big', 'join', 'sX')); // already known: counted once
+  assert.equal(client.membersTotal('big'), 251);
+  ws.push(presence('big', 'leave', 's0'));
+  assert.equal(client.membersTotal('big'), 250);
+  ws.push(presence('big', 'leave', 's9')); // on a page not fetched
+  assert.equal(client.membersTotal('big'), 249);
+  assert.deepEqual(client.members('big').map((m) => m.session), ['s1', 'sX']);
+  assert.deepEqual(seen.slice(1), [['join', 3, 251], ['join', 3, 251], ['leave', 2, 250], ['leave', 2, 249]]);
+
+  // The first page of small was the whole room: a leave of a session it
+  // does not list changes nothing.
+  ws.push(presence('small', 'leave', 's9'));
+  assert.equal(client.membersTotal('small'), 2);
+  ws.push(presence('small', 'join', 's2'), presence('small', 'leave', 's0'));
+  assert.equal(client.membersTotal('small'), 2);
+  assert.deepEqual(client.members('small').map((m) => m.session), ['s1', 's2']);
+
+  // A resubscribe after a reconnect starts over from the new ack.
+  ws.drop();
+  const ws1 = await socket(1);
+  ws1.push(welcome(1));
+  const [again] = ws1.sentOf('subscribe').filter((f) => f.room === 'big');
+  ws1.push({ type: 'ack', id: again.id, epoch: 'E', offset: 0, recovered: true, members: page.slice(1), members_total: 120, members_next: 'q2' });
+  assert.equal(client.membersTotal('big'), 120);
+  assert.deepEqual(client.members('big'), page.slice(1));
+  assert.equal(client.membersTotal('nope'), null);
+  client.close();
+});
+
+test('presence() fetches a page; allMembers() walks them all', async () => {
+  const client = newClient();
+  const ws = await socket(0);
+  ws.push(welcome(0));
+  const first = client.presence('lobby');
+  const [q] = ws.sentOf('presence');
+  assert.deepEqual({ ...q, id: undefined }, { type: 'presence', id: undefined, room: 'lobby' });
+  ws.push({ type: 'ack', id: q.id, members: [{ user: 'a', session: 's1', node: 'n' }], members_total: 3, next: 'c1' });
+  assert.deepEqual(await first, { members: [{ user: 'a', session: 's1', node: 'n' }], total: 3, next: 'c1' });
+
+  const last = client.presence('lobby', { cursor: 'c1', limit: 2 });
+  const q2 = ws.sentOf('presence')[1];
+  assert.equal(q2.cursor, 'c1');
+  assert.equal(q2.limit, 2);
+  ws.push({ type: 'ack', id: q2.id, members: [{ user: 'b', session: 's2' }], members_total: 3 });
+  assert.equal((await last).next, null, 'no next on the last page');
+
+  // allMembers sends a query per page, each with the cursor of the last.
+  const pages = {
+    '': { members: [{ user: 'a', session: 's1' }, { user: 'b', session: 's2' }], next: 'x' },
+    x: { members: [{ user: 'b', session: 's2' }, { user: 'c', session: 's3' }], next: 'y' },
+    y: { members: [{ user: 'd', session: 's4' }] },
+  };
+  const answered = new Set();
+  const answer = setInterval(() => {
+    for (const f of ws.sentOf('presence')) {
+      if (answered.has(f.id)) continue;
+      answered.add(f.id);
+      ws.push({ type: 'ack', id: f.id, members_total: 4, ...pages[f.cursor ?? ''] });
+    }
+  }, 1);
+  try {
+    const all = await client.allMembers('lobby', { limit: 2 });
+    assert.deepEqual(all.map((m) => m.session), ['s1', 's2', 's3', 's4'], 'each session once');
+    assert.deepEqual(ws.sentOf('presence').slice(2).map((f) => [f.cursor, f.limit]), [[undefined, 2], ['x', 2], ['y', 2]]);
+  } finally {
+    clearInterval(answer);
+  }
+
+  // A query caught by a drop is sent again after the reconnect.
+  const caught = client.presence('lobby', { cursor: 'x' });
+  ws.drop();
+  const ws1 = await socket(1);
+  ws1.push(welcome(1));
+  const [resent] = ws1.sentOf('presence');
+  assert.equal(resent.cursor, 'x');
+  ws1.push({ type: 'ack', id: resent.id, members: [], members_total: 0 });
+  assert.deepEqual(await caught, { members: [], total: 0, next: null });
+
+  const refused = client.presence('secret');
+  ws1.push({ type: 'error', id: ws1.sentOf('presence')[1].id, code: 'forbidden', message: 'no' });
+  await assert.rejects(refused, (err) => err.code === 'forbidden');
+  client.close();
+});
+
+// FakeES is an EventSource whose stream the test scripts. Its events are what
+// a browser dispatches: a MessageEvent (with data) for each `event:` of the
+// stream, a plain Event (no data) for a connection error.
+class FakeES {
+  static all = [];
+
+  constructor(url) {
+    this.url = url;
+    this.readyState = 0;
+    this.listeners = new Map();
+    FakeES.all.push(this);
+  }
+
+  addEventListener(type, fn) {
+    if (!this.listeners.has(type)) this.listeners.set(type, []);
+    this.listeners.get(type).push(fn);
+  }
+
+  close() {
+    this.readyState = 2;
+  }
+
+  dispatch(type, event) {
+    for (const fn of this.listeners.get(type) ?? []) fn(event);
+  }
+
+  // event delivers one event of the stream.
+  event(type, data, lastEventId = '') {
+    if (this.readyState === 2) return;
+    this.readyState = 1;
+    this.dispatch(type, { type, data: JSON.stringify(data), lastEventId });
+  }
+
+  // fail reports a connection error, after which the browser retries
+  // (readyState 0) or gives up (2).
+  fail(readyState) {
+    this.readyState = readyState;
+    this.dispatch('error', { type: 'error' });
+  }
+
+  get params() {
+    return new URL(this.url).searchParams;
+  }
+}
+
+function newSSE(options = {}) {
+  FakeES.all = [];
+  const log = { welcomes: 0, errors: [], onError: [], messages: [], states: [] };
+  const sse = new ParleySSE({
+    url: 'http://node.test',
+    rooms: ['r'],
+    EventSource: FakeES,
+    minDelay: 5,
+    maxDelay: 40,
+    onMessage: (m) => log.messages.push(m.offset),
+    onError: (err) => log.onError.push(err.code),
+    ...options,
+  });
+  clients.push(sse);
+  sse.on('welcome', () => log.welcomes++);
+  sse.on('error', (err) => log.errors.push(err));
+  sse.on('state', (s) => log.states.push(s));
+  return { sse, log };
+}
+
+async function stream(n) {
+  await until(`event stream ${n}`, () => FakeES.all.length > n);
+  return FakeES.all[n];
+}
+
+const sseWelcome = (offset) => ({ session: 's', node: 'n1', user: 'u', ping_ms: 25000, rooms: { r: { epoch: 'E', offset, recovered: true } } });
+const expired = { type: 'error', code: 'unauthorized', message: 'token expired' };
+
+test('sse: an expired token with a token function: a fresh token, resumed from the last event', async () => {
+  let minted = 0;
+  const { sse, log } = newSSE({ token: async () => `jwt${++minted}` });
+  const es = await stream(0);
+  assert.equal(es.params.get('token'), 'jwt1');
+  assert.equal(es.params.get('rooms'), 'r');
+  es.event('welcome', sseWelcome(0), 'cur0');
+  es.event('message', msg('E', 1), 'cur1');
+  es.event('error', expired);
+  assert.equal(es.readyState, 2, 'the stream is closed, so the browser does not retry with the old token');
+  assert.equal(log.welcomes, 1, 'the error is not taken for a welcome');
+  assert.deepEqual(log.errors.map((e) => [e.code, e.message, e.frame?.code]), [['unauthorized', 'token expired', 'unauthorized']]);
+  assert.deepEqual(log.onError, ['unauthorized']);
+  assert.equal(sse.state, 'reconnecting');
+
+  const next = await stream(1);
+  assert.equal(next.params.get('token'), 'jwt2');
+  assert.equal(next.params.get('last_event_id'), 'cur1');
+  next.event('welcome', sseWelcome(1), 'cur1');
+  next.event('message', msg('E', 1), 'cur1'); // already delivered
+  next.event('message', msg('E', 2), 'cur2');
+  assert.deepEqual(log.messages, [1, 2]);
+  assert.equal(sse.state, 'open');
+  assert.equal(sse.lastEventId, 'cur2');
+  sse.close();
+});
+
+test('sse: a token function whose tokens keep failing backs off', async () => {
+  const random = Math.random;
+  Math.random = () => 0.999; // every delay at its cap
+  try {
+    const { sse } = newSSE({ token: () => 'jwt', minDelay: 150, maxDelay: 150 });
+    let es = await stream(0);
+    es.event('welcome', sseWelcome(0), 'cur0');
+    es.event('error', expired);
+    es = await stream(1); // at once after a welcomed stream
+    es.event('error', expired); // again, with no welcome between
+    await new Promise((r) => setTimeout(r, 60));
+    assert.equal(FakeES.all.length, 2, 'the next stream waits for the backoff');
+    await stream(2);
+    sse.close();
+  } finally {
+    Math.random = random;
+  }
+});
+
+test('sse: an expired fixed token stops the client instead of looping', async () => {
+  const { sse, log } = newSSE({ token: 'fixed' });
+  const es = await stream(0);
+  es.event('welcome', sseWelcome(0), 'cur0');
+  es.event('error', expired);
+  assert.equal(es.readyState, 2);
+  assert.equal(sse.state, 'closed');
+  assert.equal(log.welcomes, 1);
+  assert.deepEqual(log.onError, ['unauthorized']);
+  assert.deepEqual(log.errors.map((e) => e.code), ['unauthorized']);
+  await new Promise((r) => setTimeout(r, 60));
+  assert.equal(FakeES.all.length, 1, 'no new stream with the refused token');
+
+  // connect() starts again, from the last event, with the token set now.
+  sse.token = 'renewed';
+  sse.connect();
+  const next = await stream(1);
+  assert.equal(next.params.get('token'), 'renewed');
+  assert.equal(next.params.get('last_event_id'), 'cur0');
+  sse.close();
+});
+
+test('sse: connection errors and other error codes do not end the client', async () => {
+  const { sse, log } = newSSE();
+  const es = await stream(0);
+  es.event('welcome', sseWelcome(0), 'cur0');
+  es.fail(0); // the browser reconnects by itself
+  assert.equal(sse.state, 'reconnecting');
+  assert.deepEqual(log.errors, [], 'a connection error the browser retries is no error of the application');
+  es.event('welcome', sseWelcome(0), 'cur0');
+  assert.equal(sse.state, 'open');
+  es.event('error', { type: 'error', code: 'internal', message: 'boom' });
+  assert.deepEqual(log.errors.map((e) => e.code), ['internal']);
+  assert.equal(sse.state, 'open');
+  assert.equal(FakeES.all.length, 1);
+  assert.equal(log.welcomes, 2);
+  // The browser gives up (an HTTP error): the client retries with backoff.
+  es.fail(2);
+  assert.deepEqual(log.errors.map((e) => e.code), ['internal', 'disconnected']);
+  const next = await stream(1);
+  assert.equal(next.params.get('last_event_id'), 'cur0');
+  sse.close();
+});
+
+test('sse: an error sent as a welcome event by an older node takes the error path', async () => {
+  const { sse, log } = newSSE({ token: 'fixed' });
+  const es = await stream(0);
+  es.event('welcome', sseWelcome(0), 'cur0');
+  es.event('welcome', expired);
+  assert.equal(log.welcomes, 1);
+  assert.deepEqual(log.errors.map((e) => e.code), ['unauthorized']);
+  assert.equal(sse.state, 'closed');
 });
