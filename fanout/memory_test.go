@@ -2,7 +2,9 @@ package fanout
 
 import (
 	"context"
+	"errors"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -58,6 +60,9 @@ func TestMemoryConfigDefaults(t *testing.T) {
 		{"HistoryTTL", m.cfg.HistoryTTL, 24 * time.Hour},
 		{"MaxKeys", m.cfg.MaxKeys, 10000},
 		{"SweepInterval", m.cfg.SweepInterval, time.Minute},
+		{"MaxRooms", m.cfg.MaxRooms, 100000},
+		{"MaxRoomHistoryBytes", m.cfg.MaxRoomHistoryBytes, int64(8 << 20)},
+		{"MaxHistoryBytes", m.cfg.MaxHistoryBytes, int64(256 << 20)},
 	}
 	for _, tt := range tests {
 		if tt.got != tt.want {
@@ -225,4 +230,136 @@ func TestMemorySweeper(t *testing.T) {
 	waitFor(t, "the sweeper to forget the rooms left alone", func() bool {
 		return !m.hasRoom("subscribed") && !m.hasRoom("member") && !m.hasRoom("recent")
 	})
+}
+
+// padded returns JSON data of about n bytes.
+func padded(n int) []byte {
+	return []byte(`"` + strings.Repeat("p", n-2) + `"`)
+}
+
+// Past MaxRooms, a room the bus does not hold is refused, rooms it holds
+// work on, and rooms that hold nothing are let go to make room.
+func TestMemoryMaxRooms(t *testing.T) {
+	clock := newFakeClock()
+	m := newTestMemory(t, clock, MemoryConfig{MaxRooms: 3})
+	ctx := context.Background()
+	for _, r := range []string{"a", "b", "c"} {
+		if _, err := m.Publish(ctx, r, Publication{Data: data(1)}); err != nil {
+			t.Fatalf("Publish(%s): %v", r, err)
+		}
+	}
+	calls := []struct {
+		name string
+		call func() error
+	}{
+		{"Publish", func() error { _, err := m.Publish(ctx, "d", Publication{Data: data(1)}); return err }},
+		{"Subscribe", func() error { return m.Subscribe(ctx, "d", &recorder{}) }},
+		{"History", func() error { _, err := m.History(ctx, "d", HistoryQuery{}); return err }},
+		{"Join", func() error { return m.Join(ctx, "d", Member{Session: "s"}) }},
+	}
+	for _, c := range calls {
+		if err := c.call(); !errors.Is(err, ErrRoomLimit) {
+			t.Errorf("%s on a fourth room: got %v, want %v", c.name, err, ErrRoomLimit)
+		}
+	}
+	if _, err := m.Publish(ctx, "a", Publication{Data: data(2)}); err != nil {
+		t.Errorf("Publish to a held room: %v", err)
+	}
+	if got := m.Stats(); got.Rooms != 3 || got.RoomsRefused != uint64(len(calls)) {
+		t.Errorf("stats: got %+v, want 3 rooms and %d refused", got, len(calls))
+	}
+	// Once c's history is gone, c holds nothing: a new room takes its place
+	// (at most one such reclaim a second).
+	clock.Advance(25 * time.Hour)
+	if _, err := m.History(ctx, "c", HistoryQuery{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := m.History(ctx, "a", HistoryQuery{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := m.History(ctx, "b", HistoryQuery{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := m.Publish(ctx, "d", Publication{Data: data(1)}); err != nil {
+		t.Errorf("Publish after the held rooms emptied: got %v, want it to take an empty room's place", err)
+	}
+}
+
+// A room's history is bounded in bytes: its oldest messages go first, and
+// the bus's count of history bytes follows every message in and out.
+func TestMemoryRoomHistoryBytes(t *testing.T) {
+	clock := newFakeClock()
+	msg := padded(1000)
+	cost := MessageCost(&Message{Room: "r", Data: msg})
+	m := newTestMemory(t, clock, MemoryConfig{MaxRoomHistoryBytes: 10 * cost})
+	ctx := context.Background()
+	for range 25 {
+		if _, err := m.Publish(ctx, "r", Publication{Data: msg}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	h, err := m.History(ctx, "r", HistoryQuery{Limit: 100})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := offsets(h.Messages), seq(16, 25); !slices.Equal(got, want) {
+		t.Errorf("history: got offsets %v, want %v", got, want)
+	}
+	st := m.Stats()
+	if st.HistoryBytes != 10*cost || st.EvictedRoomBytes != 15 {
+		t.Errorf("stats: got %+v, want %d history bytes and 15 evicted by the room bound", st, 10*cost)
+	}
+	clock.Advance(25 * time.Hour)
+	m.sweep()
+	if st := m.Stats(); st.HistoryBytes != 0 {
+		t.Errorf("history bytes after every message expired: got %d, want 0", st.HistoryBytes)
+	}
+}
+
+// The node's history is bounded in bytes: past it, the oldest messages of
+// the node go first, from whichever rooms hold them, and publishing goes on.
+func TestMemoryNodeHistoryBytes(t *testing.T) {
+	clock := newFakeClock()
+	msg := padded(1000)
+	cost := MessageCost(&Message{Room: "old", Data: msg})
+	m := newTestMemory(t, clock, MemoryConfig{MaxHistoryBytes: 20 * cost})
+	ctx := context.Background()
+	for range 10 {
+		if _, err := m.Publish(ctx, "old", Publication{Data: msg}); err != nil {
+			t.Fatal(err)
+		}
+		clock.Advance(time.Second)
+	}
+	for range 20 {
+		if _, err := m.Publish(ctx, "new", Publication{Data: msg}); err != nil {
+			t.Fatal(err)
+		}
+		clock.Advance(time.Second)
+	}
+	st := m.Stats()
+	if st.HistoryBytes > 20*cost || st.EvictedNodeBytes != 10 {
+		t.Errorf("stats: got %+v, want at most %d history bytes and the 10 oldest evicted", st, 20*cost)
+	}
+	old, _ := m.History(ctx, "old", HistoryQuery{Limit: 100})
+	recent, _ := m.History(ctx, "new", HistoryQuery{Limit: 100})
+	if len(old.Messages) != 0 || len(recent.Messages) != 20 {
+		t.Errorf("history: got %d old and %d new messages, want 0 and 20 (the oldest go first)", len(old.Messages), len(recent.Messages))
+	}
+	if old.Top.Offset != 10 {
+		t.Errorf("old room's position: got %d, want 10 (eviction keeps offsets)", old.Top.Offset)
+	}
+}
+
+// A cancelled context fails a call before it touches the bus, as it would
+// on a bus across the network.
+func TestMemoryCancelledContext(t *testing.T) {
+	m := newTestMemory(t, newFakeClock(), MemoryConfig{})
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if err := m.Join(ctx, "r", Member{Session: "s"}); !errors.Is(err, context.Canceled) {
+		t.Errorf("Join: got %v, want %v", err, context.Canceled)
+	}
+	if _, err := m.Publish(ctx, "r", Publication{Data: data(1)}); !errors.Is(err, context.Canceled) {
+		t.Errorf("Publish: got %v, want %v", err, context.Canceled)
+	}
 }

@@ -166,8 +166,8 @@ func (c *Config) setDefaults() error {
 		return err
 	}
 	for _, p := range c.PresenceRooms {
-		if !validRoom(strings.TrimSuffix(p, "*")) && p != "*" {
-			return fmt.Errorf("gateway: Config.PresenceRooms: %q is not a room name or a room prefix ending in *", p)
+		if err := CheckRoomPattern(p); err != nil {
+			return fmt.Errorf("gateway: Config.PresenceRooms: %w", err)
 		}
 	}
 	for _, p := range c.Origins {
@@ -179,4 +179,13 @@ func (c *Config) setDefaults() error {
 		c.now = time.Now
 	}
 	return nil
+}
+
+// CheckRoomPattern checks a room pattern as permissions and PresenceRooms
+// take it: a room name, or a prefix of one followed by a trailing *.
+func CheckRoomPattern(p string) error {
+	if p == "*" || validRoom(p) || strings.HasSuffix(p, "*") && validRoom(strings.TrimSuffix(p, "*")) {
+		return nil
+	}
+	return fmt.Errorf("%q is not a room name or a room prefix ending in *", p)
 }

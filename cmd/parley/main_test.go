@@ -61,6 +61,11 @@ func TestConfigErrors(t *testing.T) {
 		{"cert without key", []string{"--tls-cert", "c.pem"}, env(), "go together"},
 		{"bad STUN address", []string{"--stun-addr", "19302"}, env(), "--stun-addr"},
 		{"redis is not in this version", nil, env("PARLEY_REDIS", "redis://127.0.0.1:6379/0"), "--redis"},
+		{"zero replay limit", []string{"--replay-limit", "0"}, env(), "--replay-limit must be positive"},
+		{"zero node rooms", nil, env("PARLEY_MAX_NODE_ROOMS", "0"), "--max-node-rooms must be positive"},
+		{"negative history bytes", []string{"--history-bytes", "-1"}, env(), "--history-bytes must be positive"},
+		{"zero room history bytes", []string{"--room-history-bytes", "0"}, env(), "--room-history-bytes must be positive"},
+		{"bad presence room pattern", []string{"--presence-rooms", "lobby,chat:*:x*,bad room"}, env(), `--presence-rooms: "bad room"`},
 		{"missing public key file", []string{"--jwt-public-key", "/nonexistent.pem", "--admin-addr", "off", "--turn-addr", "off"}, env(), "--jwt-public-key"},
 	}
 	for _, tt := range tests {
@@ -204,8 +209,11 @@ func TestServeInProcess(t *testing.T) {
 	}
 	body, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
-	if !strings.Contains(string(body), "parley_connections") {
-		t.Errorf("metrics lack parley_connections")
+	for _, name := range []string{"parley_connections", "parley_rooms_held", "parley_history_bytes",
+		`parley_history_evicted_total{bound="node"}`, `parley_history_evicted_total{bound="room"}`, "parley_rooms_refused_total", "parley_replay_refused_total"} {
+		if !strings.Contains(string(body), name) {
+			t.Errorf("metrics lack %s", name)
+		}
 	}
 	// The STUN-only listener answers a binding request with the client's
 	// address.

@@ -43,6 +43,12 @@ type serveConfig struct {
 	publishRate     float64
 	maxRooms        int
 	maxConnsPerIP   int
+	trustedProxies  []netip.Prefix
+	replayLimit     int
+	presenceRooms   []string
+	nodeRooms       int
+	historyBytes    int64
+	roomHistBytes   int64
 	logFormat       string
 	logLevel        slog.Level
 
@@ -91,6 +97,12 @@ func parseServe(args []string, getenv func(string) string, stderr io.Writer) (*s
 	publishRate := fs.Float64("publish-rate", 50, "publishes per second allowed to one session, and to one user on the HTTP API (burst twice that); the API key is not limited")
 	maxRooms := fs.Int("max-rooms", 100, "rooms one session may subscribe to")
 	maxConns := fs.Int("max-conns-per-ip", 1000, "concurrent WebSocket and SSE connections from one client address")
+	replayLimit := fs.Int("replay-limit", 4<<20, "bytes of history one resume may replay; a resume that would replay more is answered recovered: false and the client reloads")
+	presenceRooms := fs.String("presence-rooms", "", "room patterns whose every subscriber is in presence, comma-separated, a trailing * as wildcard (elsewhere only subscriptions that ask for presence are)")
+	nodeRooms := fs.Int("max-node-rooms", 100000, "rooms this node holds at once; past it, a room it does not hold yet is refused with over_capacity")
+	historyBytes := fs.Int64("history-bytes", 256<<20, "bytes of history this node keeps for all rooms together; past it the oldest messages are dropped")
+	roomHistBytes := fs.Int64("room-history-bytes", 8<<20, "bytes of history one room keeps; past it the room's oldest messages are dropped")
+	trustedProxies := fs.String("trusted-proxies", "", "CIDRs or addresses of load balancers and reverse proxies whose X-Forwarded-For (or Forwarded) header names the client, comma-separated (default none: the TCP peer is the client)")
 	fs.StringVar(&c.tlsCert, "tls-cert", "", "PEM certificate `file` for TURN over TLS, and HTTPS on --addr")
 	fs.StringVar(&c.tlsKey, "tls-key", "", "PEM private key `file` matching --tls-cert")
 	fs.StringVar(&c.turn.addr, "turn-addr", "localhost:3478", "TURN and STUN listener on UDP and TCP; off disables them")
@@ -115,6 +127,8 @@ func parseServe(args []string, getenv func(string) string, stderr io.Writer) (*s
 	c.historySize, c.historyTTL = *historySize, *historyTTL
 	c.ping, c.drain = *ping, *drain
 	c.queueLimit, c.publishRate, c.maxRooms, c.maxConnsPerIP = *queueLimit, *publishRate, *maxRooms, *maxConns
+	c.replayLimit, c.presenceRooms = *replayLimit, split(*presenceRooms)
+	c.nodeRooms, c.historyBytes, c.roomHistBytes = *nodeRooms, *historyBytes, *roomHistBytes
 	c.logFormat = *logFormat
 	c.turn.credentialTTL = *iceTTL
 	c.turn.userQuota, c.turn.maxAllocations = *userQuota, *maxAllocs
@@ -144,7 +158,8 @@ func parseServe(args []string, getenv func(string) string, stderr io.Writer) (*s
 	if _, _, err := net.SplitHostPort(c.addr); err == nil && c.jwtSecret == "" && c.jwtPublicKey == "" && !c.allowAnonymous && !loopback(c.addr) {
 		bad("--addr %s is not a loopback address and no --jwt-secret or --jwt-public-key is set: anyone could connect as anonymous; set a JWT key, or --allow-anonymous to mean it", c.addr)
 	}
-	for name, v := range map[string]int{"--history-size": c.historySize, "--queue-limit": c.queueLimit, "--max-rooms": c.maxRooms, "--max-conns-per-ip": c.maxConnsPerIP} {
+	for name, v := range map[string]int{"--history-size": c.historySize, "--queue-limit": c.queueLimit, "--max-rooms": c.maxRooms, "--max-conns-per-ip": c.maxConnsPerIP,
+		"--replay-limit": c.replayLimit, "--max-node-rooms": c.nodeRooms} {
 		if v <= 0 {
 			bad("%s must be positive, got %d", name, v)
 		}
@@ -152,6 +167,16 @@ func parseServe(args []string, getenv func(string) string, stderr io.Writer) (*s
 	for name, v := range map[string]time.Duration{"--history-ttl": c.historyTTL, "--ping": c.ping, "--drain": c.drain} {
 		if v <= 0 {
 			bad("%s must be positive, got %s", name, v)
+		}
+	}
+	for name, v := range map[string]int64{"--history-bytes": c.historyBytes, "--room-history-bytes": c.roomHistBytes} {
+		if v <= 0 {
+			bad("%s must be positive, got %d", name, v)
+		}
+	}
+	for _, p := range c.presenceRooms {
+		if err := gateway.CheckRoomPattern(p); err != nil {
+			bad("--presence-rooms: %v", err)
 		}
 	}
 	if c.publishRate <= 0 {
@@ -185,6 +210,11 @@ func parseServe(args []string, getenv func(string) string, stderr io.Writer) (*s
 		bad("--turn-ports: %v", err)
 	} else {
 		c.turn.portMin, c.turn.portMax = lo, hi
+	}
+	if p, err := gateway.ParseTrustedProxies(*trustedProxies); err != nil {
+		bad("--trusted-proxies: %v", err)
+	} else {
+		c.trustedProxies = p
 	}
 	allow := *turnAllow
 	// Local calls in dev mode relay to loopback; a node that others can reach
@@ -262,6 +292,9 @@ func serveCmd(ctx context.Context, stop func(), args []string, getenv func(strin
 		PublishBurst:       int(2 * c.publishRate),
 		MaxRoomsPerSession: c.maxRooms,
 		MaxConnsPerIP:      c.maxConnsPerIP,
+		TrustedProxies:     c.trustedProxies,
+		ReplayLimit:        c.replayLimit,
+		PresenceRooms:      c.presenceRooms,
 	}
 	if c.jwtSecret != "" {
 		gcfg.JWTSecret = []byte(c.jwtSecret)
@@ -326,8 +359,12 @@ func serveCmd(ctx context.Context, stop func(), args []string, getenv func(strin
 		go stunSrv.Serve(stunConn)
 	}
 
-	bus := fanout.NewMemory(fanout.MemoryConfig{HistorySize: c.historySize, HistoryTTL: c.historyTTL})
+	bus := fanout.NewMemory(fanout.MemoryConfig{
+		HistorySize: c.historySize, HistoryTTL: c.historyTTL,
+		MaxRooms: c.nodeRooms, MaxHistoryBytes: c.historyBytes, MaxRoomHistoryBytes: c.roomHistBytes,
+	})
 	defer bus.Close()
+	registerMemoryMetrics(reg, bus)
 	gcfg.Bus = bus
 	gw, err := gateway.New(gcfg)
 	if err != nil {
@@ -521,4 +558,28 @@ func startSTUN(c *serveConfig, log *slog.Logger, reg prometheus.Registerer) (*st
 		return nil, nil, err
 	}
 	return srv, conn, nil
+}
+
+// registerMemoryMetrics exports the in-memory bus's bounds: what it holds and
+// what its bounds dropped or refused.
+func registerMemoryMetrics(reg prometheus.Registerer, bus *fanout.Memory) {
+	reg.MustRegister(
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "parley_rooms_held", Help: "Rooms this node's bus holds (bounded by --max-node-rooms).",
+		}, func() float64 { return float64(bus.Stats().Rooms) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "parley_history_bytes", Help: "History this node keeps, as counted against --history-bytes.",
+		}, func() float64 { return float64(bus.Stats().HistoryBytes) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "parley_history_evicted_total", Help: "Messages dropped from history by a byte bound, by bound (room: --room-history-bytes, node: --history-bytes).",
+			ConstLabels: prometheus.Labels{"bound": "room"},
+		}, func() float64 { return float64(bus.Stats().EvictedRoomBytes) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "parley_history_evicted_total", Help: "Messages dropped from history by a byte bound, by bound (room: --room-history-bytes, node: --history-bytes).",
+			ConstLabels: prometheus.Labels{"bound": "node"},
+		}, func() float64 { return float64(bus.Stats().EvictedNodeBytes) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "parley_rooms_refused_total", Help: "Calls refused with over_capacity because the node held --max-node-rooms rooms.",
+		}, func() float64 { return float64(bus.Stats().RoomsRefused) }),
+	)
 }
