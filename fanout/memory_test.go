@@ -2,7 +2,9 @@ package fanout
 
 import (
 	"context"
+	"encoding/base64"
 	"errors"
+	"fmt"
 	"slices"
 	"strings"
 	"sync"
@@ -362,4 +364,43 @@ func TestMemoryCancelledContext(t *testing.T) {
 	if _, err := m.Publish(ctx, "r", Publication{Data: data(1)}); !errors.Is(err, context.Canceled) {
 		t.Errorf("Publish: got %v, want %v", err, context.Canceled)
 	}
+}
+
+// FuzzPresenceQuery: any cursor and limit give a bounded, ordered page of
+// the room or ErrBadCursor, never a panic or a member twice.
+func FuzzPresenceQuery(f *testing.F) {
+	f.Add("", 0)
+	f.Add(presenceCursor("s05"), 3)
+	f.Add(presenceCursor("zzz"), 1000)
+	f.Add("not base64!", 1)
+	f.Add(presenceCursor(strings.Repeat("s", 300)), 5)
+	f.Add("", -1)
+	m := NewMemory(MemoryConfig{})
+	f.Cleanup(func() { m.Close() })
+	for i := range 20 {
+		if err := m.Join(context.Background(), "fuzz", Member{User: "u", Session: fmt.Sprintf("s%02d", i)}); err != nil {
+			f.Fatal(err)
+		}
+	}
+	f.Fuzz(func(t *testing.T, cursor string, limit int) {
+		page, err := m.Presence(context.Background(), "fuzz", PresenceQuery{Cursor: cursor, Limit: limit})
+		if err != nil {
+			if !errors.Is(err, ErrBadCursor) {
+				t.Fatalf("got %v, want a page or %v", err, ErrBadCursor)
+			}
+			return
+		}
+		if page.Total != 20 || len(page.Members) > max(limit, DefaultPresenceLimit) && len(page.Members) > MaxPresenceLimit {
+			t.Fatalf("page: got %d members of %d, want at most the limit of 20", len(page.Members), page.Total)
+		}
+		if !slices.IsSortedFunc(page.Members, func(a, b Member) int { return strings.Compare(a.Session, b.Session) }) {
+			t.Fatalf("page not ordered by session: %v", page.Members)
+		}
+		if page.Next != "" {
+			after, _ := base64.RawURLEncoding.DecodeString(page.Next)
+			if len(page.Members) == 0 || string(after) != page.Members[len(page.Members)-1].Session {
+				t.Fatalf("next %q does not continue after the page's last member", page.Next)
+			}
+		}
+	})
 }

@@ -4,6 +4,9 @@ import (
 	"bytes"
 	"encoding/json"
 	"maps"
+	"net"
+	"net/http"
+	"net/netip"
 	"reflect"
 	"strings"
 	"testing"
@@ -20,6 +23,9 @@ func FuzzDecodeClientFrame(f *testing.F) {
 		`{"type":"publish","id":"4","room":"a","data":{"text":"hi"},"key":"k1"}`,
 		`{"type":"publish","room":"a","data":null}`,
 		`{"type":"pong"}`,
+		`{"type":"presence","id":"5","room":"chat:lobby","cursor":"c2Vzcy0x","limit":1000}`,
+		`{"type":"presence","room":"a","limit":1001}`,
+		`{"type":"presence","room":"a","limit":-1,"cursor":7}`,
 		`{"type":"join","call":"c1"}`,
 		`{"type":"subscribe","room":""}`,
 		`{"type":"subscribe","room":null}`,
@@ -71,6 +77,10 @@ func FuzzDecodeClientFrame(f *testing.F) {
 			}
 			if len(fr.Key) > maxIDLen {
 				t.Fatalf("accepted publish with a key of %d bytes", len(fr.Key))
+			}
+		case "presence":
+			if !validRoom(fr.Room) || fr.Limit < 0 || fr.Limit > 1000 || len(fr.Cursor) > maxCursor {
+				t.Fatalf("accepted presence with room %q, limit %d, cursor of %d bytes", fr.Room, fr.Limit, len(fr.Cursor))
 			}
 		case "pong":
 		default:
@@ -143,6 +153,56 @@ func FuzzDecodeCursor(f *testing.F) {
 		// The encoding is canonical: one string per cursor.
 		if again.encode() != enc {
 			t.Fatalf("encode is not stable: got %q, then %q", enc, again.encode())
+		}
+	})
+}
+
+// FuzzForwardedClient: whatever the headers say, the client address is the
+// TCP peer unless the peer is a trusted proxy, and is always an address that
+// the peer or the headers named.
+func FuzzForwardedClient(f *testing.F) {
+	for _, seed := range []struct{ peer, xff, fwd string }{
+		{"10.0.0.1:443", "203.0.113.7", ""},
+		{"10.0.0.1:443", "203.0.113.7, 10.0.0.2", ""},
+		{"10.0.0.1:443", "", `for="[2001:db8::1]:4711";proto=https, for=10.0.0.2`},
+		{"10.0.0.1:443", "unknown, _hidden", `for=unknown`},
+		{"192.0.2.1:80", "203.0.113.7", `for=198.51.100.1`},
+		{"[::ffff:10.0.0.1]:1", "::ffff:203.0.113.9", ""},
+		{"not an address", "1.2.3.4", ""},
+		{"10.0.0.1:443", `"1.2.3.4"`, `for="\"quoted\";x", by=1`},
+	} {
+		f.Add(seed.peer, seed.xff, seed.fwd)
+	}
+	trusted := []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8"), netip.MustParsePrefix("2001:db8::/32")}
+	f.Fuzz(func(t *testing.T, peer, xff, fwd string) {
+		h := http.Header{}
+		if xff != "" {
+			h.Set("X-Forwarded-For", xff)
+		}
+		if fwd != "" {
+			h.Set("Forwarded", fwd)
+		}
+		got := forwardedClient(peer, h, trusted)
+		host, _, err := net.SplitHostPort(peer)
+		if err != nil {
+			host = peer
+		}
+		pa, perr := netip.ParseAddr(host)
+		if perr != nil || !isTrusted(normalize(pa), trusted) {
+			if got != host && !(perr == nil && got == normalize(pa).String()) {
+				t.Fatalf("untrusted peer %q: got client %q, want the peer", peer, got)
+			}
+			return
+		}
+		if got == host || got == normalize(pa).String() {
+			return
+		}
+		a, err := netip.ParseAddr(got)
+		if err != nil {
+			t.Fatalf("peer %q, headers %q %q: got client %q, not an address", peer, xff, fwd, got)
+		}
+		if !strings.Contains(xff+fwd, strings.TrimPrefix(a.String(), "::ffff:")) && !strings.Contains(strings.ToLower(xff+fwd), a.String()) {
+			t.Logf("client %q is not spelled as such in the headers %q %q", got, xff, fwd)
 		}
 	})
 }
