@@ -209,8 +209,9 @@ type sub struct {
 	// paused: an event of the room found the queue full; the room's events
 	// are dropped and pos stays put until resync subscribes it again.
 	paused bool
-	// stopped: the paused room is not subscribed on the node any more (it
-	// was unsubscribed, or the connection it was subscribed on is gone).
+	// stopped: the paused room is not subscribed on the node any more: the
+	// connection it was subscribed on is gone, or resync unsubscribed it to
+	// subscribe it again.
 	stopped bool
 }
 
@@ -261,6 +262,10 @@ type Client struct {
 	nextID  uint64
 	ready   chan struct{} // closed once connected; replaced on disconnect
 	queue   eventQueue
+	// roomOps serialises the room commands (subscribe, unsubscribe) of
+	// Subscribe, Unsubscribe and resync. resubscribe does not take it: a
+	// command waiting for a connection must not stop one from coming up.
+	roomOps sync.Mutex
 	// resyncWanted: some room is paused; dispatch wakes resync when the
 	// queue drains.
 	resyncWanted bool
@@ -506,6 +511,8 @@ func (c *Client) resubscribe(conn *websocket.Conn) error {
 			// Not subscribed on this connection: resync subscribes it
 			// once the queue has drained.
 			s.stopped = true
+			c.resyncWanted = true
+			poke(c.resyncWake)
 		}
 		presence := s.presence
 		c.mu.Unlock()
@@ -719,6 +726,9 @@ func (c *Client) live(ctx context.Context) (*websocket.Conn, error) {
 // room's current position, without presence. A room can be subscribed once
 // at a time.
 func (c *Client) Subscribe(ctx context.Context, room string, opts SubscribeOptions) (SubscribeAck, error) {
+	// Room commands of the application and of resync never interleave.
+	c.roomOps.Lock()
+	defer c.roomOps.Unlock()
 	s := &sub{presence: opts.Presence}
 	var since *Position
 	if opts.Since != nil {
@@ -800,9 +810,11 @@ func (c *Client) onSubscribeAck(room string, s *sub, resumed bool) func(raw []by
 
 // Unsubscribe leaves a room.
 func (c *Client) Unsubscribe(ctx context.Context, room string) error {
+	c.roomOps.Lock()
+	defer c.roomOps.Unlock()
 	c.mu.Lock()
 	s := c.subs[room]
-	paused := s != nil && s.paused
+	paused := s != nil && s.paused && s.stopped
 	delete(c.subs, room)
 	c.mu.Unlock()
 	conn, err := c.live(ctx)
@@ -816,7 +828,7 @@ func (c *Client) Unsubscribe(ctx context.Context, room string) error {
 		// The next connection does not subscribe the room again.
 		return nil
 	case paused && errors.As(err, &serr) && serr.Code == "not_found":
-		// The pause had unsubscribed it already.
+		// Not subscribed on this connection while paused.
 		return nil
 	}
 	return err

@@ -11,8 +11,8 @@
 //
 // # Delivery
 //
-// Events are delivered in the order they happened; the messages of each room
-// in offset order, each once. One goroutine reads the connection and never
+// The messages of each room are delivered in offset order, each once; events
+// of different rooms keep their order unless a room is paused (below). One goroutine reads the connection and never
 // waits for the application: it answers pings, completes commands with their
 // acks and errors, and puts events in a queue, which a second goroutine hands
 // to Events one at a time. The application may therefore call any method of
@@ -22,12 +22,13 @@
 // presence events, and error frames that answer no command. When an event of
 // a room finds the queue full, the client acts as the room's slow consumer,
 // as a node does with a session that does not read: it pauses the room. It
-// drops that event and the room's next ones without moving the room's
-// position, and unsubscribes from the room on the node, which stops sending
-// it. Once the application has read the queue down to half of EventBuffer,
-// the client subscribes to the room again from its position, and the node
-// sends the messages the room missed from its history, in order, before live
-// ones. A room may be paused and taken back any number of times; the
+// drops that event and the room's next ones as they arrive, without moving
+// the room's position; the room stays subscribed on the node, so it keeps its
+// place among the session's rooms. Once the application has read the queue
+// down to half of EventBuffer, the client unsubscribes the room and
+// subscribes it again from its position, with no Subscribe or Unsubscribe of
+// the application in between, and the node sends the messages the room
+// missed from its history, in order, before live ones. A room may be paused and taken back any number of times; the
 // application sees none of it in the messages, which arrive with no gap and
 // no duplicate, however slowly it reads. Commands complete while rooms are
 // paused. If the node's history no longer holds everything a paused room
@@ -35,15 +36,17 @@
 // goes on from the node's current position after an EventLost, as after a
 // reconnect.
 //
-// Presence events are not replayed. The other members of a paused room see
-// this session leave and join again, and a room subscribed with presence gets
+// Presence events are not replayed. The other members of a room taken back
+// from a pause see this session leave and join again, and a room subscribed with presence gets
 // an EventPresence whose Event is "sync" whenever it is subscribed again,
 // after a pause or a reconnect: joins and leaves may have been missed
 // meanwhile, and AllMembers gives the current members.
 //
 // Connection events (EventConnected, EventDisconnected, EventDraining,
 // EventLost, and EventError for a room that could not be subscribed again)
-// are never dropped; they come a few per connection. Events is closed after
+// are never dropped; they come a few per connection. An error frame that
+// answers no command is dropped, with a log line, when it finds the queue
+// full. Events is closed after
 // Close, which discards the events not yet received, or, with
 // Options.NoReconnect, once the connection has ended and every event has been
 // received.

@@ -71,7 +71,7 @@ func (c *Client) admit(room string, s *sub) bool {
 	if c.queue.len() < c.limit {
 		return true
 	}
-	s.paused, s.stopped = true, false
+	s.paused = true
 	c.resyncWanted = true
 	c.log.Debug("event queue full: room paused", "room", room, "queued", c.queue.len())
 	poke(c.resyncWake)
@@ -120,15 +120,13 @@ type pausedRoom struct {
 	s    *sub
 }
 
-// resync takes paused rooms back: it unsubscribes each at once, so that the
-// node stops sending what the client would drop, and once the queue has
-// drained to the low-water mark it subscribes them again from their
-// positions, so the node sends the messages they missed from its history.
-// A room that finds the queue full again is paused again. resync returns when
-// c.ctx ends (Close, or the end of the connection with NoReconnect).
+// resync takes paused rooms back once the queue has drained to the low-water
+// mark: it subscribes each again from its position, so the node sends the
+// messages it missed from its history. A room that finds the queue full
+// again is paused again. resync returns when c.ctx ends (Close, or the end
+// of the connection with NoReconnect).
 func (c *Client) resync() {
 	defer c.goroutines.Done()
-	delay := c.opts.MinBackoff
 	for {
 		select {
 		case <-c.resyncWake:
@@ -137,124 +135,113 @@ func (c *Client) resync() {
 		}
 		for c.ctx.Err() == nil {
 			c.mu.Lock()
-			var stop, resume []pausedRoom
+			var paused []pausedRoom
 			for room, s := range c.subs {
-				switch {
-				case !s.paused:
-				case !s.stopped:
-					stop = append(stop, pausedRoom{room, s})
-				default:
-					resume = append(resume, pausedRoom{room, s})
+				if s.paused {
+					paused = append(paused, pausedRoom{room, s})
 				}
 			}
 			drained := c.queue.len() <= c.lowWater
-			if len(stop) == 0 && len(resume) == 0 {
+			if len(paused) == 0 {
 				c.resyncWanted = false
 			}
 			c.mu.Unlock()
-			if len(stop) == 0 && (len(resume) == 0 || !drained) {
+			if len(paused) == 0 || !drained {
 				break // until the next pause or the queue drains
 			}
-			done := true
-			for _, r := range stop {
-				done = c.stopRoom(r) && done
-			}
-			for _, r := range resume {
+			for _, r := range paused {
 				c.mu.Lock()
 				drained := c.queue.len() <= c.lowWater
 				c.mu.Unlock()
-				if !drained {
+				if !drained || c.ctx.Err() != nil {
 					break
 				}
-				done = c.resumeRoom(r) && done
+				c.resumeRoom(r)
 			}
-			if done {
-				delay = c.opts.MinBackoff
+		}
+	}
+}
+
+// resumeRoom subscribes a paused room again from its position. While the
+// room was paused it stayed subscribed on the node (its events were dropped
+// as they came), so that its slot among the session's rooms is kept; now it
+// is unsubscribed and subscribed again, with c.roomOps held throughout, so
+// that no Subscribe or Unsubscribe of the application comes in between.
+// Refusals that may pass (rate_limited, over_capacity, internal) are tried
+// again after a backoff; a room the node refuses for good is dropped and
+// reported, as after a reconnect.
+func (c *Client) resumeRoom(r pausedRoom) {
+	c.roomOps.Lock()
+	defer c.roomOps.Unlock()
+	delay := c.opts.MinBackoff
+	for c.ctx.Err() == nil {
+		c.mu.Lock()
+		if c.subs[r.room] != r.s || !r.s.paused {
+			c.mu.Unlock()
+			return
+		}
+		var since *Position
+		if r.s.seen {
+			since = &Position{Epoch: r.s.pos.Epoch, Offset: r.s.pos.Offset}
+		}
+		subscribed := !r.s.stopped
+		f := subscribeFrame(r.room, r.s.presence, since)
+		c.mu.Unlock()
+		conn, err := c.live(c.ctx)
+		if err != nil {
+			return
+		}
+		if subscribed {
+			_, err = c.command(c.ctx, conn, map[string]any{"type": "unsubscribe", "room": r.room}, nil)
+			var serr *ServerError
+			switch {
+			case err == nil, errors.As(err, &serr) && serr.Code == "not_found":
+				c.mu.Lock()
+				r.s.stopped = true
+				c.mu.Unlock()
+			case errors.Is(err, ErrDisconnected):
+				// The next connection does not subscribe a paused room.
+				continue
+			default:
+				if !c.backoff(&delay, r.room, err) {
+					return
+				}
 				continue
 			}
-			// Refused for now (rate_limited): try again later.
-			t := time.NewTimer(time.Duration(rand.Int64N(int64(delay) + 1)))
-			select {
-			case <-c.ctx.Done():
-				t.Stop()
+		}
+		_, err = c.command(c.ctx, conn, f, c.onSubscribeAck(r.room, r.s, true))
+		var serr *ServerError
+		switch {
+		case err == nil, errors.Is(err, ErrDisconnected):
+			// Subscribed; or the connection dropped, and the room, still
+			// paused, is subscribed on the next one.
+			if err == nil {
 				return
-			case <-t.C:
 			}
-			delay = min(delay*2, c.opts.MaxBackoff)
+		case errors.As(err, &serr) && serr.Code != "rate_limited" && serr.Code != "over_capacity" && serr.Code != "internal":
+			c.dropRoom(r.room, r.s, err)
+			return
+		default:
+			if !c.backoff(&delay, r.room, err) {
+				return
+			}
 		}
 	}
 }
 
-// stopRoom unsubscribes a paused room on the node; it reports false if it
-// should be tried again.
-func (c *Client) stopRoom(r pausedRoom) bool {
-	conn, err := c.live(c.ctx)
-	if err != nil {
+// backoff waits before a paused room's next try; it reports false if the
+// client closed meanwhile.
+func (c *Client) backoff(delay *time.Duration, room string, err error) bool {
+	c.log.Debug("subscribing a paused room again", "room", room, "err", err)
+	t := time.NewTimer(time.Duration(rand.Int64N(int64(*delay) + 1)))
+	defer t.Stop()
+	select {
+	case <-c.ctx.Done():
 		return false
+	case <-t.C:
 	}
-	_, err = c.command(c.ctx, conn, map[string]any{"type": "unsubscribe", "room": r.room}, nil)
-	var serr *ServerError
-	switch {
-	case err == nil, errors.Is(err, ErrDisconnected):
-		// A connection that dropped took the subscription with it, and
-		// the next one does not subscribe a paused room.
-	case errors.As(err, &serr) && serr.Code == "not_found":
-		// Not subscribed on this connection.
-	default:
-		c.log.Debug("unsubscribing a paused room", "room", r.room, "err", err)
-		return false
-	}
-	c.mu.Lock()
-	if c.subs[r.room] == r.s && r.s.paused {
-		r.s.stopped = true
-	}
-	c.mu.Unlock()
+	*delay = min(*delay*2, c.opts.MaxBackoff)
 	return true
-}
-
-// resumeRoom subscribes a paused room again from its position; it reports
-// false if it should be tried again. A room the node now refuses is dropped
-// and reported, as after a reconnect.
-func (c *Client) resumeRoom(r pausedRoom) bool {
-	c.mu.Lock()
-	if c.subs[r.room] != r.s || !r.s.paused || !r.s.stopped {
-		c.mu.Unlock()
-		return true
-	}
-	since := &Position{Epoch: r.s.pos.Epoch, Offset: r.s.pos.Offset}
-	if !r.s.seen {
-		since = nil
-	}
-	f := subscribeFrame(r.room, r.s.presence, since)
-	c.mu.Unlock()
-	conn, err := c.live(c.ctx)
-	if err != nil {
-		return false
-	}
-	_, err = c.command(c.ctx, conn, f, c.onSubscribeAck(r.room, r.s, true))
-	var serr *ServerError
-	switch {
-	case err == nil:
-		c.mu.Lock()
-		gone := c.subs[r.room] != r.s
-		c.mu.Unlock()
-		if gone {
-			// Unsubscribed meanwhile: leave the room on the node too.
-			c.command(c.ctx, conn, map[string]any{"type": "unsubscribe", "room": r.room}, nil)
-		}
-		return true
-	case errors.Is(err, ErrDisconnected):
-		// Still paused and stopped: subscribed on the next connection.
-		return true
-	case errors.As(err, &serr) && serr.Code == "rate_limited":
-		c.log.Debug("subscribing a paused room again", "room", r.room, "err", err)
-		return false
-	case errors.As(err, &serr):
-		c.dropRoom(r.room, r.s, err)
-		return true
-	default:
-		return false
-	}
 }
 
 // queueLen returns how many events wait for the application.
