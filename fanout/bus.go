@@ -41,24 +41,26 @@ type Message struct {
 	// Time is when the bus accepted the message, in Unix nanoseconds.
 	Time int64 `json:"time"`
 
-	// encoded caches what Encoded computed.
-	encoded atomic.Pointer[[]byte]
+	// shared holds what Shared built.
+	shared atomic.Pointer[sharedValue]
 }
 
-// Encoded returns enc(m), computed at most once per Message value (two
-// concurrent first calls may both run enc; one result wins). A consumer
+type sharedValue struct{ v any }
+
+// Shared returns build(m), built at most once per Message value (two
+// concurrent first calls may both run build; one result wins). A consumer
 // that puts every message on the wire the same way, as the gateway does,
 // thereby shares one encoding among every reader of a message that a bus
-// keeps in history: live delivery and every replay. enc must not retain m.
-func (m *Message) Encoded(enc func(*Message) []byte) []byte {
-	if p := m.encoded.Load(); p != nil {
-		return *p
+// keeps in history: live delivery and every replay. build must not retain m.
+func (m *Message) Shared(build func(*Message) any) any {
+	if p := m.shared.Load(); p != nil {
+		return p.v
 	}
-	b := enc(m)
-	if m.encoded.CompareAndSwap(nil, &b) {
-		return b
+	nv := &sharedValue{v: build(m)}
+	if m.shared.CompareAndSwap(nil, nv) {
+		return nv.v
 	}
-	return *m.encoded.Load()
+	return m.shared.Load().v
 }
 
 // Publication is what a publisher hands to Publish.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/base64"
+	"math"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -24,10 +25,12 @@ type MemoryConfig struct {
 	// dropped; zero means one minute.
 	SweepInterval time.Duration
 
-	// MaxRooms bounds the rooms the bus holds. While it holds that many,
-	// every call that names a room it does not hold yet fails with
-	// ErrRoomLimit (rooms that hold nothing are let go first). Zero means
-	// 100000.
+	// MaxRooms bounds the rooms the bus holds. While it holds that many, a
+	// room that only reads made (and that holds nothing) is let go to make
+	// room for another; when there is none, Publish, Subscribe and Join
+	// naming a room the bus does not hold fail with ErrRoomLimit, and reads
+	// of such a room answer as for an empty room without keeping it. Zero
+	// means 100000.
 	MaxRooms int
 	// MaxRoomHistoryBytes bounds one room's history: past it the room's
 	// oldest messages are dropped, as past HistorySize. Zero means 8 MiB.
@@ -39,7 +42,7 @@ type MemoryConfig struct {
 	// who fills it stop every room. Zero means 256 MiB.
 	//
 	// Both byte bounds count a message at MessageCost: its data and the wire
-	// encoding that readers share (Message.Encoded), plus a fixed overhead.
+	// encoding that readers share (Message.Shared), plus a fixed overhead.
 	MaxHistoryBytes int64
 
 	// Now returns the current time; nil means time.Now.
@@ -48,9 +51,10 @@ type MemoryConfig struct {
 
 // MessageCost is what a message counts against the history byte bounds:
 // twice its data, sender and room (the message and the encoding that its
-// readers share) plus 256 bytes for the structures around them.
+// readers share, which must not escape the data) plus 512 bytes for the
+// structures around them.
 func MessageCost(m *Message) int64 {
-	return 2*int64(len(m.Data)+len(m.From)+len(m.Room)) + 256
+	return 2*int64(len(m.Data)+len(m.From)+len(m.Room)) + 512
 }
 
 // MemoryStats are a Memory bus's gauges and counters, for metrics.
@@ -72,10 +76,14 @@ type MemoryStats struct {
 type Memory struct {
 	cfg MemoryConfig
 
-	mu          sync.Mutex
-	rooms       map[string]*memRoom
-	closed      bool
-	lastReclaim time.Time // when rooms holding nothing were last let go
+	mu     sync.Mutex
+	rooms  map[string]*memRoom
+	closed bool
+	// shells are rooms that a read made (History, Presence, Leave,
+	// Unsubscribe): at the room bound, one that still holds nothing is let
+	// go for a new room. A room in shells may have come to hold something
+	// since; it is skipped and forgotten here when found so.
+	shells map[string]*memRoom
 
 	bytes        atomic.Int64 // history bytes of every room (MessageCost)
 	evictedRoom  atomic.Uint64
@@ -178,10 +186,11 @@ func NewMemory(cfg MemoryConfig) *Memory {
 		cfg.Now = time.Now
 	}
 	m := &Memory{
-		cfg:   cfg,
-		rooms: make(map[string]*memRoom),
-		stop:  make(chan struct{}),
-		done:  make(chan struct{}),
+		cfg:    cfg,
+		rooms:  make(map[string]*memRoom),
+		shells: make(map[string]*memRoom),
+		stop:   make(chan struct{}),
+		done:   make(chan struct{}),
 	}
 	go m.sweepLoop()
 	return m
@@ -208,7 +217,10 @@ func (m *Memory) Stats() MemoryStats {
 	}
 }
 
-func (m *Memory) room(name string) (*memRoom, error) {
+// room returns the named room, making it if the bus does not hold it. A room
+// that only a read (write false) needs is made as a shell; at the room bound
+// a read gets a room of its own that the bus does not keep.
+func (m *Memory) room(name string, write bool) (*memRoom, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if m.closed {
@@ -216,34 +228,39 @@ func (m *Memory) room(name string) (*memRoom, error) {
 	}
 	r := m.rooms[name]
 	if r == nil {
-		if len(m.rooms) >= m.cfg.MaxRooms && !m.reclaim() {
+		r = &memRoom{epoch: NewEpoch(), lastUsed: m.cfg.Now()}
+		if len(m.rooms) >= m.cfg.MaxRooms && !m.dropShell() {
+			if !write {
+				return r, nil
+			}
 			m.roomsRefused.Add(1)
 			return nil, ErrRoomLimit
 		}
-		r = &memRoom{epoch: NewEpoch(), lastUsed: m.cfg.Now()}
 		m.rooms[name] = r
+		if !write {
+			m.shells[name] = r
+		}
 	}
 	return r, nil
 }
 
-// reclaim lets go of rooms that hold nothing (no history, subscriber, member
-// or idempotency key), at most once a second; it reports whether there is
-// room for another. m.mu is held.
-func (m *Memory) reclaim() bool {
-	now := m.cfg.Now()
-	if now.Sub(m.lastReclaim) < time.Second {
-		return false
-	}
-	m.lastReclaim = now
-	for name, r := range m.rooms {
+// dropShell lets go of one room that a read made and that still holds
+// nothing; it reports whether it found one. m.mu is held.
+func (m *Memory) dropShell() bool {
+	for name, r := range m.shells {
+		delete(m.shells, name)
 		r.mu.Lock()
-		if r.empty() {
+		empty := r.empty() && !r.dead && m.rooms[name] == r
+		if empty {
 			r.dead = true
 			delete(m.rooms, name)
 		}
 		r.mu.Unlock()
+		if empty {
+			return true
+		}
 	}
-	return len(m.rooms) < m.cfg.MaxRooms
+	return false
 }
 
 // empty reports whether the room holds nothing worth keeping; r.mu is held.
@@ -254,11 +271,17 @@ func (r *memRoom) empty() bool {
 // locked returns the named room with r.mu held, and r.deliver before it when
 // deliver is set; never a room the sweeper has forgotten.
 func (m *Memory) locked(ctx context.Context, name string, deliver bool) (*memRoom, error) {
+	return m.lockedFor(ctx, name, deliver, true)
+}
+
+// lockedFor is locked for a call that writes to the room, or only reads it
+// (write false; see room).
+func (m *Memory) lockedFor(ctx context.Context, name string, deliver, write bool) (*memRoom, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
 	for {
-		r, err := m.room(name)
+		r, err := m.room(name, write)
 		if err != nil {
 			return nil, err
 		}
@@ -306,7 +329,7 @@ func (m *Memory) Publish(ctx context.Context, room string, p Publication) (Publi
 		h.HandleMessage(msg)
 	}
 	if m.bytes.Load() > m.cfg.MaxHistoryBytes {
-		m.evict()
+		m.evict(r)
 	}
 	return PublishResult{Position: Position{Epoch: msg.Epoch, Offset: msg.Offset}}, nil
 }
@@ -334,43 +357,48 @@ func (m *Memory) drop(r *memRoom) {
 	m.bytes.Add(-c)
 }
 
-// evictSample is how many rooms evict compares to find old history.
-const evictSample = 8
+// evictSample is how many rooms with history evict compares, and evictScan
+// how many rooms it looks at, at most, to find them.
+const (
+	evictSample = 8
+	evictScan   = 64
+)
 
 // evict drops the oldest messages of the node until its history is within
 // MaxHistoryBytes: each round takes the oldest message among a sample of
-// rooms. It runs in the publisher's goroutine with no room locked.
-func (m *Memory) evict() {
+// rooms, or of own (the publisher's room, which has history) when the sample
+// has none. It runs in the publisher's goroutine with no room locked.
+func (m *Memory) evict(own *memRoom) {
 	for m.bytes.Load() > m.cfg.MaxHistoryBytes {
-		var (
-			victim *memRoom
-			oldest int64
-		)
+		victim := own
+		var oldest int64 = math.MaxInt64
 		m.mu.Lock()
-		n := 0
+		sampled, scanned := 0, 0
 		for _, r := range m.rooms {
-			if n == evictSample {
+			if sampled == evictSample || scanned == evictScan {
 				break
 			}
+			scanned++
 			r.mu.Lock()
 			if o := r.hist.oldest(); o != nil {
-				n++
-				if victim == nil || o.Time < oldest {
+				sampled++
+				if o.Time < oldest {
 					victim, oldest = r, o.Time
 				}
 			}
 			r.mu.Unlock()
 		}
 		m.mu.Unlock()
-		if victim == nil {
-			return
-		}
 		victim.mu.Lock()
-		if victim.hist.n > 0 {
+		n := victim.hist.n
+		if n > 0 {
 			m.drop(victim)
 			m.evictedNode.Add(1)
 		}
 		victim.mu.Unlock()
+		if n == 0 && victim == own {
+			return
+		}
 	}
 }
 
@@ -405,7 +433,7 @@ func (m *Memory) Subscribe(ctx context.Context, room string, h Handler) error {
 
 // Unsubscribe implements Bus.
 func (m *Memory) Unsubscribe(ctx context.Context, room string) error {
-	r, err := m.locked(ctx, room, false)
+	r, err := m.lockedFor(ctx, room, false, false)
 	if err != nil {
 		return err
 	}
@@ -421,7 +449,7 @@ func (m *Memory) Unsubscribe(ctx context.Context, room string) error {
 
 // History implements Bus.
 func (m *Memory) History(ctx context.Context, room string, q HistoryQuery) (History, error) {
-	r, err := m.locked(ctx, room, false)
+	r, err := m.lockedFor(ctx, room, false, false)
 	if err != nil {
 		return History{}, err
 	}
@@ -487,7 +515,7 @@ func (r *memRoom) memberIndex(session string) (int, bool) {
 }
 
 func (m *Memory) presence(ctx context.Context, room string, mem Member, join bool) error {
-	r, err := m.locked(ctx, room, true)
+	r, err := m.lockedFor(ctx, room, true, join)
 	if err != nil {
 		return err
 	}
@@ -529,7 +557,7 @@ func (m *Memory) Presence(ctx context.Context, room string, q PresenceQuery) (Pr
 	if err != nil {
 		return PresencePage{}, err
 	}
-	r, err := m.locked(ctx, room, false)
+	r, err := m.lockedFor(ctx, room, false, false)
 	if err != nil {
 		return PresencePage{}, err
 	}
@@ -632,6 +660,7 @@ func (m *Memory) sweep() {
 		r.mu.Unlock()
 		if idle {
 			delete(m.rooms, name)
+			delete(m.shells, name)
 		}
 	}
 }

@@ -256,7 +256,6 @@ func TestMemoryMaxRooms(t *testing.T) {
 	}{
 		{"Publish", func() error { _, err := m.Publish(ctx, "d", Publication{Data: data(1)}); return err }},
 		{"Subscribe", func() error { return m.Subscribe(ctx, "d", &recorder{}) }},
-		{"History", func() error { _, err := m.History(ctx, "d", HistoryQuery{}); return err }},
 		{"Join", func() error { return m.Join(ctx, "d", Member{Session: "s"}) }},
 	}
 	for _, c := range calls {
@@ -270,20 +269,43 @@ func TestMemoryMaxRooms(t *testing.T) {
 	if got := m.Stats(); got.Rooms != 3 || got.RoomsRefused != uint64(len(calls)) {
 		t.Errorf("stats: got %+v, want 3 rooms and %d refused", got, len(calls))
 	}
-	// Once c's history is gone, c holds nothing: a new room takes its place
-	// (at most one such reclaim a second).
+	// Once the held rooms' history is gone and they are idle, the sweeper
+	// forgets them, and new rooms fit again.
 	clock.Advance(25 * time.Hour)
-	if _, err := m.History(ctx, "c", HistoryQuery{}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := m.History(ctx, "a", HistoryQuery{}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := m.History(ctx, "b", HistoryQuery{}); err != nil {
-		t.Fatal(err)
-	}
+	m.sweep()
 	if _, err := m.Publish(ctx, "d", Publication{Data: data(1)}); err != nil {
-		t.Errorf("Publish after the held rooms emptied: got %v, want it to take an empty room's place", err)
+		t.Errorf("Publish after the held rooms were forgotten: %v", err)
+	}
+}
+
+// Rooms that only reads made never keep a room from being made: at the
+// bound, one that still holds nothing is let go, and a read of a room the
+// bus cannot hold answers as for an empty room.
+func TestMemoryMaxRoomsReads(t *testing.T) {
+	m := newTestMemory(t, newFakeClock(), MemoryConfig{MaxRooms: 4})
+	ctx := context.Background()
+	for i := range 100 {
+		if _, err := m.Presence(ctx, fmt.Sprint("read-", i), PresenceQuery{}); err != nil {
+			t.Fatalf("Presence: %v", err)
+		}
+		if _, err := m.History(ctx, fmt.Sprint("hist-", i), HistoryQuery{}); err != nil {
+			t.Fatalf("History: %v", err)
+		}
+	}
+	for _, r := range []string{"a", "b", "c", "d"} {
+		if _, err := m.Publish(ctx, r, Publication{Data: data(1)}); err != nil {
+			t.Fatalf("Publish(%s) with only read rooms held: %v", r, err)
+		}
+	}
+	if err := m.Subscribe(ctx, "e", &recorder{}); !errors.Is(err, ErrRoomLimit) {
+		t.Errorf("Subscribe past the bound with every room holding history: got %v, want %v", err, ErrRoomLimit)
+	}
+	h, err := m.History(ctx, "never", HistoryQuery{Limit: 10})
+	if err != nil || h.Top.Offset != 0 || len(h.Messages) != 0 {
+		t.Errorf("History of a room the bus cannot hold: got %+v, %v; want an empty room", h, err)
+	}
+	if got := m.Stats().Rooms; got != 4 {
+		t.Errorf("rooms held: got %d, want 4", got)
 	}
 }
 

@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"bytes"
 	"encoding/json"
 	"strconv"
 
@@ -140,11 +141,22 @@ type messageFrame struct {
 	TS     int64           `json:"ts"`
 }
 
+// encodeMessage encodes a message frame. It does not HTML-escape: the data
+// goes out as it was published, and the frame is no larger than the message
+// (fanout.MessageCost counts on that).
 func encodeMessage(m *fanout.Message) ([]byte, error) {
-	return json.Marshal(messageFrame{
+	var buf bytes.Buffer
+	buf.Grow(len(m.Data) + len(m.Room) + len(m.From) + len(m.Epoch) + 96)
+	enc := json.NewEncoder(&buf)
+	enc.SetEscapeHTML(false)
+	err := enc.Encode(messageFrame{
 		Type: "message", Room: m.Room, Offset: m.Offset, Epoch: m.Epoch,
 		Data: m.Data, From: m.From, TS: m.Time / 1e6,
 	})
+	if err != nil {
+		return nil, err
+	}
+	return bytes.TrimSuffix(buf.Bytes(), []byte("\n")), nil
 }
 
 type presenceFrame struct {

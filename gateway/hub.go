@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"context"
+	"errors"
 	"sync"
 
 	"github.com/parley-rt/parley/fanout"
@@ -86,17 +87,28 @@ type subscribeResult struct {
 	cursor fanout.Position
 }
 
-// encodeShared is the encoding of a message that every reader of it shares:
-// live delivery and every replay (fanout.Message.Encoded).
-func (h *hub) encodeShared(msg *fanout.Message) []byte {
-	return msg.Encoded(func(m *fanout.Message) []byte {
+// sharedFrames are a message's frames, built once per message on the node
+// (fanout.Message.Shared) and queued to every session that gets it: live,
+// and replayed (without a time, as replay is no live delivery). They share
+// one encoding.
+type sharedFrames struct {
+	live, replay frame
+}
+
+// frames returns msg's shared frames; nil if it cannot be encoded.
+func (h *hub) frames(msg *fanout.Message) *sharedFrames {
+	sf, _ := msg.Shared(func(m *fanout.Message) any {
 		b, err := encodeMessage(m)
 		if err != nil {
 			h.srv.log.Error("encoding message", "room", m.Room, "offset", m.Offset, "err", err)
-			return nil
+			return (*sharedFrames)(nil)
 		}
-		return b
-	})
+		sf := &sharedFrames{live: frame{b: b, kind: kindMessage, room: m.Room, epoch: m.Epoch, offset: m.Offset, time: m.Time}}
+		sf.replay = sf.live
+		sf.replay.time = 0
+		return sf
+	}).(*sharedFrames)
+	return sf
 }
 
 // subscribe adds s to room. It queues ack (built from the result), then the
@@ -130,7 +142,7 @@ func (h *hub) subscribe(ctx context.Context, s *session, name string, since *fan
 
 	fail := func(err error) *protoError {
 		h.srv.log.Warn("subscribe failed", "room", name, "session", s.id, "err", err)
-		h.unsubscribe(ctx, s, name)
+		h.unsubscribe(ctx, s, name) // with a context of its own: ctx may be what failed
 		return busError(err, "subscribe failed")
 	}
 	if err := h.ensureSubscribed(ctx, m.room); err != nil {
@@ -154,19 +166,19 @@ func (h *hub) subscribe(ctx context.Context, s *session, name string, since *fan
 		res.members, res.total, res.next = page.Members, page.Total, page.Next
 	}
 	last := hist.Top.Offset
-	// Replayed messages share the bytes of their live delivery; they carry
-	// no time, as they are not live deliveries.
+	// Replayed frames are the ones every reader of the message shares: a
+	// replay costs the session a queue slot per message, nothing more.
 	var replay []*frame
 	if hist.Recovered && len(hist.Messages) > 0 {
 		replay = make([]*frame, 0, len(hist.Messages))
-		size := 0
+		size := s.pendingReplay()
 		for _, msg := range hist.Messages {
-			b := h.encodeShared(msg)
-			if b == nil {
+			sf := h.frames(msg)
+			if sf == nil {
 				continue
 			}
-			size += len(b)
-			replay = append(replay, &frame{b: b, kind: kindMessage, room: msg.Room, epoch: msg.Epoch, offset: msg.Offset})
+			size += len(sf.replay.b)
+			replay = append(replay, &sf.replay)
 			last = max(last, msg.Offset)
 		}
 		if size > h.srv.cfg.ReplayLimit {
@@ -209,7 +221,9 @@ func (h *hub) ensureSubscribed(ctx context.Context, r *hubRoom) error {
 	if r.subscribed {
 		return nil
 	}
-	if err := h.bus.Subscribe(ctx, r.name, h); err != nil {
+	// ErrSubscribed: an Unsubscribe that failed left the node subscribed,
+	// with this hub as the handler, which is what is wanted.
+	if err := h.bus.Subscribe(ctx, r.name, h); err != nil && !errors.Is(err, fanout.ErrSubscribed) {
 		return err
 	}
 	r.subscribed = true
@@ -217,12 +231,16 @@ func (h *hub) ensureSubscribed(ctx context.Context, r *hubRoom) error {
 }
 
 // unsubscribe removes s from room; the last local member unsubscribes the
-// node from the bus.
+// node from the bus. Its bus calls undo what the session did, so they run
+// even when ctx is cancelled (a client that left mid-command), bounded by
+// cleanupTimeout.
 func (h *hub) unsubscribe(ctx context.Context, s *session, name string) bool {
 	m, ok := s.rooms[name]
 	if !ok {
 		return false
 	}
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
+	defer cancel()
 	delete(s.rooms, name)
 	r := m.room
 	r.mu.Lock()
@@ -272,11 +290,11 @@ func (h *hub) HandleMessage(msg *fanout.Message) {
 	if r == nil {
 		return
 	}
-	b := h.encodeShared(msg)
-	if b == nil {
+	sf := h.frames(msg)
+	if sf == nil {
 		return
 	}
-	f := &frame{b: b, kind: kindMessage, room: msg.Room, epoch: msg.Epoch, offset: msg.Offset, time: msg.Time}
+	f := &sf.live
 	r.mu.Lock()
 	for _, m := range r.members {
 		if m.holding {

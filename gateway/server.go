@@ -261,7 +261,9 @@ func (srv *Server) Shutdown(ctx context.Context) error {
 	after := make([]time.Duration, len(sessions))
 	for i, s := range sessions {
 		after[i] = time.Duration(rand.Int64N(int64(window) + 1))
-		s.enqueue(&frame{b: mustJSON(reconnectFrame{Type: "reconnect", AfterMS: after[i].Milliseconds(), Reason: "draining"}), kind: kindReconnect})
+		// Not a live frame: a session near its queue bound is still told to
+		// reconnect, not closed as a slow consumer.
+		s.push(&frame{b: mustJSON(reconnectFrame{Type: "reconnect", AfterMS: after[i].Milliseconds(), Reason: "draining"}), kind: kindReconnect}, classReply)
 	}
 	order := make([]int, len(sessions))
 	for i := range order {

@@ -79,6 +79,8 @@ type session struct {
 	replaying int // bytes of replay in queue
 	writing   bool
 	closed    bool
+	// abort, for SSE, ends a write in progress (set before register).
+	abort func()
 	// closeCode and closeReason say why the node closed the session, for
 	// the log line its owner writes when it finishes.
 	closeCode   websocket.StatusCode
@@ -198,6 +200,14 @@ func (s *session) push(f *frame, class queueClass) bool {
 	return true
 }
 
+// pendingReplay returns the bytes of replay queued and not yet taken by the
+// writer.
+func (s *session) pendingReplay() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.replaying
+}
+
 // take removes every queued frame; the caller hands the slice back with
 // release when written.
 func (s *session) take() []*frame {
@@ -216,14 +226,16 @@ func (s *session) take() []*frame {
 	return batch
 }
 
-// awaitDrain waits until the session's unsent replies and replay are within
-// their bounds; it reports false if the session closed meanwhile. The reader
+// awaitDrain waits until the session's unsent replies are within their bound
+// and the writer has taken every replayed frame (so that the next replay
+// counts alone against Config.ReplayLimit); it reports false if the session
+// closed meanwhile. The reader
 // calls it before reading a command, so a client that reads nothing stops
 // being read (TCP pushes back on it) instead of growing the node's memory.
 func (s *session) awaitDrain() bool {
 	for {
 		s.mu.Lock()
-		over := s.replies > maxPendingReplies || s.replaying > s.srv.cfg.ReplayLimit
+		over := s.replies > maxPendingReplies || s.replaying > 0
 		closed := s.closed
 		s.mu.Unlock()
 		if closed {
@@ -262,6 +274,9 @@ func (s *session) closeNow(code websocket.StatusCode, reason string) {
 	s.queue, s.queued, s.replies, s.replaying = nil, 0, 0, 0
 	s.mu.Unlock()
 	close(s.done)
+	if s.abort != nil {
+		s.abort()
+	}
 	if s.conn != nil {
 		s.srv.goroutines.Add(1)
 		go func() {

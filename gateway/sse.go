@@ -9,6 +9,8 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
+	"time"
 
 	"github.com/parley-rt/parley/fanout"
 )
@@ -201,6 +203,19 @@ func (srv *Server) handleSSE(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s := newSession(srv, ident, transportSSE, ip)
+	rc := http.NewResponseController(w)
+	// Closing the session (Shutdown, a slow consumer) ends a write that a
+	// client which stopped reading holds up. Not once the handler is done:
+	// the connection may serve another request by then.
+	var abortMu sync.Mutex
+	handling := true
+	s.abort = func() {
+		abortMu.Lock()
+		defer abortMu.Unlock()
+		if handling {
+			rc.SetWriteDeadline(time.Unix(1, 0))
+		}
+	}
 	if !srv.register(s) {
 		srv.releaseIP(ip)
 		http.Error(w, "draining: reconnect to another node", http.StatusServiceUnavailable)
@@ -209,17 +224,14 @@ func (srv *Server) handleSSE(w http.ResponseWriter, r *http.Request) {
 	defer srv.goroutines.Done() // register counted the handler as the session's owner
 	defer s.finish()
 	defer s.closeNow(closeNormal, "")
+	defer func() { // runs first: the handler's own close leaves its answer alone
+		abortMu.Lock()
+		handling = false
+		abortMu.Unlock()
+	}()
 
-	rc := http.NewResponseController(w)
-	h := w.Header()
-	h.Set("Content-Type", "text/event-stream")
-	h.Set("Cache-Control", "no-cache")
-	h.Set("X-Accel-Buffering", "no")
-	w.WriteHeader(http.StatusOK)
-	bw := bufio.NewWriterSize(w, smallBuf)
-	bw.WriteString("retry: 3000\n\n")
-
-	pos := cursor{}
+	// Every room is subscribed before the answer starts, so that a refusal
+	// (over_capacity, a bus failure) is an HTTP error the client can read.
 	welcome := sseWelcome{Session: s.id, Node: srv.cfg.NodeID, User: ident.user, PingMS: srv.cfg.PingInterval.Milliseconds(), Rooms: map[string]sseRoomInfo{}}
 	for _, room := range rooms {
 		var from *fanout.Position
@@ -232,9 +244,18 @@ func (srv *Server) handleSSE(w http.ResponseWriter, r *http.Request) {
 		})
 		if perr != nil {
 			srv.log.Warn("sse subscribe failed", "room", room, "err", perr)
+			srv.writeError(w, perr)
 			return
 		}
 	}
+	h := w.Header()
+	h.Set("Content-Type", "text/event-stream")
+	h.Set("Cache-Control", "no-cache")
+	h.Set("X-Accel-Buffering", "no")
+	w.WriteHeader(http.StatusOK)
+	bw := bufio.NewWriterSize(w, smallBuf)
+	bw.WriteString("retry: 3000\n\n")
+	pos := cursor{}
 	// The welcome event carries the stream's starting cursor, so a client that
 	// drops before any message still resumes from here.
 	s.enqueue(&frame{kind: kindControl, b: mustJSON(welcome)})
