@@ -693,7 +693,7 @@ func testPresencePages(t *testing.T, newBus func(t *testing.T) Bus) {
 func testPresenceBadCursor(t *testing.T, newBus func(t *testing.T) Bus) {
 	bus := newBus(t)
 	room := roomName(t, "room")
-	for _, c := range []string{"not base64 at all!", "%%%"} {
+	for _, c := range []string{"not base64 at all!", "%%%", "junk", "c2Vzcy0x"} {
 		if _, err := bus.Presence(context.Background(), room, PresenceQuery{Cursor: c}); !errors.Is(err, ErrBadCursor) {
 			t.Errorf("cursor %q: got %v, want %v", c, err, ErrBadCursor)
 		}

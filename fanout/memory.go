@@ -4,6 +4,8 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/base64"
+	"encoding/binary"
+	"hash/crc32"
 	"math"
 	"sort"
 	"sync"
@@ -577,9 +579,11 @@ func (m *Memory) Presence(ctx context.Context, room string, q PresenceQuery) (Pr
 	return page, nil
 }
 
-// presenceCursor is the cursor of the page after the member with session.
+// presenceCursor is the cursor of the page after the member with session:
+// the session and its CRC-32, so that a cursor no page gave is refused.
 func presenceCursor(session string) string {
-	return base64.RawURLEncoding.EncodeToString([]byte(session))
+	b := crc32.ChecksumIEEE([]byte(session))
+	return base64.RawURLEncoding.EncodeToString(binary.BigEndian.AppendUint32([]byte(session), b))
 }
 
 // parse checks a query: the page size, and the session its cursor is after.
@@ -597,10 +601,14 @@ func (q PresenceQuery) parse() (limit int, after string, err error) {
 		return limit, "", nil
 	}
 	b, err := base64.RawURLEncoding.DecodeString(q.Cursor)
-	if err != nil || len(b) == 0 || len(b) > 256 {
+	if err != nil || len(b) <= 4 || len(b) > 260 {
 		return 0, "", ErrBadCursor
 	}
-	return limit, string(b), nil
+	session, sum := b[:len(b)-4], binary.BigEndian.Uint32(b[len(b)-4:])
+	if crc32.ChecksumIEEE(session) != sum {
+		return 0, "", ErrBadCursor
+	}
+	return limit, string(session), nil
 }
 
 // Ready implements Bus: a Memory bus is ready until closed.

@@ -420,7 +420,7 @@ func FuzzPresenceQuery(f *testing.F) {
 		}
 		if page.Next != "" {
 			after, _ := base64.RawURLEncoding.DecodeString(page.Next)
-			if len(page.Members) == 0 || string(after) != page.Members[len(page.Members)-1].Session {
+			if len(page.Members) == 0 || len(after) < 4 || string(after[:len(after)-4]) != page.Members[len(page.Members)-1].Session {
 				t.Fatalf("next %q does not continue after the page's last member", page.Next)
 			}
 		}

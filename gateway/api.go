@@ -162,7 +162,7 @@ func (srv *Server) handleHistory(w http.ResponseWriter, r *http.Request) {
 	}
 	h, err := srv.cfg.Bus.History(r.Context(), room, hq)
 	if err != nil {
-		srv.log.Warn("history failed", "room", room, "err", err)
+		srv.logBusError("history failed", err, "room", room)
 		srv.writeError(w, busError(err, "history unavailable"))
 		return
 	}

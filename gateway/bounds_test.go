@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -270,5 +271,30 @@ func TestSSEReplayHeapBounded(t *testing.T) {
 		streams, float64(growth)/(1<<20), float64(growth)/streams/(1<<20), float64(st.HistoryBytes)/(1<<20), float64(ts.srv.cfg.QueueLimit)/(1<<20))
 	if per := growth / streams; per > int64(ts.srv.cfg.QueueLimit) && !raceEnabled {
 		t.Errorf("each SSE stream that does not read holds %.1f MiB of its own, want at most QueueLimit (%.1f MiB)", float64(per)/(1<<20), float64(ts.srv.cfg.QueueLimit)/(1<<20))
+	}
+}
+
+// A presence query gets bad_request for a cursor no page gave (junk that is
+// still base64 included) and for a limit outside 1 to 1000, on WebSocket and
+// the HTTP API alike.
+func TestPresenceQueryBadInput(t *testing.T) {
+	ts := startServer(t, nil)
+	w, _ := confDial(t, ts, nil)
+	for i, cmd := range []map[string]any{
+		{"cursor": "junk"},
+		{"cursor": "c2Vzcy0x"},
+		{"limit": 0},
+		{"limit": 1001},
+		{"limit": -5},
+	} {
+		id := fmt.Sprint("q", i)
+		f := map[string]any{"type": "presence", "id": id, "room": "lobby"}
+		maps.Copy(f, cmd)
+		w.send(f)
+		confError(w, id, codeBadRequest)
+	}
+	for _, q := range []string{"cursor=junk", "cursor=c2Vzcy0x", "limit=0", "limit=1001"} {
+		resp, body := apiTestDo(t, http.MethodGet, ts.url+"/v1/rooms/lobby/presence?"+q, testAPIKey, nil, "")
+		apiTestCheckError(t, resp, body, http.StatusBadRequest, codeBadRequest)
 	}
 }

@@ -76,3 +76,15 @@ func busError(err error, what string) *protoError {
 	}
 	return errorf(codeInternal, what)
 }
+
+// logBusError logs a failed bus call: at debug for a node-wide bound, which
+// its metric counts and which would otherwise flood the log under load, at
+// warn for anything else.
+func (srv *Server) logBusError(msg string, err error, args ...any) {
+	args = append(args, "err", err)
+	if errors.Is(err, fanout.ErrRoomLimit) {
+		srv.log.Debug(msg, args...)
+		return
+	}
+	srv.log.Warn(msg, args...)
+}

@@ -25,7 +25,7 @@ type clientFrame struct {
 	Key      string           `json:"key,omitempty"`
 	// presence command: a page of the room's members.
 	Cursor string `json:"cursor,omitempty"`
-	Limit  int    `json:"limit,omitempty"`
+	Limit  *int   `json:"limit,omitempty"`
 }
 
 // maxCursor bounds a presence cursor.
@@ -78,7 +78,7 @@ func decodeClientFrame(b []byte) (clientFrame, *protoError) {
 		if perr := checkRoom(b, f.Room); perr != nil {
 			return f, perr
 		}
-		if f.Limit < 0 || f.Limit > fanout.MaxPresenceLimit {
+		if f.Limit != nil && (*f.Limit < 1 || *f.Limit > fanout.MaxPresenceLimit) {
 			return f, errorf(codeBadRequest, "limit must be 1 to 1000")
 		}
 		if len(f.Cursor) > maxCursor {

@@ -79,8 +79,8 @@ func FuzzDecodeClientFrame(f *testing.F) {
 				t.Fatalf("accepted publish with a key of %d bytes", len(fr.Key))
 			}
 		case "presence":
-			if !validRoom(fr.Room) || fr.Limit < 0 || fr.Limit > 1000 || len(fr.Cursor) > maxCursor {
-				t.Fatalf("accepted presence with room %q, limit %d, cursor of %d bytes", fr.Room, fr.Limit, len(fr.Cursor))
+			if !validRoom(fr.Room) || fr.Limit != nil && (*fr.Limit < 1 || *fr.Limit > 1000) || len(fr.Cursor) > maxCursor {
+				t.Fatalf("accepted presence with room %q, limit %v, cursor of %d bytes", fr.Room, fr.Limit, len(fr.Cursor))
 			}
 		case "pong":
 		default:

@@ -141,7 +141,7 @@ func (h *hub) subscribe(ctx context.Context, s *session, name string, since *fan
 	s.rooms[name] = m
 
 	fail := func(err error) *protoError {
-		h.srv.log.Warn("subscribe failed", "room", name, "session", s.id, "err", err)
+		h.srv.logBusError("subscribe failed", err, "room", name, "session", s.id)
 		h.unsubscribe(ctx, s, name) // with a context of its own: ctx may be what failed
 		return busError(err, "subscribe failed")
 	}

@@ -72,6 +72,9 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		m.connections.WithLabelValues(t.String())
 		m.connsTotal.WithLabelValues(t.String())
 	}
+	for _, reason := range []string{"auth", "origin", "ip_limit", "handshake", "draining"} {
+		m.rejected.WithLabelValues(reason)
+	}
 	for _, src := range []string{"ws", "http"} {
 		m.messagesIn.WithLabelValues(src)
 	}

@@ -325,5 +325,8 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 // writeError answers an API request with an error and its HTTP status.
 func (srv *Server) writeError(w http.ResponseWriter, e *protoError) {
 	srv.metrics.errorsSent.WithLabelValues(e.Code).Inc()
+	if e.Code == codeOverCapacity {
+		w.Header().Set("Retry-After", "5")
+	}
 	writeJSON(w, httpStatus(e.Code), map[string]*protoError{"error": e})
 }

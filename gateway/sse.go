@@ -199,6 +199,7 @@ func (srv *Server) handleSSE(w http.ResponseWriter, r *http.Request) {
 	ip := srv.clientIP(r)
 	if !srv.acquireIP(ip) {
 		srv.metrics.rejected.WithLabelValues("ip_limit").Inc()
+		srv.log.Debug("sse refused: connection limit of the address", "remote", r.RemoteAddr, "client", ip)
 		srv.writeError(w, errorf(codeRateLimited, "too many connections from this address"))
 		return
 	}
@@ -243,7 +244,7 @@ func (srv *Server) handleSSE(w http.ResponseWriter, r *http.Request) {
 			return &frame{kind: kindAck, room: room, epoch: res.cursor.Epoch, offset: res.cursor.Offset}
 		})
 		if perr != nil {
-			srv.log.Warn("sse subscribe failed", "room", room, "err", perr)
+			srv.log.Debug("sse subscribe refused", "room", room, "err", perr)
 			srv.writeError(w, perr)
 			return
 		}

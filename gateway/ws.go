@@ -81,6 +81,7 @@ func (srv *Server) handleWS(w http.ResponseWriter, r *http.Request) {
 	ip := srv.clientIP(r)
 	if !srv.acquireIP(ip) {
 		srv.metrics.rejected.WithLabelValues("ip_limit").Inc()
+		srv.log.Debug("websocket refused: connection limit of the address", "remote", r.RemoteAddr, "client", ip)
 		http.Error(w, "too many connections from this address", http.StatusTooManyRequests)
 		return
 	}
@@ -216,7 +217,11 @@ func (s *session) handle(b []byte) {
 			s.replyError(f.ID, errorf(codeForbidden, "not allowed to subscribe to "+f.Room))
 			return
 		}
-		page, perr := s.srv.presencePage(ctx, f.Room, fanout.PresenceQuery{Cursor: f.Cursor, Limit: f.Limit})
+		q := fanout.PresenceQuery{Cursor: f.Cursor}
+		if f.Limit != nil {
+			q.Limit = *f.Limit
+		}
+		page, perr := s.srv.presencePage(ctx, f.Room, q)
 		if perr != nil {
 			s.replyError(f.ID, perr)
 			return
@@ -254,7 +259,7 @@ func (srv *Server) publish(ctx context.Context, room string, p fanout.Publicatio
 	start := time.Now()
 	res, err := srv.cfg.Bus.Publish(ctx, room, p)
 	if err != nil {
-		srv.log.Warn("publish failed", "room", room, "err", err)
+		srv.logBusError("publish failed", err, "room", room)
 		return res, busError(err, "publish failed")
 	}
 	srv.metrics.publishLatency.Observe(time.Since(start).Seconds())
@@ -272,7 +277,7 @@ func (srv *Server) presencePage(ctx context.Context, room string, q fanout.Prese
 	case errors.Is(err, fanout.ErrBadCursor):
 		return page, errorf(codeBadRequest, "cursor is not one this node gave")
 	case err != nil:
-		srv.log.Warn("presence failed", "room", room, "err", err)
+		srv.logBusError("presence failed", err, "room", room)
 		return page, busError(err, "presence unavailable")
 	}
 	if page.Members == nil {
