@@ -10,4 +10,9 @@
 //   - fanout: subscribers spread over rooms, one publisher per room at a fixed
 //     rate; the report gives end-to-end delivery latency (publish to receipt)
 //     and deliveries per second, and counts gaps and duplicates.
+//
+// On Linux, connections to an IPv4 loopback target come from 127.0.0.1 to
+// 127.0.0.254 in turn, so the node's limit on connections per client address
+// (1000 by default) applies to each source address and the default run, 1000
+// subscribers and a publisher per room, fits a node with default settings.
 package loadtest

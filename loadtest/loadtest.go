@@ -23,6 +23,9 @@ import (
 // Config describes one load test run. Zero values take the documented defaults.
 type Config struct {
 	// URL is the node's WebSocket endpoint, such as ws://127.0.0.1:8080/v1/ws.
+	// On Linux, connections to an IPv4 loopback URL (or localhost) come from
+	// 127.0.0.1 to 127.0.0.254 in turn, so a node's limit on connections per
+	// client address applies to each of them.
 	URL string
 	// MetricsURL is the node's /metrics, read for its resident memory; empty
 	// skips the memory figures.
@@ -86,7 +89,7 @@ func (c *Config) setDefaults() error {
 		c.Ramp = 2000
 	}
 	switch {
-	case c.Conns < 0 || c.Rooms < 0 || c.Size < 0 || c.Ramp < 0 || c.Rate < 0 || c.Duration < 0:
+	case c.Conns < 0 || c.Rooms < 0 || c.Size < 0 || c.Ramp < 0 || !(c.Rate >= 0) || c.Duration < 0:
 		return errors.New("loadtest: counts, rates and durations must not be negative")
 	case c.Duration > maxDuration:
 		return fmt.Errorf("loadtest: duration %s is over the %s bound", c.Duration, maxDuration)
@@ -136,6 +139,9 @@ type Report struct {
 	Duration  time.Duration `json:"duration"`
 	// ConnectErrors counts connections that could not be opened.
 	ConnectErrors int `json:"connect_errors"`
+	// Sources is how many source addresses the connections came from: 254
+	// on Linux for an IPv4 loopback target, else 1.
+	Sources int `json:"source_addresses"`
 
 	Published  int64   `json:"published"`
 	Delivered  int64   `json:"delivered"`
@@ -156,7 +162,11 @@ type Report struct {
 // String renders the report for people.
 func (r Report) String() string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "scenario %s: %d connections over %d rooms, opened in %s (%d failed)\n", r.Scenario, r.Conns, r.Rooms, r.ConnectIn.Round(time.Millisecond), r.ConnectErrors)
+	from := "one source address"
+	if r.Sources > 1 {
+		from = strconv.Itoa(r.Sources) + " source addresses"
+	}
+	fmt.Fprintf(&b, "scenario %s: %d connections over %d rooms from %s, opened in %s (%d failed)\n", r.Scenario, r.Conns, r.Rooms, from, r.ConnectIn.Round(time.Millisecond), r.ConnectErrors)
 	if r.RSSAfter > 0 {
 		fmt.Fprintf(&b, "node memory: %.1f MiB before, %.1f MiB with all connections: %.1f KiB per connection\n",
 			float64(r.RSSBefore)/(1<<20), float64(r.RSSAfter)/(1<<20), float64(r.PerConn)/1024)
@@ -182,7 +192,15 @@ func Run(ctx context.Context, cfg Config) (Report, error) {
 	}
 	ctx, cancel := context.WithTimeout(ctx, cfg.Duration+maxDuration)
 	defer cancel()
-	rep := Report{Scenario: cfg.Scenario, Conns: cfg.Conns, Rooms: cfg.Rooms}
+	rep := Report{Scenario: cfg.Scenario, Conns: cfg.Conns, Rooms: cfg.Rooms, Sources: 1}
+	srcs := sourceAddrs(cfg.URL)
+	if len(srcs) > 0 {
+		rep.Sources = len(srcs)
+	}
+	hc := httpClient(srcs)
+	if hc != http.DefaultClient {
+		defer hc.CloseIdleConnections()
+	}
 	if cfg.MetricsURL != "" {
 		rss, err := readRSS(ctx, cfg.MetricsURL)
 		if err != nil {
@@ -224,7 +242,7 @@ func Run(ctx context.Context, cfg Config) (Report, error) {
 		case <-tick.C:
 		}
 		room := "load-" + strconv.Itoa(i%cfg.Rooms)
-		c, err := client.Dial(ctx, client.Options{URL: cfg.URL, Token: cfg.Token, EventBuffer: 16})
+		c, err := client.Dial(ctx, client.Options{URL: cfg.URL, Token: cfg.Token, EventBuffer: 16, HTTPClient: hc})
 		if err != nil {
 			rep.ConnectErrors++
 			continue
@@ -271,7 +289,7 @@ func Run(ctx context.Context, cfg Config) (Report, error) {
 		// publish rate limit (--publish-rate) is not what the run measures.
 		pubs := make([]*client.Client, cfg.Rooms)
 		for r := range pubs {
-			pub, err := client.Dial(ctx, client.Options{URL: cfg.URL, Token: cfg.Token})
+			pub, err := client.Dial(ctx, client.Options{URL: cfg.URL, Token: cfg.Token, HTTPClient: hc})
 			if err != nil {
 				return rep, fmt.Errorf("loadtest: publisher: %w", err)
 			}

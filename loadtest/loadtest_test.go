@@ -3,6 +3,7 @@ package loadtest
 import (
 	"context"
 	"net/http/httptest"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -94,5 +95,31 @@ func TestConfigRefusals(t *testing.T) {
 				t.Fatalf("got %v, want an error mentioning %q", err, tt.want)
 			}
 		})
+	}
+}
+
+func TestSourceAddrs(t *testing.T) {
+	tests := []struct {
+		url  string
+		want int
+	}{
+		{"ws://127.0.0.1:8080/v1/ws", 254},
+		{"ws://127.0.0.9:8080/v1/ws", 254},
+		{"ws://localhost:8080/v1/ws", 254},
+		{"ws://[::1]:8080/v1/ws", 0},
+		{"ws://192.0.2.1:8080/v1/ws", 0},
+	}
+	for _, tt := range tests {
+		want := tt.want
+		if runtime.GOOS != "linux" {
+			want = 0
+		}
+		got := sourceAddrs(tt.url)
+		if len(got) != want {
+			t.Errorf("%s: got %d source addresses, want %d", tt.url, len(got), want)
+		}
+		if len(got) > 0 && (got[0].String() != "127.0.0.1" || got[len(got)-1].String() != "127.0.0.254") {
+			t.Errorf("%s: got %v to %v, want 127.0.0.1 to 127.0.0.254", tt.url, got[0], got[len(got)-1])
+		}
 	}
 }

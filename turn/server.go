@@ -68,7 +68,16 @@ func newServer(cfg Config, now func() time.Time) (*Server, error) {
 	if !relayIP.IsValid() || relayIP.IsUnspecified() {
 		return nil, configErr("PublicIP", "required when the listeners are bound to an unspecified address")
 	}
-	if relayIP.Is4() != bindIP.Is4() {
+	switch {
+	case listenIP.IsValid() && listenIP.IsUnspecified():
+		// Listeners on every address (Go makes one dual-stack socket for
+		// ":3478" and "0.0.0.0:3478") take clients of both families; relay
+		// sockets are bound in the public address's family.
+		bindIP = netip.IPv4Unspecified()
+		if relayIP.Is6() {
+			bindIP = netip.IPv6Unspecified()
+		}
+	case relayIP.Is4() != bindIP.Is4():
 		return nil, configErr("PublicIP", "%v is not of the listeners' address family", relayIP)
 	}
 

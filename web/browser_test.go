@@ -16,6 +16,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -560,6 +561,31 @@ func TestEventsPage(t *testing.T) {
 	}
 }
 
+// mintHandler answers POST /token?user=U&ttl_ms=N with a token of U, signed
+// with secret, that the node accepts for about N ms (exp has whole seconds:
+// between N-1000 and N; a negative N makes a token expired that long ago).
+// With subscribe=P the token allows subscribing to rooms matching P only.
+func mintHandler(secret []byte) http.HandlerFunc {
+	return func(rw http.ResponseWriter, r *http.Request) {
+		q := r.URL.Query()
+		ms, err := strconv.Atoi(q.Get("ttl_ms"))
+		if err != nil {
+			http.Error(rw, "ttl_ms: "+err.Error(), http.StatusBadRequest)
+			return
+		}
+		var perms *gateway.Permissions
+		if p := q.Get("subscribe"); p != "" {
+			perms = &gateway.Permissions{Subscribe: []string{p}}
+		}
+		tok, err := gateway.MintToken(secret, q.Get("user"), time.Duration(ms)*time.Millisecond-tokenLeeway, perms, time.Now())
+		if err != nil {
+			http.Error(rw, err.Error(), http.StatusInternalServerError)
+			return
+		}
+		json.NewEncoder(rw).Encode(map[string]string{"token": tok})
+	}
+}
+
 // tokenLeeway is the clock skew the node allows past a token's exp
 // (docs/PROTOCOL.md): a token minted with ttl d is accepted for d + 5 s.
 const tokenLeeway = 5 * time.Second
@@ -619,22 +645,8 @@ func TestSSETokenExpiry(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// POST /token?user=U&ttl_ms=N answers a token of U that the node accepts
-	// for about N ms (exp has whole seconds: between N-1000 and N).
 	mux := http.NewServeMux()
-	mux.HandleFunc("POST /token", func(rw http.ResponseWriter, r *http.Request) {
-		ms, err := strconv.Atoi(r.URL.Query().Get("ttl_ms"))
-		if err != nil {
-			http.Error(rw, "ttl_ms: "+err.Error(), http.StatusBadRequest)
-			return
-		}
-		tok, err := gateway.MintToken(secret, r.URL.Query().Get("user"), time.Duration(ms)*time.Millisecond-tokenLeeway, nil, time.Now())
-		if err != nil {
-			http.Error(rw, err.Error(), http.StatusInternalServerError)
-			return
-		}
-		json.NewEncoder(rw).Encode(map[string]string{"token": tok})
-	})
+	mux.HandleFunc("POST /token", mintHandler(secret))
 	control := httptest.NewServer(mux)
 	t.Cleanup(control.Close)
 
@@ -675,5 +687,149 @@ func TestSSETokenExpiry(t *testing.T) {
 	}
 	if f.State != "closed" {
 		t.Errorf("fixed: ended in state %q, want closed", f.State)
+	}
+}
+
+type refusedStep struct {
+	Notice   string `json:"notice"`
+	Status   string `json:"status"`
+	State    string `json:"state"`
+	TokenBox bool   `json:"tokenBox"`
+}
+
+type eventsRefusedResult struct {
+	pageLog
+	NoToken struct {
+		refusedStep
+		ShownAfterMS   int      `json:"shownAfterMs"`
+		GoRequests     int64    `json:"goRequests"`
+		GoRequestsLate int64    `json:"goRequestsLate"`
+		PageRequests   []string `json:"pageRequests"`
+		PageLate       []string `json:"pageRequestsLate"`
+	} `json:"noToken"`
+	Expired   refusedStep `json:"expired"`
+	Forbidden refusedStep `json:"forbidden"`
+	Allowed   refusedStep `json:"allowed"`
+	Full      struct {
+		refusedStep
+		Retried   bool  `json:"retried"`
+		Requests  int64 `json:"requests"`
+		AfterStop int64 `json:"afterStop"`
+	} `json:"full"`
+	Chat struct {
+		NoToken   refusedStep `json:"noToken"`
+		Joined    refusedStep `json:"joined"`
+		Forbidden refusedStep `json:"forbidden"`
+	} `json:"chat"`
+}
+
+// TestPagesRefused runs events.html against a node that checks JWTs and
+// holds as many rooms as it may, counting the node's /v1/sse requests with a
+// handler in front of it. Without a token the page says, within a few
+// seconds, that the node needs one and where to put it, and sends no further
+// request. An expired token and a room the token does not allow are plain
+// sentences too; a full node is retried, and the page says why. Then
+// chat.html: without a token it says so, and joins once given one; a room
+// the token does not allow is a sentence.
+func TestPagesRefused(t *testing.T) {
+	browserTools(t)
+	secret := []byte("web-events-refused-secret")
+	// One room at most: "news", published to before the page comes, so every
+	// other room is refused with over_capacity.
+	bus := fanout.NewMemory(fanout.MemoryConfig{MaxRooms: 1})
+	t.Cleanup(func() { bus.Close() })
+	if _, err := bus.Publish(context.Background(), "news", fanout.Publication{Data: json.RawMessage(`{"text":"held"}`)}); err != nil {
+		t.Fatal(err)
+	}
+	n, err := startNode(t, "node-refusing", func(c *gateway.Config) {
+		c.JWTSecret = secret
+		c.Bus = bus
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sseRequests atomic.Int64
+	front := httptest.NewServer(http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/v1/sse" {
+			sseRequests.Add(1)
+		}
+		n.srv.Handler().ServeHTTP(rw, r)
+	}))
+	// The node first: draining ends its streams, which front.Close waits for.
+	t.Cleanup(func() {
+		n.stop()
+		front.Close()
+	})
+	mux := http.NewServeMux()
+	mux.HandleFunc("POST /token", mintHandler(secret))
+	mux.HandleFunc("POST /count", func(rw http.ResponseWriter, r *http.Request) {
+		json.NewEncoder(rw).Encode(map[string]int64{"sse": sseRequests.Load()})
+	})
+	control := httptest.NewServer(mux)
+	t.Cleanup(control.Close)
+
+	var res eventsRefusedResult
+	runScript(t, []string{"PARLEY_URL=" + front.URL, "PARLEY_CONTROL=" + control.URL}, "refused.mjs", &res)
+	for _, e := range res.ConsoleErrors {
+		// The browser reports each refused request itself.
+		if strings.Contains(e, "status of 401") || strings.Contains(e, "status of 403") || strings.Contains(e, "status of 503") {
+			t.Logf("browser console: %s", e)
+			continue
+		}
+		t.Errorf("console error: %s", e)
+	}
+	for _, e := range res.PageErrors {
+		t.Errorf("uncaught exception in a page: %s", e)
+	}
+
+	nt := res.NoToken
+	if !strings.Contains(nt.Notice, "This node checks tokens, and none was given") || !strings.Contains(nt.Notice, "Token field") {
+		t.Errorf("without a token the page says %q, want the sentence about the missing token", nt.Notice)
+	}
+	if nt.ShownAfterMS > 5000 {
+		t.Errorf("the sentence took %d ms, want a few seconds at most", nt.ShownAfterMS)
+	}
+	if nt.State != "closed" || nt.Status != "Not watching." || !nt.TokenBox {
+		t.Errorf("without a token: state %q, status %q, token field open %v; want closed, \"Not watching.\", open", nt.State, nt.Status, nt.TokenBox)
+	}
+	// The EventSource's request, and the fetch that read the 401: then nothing.
+	if nt.GoRequests != 2 || nt.GoRequestsLate != nt.GoRequests {
+		t.Errorf("the node got %d /v1/sse requests by the sentence and %d seconds later, want 2 and no more", nt.GoRequests, nt.GoRequestsLate)
+	}
+	if !slices.Equal(nt.PageRequests, []string{"eventsource", "fetch"}) || len(nt.PageLate) != len(nt.PageRequests) {
+		t.Errorf("the page made requests %v, then %v; want [eventsource fetch] and no more", nt.PageRequests, nt.PageLate)
+	}
+
+	if !strings.Contains(res.Expired.Notice, "Your token has expired") || res.Expired.State != "closed" {
+		t.Errorf("an expired token: notice %q, state %q; want the sentence about the expired token, closed", res.Expired.Notice, res.Expired.State)
+	}
+	if !strings.Contains(res.Forbidden.Notice, "Your token does not allow watching secret") || res.Forbidden.State != "closed" {
+		t.Errorf("a room the token does not allow: notice %q, state %q; want the sentence naming the room, closed", res.Forbidden.Notice, res.Forbidden.State)
+	}
+	if res.Allowed.State != "open" || res.Allowed.Status != "Watching news" || res.Allowed.Notice != "" {
+		t.Errorf("an allowed room: state %q, status %q, notice %q; want open, \"Watching news\", no notice", res.Allowed.State, res.Allowed.Status, res.Allowed.Notice)
+	}
+
+	f := res.Full
+	if f.State != "reconnecting" || !strings.Contains(f.Status, "holds as many rooms as it may") {
+		t.Errorf("a full node: state %q, status %q; want reconnecting, saying the node is full", f.State, f.Status)
+	}
+	if !f.Retried {
+		t.Errorf("a full node was not asked again after its Retry-After")
+	}
+	if f.AfterStop != f.Requests {
+		t.Errorf("after Stop the node got %d more /v1/sse requests, want none", f.AfterStop-f.Requests)
+	}
+
+	c := res.Chat
+	if !strings.Contains(c.NoToken.Notice, "This node checks tokens, and none was given") || c.NoToken.State != "closed" || !c.NoToken.TokenBox {
+		t.Errorf("chat without a token: notice %q, state %q, token field open %v; want the sentence about the missing token, closed, open",
+			c.NoToken.Notice, c.NoToken.State, c.NoToken.TokenBox)
+	}
+	if c.Joined.State != "open" || c.Joined.Notice != "" {
+		t.Errorf("chat given a token: state %q, notice %q; want open, no notice", c.Joined.State, c.Joined.Notice)
+	}
+	if !strings.Contains(c.Forbidden.Notice, "Your token does not allow joining secret") {
+		t.Errorf("chat, a room the token does not allow: notice %q, want the sentence naming the room", c.Forbidden.Notice)
 	}
 }

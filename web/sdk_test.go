@@ -12,7 +12,8 @@ import (
 // TestSDK runs parley.js's unit tests (testdata/sdk.test.mjs) with Node's
 // test runner against a scripted fake WebSocket and EventSource: replayed
 // duplicates, a lost epoch, a drain, timeouts, backoff, presence paging, an
-// expired token on an event stream. They need Node, not a browser.
+// expired token on an event stream, a stream the node refuses. They need
+// Node, not a browser.
 func TestSDK(t *testing.T) {
 	node, err := exec.LookPath("node")
 	if err != nil {

@@ -46,13 +46,14 @@ func TestConfigErrors(t *testing.T) {
 	}{
 		{"dev mode on a public address", []string{"--addr", "0.0.0.0:8080"}, env(), "not a loopback address"},
 		{"both JWT keys", []string{"--jwt-secret", "s", "--jwt-public-key", "k.pem"}, env(), "exclusive"},
-		{"bad duration flag", []string{"--ping", "soon"}, env(), `--ping: "soon" is not a duration`},
+		{"bad duration flag", []string{"--ping", "soon"}, env(), "--ping soon: not a duration such as 25s"},
 		{"bad duration env", nil, env("PARLEY_PING", "soon"), "PARLEY_PING"},
 		{"bad bool env", nil, env("PARLEY_ALLOW_ANONYMOUS", "maybe"), "PARLEY_ALLOW_ANONYMOUS"},
-		{"negative history", []string{"--history-size", "0"}, env(), "--history-size must be positive"},
+		{"negative history", []string{"--history-size", "0"}, env(), "--history-size 0: must be positive"},
 		{"bad addr", []string{"--addr", "8080"}, env(), "--addr"},
 		{"bad log level", []string{"--log-level", "loud"}, env(), "--log-level"},
 		{"unknown flag", []string{"--nope"}, env(), "unknown flag --nope"},
+		{"flag without its value", []string{"--ping"}, env(), "--ping needs a value: a duration such as 25s or 1h"},
 		{"stray argument", []string{"extra"}, env(), "unknown command"},
 		{"malformed allow-peers CIDR", []string{"--turn-allow-peers", "10.0.0.0/33"}, env(), "--turn-allow-peers"},
 		{"bad relay port range", []string{"--turn-ports", "60000-50000"}, env(), "--turn-ports"},
@@ -61,17 +62,17 @@ func TestConfigErrors(t *testing.T) {
 		{"cert without key", []string{"--tls-cert", "c.pem"}, env(), "go together"},
 		{"bad STUN address", []string{"--stun-addr", "19302"}, env(), "--stun-addr"},
 		{"redis is not in this version", nil, env("PARLEY_REDIS", "redis://127.0.0.1:6379/0"), "--redis"},
-		{"zero replay limit", []string{"--replay-limit", "0"}, env(), "--replay-limit must be positive"},
-		{"zero node rooms", nil, env("PARLEY_MAX_NODE_ROOMS", "0"), "--max-node-rooms must be positive"},
-		{"negative history bytes", []string{"--history-bytes", "-1"}, env(), "--history-bytes must be positive"},
-		{"zero room history bytes", []string{"--room-history-bytes", "0"}, env(), "--room-history-bytes must be positive"},
+		{"zero replay limit", []string{"--replay-limit", "0"}, env(), "--replay-limit 0: must be positive"},
+		{"zero node rooms", nil, env("PARLEY_MAX_NODE_ROOMS", "0"), "PARLEY_MAX_NODE_ROOMS=0 (--max-node-rooms): must be positive"},
+		{"negative history bytes", []string{"--history-bytes", "-1"}, env(), "--history-bytes -1: must be positive"},
+		{"zero room history bytes", []string{"--room-history-bytes", "0"}, env(), "--room-history-bytes 0: must be positive"},
 		{"bad presence room pattern", []string{"--presence-rooms", "lobby,chat:*:x*,bad room"}, env(), `--presence-rooms: "bad room"`},
 		{"missing public key file", []string{"--jwt-public-key", "/nonexistent.pem", "--admin-addr", "off", "--turn-addr", "off"}, env(), "--jwt-public-key"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			var out bytes.Buffer
-			err := run(context.Background(), func() {}, tt.args, tt.env, &out, &out)
+			err := run(context.Background(), func() {}, tt.args, tt.env, nil, &out, &out)
 			if err == nil || !strings.Contains(err.Error()+out.String(), tt.want) {
 				t.Fatalf("got %v (output %q), want an error mentioning %q", err, out.String(), tt.want)
 			}
@@ -84,7 +85,7 @@ func TestConfigErrors(t *testing.T) {
 func TestConfigErrorsAllAtOnceWithoutSecrets(t *testing.T) {
 	var out bytes.Buffer
 	err := run(context.Background(), func() {}, []string{"--adress", ":1"},
-		env("PARLEY_JWT_SECRET", "s3cr3t-jwt", "PARLEY_API_KEY", "s3cr3t-key", "PARLEY_PING", "soon", "PARLEY_DRAIN", "x"), &out, &out)
+		env("PARLEY_JWT_SECRET", "s3cr3t-jwt", "PARLEY_API_KEY", "s3cr3t-key", "PARLEY_PING", "soon", "PARLEY_DRAIN", "x"), nil, &out, &out)
 	if err == nil {
 		t.Fatal("got no error")
 	}
@@ -100,8 +101,8 @@ func TestConfigErrorsAllAtOnceWithoutSecrets(t *testing.T) {
 		}
 	}
 	out.Reset()
-	run(context.Background(), func() {}, []string{"--help"}, env("PARLEY_JWT_SECRET", "s3cr3t-jwt"), &out, &out)
-	run(context.Background(), func() {}, []string{"serve", "--help"}, env("PARLEY_JWT_SECRET", "s3cr3t-jwt"), &out, &out)
+	run(context.Background(), func() {}, []string{"--help"}, env("PARLEY_JWT_SECRET", "s3cr3t-jwt"), nil, &out, &out)
+	run(context.Background(), func() {}, []string{"serve", "--help"}, env("PARLEY_JWT_SECRET", "s3cr3t-jwt"), nil, &out, &out)
 	if strings.Contains(out.String(), "s3cr3t-jwt") {
 		t.Errorf("--help shows the secret")
 	}
@@ -112,7 +113,7 @@ func TestConfigErrorsAllAtOnceWithoutSecrets(t *testing.T) {
 
 func TestHelp(t *testing.T) {
 	var out bytes.Buffer
-	err := run(context.Background(), func() {}, []string{"serve", "--help"}, env(), &out, &out)
+	err := run(context.Background(), func() {}, []string{"serve", "--help"}, env(), nil, &out, &out)
 	if !errors.Is(err, flag.ErrHelp) {
 		t.Fatalf("got %v, want flag.ErrHelp", err)
 	}
@@ -125,7 +126,7 @@ func TestHelp(t *testing.T) {
 
 func TestTokenCommand(t *testing.T) {
 	var out, errOut bytes.Buffer
-	err := run(context.Background(), func() {}, []string{"token", "--user", "alice", "--subscribe", "chat:*", "--ttl", "10m"}, env("PARLEY_JWT_SECRET", "s3cret"), &out, &errOut)
+	err := run(context.Background(), func() {}, []string{"token", "--user", "alice", "--subscribe", "chat:*", "--ttl", "10m"}, env("PARLEY_JWT_SECRET", "s3cret"), nil, &out, &errOut)
 	if err != nil {
 		t.Fatalf("token: %v (%s)", err, errOut.String())
 	}
@@ -140,7 +141,7 @@ func TestTokenCommand(t *testing.T) {
 	if claims.Subject != "alice" || len(claims.Rooms["subscribe"]) != 1 {
 		t.Fatalf("got claims %+v, want sub alice and one subscribe pattern", claims)
 	}
-	if err := run(context.Background(), func() {}, []string{"token", "--user", "bob"}, env(), io.Discard, io.Discard); err == nil {
+	if err := run(context.Background(), func() {}, []string{"token", "--user", "bob"}, env(), nil, io.Discard, io.Discard); err == nil {
 		t.Fatal("token without a secret succeeded, want an error")
 	}
 }
@@ -186,7 +187,7 @@ func TestServeInProcess(t *testing.T) {
 	var out, logs syncBuffer
 	done := make(chan error, 1)
 	go func() {
-		done <- run(ctx, func() {}, []string{"--addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0", "--turn-addr", "off", "--stun-addr", "127.0.0.1:0", "--drain", "100ms"}, env(), &out, &logs)
+		done <- run(ctx, func() {}, []string{"--addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0", "--turn-addr", "off", "--stun-addr", "127.0.0.1:0", "--drain", "100ms"}, env(), nil, &out, &logs)
 	}()
 	base := waitListening(t, &out)
 	for _, path := range []string{"/healthz", "/readyz"} {
@@ -365,4 +366,167 @@ func TestDrainOnSIGTERM(t *testing.T) {
 		t.Errorf("reconnect delays all under %vms: they are not spread over the %s window", maxAfter, drain)
 	}
 	t.Logf("drained %d clients in %s (latest after_ms %.0f)", clients, took.Round(time.Millisecond), maxAfter)
+}
+
+// environ lists variables as os.Environ does.
+func environ(kv ...string) func() []string {
+	return func() []string {
+		var out []string
+		for i := 0; i+1 < len(kv); i += 2 {
+			out = append(out, kv[i]+"="+kv[i+1])
+		}
+		return out
+	}
+}
+
+// A PARLEY_* variable that no flag reads is warned about on stderr, with the
+// closest name when it looks like a typo, and without its value.
+func TestUnknownEnvWarning(t *testing.T) {
+	vars := []string{"PARLEY_JWT_SECRT", "hunter2-secret", "PARLEY_PINGG", "5s", "PARLEY_UNRELATED_THING", "x", "PARLEY_PING", "20s", "HOME", "/root"}
+
+	// A node that starts logs the warning through slog.
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel() // the node starts, then stops at once
+	var out, logs bytes.Buffer
+	err := run(ctx, func() {}, []string{"--addr", "127.0.0.1:0", "--admin-addr", "off", "--turn-addr", "off", "--drain", "10ms"}, env(vars...), environ(vars...), &out, &logs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"name=PARLEY_JWT_SECRT did_you_mean=PARLEY_JWT_SECRET", "name=PARLEY_PINGG did_you_mean=PARLEY_PING", `name=PARLEY_UNRELATED_THING did_you_mean=""`} {
+		if !strings.Contains(logs.String(), want) {
+			t.Errorf("logs lack %q:\n%s", want, logs.String())
+		}
+	}
+	if strings.Contains(logs.String(), "name=PARLEY_PING ") || strings.Contains(logs.String(), "HOME") || strings.Contains(logs.String(), "hunter2") {
+		t.Errorf("logs warn of a known or unrelated variable, or show a value:\n%s", logs.String())
+	}
+
+	// A node that cannot start prints it before the errors.
+	var errOut bytes.Buffer
+	err = run(context.Background(), func() {}, []string{"--ping", "1ms"}, env(vars...), environ(vars...), io.Discard, &errOut)
+	if err == nil {
+		t.Fatal("got no error for --ping 1ms")
+	}
+	want := "parley: warning: PARLEY_JWT_SECRT is set but is not a setting of parley serve, and is ignored: did you mean PARLEY_JWT_SECRET?"
+	if !strings.Contains(errOut.String(), want) || strings.Contains(errOut.String(), "hunter2") {
+		t.Errorf("got\n%s\nwant %q and no value", errOut.String(), want)
+	}
+}
+
+func TestEditDistance(t *testing.T) {
+	for _, tt := range []struct {
+		a, b string
+		want int
+	}{{"", "", 0}, {"PING", "PING", 0}, {"SECRT", "SECRET", 1}, {"PNIG", "PING", 2}, {"abc", "", 3}, {"kitten", "sitting", 3}} {
+		if got := editDistance(tt.a, tt.b); got != tt.want {
+			t.Errorf("editDistance(%q, %q): got %d, want %d", tt.a, tt.b, got, tt.want)
+		}
+	}
+}
+
+// Every command's help goes to standard output, so `| less` shows it, and
+// the process exits 0.
+func TestHelpGoesToStdout(t *testing.T) {
+	for _, args := range [][]string{
+		{"--help"}, {"-h"}, {"help"}, {"help", "--help"}, {"help", "serve"}, {"help", "token"},
+		{"serve", "--help"}, {"--addr", ":1", "-h"}, {"token", "--help"}, {"loadtest", "--help"}, {"loadtest", "-h"},
+		{"turn-credentials", "--help"}, {"version", "--help"},
+	} {
+		t.Run(strings.Join(args, " "), func(t *testing.T) {
+			var out, errOut bytes.Buffer
+			err := run(context.Background(), func() {}, args, env("PARLEY_JWT_SECRET", "s3cr3t"), nil, &out, &errOut)
+			if out.Len() == 0 || errOut.Len() != 0 {
+				t.Errorf("got %d bytes on stdout and %q on stderr, want the help on stdout only", out.Len(), errOut.String())
+			}
+			if code := exitCode(err, &errOut); code != 0 {
+				t.Errorf("got exit status %d (%v), want 0", code, err)
+			}
+			if strings.Contains(out.String(), "s3cr3t") {
+				t.Errorf("help shows the secret")
+			}
+		})
+	}
+}
+
+func TestVersion(t *testing.T) {
+	for _, args := range [][]string{{"version"}, {"--version"}, {"-version"}} {
+		var out bytes.Buffer
+		err := run(context.Background(), func() {}, args, env(), nil, &out, io.Discard)
+		if err != nil || !strings.HasPrefix(out.String(), "parley ") {
+			t.Errorf("%v: got %q (%v), want the version", args, out.String(), err)
+		}
+	}
+}
+
+// The loadtest help names only the variables of loadtest's own flags.
+func TestLoadtestHelpNamesItsOwnFlags(t *testing.T) {
+	var out bytes.Buffer
+	run(context.Background(), func() {}, []string{"loadtest", "--help"}, env(), nil, &out, io.Discard)
+	own := map[string]bool{}
+	for _, m := range regexp.MustCompile(`(?m)^  -([a-z-]+)`).FindAllStringSubmatch(out.String(), -1) {
+		own[envName(m[1])] = true
+	}
+	if !own["PARLEY_URL"] {
+		t.Fatalf("help lists no --url:\n%s", out.String())
+	}
+	for _, v := range regexp.MustCompile(`PARLEY_[A-Z_]+`).FindAllString(out.String(), -1) {
+		if !own[v] {
+			t.Errorf("loadtest help names %s, which no loadtest flag reads", v)
+		}
+	}
+	if strings.Contains(out.String(), "jwt-secret") {
+		t.Errorf("loadtest help names --jwt-secret:\n%s", out.String())
+	}
+}
+
+// parley token refuses patterns that can never match a room, and says what
+// a room name is.
+func TestTokenRefusesBadRoomPatterns(t *testing.T) {
+	tests := []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"space", []string{"--subscribe", "chat:*,bad room"}, `--subscribe: "bad room" is not a room pattern: want a room name, a room name's prefix followed by *, or * alone; a room name is 1 to 128 characters of A-Z a-z 0-9 _ . : @ -`},
+		{"inner wildcard", []string{"--publish", "chat:*:x"}, `--publish: "chat:*:x" is not a room pattern`},
+		{"too long", []string{"--call", strings.Repeat("a", 129)}, `--call: "aaaa`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var out bytes.Buffer
+			err := run(context.Background(), func() {}, append([]string{"token", "--user", "alice"}, tt.args...), env("PARLEY_JWT_SECRET", "s"), nil, &out, &out)
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("got %v (output %q), want an error mentioning %q", err, out.String(), tt.want)
+			}
+			if out.Len() != 0 {
+				t.Errorf("a token was printed: %q", out.String())
+			}
+		})
+	}
+	var out bytes.Buffer
+	if err := run(context.Background(), func() {}, []string{"token", "--user", "alice", "--subscribe", "*", "--publish", "chat:*,lobby", "--call", "c@1"}, env("PARLEY_JWT_SECRET", "s"), nil, &out, io.Discard); err != nil {
+		t.Fatalf("good patterns refused: %v", err)
+	}
+}
+
+// Each error starts its own `parley:` line; only the pointer to --help
+// follows them.
+func TestErrorsEachOnTheirLine(t *testing.T) {
+	err := run(context.Background(), func() {}, []string{"--ping", "1ms", "--queue-limit", "10"}, env("PARLEY_MAX_NODE_ROOMS", "0"), nil, io.Discard, io.Discard)
+	var out bytes.Buffer
+	if code := exitCode(err, &out); code != 2 {
+		t.Errorf("got exit status %d, want 2", code)
+	}
+	lines := strings.Split(strings.TrimSuffix(out.String(), "\n"), "\n")
+	if len(lines) != 4 {
+		t.Fatalf("got %d lines, want 3 errors and the pointer to --help:\n%s", len(lines), out.String())
+	}
+	for _, l := range lines[:3] {
+		if !strings.HasPrefix(l, "parley: ") {
+			t.Errorf("line %q does not start with parley:", l)
+		}
+	}
+	if want := "(run 'parley serve --help' for the flags)"; lines[3] != want {
+		t.Errorf("got last line %q, want %q", lines[3], want)
+	}
 }

@@ -2,9 +2,11 @@ package main
 
 import (
 	"context"
+	"crypto"
 	"crypto/rand"
 	"crypto/tls"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -14,6 +16,7 @@ import (
 	"net/netip"
 	"os"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -32,6 +35,7 @@ type serveConfig struct {
 	nodeID          string
 	jwtSecret       string
 	jwtPublicKey    string
+	jwtKey          crypto.PublicKey // read from jwtPublicKey
 	apiKey          string
 	allowAnonymous  bool
 	origins         []string
@@ -53,8 +57,14 @@ type serveConfig struct {
 	logLevel        slog.Level
 
 	tlsCert, tlsKey string
+	tlsConf         *tls.Config // loaded from tlsCert and tlsKey
 	turn            turnFlags
 	stunAddr        string
+
+	// flags name the settings in messages (--addr, or PARLEY_ADDR).
+	flags *envFlags
+	// warnings are the PARLEY_* variables that no flag reads.
+	warnings []envWarning
 }
 
 // turnFlags configure the built-in TURN and STUN server.
@@ -76,24 +86,31 @@ HTTP API, /healthz, /readyz) and the admin listener (/metrics, /debug/pprof/).
 With no --jwt-secret or --jwt-public-key the node runs in dev mode: every
 client is an anonymous user, and it refuses a non-loopback --addr unless
 --allow-anonymous is given. SIGTERM drains: clients are told to reconnect,
-spread over --drain, then the process exits.`
+spread over --drain, then the process exits. The whole configuration is
+checked before any socket opens.`
 
-func parseServe(args []string, getenv func(string) string, stderr io.Writer) (*serveConfig, error) {
-	fs := newEnvFlags("serve", serveSummary, getenv, stderr)
-	c := &serveConfig{}
+// parseServe reads serve's flags and environment and checks everything that
+// the gateway, the bus and the TURN server would refuse, so that a bad value
+// is reported before any socket opens. It reads the --jwt-public-key and
+// --tls-cert files. The config it returns is never nil: its warnings hold
+// unknown PARLEY_* variables of environ even when err is not nil.
+func parseServe(args []string, getenv func(string) string, environ []string, out io.Writer) (*serveConfig, error) {
+	fs := newEnvFlags("serve", serveSummary, getenv, out)
+	fs.example = "jwt-secret"
+	c := &serveConfig{flags: fs}
 	fs.StringVar(&c.addr, "addr", "localhost:8080", "public HTTP listener: WebSocket, SSE, HTTP API, web app")
 	fs.StringVar(&c.adminAddr, "admin-addr", "127.0.0.1:9090", "admin listener for /metrics and /debug/pprof/; off disables it")
 	fs.StringVar(&c.nodeID, "node-id", "", "this node's name in welcome frames, logs and presence (default hostname plus a random suffix)")
 	fs.StringVar(&c.jwtSecret, "jwt-secret", "", "HS256 secret that client JWTs are verified with")
-	fs.StringVar(&c.jwtPublicKey, "jwt-public-key", "", "PEM `file` with the public key for RS256, ES256 or EdDSA JWTs")
+	fs.StringVar(&c.jwtPublicKey, "jwt-public-key", "", "PEM `file` with the public key (or a certificate) for RS256, ES256 or EdDSA JWTs")
 	fs.StringVar(&c.apiKey, "api-key", "", "bearer key that backends use on the HTTP API")
 	allowAnon := fs.Bool("allow-anonymous", false, "allow dev mode (no JWT key) on a non-loopback --addr")
-	origins := fs.String("origins", "", "allowed browser origins for WebSocket, SSE and the HTTP API, comma-separated host patterns such as app.example.com,*.example.com (default: the request's own host)")
+	origins := fs.String("origins", "", "allowed browser origins for WebSocket, SSE and the HTTP API, comma-separated host patterns such as app.example.com,*.example.com or scheme://host patterns such as https://app.example.com (default: the request's own host)")
 	historySize := fs.Int("history-size", 1000, "messages kept per room for recovery and the history API")
 	historyTTL := fs.Duration("history-ttl", 24*time.Hour, "how long a message stays in history")
-	ping := fs.Duration("ping", 25*time.Second, "heartbeat interval: an idle client gets a ping this often")
+	ping := fs.Duration("ping", 25*time.Second, "heartbeat interval, at least 10ms: an idle client gets a ping this often")
 	drain := fs.Duration("drain", 10*time.Second, "on SIGTERM, the window over which clients are told to reconnect")
-	queueLimit := fs.Int("queue-limit", 1<<20, "bytes a session may have waiting to be sent before it is closed as a slow consumer (1013)")
+	queueLimit := fs.Int("queue-limit", 1<<20, "bytes a session may have waiting to be sent before it is closed as a slow consumer (1013); at least 131072 (128 KiB), so that the largest message fits")
 	publishRate := fs.Float64("publish-rate", 50, "publishes per second allowed to one session, and to one user on the HTTP API (burst twice that); the API key is not limited")
 	maxRooms := fs.Int("max-rooms", 100, "rooms one session may subscribe to")
 	maxConns := fs.Int("max-conns-per-ip", 1000, "concurrent WebSocket and SSE connections from one client address")
@@ -108,7 +125,7 @@ func parseServe(args []string, getenv func(string) string, stderr io.Writer) (*s
 	fs.StringVar(&c.turn.addr, "turn-addr", "localhost:3478", "TURN and STUN listener on UDP and TCP; off disables them")
 	fs.StringVar(&c.stunAddr, "stun-addr", "off", "an extra STUN-only listener on UDP, such as :19302, with per-source rate limits (the TURN ports answer STUN too); off disables it")
 	fs.StringVar(&c.turn.tlsAddr, "turn-tls-addr", "", "TURN over TLS listener, such as :5349 (needs --tls-cert and --tls-key)")
-	turnPublicIP := fs.String("turn-public-ip", "", "the address put in relay candidates and ICE server URLs (default the TURN listener's IP)")
+	turnPublicIP := fs.String("turn-public-ip", "", "the address put in relay candidates and ICE server URLs (default the TURN listener's IP; required when --turn-addr listens on every address)")
 	turnPorts := fs.String("turn-ports", "49152-65535", "relay port range")
 	fs.StringVar(&c.turn.secret, "turn-secret", "", "TURN REST shared secret (default the JWT secret, else random)")
 	fs.StringVar(&c.turn.realm, "turn-realm", "parley", "TURN realm")
@@ -119,8 +136,9 @@ func parseServe(args []string, getenv func(string) string, stderr io.Writer) (*s
 	redisURL := fs.String("redis", "", "Redis URL (redis://host:port/db) to run several nodes as one; this version runs one node with in-memory fan-out and refuses the flag")
 	logFormat := fs.String("log-format", "text", "log format: text or json")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn or error")
+	c.warnings = fs.unknownEnv(environ)
 	if err := fs.parse(args); err != nil {
-		return nil, err
+		return c, err
 	}
 	c.allowAnonymous = *allowAnon
 	c.origins = split(*origins)
@@ -134,106 +152,104 @@ func parseServe(args []string, getenv func(string) string, stderr io.Writer) (*s
 	c.turn.userQuota, c.turn.maxAllocations = *userQuota, *maxAllocs
 
 	var errs []error
-	bad := func(format string, a ...any) { errs = append(errs, fmt.Errorf(format, a...)) }
+	bad := func(err error) { errs = append(errs, err) }
 	if err := c.logLevel.UnmarshalText([]byte(*logLevel)); err != nil {
-		bad("--log-level %q: want debug, info, warn or error", *logLevel)
+		bad(fs.badValue("log-level", "want debug, info, warn or error"))
 	}
 	if *redisURL != "" {
-		bad("--redis: this version has no Redis fan-out yet; a node runs alone with in-memory fan-out (leave --redis and PARLEY_REDIS unset)")
+		// The URL may carry a password: it is not shown.
+		bad(fs.badFlag("redis", "this version has no Redis fan-out yet; a node runs alone with in-memory fan-out (leave --redis and PARLEY_REDIS unset)"))
 	}
 	if c.logFormat != "text" && c.logFormat != "json" {
-		bad("--log-format %q: want text or json", c.logFormat)
+		bad(fs.badValue("log-format", "want text or json"))
 	}
-	if _, _, err := net.SplitHostPort(c.addr); err != nil {
-		bad("--addr %q: want host:port", c.addr)
+	_, _, addrErr := net.SplitHostPort(c.addr)
+	if addrErr != nil {
+		bad(fs.badValue("addr", "want host:port"))
 	}
 	if c.adminAddr != "off" {
 		if _, _, err := net.SplitHostPort(c.adminAddr); err != nil {
-			bad("--admin-addr %q: want host:port or off", c.adminAddr)
+			bad(fs.badValue("admin-addr", "want host:port or off"))
 		}
 	}
 	if c.jwtSecret != "" && c.jwtPublicKey != "" {
-		bad("--jwt-secret and --jwt-public-key are exclusive: pick one")
-	}
-	if _, _, err := net.SplitHostPort(c.addr); err == nil && c.jwtSecret == "" && c.jwtPublicKey == "" && !c.allowAnonymous && !loopback(c.addr) {
-		bad("--addr %s is not a loopback address and no --jwt-secret or --jwt-public-key is set: anyone could connect as anonymous; set a JWT key, or --allow-anonymous to mean it", c.addr)
-	}
-	for name, v := range map[string]int{"--history-size": c.historySize, "--queue-limit": c.queueLimit, "--max-rooms": c.maxRooms, "--max-conns-per-ip": c.maxConnsPerIP,
-		"--replay-limit": c.replayLimit, "--max-node-rooms": c.nodeRooms} {
-		if v <= 0 {
-			bad("%s must be positive, got %d", name, v)
-		}
-	}
-	for name, v := range map[string]time.Duration{"--history-ttl": c.historyTTL, "--ping": c.ping, "--drain": c.drain} {
-		if v <= 0 {
-			bad("%s must be positive, got %s", name, v)
-		}
-	}
-	for name, v := range map[string]int64{"--history-bytes": c.historyBytes, "--room-history-bytes": c.roomHistBytes} {
-		if v <= 0 {
-			bad("%s must be positive, got %d", name, v)
-		}
-	}
-	for _, p := range c.presenceRooms {
-		if err := gateway.CheckRoomPattern(p); err != nil {
-			bad("--presence-rooms: %v", err)
-		}
-	}
-	if c.publishRate <= 0 {
-		bad("--publish-rate must be positive, got %g", c.publishRate)
+		bad(fmt.Errorf("%s and %s are exclusive: pick one", fs.label("jwt-secret"), fs.label("jwt-public-key")))
 	}
 	dev := c.jwtSecret == "" && c.jwtPublicKey == ""
-	if (c.tlsCert == "") != (c.tlsKey == "") {
-		bad("--tls-cert and --tls-key go together")
+	if addrErr == nil && dev && !c.allowAnonymous && !loopback(c.addr) {
+		bad(fmt.Errorf("%s: not a loopback address, and no --jwt-secret or --jwt-public-key is set: anyone could connect as anonymous; set a JWT key, or --allow-anonymous to mean it", fs.setting("addr")))
 	}
-	if c.turn.tlsAddr != "" && c.tlsCert == "" {
-		bad("--turn-tls-addr needs --tls-cert and --tls-key")
-	}
-	if c.turn.addr != "off" {
-		if _, _, err := net.SplitHostPort(c.turn.addr); err != nil {
-			bad("--turn-addr %q: want host:port or off", c.turn.addr)
+	if c.jwtPublicKey != "" {
+		if key, err := readPublicKey(c.jwtPublicKey); err != nil {
+			bad(fs.badValue("jwt-public-key", "%v", err))
+		} else {
+			c.jwtKey = key
 		}
 	}
+	for _, f := range []struct {
+		name string
+		v    int64
+	}{
+		{"history-size", int64(c.historySize)}, {"queue-limit", int64(c.queueLimit)}, {"max-rooms", int64(c.maxRooms)},
+		{"max-conns-per-ip", int64(c.maxConnsPerIP)}, {"replay-limit", int64(c.replayLimit)}, {"max-node-rooms", int64(c.nodeRooms)},
+		{"history-bytes", c.historyBytes}, {"room-history-bytes", c.roomHistBytes},
+		{"turn-user-quota", int64(c.turn.userQuota)}, {"turn-max-allocations", int64(c.turn.maxAllocations)},
+	} {
+		if f.v <= 0 {
+			bad(fs.badValue(f.name, "must be positive"))
+		}
+	}
+	if c.queueLimit > 0 && c.queueLimit < minQueueLimit {
+		bad(fs.badValue("queue-limit", "must be at least %d (128 KiB): room messages, presence events and heartbeats count against it, one message can carry 64 KiB of data plus its envelope, and a session whose queue cannot hold it is closed as a slow consumer (1013) at the first such message", minQueueLimit))
+	}
+	for _, f := range []struct {
+		name string
+		v    time.Duration
+	}{{"history-ttl", c.historyTTL}, {"drain", c.drain}, {"ice-ttl", c.turn.credentialTTL}} {
+		if f.v <= 0 {
+			bad(fs.badValue(f.name, "must be positive"))
+		}
+	}
+	if c.ping < minPing {
+		bad(fs.badValue("ping", "must be at least %s", minPing))
+	}
+	// NaN and infinity parse as numbers; neither is a rate.
+	if !(c.publishRate > 0 && c.publishRate <= 1_000_000) {
+		bad(fs.badValue("publish-rate", "must be a number above 0 and at most 1000000"))
+	}
+	for _, p := range c.presenceRooms {
+		if gateway.CheckRoomPattern(p) != nil {
+			bad(fs.badFlag("presence-rooms", "%q is not a room pattern: %s", p, roomPatternRule))
+		}
+	}
+	for _, o := range c.origins {
+		if err := checkOrigin(o); err != nil {
+			bad(fs.badFlag("origins", "%q %v; %s", o, err, originRule))
+		}
+	}
+	for field := range strings.SplitSeq(*trustedProxies, ",") {
+		p, err := gateway.ParseTrustedProxies(field)
+		if err != nil {
+			bad(fs.badFlag("trusted-proxies", "%s", plain(err, "gateway: ", "trusted proxies: ")))
+		}
+		c.trustedProxies = append(c.trustedProxies, p...)
+	}
+
+	if (c.tlsCert == "") != (c.tlsKey == "") {
+		bad(fmt.Errorf("%s and %s go together", fs.label("tls-cert"), fs.label("tls-key")))
+	} else if c.tlsCert != "" {
+		cert, err := tls.LoadX509KeyPair(c.tlsCert, c.tlsKey)
+		if err != nil {
+			bad(fmt.Errorf("%s and %s: %s", fs.label("tls-cert"), fs.label("tls-key"), fileReason(err, "tls: ")))
+		} else {
+			c.tlsConf = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+		}
+	}
+	c.checkTURN(*turnPublicIP, *turnPorts, *turnAllow, bad)
 	if c.stunAddr != "off" {
 		if _, _, err := net.SplitHostPort(c.stunAddr); err != nil {
-			bad("--stun-addr %q: want host:port or off", c.stunAddr)
+			bad(fs.badValue("stun-addr", "want host:port or off"))
 		}
-	}
-	if *turnPublicIP != "" {
-		ip, err := netip.ParseAddr(*turnPublicIP)
-		if err != nil {
-			bad("--turn-public-ip %q: not an IP address", *turnPublicIP)
-		}
-		c.turn.publicIP = ip
-	}
-	if lo, hi, err := turn.ParsePortRange(*turnPorts); err != nil {
-		bad("--turn-ports: %v", err)
-	} else {
-		c.turn.portMin, c.turn.portMax = lo, hi
-	}
-	if p, err := gateway.ParseTrustedProxies(*trustedProxies); err != nil {
-		bad("--trusted-proxies: %v", err)
-	} else {
-		c.trustedProxies = p
-	}
-	allow := *turnAllow
-	// Local calls in dev mode relay to loopback; a node that others can reach
-	// never opens its own loopback services to anonymous users by default.
-	if allow == "" && dev && loopback(c.addr) {
-		allow = "127.0.0.0/8,::1/128"
-	}
-	if allow != "" {
-		p, err := turn.ParseAllowPeers(allow)
-		if err != nil {
-			bad("--turn-allow-peers: %v", err)
-		}
-		c.turn.allowPeers = p
-	}
-	if c.turn.userQuota <= 0 || c.turn.maxAllocations <= 0 {
-		bad("--turn-user-quota and --turn-max-allocations must be positive")
-	}
-	if c.turn.credentialTTL <= 0 {
-		bad("--ice-ttl must be positive")
 	}
 	if c.turn.secret == "" {
 		c.turn.secret = c.jwtSecret
@@ -245,7 +261,7 @@ func parseServe(args []string, getenv func(string) string, stderr io.Writer) (*s
 		host, _ := os.Hostname()
 		c.nodeID = host + "-" + randSuffix()
 	}
-	return c, errors.Join(errs...)
+	return c, fs.errors(errs)
 }
 
 // loopback reports whether a listen address only accepts local connections.
@@ -269,27 +285,22 @@ func newLogger(c *serveConfig, w io.Writer) *slog.Logger {
 	return slog.New(slog.NewTextHandler(w, opts))
 }
 
-func serveCmd(ctx context.Context, stop func(), args []string, getenv func(string) string, stdout, stderr io.Writer) error {
-	c, err := parseServe(args, getenv, stderr)
-	if err != nil {
-		return err
-	}
-	log := newLogger(c, stderr)
-
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-
+// gatewayConfig is the gateway's part of c. ICEServers is left to the
+// caller, which knows the relay's addresses once it listens.
+func gatewayConfig(c *serveConfig, log *slog.Logger, reg prometheus.Registerer, bus fanout.Bus) gateway.Config {
 	gcfg := gateway.Config{
+		Bus:                bus,
 		Logger:             log,
 		Registerer:         reg,
 		NodeID:             c.nodeID,
 		APIKey:             c.apiKey,
+		JWTPublicKey:       c.jwtKey,
 		Origins:            c.origins,
 		PingInterval:       c.ping,
 		DrainTimeout:       c.drain,
 		QueueLimit:         c.queueLimit,
 		PublishRate:        c.publishRate,
-		PublishBurst:       int(2 * c.publishRate),
+		PublishBurst:       max(1, int(2*c.publishRate)),
 		MaxRoomsPerSession: c.maxRooms,
 		MaxConnsPerIP:      c.maxConnsPerIP,
 		TrustedProxies:     c.trustedProxies,
@@ -299,41 +310,59 @@ func serveCmd(ctx context.Context, stop func(), args []string, getenv func(strin
 	if c.jwtSecret != "" {
 		gcfg.JWTSecret = []byte(c.jwtSecret)
 	}
-	if c.jwtPublicKey != "" {
-		pemBytes, err := os.ReadFile(c.jwtPublicKey)
-		if err != nil {
-			return fmt.Errorf("--jwt-public-key: %w", err)
+	return gcfg
+}
+
+// listenErr names the flag of an address that could not be listened on and
+// says why in the system's words: "--addr localhost:8080: address already
+// in use".
+func listenErr(c *serveConfig, flagName string, err error) error {
+	reason := plain(err, "turn: ")
+	var errno syscall.Errno
+	var op *net.OpError
+	switch {
+	case errors.As(err, &errno):
+		reason = errno.Error()
+	case errors.As(err, &op) && op.Err != nil:
+		reason = op.Err.Error()
+	}
+	return fmt.Errorf("%s: %s", c.flags.setting(flagName), reason)
+}
+
+func serveCmd(ctx context.Context, stop func(), args []string, getenv func(string) string, environ func() []string, stdout, stderr io.Writer) error {
+	c, err := parseServe(args, getenv, environ(), stdout)
+	if err != nil {
+		if !errors.Is(err, flag.ErrHelp) {
+			for _, w := range c.warnings {
+				fmt.Fprintln(stderr, "parley: warning:", w)
+			}
 		}
-		if gcfg.JWTPublicKey, err = gateway.ParsePublicKey(pemBytes); err != nil {
-			return fmt.Errorf("--jwt-public-key %s: %w", c.jwtPublicKey, err)
-		}
+		return err
+	}
+	log := newLogger(c, stderr)
+	for _, w := range c.warnings {
+		log.Warn("unknown environment variable ignored", "name", w.name, "did_you_mean", w.closest)
 	}
 
-	var tlsConf *tls.Config
-	if c.tlsCert != "" {
-		cert, err := tls.LoadX509KeyPair(c.tlsCert, c.tlsKey)
-		if err != nil {
-			return fmt.Errorf("--tls-cert/--tls-key: %w", err)
-		}
-		tlsConf = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
-	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 
 	ln, err := net.Listen("tcp", c.addr)
 	if err != nil {
-		return fmt.Errorf("--addr: %w", err)
+		return listenErr(c, "addr", err)
 	}
-	if tlsConf != nil {
-		ln = tls.NewListener(ln, tlsConf)
+	if c.tlsConf != nil {
+		ln = tls.NewListener(ln, c.tlsConf)
 	}
 	var adminLn net.Listener
 	if c.adminAddr != "off" {
 		if adminLn, err = net.Listen("tcp", c.adminAddr); err != nil {
 			ln.Close()
-			return fmt.Errorf("--admin-addr: %w", err)
+			return listenErr(c, "admin-addr", err)
 		}
 	}
 
-	relay, err := startTURN(ctx, c, tlsConf, log, reg)
+	relay, err := startTURN(ctx, c, log, reg)
 	if err != nil {
 		ln.Close()
 		if adminLn != nil {
@@ -341,6 +370,13 @@ func serveCmd(ctx context.Context, stop func(), args []string, getenv func(strin
 		}
 		return err
 	}
+	bus := fanout.NewMemory(fanout.MemoryConfig{
+		HistorySize: c.historySize, HistoryTTL: c.historyTTL,
+		MaxRooms: c.nodeRooms, MaxHistoryBytes: c.historyBytes, MaxRoomHistoryBytes: c.roomHistBytes,
+	})
+	defer bus.Close()
+	registerMemoryMetrics(reg, bus)
+	gcfg := gatewayConfig(c, log, reg, bus)
 	if relay != nil {
 		defer relay.Close()
 		gcfg.ICEServers = iceServers(c, relay)
@@ -359,13 +395,6 @@ func serveCmd(ctx context.Context, stop func(), args []string, getenv func(strin
 		go stunSrv.Serve(stunConn)
 	}
 
-	bus := fanout.NewMemory(fanout.MemoryConfig{
-		HistorySize: c.historySize, HistoryTTL: c.historyTTL,
-		MaxRooms: c.nodeRooms, MaxHistoryBytes: c.historyBytes, MaxRoomHistoryBytes: c.roomHistBytes,
-	})
-	defer bus.Close()
-	registerMemoryMetrics(reg, bus)
-	gcfg.Bus = bus
 	gw, err := gateway.New(gcfg)
 	if err != nil {
 		ln.Close()
@@ -384,7 +413,7 @@ func serveCmd(ctx context.Context, stop func(), args []string, getenv func(strin
 	}
 
 	base := "http://" + ln.Addr().String()
-	if tlsConf != nil {
+	if c.tlsConf != nil {
 		base = "https://" + ln.Addr().String()
 	}
 	log.Info("parley node started", "node", c.nodeID, "addr", ln.Addr().String(), "admin", addrOf(adminLn), "dev_mode", c.jwtSecret == "" && c.jwtPublicKey == "")
@@ -457,13 +486,13 @@ func randSuffix() string {
 
 // startTURN opens the TURN and STUN sockets and starts the relay; nil when
 // --turn-addr is off.
-func startTURN(ctx context.Context, c *serveConfig, tlsConf *tls.Config, log *slog.Logger, reg prometheus.Registerer) (*turn.Server, error) {
+func startTURN(ctx context.Context, c *serveConfig, log *slog.Logger, reg prometheus.Registerer) (*turn.Server, error) {
 	if c.turn.addr == "off" {
 		return nil, nil
 	}
 	udp, tcp, err := turn.Listen(ctx, c.turn.addr)
 	if err != nil {
-		return nil, fmt.Errorf("--turn-addr: %w", err)
+		return nil, listenErr(c, "turn-addr", err)
 	}
 	cfg := turn.Config{
 		Logger:         log,
@@ -491,14 +520,15 @@ func startTURN(ctx context.Context, c *serveConfig, tlsConf *tls.Config, log *sl
 	if c.turn.tlsAddr != "" {
 		if cfg.TLSListener, err = net.Listen("tcp", c.turn.tlsAddr); err != nil {
 			closeAll()
-			return nil, fmt.Errorf("--turn-tls-addr: %w", err)
+			return nil, listenErr(c, "turn-tls-addr", err)
 		}
-		cfg.TLSConfig = tlsConf
+		cfg.TLSConfig = c.tlsConf
 	}
 	srv, err := turn.NewServer(cfg)
 	if err != nil {
+		// parseServe checks what NewServer refuses; this is the backstop.
 		closeAll()
-		return nil, fmt.Errorf("turn: %w", err)
+		return nil, fmt.Errorf("%s: %s", c.flags.label("turn-addr"), plain(err, "turn: ", "invalid config: "))
 	}
 	return srv, nil
 }
@@ -550,7 +580,7 @@ func startSTUN(c *serveConfig, log *slog.Logger, reg prometheus.Registerer) (*st
 	}
 	conn, err := net.ListenPacket("udp", c.stunAddr)
 	if err != nil {
-		return nil, nil, fmt.Errorf("--stun-addr: %w", err)
+		return nil, nil, listenErr(c, "stun-addr", err)
 	}
 	srv, err := stun.NewServer(stun.Config{Logger: log, Registerer: reg})
 	if err != nil {

@@ -27,7 +27,7 @@ func TestTrustedProxiesFlag(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			c, err := parseServe(tt.args, tt.env, io.Discard)
+			c, err := parseServe(tt.args, tt.env, nil, io.Discard)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -49,14 +49,14 @@ func TestTrustedProxiesFlagErrors(t *testing.T) {
 		env  func(string) string
 		want string
 	}{
-		{"not a CIDR", []string{"--trusted-proxies", "10.0.0.0/33"}, env(), `--trusted-proxies: gateway: trusted proxies: "10.0.0.0/33" is not a CIDR`},
-		{"a host name", []string{"--trusted-proxies", "10.0.0.0/8,lb.internal"}, env(), `--trusted-proxies: gateway: trusted proxies: "lb.internal" is not a CIDR or an IP address`},
-		{"bits past the mask", nil, env("PARLEY_TRUSTED_PROXIES", "10.0.0.1/8"), "--trusted-proxies: gateway: trusted proxies: 10.0.0.1/8 has bits set past the /8 mask: write 10.0.0.0/8"},
+		{"not a CIDR", []string{"--trusted-proxies", "10.0.0.0/33"}, env(), `--trusted-proxies: "10.0.0.0/33" is not a CIDR`},
+		{"a host name", []string{"--trusted-proxies", "10.0.0.0/8,lb.internal"}, env(), `--trusted-proxies: "lb.internal" is not a CIDR or an IP address`},
+		{"bits past the mask", nil, env("PARLEY_TRUSTED_PROXIES", "10.0.0.1/8"), "PARLEY_TRUSTED_PROXIES (--trusted-proxies): 10.0.0.1/8 has bits set past the /8 mask: write 10.0.0.0/8"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			var out bytes.Buffer
-			err := run(context.Background(), func() {}, tt.args, tt.env, &out, &out)
+			err := run(context.Background(), func() {}, tt.args, tt.env, nil, &out, &out)
 			if err == nil || !strings.Contains(err.Error(), tt.want) {
 				t.Fatalf("got %v, want an error mentioning %q", err, tt.want)
 			}
@@ -72,7 +72,7 @@ func TestServeTrustedProxies(t *testing.T) {
 	done := make(chan error, 1)
 	go func() {
 		done <- run(ctx, func() {}, []string{"--addr", "127.0.0.1:0", "--admin-addr", "off", "--turn-addr", "off", "--drain", "100ms", "--max-conns-per-ip", "1"},
-			env("PARLEY_TRUSTED_PROXIES", "127.0.0.1"), &out, &logs)
+			env("PARLEY_TRUSTED_PROXIES", "127.0.0.1"), nil, &out, &logs)
 	}()
 	wsURL := "ws" + strings.TrimPrefix(waitListening(t, &out), "http") + "/v1/ws"
 

@@ -17,6 +17,7 @@ user, for tools such as turnutils_uclient. The secret is --turn-secret, else
 // turnCredentialsCmd implements `parley turn-credentials --user U --ttl 1h`.
 func turnCredentialsCmd(args []string, getenv func(string) string, stdout io.Writer) error {
 	fs := newEnvFlags("turn-credentials", turnCredentialsSummary, getenv, stdout)
+	fs.example = "turn-secret"
 	user := fs.String("user", "", "the user the credential is for (required)")
 	ttl := fs.Duration("ttl", time.Hour, "how long the credential stays valid for new allocations")
 	turnSecret := fs.String("turn-secret", "", "the TURN REST shared secret")
@@ -25,18 +26,22 @@ func turnCredentialsCmd(args []string, getenv func(string) string, stdout io.Wri
 	if err := fs.parse(args); err != nil {
 		return err
 	}
-	if *user == "" {
-		return errors.New("turn-credentials: --user is required")
-	}
-	if *ttl <= 0 {
-		return fmt.Errorf("turn-credentials: --ttl must be positive, got %v", *ttl)
-	}
 	s := *turnSecret
 	if s == "" {
 		s = *jwtSecret
 	}
+	var errs []error
+	if *user == "" {
+		errs = append(errs, errors.New("--user is required"))
+	}
+	if *ttl <= 0 {
+		errs = append(errs, fs.badValue("ttl", "must be positive"))
+	}
 	if s == "" {
-		return errors.New("turn-credentials: no secret: set --turn-secret (PARLEY_TURN_SECRET) or --jwt-secret (PARLEY_JWT_SECRET) to what the server uses")
+		errs = append(errs, errors.New("no secret: set --turn-secret (PARLEY_TURN_SECRET) or --jwt-secret (PARLEY_JWT_SECRET) to what the server uses"))
+	}
+	if err := fs.errors(errs); err != nil {
+		return err
 	}
 
 	now := time.Now()

@@ -30,7 +30,7 @@ func TestTurnCredentialsCmd(t *testing.T) {
 		{name: "flag beats env", args: []string{"--user", "alice", "--turn-secret", "f"}, env: map[string]string{"PARLEY_TURN_SECRET": "e"}, secret: "f"},
 		{name: "no secret", args: []string{"--user", "alice"}, wantErr: "no secret"},
 		{name: "no user", args: []string{"--turn-secret", "s"}, wantErr: "--user is required"},
-		{name: "bad ttl", args: []string{"--user", "a", "--turn-secret", "s", "--ttl", "-1h"}, wantErr: "--ttl must be positive"},
+		{name: "bad ttl", args: []string{"--user", "a", "--turn-secret", "s", "--ttl", "-1h"}, wantErr: "--ttl -1h: must be positive"},
 		{name: "stray argument", args: []string{"--user", "a", "--turn-secret", "s", "extra"}, wantErr: "unexpected argument"},
 	}
 	for _, tt := range tests {

@@ -21,6 +21,7 @@ let token = '';
 let epoch = null; // epoch of the messages on screen
 const shown = new Map(); // offset -> <li>
 const myUsers = new Set(); // in dev mode every connection is a new anonymous user
+let draining = false; // the node asked this client to move
 
 joinForm.elements.room.value = new URLSearchParams(location.search).get('room') || 'lobby';
 
@@ -43,7 +44,7 @@ function showState() {
       statusEl.textContent = `Connected as ${client.user} on node ${client.welcome.node}`;
       break;
     case 'reconnecting':
-      statusEl.textContent = 'Reconnecting…';
+      statusEl.textContent = draining ? 'The node is shutting down: reconnecting, to another node if there is one…' : 'Reconnecting…';
       break;
     case 'closed':
       statusEl.textContent = 'Disconnected.';
@@ -54,6 +55,49 @@ function showState() {
 function notice(text) {
   noticeEl.textContent = text;
   noticeEl.hidden = !text;
+}
+
+// askForToken opens the token field, so the sentence that points at it
+// can be followed at once.
+function askForToken(text) {
+  joinForm.querySelector('details').open = true;
+  return text;
+}
+
+// explain says in a sentence what an error means for the person chatting.
+function explain(err) {
+  const where = 'paste a JWT into the Token field above and press Join';
+  switch (err.code) {
+    case 'unauthorized':
+      if (/^missing token/.test(err.message) || !token) return askForToken(`This node checks tokens, and none was given: ${where}.`);
+      if (/^token expired/.test(err.message)) return askForToken(`Your token has expired: ${where} to carry on.`);
+      return askForToken(`The node refused the token (${err.message}): ${where}.`);
+    case 'forbidden':
+      if (err.room && /not allowed/.test(err.message)) {
+        return `Your token does not allow joining ${err.room}: pick another room, or use a token that allows it.`;
+      }
+      return `The node refused: ${err.message}.`;
+    default:
+      return `The node reported an error: ${err.message}.`;
+  }
+}
+
+// explainSend says why a message was not sent.
+function explainSend(err, name) {
+  switch (err.code) {
+    case 'forbidden':
+      return `Not sent: your token does not allow sending to ${name}.`;
+    case 'rate_limited':
+      return 'Not sent: that was faster than the node allows. Wait a moment and send it again.';
+    case 'timeout':
+      return 'Not sent: the node did not answer in time. Send it again.';
+    case 'unauthorized':
+      return explain(err);
+    case 'closed':
+      return 'Not sent: not connected. Press Join to connect again.';
+    default:
+      return `Not sent: ${err.message}.`;
+  }
 }
 
 function newKey() {
@@ -169,10 +213,22 @@ function connect() {
   client = new Parley({ token: token || undefined });
   client.on('state', showState);
   client.on('welcome', (w) => {
+    draining = false;
     myUsers.add(w.user);
     showState();
   });
-  client.on('error', (err) => notice(`Error: ${err.message}`));
+  client.on('draining', () => {
+    draining = true;
+  });
+  client.on('close', ({ code }) => {
+    if (code === 1013) {
+      notice(
+        'This page read the room\u2019s messages too slowly (a slow network, or a busy tab), ' +
+          'so the node closed the connection: reconnecting, and catching up on what was missed.',
+      );
+    }
+  });
+  client.on('error', (err) => notice(explain(err)));
   showState();
 }
 
@@ -203,7 +259,7 @@ async function join(name) {
     textInput.focus();
   } catch (err) {
     if (room === name) room = null;
-    notice(`Could not join ${name}: ${err.message}`);
+    notice(err.code === 'unauthorized' || err.code === 'forbidden' ? explain(err) : `Could not join ${name}: ${err.message}.`);
   }
 }
 
@@ -213,6 +269,13 @@ joinForm.addEventListener('submit', (e) => {
   if (!client) {
     token = joinForm.elements.token.value.trim();
     connect();
+  } else if (client.state === 'closed') {
+    // Stopped (a refused or expired token): connect again with the token as
+    // it is now; the room resumes from the last message shown.
+    token = joinForm.elements.token.value.trim();
+    client.token = token || undefined;
+    notice('');
+    client.connect();
   }
   if (name && name !== room) join(name);
 });
@@ -223,5 +286,6 @@ sendForm.addEventListener('submit', (e) => {
   if (!text || !room) return;
   textInput.value = '';
   // The key makes a publish caught by a reconnect safe to send again.
-  client.publish(room, { text }, { key: newKey() }).catch((err) => notice(`Not sent: ${err.message}`));
+  const name = room;
+  client.publish(room, { text }, { key: newKey() }).catch((err) => notice(explainSend(err, name)));
 });

@@ -28,15 +28,78 @@ function notice(text) {
   noticeEl.hidden = !text;
 }
 
+let draining = false; // the node asked this stream to move
+
+// retrying says why the page is trying again, from the error that made it
+// (null: the network, as far as the page can tell).
+function retrying(err) {
+  if (draining || err?.code === 'draining' || (err?.code === 'over_capacity' && /draining/.test(err.message))) {
+    return 'The node is shutting down: reconnecting, to another node if there is one…';
+  }
+  switch (err?.code) {
+    case 'over_capacity':
+      return 'The node holds as many rooms as it may: trying again in a few seconds…';
+    case 'rate_limited':
+      return 'Too many connections from this address: trying again in a few seconds…';
+    case 'unavailable':
+      return 'The node is not answering: trying again in a few seconds…';
+    default:
+      return null;
+  }
+}
+
 function showState(state) {
   statusEl.dataset.state = state;
   const rooms = sse ? sse.rooms.join(', ') : '';
+  const why = state === 'reconnecting' ? retrying(sse?.error) : null;
   statusEl.textContent = {
     connecting: 'Connecting…',
     open: `Watching ${rooms}`,
-    reconnecting: 'Reconnecting…',
+    reconnecting: why ?? 'Reconnecting…',
     closed: 'Not watching.',
   }[state] ?? state;
+  stopButton.disabled = state === 'closed';
+}
+
+// askForToken opens the token field, so the sentence that points at it
+// can be followed at once.
+function askForToken(text) {
+  watchForm.querySelector('details').open = true;
+  return text;
+}
+
+// explain says in a sentence what an error means for the person watching,
+// or returns '' for the ones the status line already tells (the page is
+// trying again).
+function explain(err) {
+  const where = 'paste a JWT into the Token field above and press Watch';
+  switch (err.code) {
+    case 'unauthorized':
+      if (/^missing token/.test(err.message) || !sse?.token) return askForToken(`This node checks tokens, and none was given: ${where}.`);
+      if (/^token expired/.test(err.message)) {
+        const resume = sse?.welcome ? ' to carry on from where the stream stopped' : '';
+        return askForToken(`Your token has expired: ${where}${resume}.`);
+      }
+      return askForToken(`The node refused the token (${err.message}): ${where}.`);
+    case 'forbidden': {
+      const room = /not allowed to subscribe to (\S+)/.exec(err.message)?.[1];
+      if (room) return `Your token does not allow watching ${room}: take it off the list, or use a token that allows it.`;
+      if (err.message === 'room limit reached') return 'That is more rooms than the node lets one stream watch: watch fewer.';
+      return `The node refused the stream: ${err.message}.`;
+    }
+    case 'bad_room':
+    case 'bad_request':
+    case 'not_found':
+      return `The node refused the stream: ${err.message}.`;
+    case 'disconnected':
+    case 'draining':
+    case 'over_capacity':
+    case 'rate_limited':
+    case 'unavailable':
+      return '';
+    default:
+      return `The node reported an error: ${err.message}.`;
+  }
 }
 
 function addEvent(m) {
@@ -60,8 +123,16 @@ watchForm.addEventListener('submit', (e) => {
   e.preventDefault();
   const rooms = watchForm.elements.rooms.value.split(',').map((r) => r.trim()).filter(Boolean);
   if (rooms.length === 0) return;
-  sse?.close();
   notice('');
+  if (sse && sse.state === 'closed' && sse.rooms.join(',') === rooms.join(',')) {
+    // The same rooms again (after a refused or expired token, say): the
+    // stream resumes from its last event, with the token as it is now.
+    sse.token = token() || undefined;
+    sse.connect();
+    return;
+  }
+  sse?.close();
+  draining = false;
   sse = new ParleySSE({
     rooms,
     token: token() || undefined,
@@ -69,15 +140,19 @@ watchForm.addEventListener('submit', (e) => {
     onLost: (room) => notice(`Events of ${room} were missed while disconnected: they are no longer in its history.`),
   });
   sse.on('state', showState);
-  sse.on('error', (err) => notice(`Error: ${err.message}`));
+  sse.on('draining', () => (draining = true));
+  sse.on('welcome', () => (draining = false));
+  sse.on('error', (err) => {
+    const text = explain(err);
+    if (text) notice(text);
+    showState(sse.state);
+  });
   showState(sse.state);
-  stopButton.disabled = false;
   if (!rooms.includes(publishForm.elements.room.value)) publishForm.elements.room.value = rooms[0];
 });
 
 stopButton.addEventListener('click', () => {
   sse?.close();
-  stopButton.disabled = true;
 });
 
 publishForm.addEventListener('submit', async (e) => {

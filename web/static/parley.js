@@ -160,7 +160,7 @@ export class Parley extends Emitter {
   #stopped = false; // close() was called
   #attempt = 0; // reconnect attempts since the last ready connection
   #reconnectAt = null; // ms timestamp from a reconnect frame
-  #lastError = null; // code of the last error frame without an id
+  #lastError = null; // the last error frame without an id
   #seq = 0;
   #subs = new Map(); // room -> subscription
   #pending = new Map(); // id -> command (publish, unsubscribe)
@@ -198,17 +198,24 @@ export class Parley extends Emitter {
     const ws = this.#ws;
     if (ws) this.#lost(ws, 1000, 'closed by client', true);
     else this.#setState('closed');
-    const closed = () => new ParleyError('closed', 'the client was closed');
+    this.#rejectWaiting(() => new ParleyError('closed', 'the client was closed'));
+  }
+
+  // rejectWaiting rejects every pending command, and every subscribe not
+  // acknowledged yet, with an error of newError(): the client has stopped.
+  #rejectWaiting(newError) {
     for (const [id, cmd] of this.#pending) {
       this.#pending.delete(id);
       clearTimeout(cmd.timer);
-      cmd.reject(closed());
+      cmd.reject(newError());
     }
     for (const [room, sub] of this.#subs) {
       if (!sub.waiter) continue;
       this.#subs.delete(room);
       clearTimeout(sub.waiter.timer);
-      sub.waiter.reject(closed());
+      const err = newError();
+      err.room = room;
+      sub.waiter.reject(err);
       sub.waiter = null;
     }
   }
@@ -463,11 +470,15 @@ export class Parley extends Emitter {
       this.#setState('closed');
       return;
     }
-    if (code === 1008 && this.#lastError === 'unauthorized' && typeof this.token !== 'function') {
-      // The same token would be refused again.
+    if (code === 1008 && this.#lastError?.code === 'unauthorized' && typeof this.token !== 'function') {
+      // The same token would be refused again. What waits for the node
+      // fails with the reason, rather than with a timeout later.
       this.#stopped = true;
       this.#setState('closed');
-      this.emit('error', new ParleyError('unauthorized', reason || 'the node refused the token'));
+      const frame = this.#lastError;
+      const refused = () => new ParleyError('unauthorized', reason || frame.message || 'the node refused the token', frame);
+      this.emit('error', refused());
+      this.#rejectWaiting(refused);
       return;
     }
     this.#retry();
@@ -617,7 +628,7 @@ export class Parley extends Emitter {
     const id = f.id;
     if (id === undefined || id === '') {
       if (error) {
-        this.#lastError = error.code;
+        this.#lastError = error;
         this.emit('error', new ParleyError(error.code, error.message, error));
       }
       return;
@@ -711,6 +722,52 @@ export class Parley extends Emitter {
   }
 }
 
+// probeTimeout bounds the fetch that reads why the browser gave up on an
+// event stream, ms.
+const probeTimeout = 10000;
+
+// httpCodes names the HTTP statuses of an answer that carries no error of the
+// node's own (a proxy's page, say) with the protocol's codes.
+const httpCodes = { 400: 'bad_request', 401: 'unauthorized', 403: 'forbidden', 404: 'not_found', 429: 'rate_limited' };
+
+// refusal turns an HTTP error answer into a ParleyError: the node's
+// {"error": {code, message}} when the body is one, else a code for the
+// status (`draining` for a plain 503 that says so, `unavailable` for any
+// status without a code of its own) and the body's first line as the
+// message.
+function refusal(status, text) {
+  let code;
+  let message;
+  try {
+    const e = JSON.parse(text)?.error;
+    if (e && typeof e.code === 'string') {
+      code = e.code;
+      message = typeof e.message === 'string' ? e.message : '';
+    }
+  } catch {
+    // not the node's JSON error
+  }
+  if (code === undefined) {
+    const line = String(text ?? '').trim().split('\n')[0].slice(0, 200);
+    if (httpCodes[status]) code = httpCodes[status];
+    else if (status === 503 && /^draining\b/.test(line)) code = 'draining';
+    else code = 'unavailable';
+    message = line;
+  }
+  const err = new ParleyError(code, message || `HTTP ${status}`);
+  err.status = status;
+  return err;
+}
+
+// final reports whether a stream refused with err would be refused again
+// alike: a client error other than a timeout or a rate limit. A refused token
+// is final unless a token function can get another one.
+function final(err, renewable) {
+  const s = err.status;
+  if (s === 401 && renewable) return false;
+  return s >= 400 && s < 500 && s !== 408 && s !== 429;
+}
+
 /**
  * Receives room messages over Server-Sent Events (EventSource), resuming from
  * the last event after any reconnect.
@@ -719,7 +776,17 @@ export class Parley extends Emitter {
  *
  * Events: 'state' ('connecting', 'open', 'reconnecting', 'closed'),
  * 'welcome', 'message', 'lost' ({room}), 'draining', 'error' (a ParleyError:
- * an `error` event of the stream, with the node's code, or `disconnected`).
+ * an `error` event of the stream, with the node's code, or the node's answer
+ * to a stream it refused).
+ *
+ * EventSource does not tell why a stream could not open. When the browser
+ * gives up on one, the client fetches the same URL once and reads the
+ * status and the node's JSON error: a refusal that would repeat (a missing
+ * or refused token, a room the token does not allow) stops the client
+ * (state 'closed'); anything else (the node draining or full, the network)
+ * is retried with backoff. Either way the error, with its `code`, `message`
+ * and HTTP `status`, goes to onError and the 'error' event, and stays in
+ * `error` until a stream opens.
  *
  * When the node ends the stream with an `unauthorized` error (the token
  * expired), a `token` function is called for a fresh token and the stream
@@ -739,6 +806,7 @@ export class ParleySSE extends Emitter {
    * @param {number} [options.minDelay=1000] @param {number} [options.maxDelay=30000]
    * @param {boolean} [options.connect=true] connect at once; otherwise call connect()
    * @param {typeof EventSource} [options.EventSource]
+   * @param {typeof fetch} [options.fetch] reads the answer to a stream the browser gave up on
    */
   constructor(options) {
     super();
@@ -751,12 +819,17 @@ export class ParleySSE extends Emitter {
     this.minDelay = options.minDelay ?? 1000;
     this.maxDelay = options.maxDelay ?? 30000;
     this.EventSource = options.EventSource ?? globalThis.EventSource;
+    this.fetch = options.fetch ?? globalThis.fetch?.bind(globalThis);
     this.state = 'idle';
     this.welcome = null;
+    /** Why the client is not open: the last error since a stream opened, or null. */
+    this.error = null;
     if (options.connect !== false) this.connect();
   }
 
   #es = null;
+  #url = null; // the URL of the current stream
+  #probe = null; // the AbortController of the fetch reading a refusal
   #stopped = false;
   #lastId = '';
   #pos = new Map(); // room -> {epoch, offset}
@@ -768,10 +841,11 @@ export class ParleySSE extends Emitter {
     return this.#lastId;
   }
 
-  /** Starts receiving (after close(), or after a refused token, too), from the last event. */
+  /** Starts receiving (after close(), or after a refusal, too), from the last event. */
   connect() {
-    if (this.#es || this.state === 'connecting') return;
+    if (this.#es || this.#probe || this.state === 'connecting') return;
     this.#stopped = false;
+    this.error = null;
     clearTimeout(this.#timer);
     this.#open();
   }
@@ -782,6 +856,9 @@ export class ParleySSE extends Emitter {
     clearTimeout(this.#timer);
     this.#es?.close();
     this.#es = null;
+    this.#probe?.abort();
+    this.#probe = null;
+    this.error = null;
     this.#setState('closed');
   }
 
@@ -792,8 +869,19 @@ export class ParleySSE extends Emitter {
   }
 
   #fail(err) {
+    this.error = err;
     call(this.onError, err);
     this.emit('error', err);
+  }
+
+  // stop ends the client for an error that would repeat: state 'closed',
+  // with the error in `error` by then.
+  #stop(err) {
+    this.#stopped = true;
+    clearTimeout(this.#timer);
+    this.error = err;
+    this.#setState('closed');
+    this.#fail(err);
   }
 
   async #open() {
@@ -806,13 +894,14 @@ export class ParleySSE extends Emitter {
       this.#retry();
       return;
     }
-    if (this.#stopped || this.#es) return;
+    if (this.#stopped || this.#es || this.#probe) return;
     const url = endpoint(this.url, '/v1/sse', 'http');
     url.searchParams.set('rooms', this.rooms.join(','));
     if (token) url.searchParams.set('token', token);
     // A new EventSource cannot set Last-Event-ID; the node reads this instead.
     // (An EventSource's own reconnects send the header, which takes precedence.)
     if (this.#lastId) url.searchParams.set('last_event_id', this.#lastId);
+    this.#url = url;
     const es = new this.EventSource(url.toString());
     this.#es = es;
     es.addEventListener('welcome', (e) => {
@@ -823,6 +912,7 @@ export class ParleySSE extends Emitter {
       const resumed = this.welcome !== null;
       this.#lastId = e.lastEventId;
       this.welcome = w;
+      this.error = null;
       this.#attempt = 0;
       for (const [room, info] of Object.entries(w.rooms ?? {})) {
         if (!info.recovered) {
@@ -891,21 +981,77 @@ export class ParleySSE extends Emitter {
       this.#retry(this.#attempt === 0 ? 0 : null);
       return;
     }
-    this.#stopped = true;
-    clearTimeout(this.#timer);
-    this.#setState('closed');
-    this.#fail(err);
+    this.#stop(err);
   }
 
   #onStreamError(es) {
-    if (es.readyState === 2) {
-      // The browser gave up (an HTTP error: 503 while draining, 401 for a
-      // refused token).
-      this.#fail(new ParleyError('disconnected', 'the event stream failed'));
-      this.#drop(es, null);
-    } else {
-      this.#setState('reconnecting'); // the browser retries by itself
+    if (es.readyState !== 2) {
+      this.#setState('reconnecting'); // a network error: the browser retries by itself
+      return;
     }
+    // The browser gave up: the node (or a proxy) answered with an HTTP
+    // error, which EventSource does not show. One fetch of the same URL
+    // reads it.
+    es.close();
+    this.#es = null;
+    if (this.state === 'open') this.#setState('reconnecting');
+    const url = new URL(this.#url);
+    if (this.#lastId) url.searchParams.set('last_event_id', this.#lastId);
+    this.#check(url.toString());
+  }
+
+  // check fetches url, the stream the browser gave up on, reads the status
+  // and the node's error, and stops or retries.
+  async #check(url) {
+    if (typeof this.fetch !== 'function') {
+      this.#fail(new ParleyError('disconnected', 'the event stream failed'));
+      this.#retry();
+      return;
+    }
+    const probe = new AbortController();
+    this.#probe = probe;
+    const timer = setTimeout(() => probe.abort(), probeTimeout);
+    let res = null;
+    let text = '';
+    try {
+      res = await this.fetch(url, { headers: { Accept: 'text/event-stream' }, cache: 'no-store', signal: probe.signal });
+      // A stream that opens now is not read: only the status matters.
+      if (!res.ok) text = await res.text();
+    } catch {
+      // a network error, the timeout, or a cross-origin answer the node did
+      // not allow this page to read
+    } finally {
+      clearTimeout(timer);
+      probe.abort();
+    }
+    if (this.#probe !== probe) return; // closed meanwhile
+    this.#probe = null;
+    if (this.#stopped) return;
+    if (!res) {
+      this.#fail(new ParleyError('disconnected', 'the event stream failed: the node could not be reached'));
+      this.#retry();
+      return;
+    }
+    if (res.ok) {
+      const type = res.headers?.get('content-type') ?? '';
+      this.#fail(
+        type.startsWith('text/event-stream')
+          ? new ParleyError('disconnected', 'the event stream failed')
+          : Object.assign(new ParleyError('unavailable', `the answer is ${type || 'untyped'}, not an event stream`), { status: res.status }),
+      );
+      this.#retry();
+      return;
+    }
+    const err = refusal(res.status, text);
+    if (final(err, typeof this.token === 'function')) {
+      this.#stop(err);
+      return;
+    }
+    this.#fail(err);
+    // Retry-After (over_capacity says how long) is the least delay.
+    const after = Number(res.headers?.get('retry-after')) * 1000 || 0;
+    const delay = backoff(this.#attempt, this.minDelay, this.maxDelay);
+    this.#retry(Math.max(after, delay));
   }
 
   #drop(es, after) {

@@ -1,7 +1,7 @@
 // Unit tests of parley.js in Node, against a scripted fake WebSocket and a
 // fake EventSource: the paths a real node rarely takes on cue (a replayed
 // duplicate, a lost epoch, a drain, a timeout, backoff, presence paging, an
-// expired token on an event stream). Run with `node --test web/testdata/`; the
+// expired token on an event stream, a stream the node refuses). Run with `node --test web/testdata/`; the
 // browser tests cover the same SDK against a real node.
 import assert from 'node:assert/strict';
 import { afterEach, test } from 'node:test';
@@ -235,6 +235,17 @@ test('a refused token with no way to renew it stops reconnecting', async () => {
   assert.equal(FakeWS.all.length, 1);
 });
 
+test('a refused token fails the subscribes still waiting, with the node\'s reason', async () => {
+  const client = newClient();
+  const pending = client.subscribe('r');
+  const ws = await socket(0);
+  ws.push({ type: 'error', code: 'unauthorized', message: 'missing token' });
+  ws.drop(1008, 'missing token');
+  assert.equal(client.state, 'closed');
+  await assert.rejects(pending, (err) => err.code === 'unauthorized' && err.message === 'missing token' && err.room === 'r');
+  assert.deepEqual(client.rooms(), []);
+});
+
 test('close rejects a subscribe still waiting for its ack', async () => {
   const client = newClient();
   const ws = await socket(0);
@@ -433,6 +444,27 @@ class FakeES {
   }
 }
 
+// fakeFetch answers the client's fetches of a refused stream: each answer is
+// {status, body, headers}, or 'network' for a fetch that fails. The last
+// answer repeats. fetch.calls records [url, init] of each call.
+function fakeFetch(...answers) {
+  const calls = [];
+  const fetch = async (url, init) => {
+    calls.push([url, init]);
+    const a = answers.length > 1 ? answers.shift() : answers[0];
+    if (a === 'network') throw new TypeError('fetch failed');
+    return new Response(a.body ?? '', { status: a.status, headers: a.headers });
+  };
+  fetch.calls = calls;
+  return fetch;
+}
+
+const jsonError = (status, code, message, headers = {}) => ({
+  status,
+  body: JSON.stringify({ error: { code, message } }),
+  headers: { 'Content-Type': 'application/json', ...headers },
+});
+
 function newSSE(options = {}) {
   FakeES.all = [];
   const log = { welcomes: 0, errors: [], onError: [], messages: [], states: [] };
@@ -442,6 +474,7 @@ function newSSE(options = {}) {
     EventSource: FakeES,
     minDelay: 5,
     maxDelay: 40,
+    fetch: fakeFetch('network'),
     onMessage: (m) => log.messages.push(m.offset),
     onError: (err) => log.onError.push(err.code),
     ...options,
@@ -543,8 +576,10 @@ test('sse: connection errors and other error codes do not end the client', async
   assert.equal(sse.state, 'open');
   assert.equal(FakeES.all.length, 1);
   assert.equal(log.welcomes, 2);
-  // The browser gives up (an HTTP error): the client retries with backoff.
+  // The browser gives up, and the node cannot be reached to say why: the
+  // client retries with backoff.
   es.fail(2);
+  await until('the error', () => log.errors.length === 2);
   assert.deepEqual(log.errors.map((e) => e.code), ['internal', 'disconnected']);
   const next = await stream(1);
   assert.equal(next.params.get('last_event_id'), 'cur0');
@@ -559,4 +594,110 @@ test('sse: an error sent as a welcome event by an older node takes the error pat
   assert.equal(log.welcomes, 1);
   assert.deepEqual(log.errors.map((e) => e.code), ['unauthorized']);
   assert.equal(sse.state, 'closed');
+});
+
+test('sse: a stream refused with 401 is read with one fetch, and the client stops', async () => {
+  const fetch = fakeFetch(jsonError(401, 'unauthorized', 'missing token'));
+  const { sse, log } = newSSE({ fetch });
+  const es = await stream(0);
+  es.fail(2); // the browser gives up: EventSource does not say why
+  await until('the client to stop', () => sse.state === 'closed');
+  assert.equal(fetch.calls.length, 1);
+  const [url, init] = fetch.calls[0];
+  assert.equal(url, es.url, 'the same URL as the stream');
+  assert.equal(init.headers.Accept, 'text/event-stream');
+  assert.ok(init.signal.aborted, 'the fetch is aborted once read');
+  assert.deepEqual(
+    log.errors.map((e) => [e.code, e.message, e.status]),
+    [['unauthorized', 'missing token', 401]],
+  );
+  assert.deepEqual(log.onError, ['unauthorized']);
+  assert.equal(sse.error, log.errors[0], 'the error stays on the client');
+  assert.deepEqual(log.states, ['closed'], 'never reconnecting');
+  await new Promise((r) => setTimeout(r, 60));
+  assert.equal(FakeES.all.length, 1, 'no new stream');
+  assert.equal(fetch.calls.length, 1, 'no new fetch');
+
+  // With a token set, connect() starts again.
+  sse.token = 'jwt';
+  sse.connect();
+  assert.equal(sse.error, null);
+  const next = await stream(1);
+  assert.equal(next.params.get('token'), 'jwt');
+  next.event('welcome', sseWelcome(0), 'cur0');
+  assert.equal(sse.state, 'open');
+  sse.close();
+});
+
+test('sse: a stream refused with 403 stops the client with the node\'s reason', async () => {
+  const fetch = fakeFetch(jsonError(403, 'forbidden', 'not allowed to subscribe to r'));
+  const { sse, log } = newSSE({ token: 'jwt', fetch });
+  const es = await stream(0);
+  es.event('welcome', sseWelcome(0), 'cur0');
+  // The node ends the stream; the browser reconnects by itself, and the
+  // reconnect is refused.
+  es.fail(0);
+  assert.equal(sse.state, 'reconnecting');
+  es.fail(2);
+  await until('the client to stop', () => sse.state === 'closed');
+  assert.deepEqual(log.errors.map((e) => [e.code, e.message, e.status]), [['forbidden', 'not allowed to subscribe to r', 403]]);
+  assert.equal(new URL(fetch.calls[0][0]).searchParams.get('last_event_id'), 'cur0', 'the fetch asks for the stream as it would resume');
+  await new Promise((r) => setTimeout(r, 60));
+  assert.equal(FakeES.all.length, 1);
+});
+
+test('sse: a stream refused with 503 (full, draining) is retried with backoff', async () => {
+  const fetch = fakeFetch(
+    jsonError(503, 'over_capacity', 'this node holds as many rooms as it may; try again later'),
+    { status: 503, body: 'draining: reconnect to another node\n', headers: { 'Content-Type': 'text/plain' } },
+  );
+  const { sse, log } = newSSE({ fetch });
+  let es = await stream(0);
+  es.fail(2);
+  es = await stream(1);
+  assert.deepEqual(log.states, ['reconnecting', 'connecting'], 'waiting, then trying again');
+  assert.equal(sse.error.code, 'over_capacity');
+  es.fail(2);
+  es = await stream(2);
+  assert.deepEqual(
+    log.errors.map((e) => [e.code, e.status]),
+    [['over_capacity', 503], ['draining', 503]],
+  );
+  assert.equal(log.errors[1].message, 'draining: reconnect to another node');
+  assert.equal(fetch.calls.length, 2, 'one fetch for each refused stream');
+  es.event('welcome', sseWelcome(0), 'cur0');
+  assert.equal(sse.state, 'open');
+  assert.equal(sse.error, null, 'an open stream clears the error');
+  sse.close();
+});
+
+test('sse: a refused token with a token function is retried, calling it again', async () => {
+  let minted = 0;
+  const fetch = fakeFetch(jsonError(401, 'unauthorized', 'token expired'));
+  const { sse, log } = newSSE({ token: () => `jwt${++minted}`, fetch });
+  (await stream(0)).fail(2);
+  const next = await stream(1);
+  assert.equal(next.params.get('token'), 'jwt2');
+  assert.deepEqual(log.errors.map((e) => e.code), ['unauthorized']);
+  assert.deepEqual(log.states, ['reconnecting', 'connecting']);
+  sse.close();
+});
+
+test('sse: close() while the refusal is read ends the fetch and the client', async () => {
+  let signal;
+  const fetch = (url, init) => {
+    signal = init.signal;
+    return new Promise((_, reject) => signal.addEventListener('abort', () => reject(new DOMException('aborted', 'AbortError'))));
+  };
+  const { sse, log } = newSSE({ fetch });
+  (await stream(0)).fail(2);
+  assert.equal(sse.state, 'connecting');
+  sse.connect(); // while the fetch is out: nothing more
+  assert.equal(FakeES.all.length, 1);
+  sse.close();
+  assert.ok(signal.aborted);
+  await new Promise((r) => setTimeout(r, 30));
+  assert.equal(sse.state, 'closed');
+  assert.deepEqual(log.errors, []);
+  assert.equal(FakeES.all.length, 1);
 });

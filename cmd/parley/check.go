@@ -1,0 +1,195 @@
+package main
+
+import (
+	"crypto"
+	"crypto/ecdh"
+	"crypto/ecdsa"
+	"crypto/ed25519"
+	"crypto/rsa"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"net/url"
+	"os"
+	"path"
+	"regexp"
+	"strings"
+	"time"
+	"unicode"
+
+	"github.com/parley-rt/parley/gateway"
+	"github.com/parley-rt/parley/turn"
+)
+
+// The checks of serve's values that are more than a comparison: each says
+// in the words of the help what the gateway or the TURN server would refuse.
+
+// Floors of the flags below which a node could serve no client.
+const (
+	// minPing is the gateway's floor for its heartbeat interval.
+	minPing = 10 * time.Millisecond
+	// minQueueLimit holds the largest frame a node sends unprompted, a room
+	// message with 64 KiB of data (the most a client may publish) and its
+	// envelope, with room to spare for the frames queued behind it.
+	minQueueLimit = 128 << 10
+)
+
+// originRule says what --origins takes.
+const originRule = "want host patterns such as app.example.com or *.example.com, or scheme://host patterns such as https://app.example.com, with * and ? as wildcards"
+
+// checkTURN checks the TURN flags as turn.NewServer would, before its
+// sockets are open.
+func (c *serveConfig) checkTURN(publicIP, ports, allowPeers string, bad func(error)) {
+	fs := c.flags
+	if publicIP != "" {
+		ip, err := netip.ParseAddr(publicIP)
+		switch {
+		case err != nil:
+			bad(fs.badValue("turn-public-ip", "not an IP address"))
+		case ip.IsUnspecified() || ip.IsMulticast():
+			bad(fs.badValue("turn-public-ip", "cannot be a relay address: give the address clients reach this host at"))
+		default:
+			c.turn.publicIP = ip.Unmap()
+		}
+	}
+	if lo, hi, err := turn.ParsePortRange(ports); err != nil {
+		bad(fs.badValue("turn-ports", "%s; want a port or a range such as 49152-65535", plain(err, "turn: ", fmt.Sprintf("port range %q: ", ports))))
+	} else {
+		c.turn.portMin, c.turn.portMax = lo, hi
+	}
+	// Local calls in dev mode relay to loopback; a node that others can reach
+	// never opens its own loopback services to anonymous users by default.
+	if allowPeers == "" && c.jwtSecret == "" && c.jwtPublicKey == "" && loopback(c.addr) {
+		allowPeers = "127.0.0.0/8,::1/128"
+	}
+	for field := range strings.SplitSeq(allowPeers, ",") {
+		p, err := turn.ParseAllowPeers(field)
+		if err != nil {
+			bad(fs.badFlag("turn-allow-peers", "%q is not a CIDR such as 10.0.0.0/8 or an IP address", strings.TrimSpace(field)))
+		}
+		c.turn.allowPeers = append(c.turn.allowPeers, p...)
+	}
+	if c.turn.tlsAddr != "" {
+		if _, _, err := net.SplitHostPort(c.turn.tlsAddr); err != nil {
+			bad(fs.badValue("turn-tls-addr", "want host:port"))
+		}
+		if c.tlsCert == "" {
+			bad(fmt.Errorf("%s needs --tls-cert and --tls-key", fs.label("turn-tls-addr")))
+		}
+		if c.turn.addr == "off" {
+			bad(fmt.Errorf("%s needs TURN on: %s is off", fs.label("turn-tls-addr"), fs.label("turn-addr")))
+		}
+	}
+	if c.turn.addr == "off" {
+		return
+	}
+	host, _, err := net.SplitHostPort(c.turn.addr)
+	if err != nil {
+		bad(fs.badValue("turn-addr", "want host:port or off"))
+		return
+	}
+	// The relay's address family is the listener's, except for a listener
+	// on every address, whose relays take the public address's family.
+	var listen netip.Addr
+	switch host {
+	case "", "0.0.0.0", "::":
+		listen = netip.IPv6Unspecified()
+	case "localhost":
+		listen = netip.AddrFrom4([4]byte{127, 0, 0, 1})
+	default:
+		if ip, err := netip.ParseAddr(host); err == nil {
+			listen = ip.Unmap()
+		}
+	}
+	pub := c.turn.publicIP
+	switch {
+	case listen.IsUnspecified() && !pub.IsValid() && publicIP == "":
+		bad(fmt.Errorf("%s listens on every address: set --turn-public-ip to the address clients reach the relay at", fs.setting("turn-addr")))
+	case listen.IsValid() && !listen.IsUnspecified() && pub.IsValid() && listen.Is4() != pub.Is4():
+		bad(fmt.Errorf("%s and %s are not of one address family", fs.setting("turn-addr"), fs.setting("turn-public-ip")))
+	}
+}
+
+// readPublicKey reads a --jwt-public-key file as the gateway takes it.
+func readPublicKey(file string) (crypto.PublicKey, error) {
+	pemBytes, err := os.ReadFile(file)
+	if err != nil {
+		return nil, errors.New(fileReason(err))
+	}
+	key, err := gateway.ParsePublicKey(pemBytes)
+	if err != nil {
+		return nil, errors.New("not a PEM public key (PKIX or PKCS #1) or certificate")
+	}
+	switch key.(type) {
+	case *rsa.PublicKey, *ecdsa.PublicKey, ed25519.PublicKey:
+		return key, nil
+	}
+	return nil, fmt.Errorf("holds %s key: want an RSA, ECDSA or Ed25519 public key", keyKind(key))
+}
+
+// keyKind names a key type in words.
+func keyKind(key crypto.PublicKey) string {
+	if _, ok := key.(*ecdh.PublicKey); ok {
+		return "a Diffie-Hellman (X25519 or ECDH)"
+	}
+	return "an unsupported"
+}
+
+// fileReason says why a file could not be read or parsed, without the Go
+// operation: "no such file or directory", or the parser's message without
+// its package prefix.
+func fileReason(err error, prefixes ...string) string {
+	var pe *os.PathError
+	if errors.As(err, &pe) {
+		return "cannot read " + pe.Path + ": " + pe.Err.Error()
+	}
+	return plain(err, prefixes...)
+}
+
+// plain drops the package and operation prefixes of an error from gateway
+// or turn ("gateway: trusted proxies: "): they name code, and the message
+// names the flag instead.
+func plain(err error, prefixes ...string) string {
+	msg := err.Error()
+	for _, p := range prefixes {
+		msg = strings.TrimPrefix(msg, p)
+	}
+	return msg
+}
+
+// schemeRE matches the scheme of an origin pattern, wildcards allowed.
+var schemeRE = regexp.MustCompile(`^[A-Za-z*?][A-Za-z0-9+.\-*?]*$`)
+
+// checkOrigin checks an --origins pattern: a host pattern such as
+// *.example.com or localhost:3000, or scheme://host such as
+// https://app.example.com, in path.Match syntax. The gateway matches it
+// against the Origin header, which never has a space, a path or a user.
+func checkOrigin(p string) error {
+	if strings.IndexFunc(p, func(r rune) bool { return unicode.IsSpace(r) || !unicode.IsPrint(r) }) >= 0 {
+		return errors.New("has a space or a control character")
+	}
+	if _, err := path.Match(p, ""); err != nil {
+		return errors.New("is not a valid pattern (an unclosed [ or a trailing \\)")
+	}
+	scheme, host, full := strings.Cut(p, "://")
+	if !full {
+		scheme, host = "http", p
+	}
+	switch {
+	case !schemeRE.MatchString(scheme):
+		return errors.New("has no valid scheme before ://")
+	case host == "":
+		return errors.New("has no host")
+	case strings.ContainsAny(host, "/@#"):
+		return errors.New("has a path or a user part: an origin is scheme://host or scheme://host:port")
+	case strings.ContainsAny(host, "[\\"):
+		return nil // a character class or an escape: path.Match has checked it
+	}
+	// Each wildcard stands for some characters of a real origin.
+	sample := scheme + "://" + strings.NewReplacer("*", "0", "?", "0").Replace(host)
+	if u, err := url.Parse(sample); err != nil || u.Host == "" {
+		return errors.New("is not an origin")
+	}
+	return nil
+}

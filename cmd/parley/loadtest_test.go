@@ -1,0 +1,62 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+)
+
+// loadtest's default flags fit a node with serve's defaults: 1,000
+// subscribers and a publisher for each of 10 rooms from one machine, where
+// the node allows 1,000 connections per client address.
+func TestLoadtestDefaultsFitServeDefaults(t *testing.T) {
+	if runtime.GOOS != "linux" {
+		t.Skip("connections share one source address outside Linux")
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	var out, logs syncBuffer
+	done := make(chan error, 1)
+	go func() {
+		done <- run(ctx, func() {}, []string{"--addr", "127.0.0.1:0", "--admin-addr", "off", "--turn-addr", "off", "--drain", "100ms"}, env(), nil, &out, &logs)
+	}()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("serve returned %v", err)
+			}
+		case <-time.After(10 * time.Second):
+			t.Error("serve did not return after cancel")
+		}
+	})
+	wsURL := "ws" + strings.TrimPrefix(waitListening(t, &out), "http") + "/v1/ws"
+
+	var report, progress bytes.Buffer
+	if err := run(context.Background(), func() {}, []string{"loadtest", "--url", wsURL, "--duration", "1s", "--json"}, env(), nil, &report, &progress); err != nil {
+		t.Fatalf("loadtest: %v\n%s", err, progress.String())
+	}
+	var rep struct {
+		Conns         int   `json:"conns"`
+		ConnectErrors int   `json:"connect_errors"`
+		Sources       int   `json:"source_addresses"`
+		Published     int64 `json:"published"`
+		Delivered     int64 `json:"delivered"`
+	}
+	if err := json.Unmarshal(report.Bytes(), &rep); err != nil {
+		t.Fatalf("report %q: %v", report.String(), err)
+	}
+	if rep.Conns != 1000 || rep.ConnectErrors != 0 {
+		t.Errorf("got %d connections with %d refused, want 1000 and none refused", rep.Conns, rep.ConnectErrors)
+	}
+	if rep.Sources != 254 {
+		t.Errorf("got %d source addresses, want 254", rep.Sources)
+	}
+	if rep.Published == 0 || rep.Delivered != rep.Published*100 {
+		t.Errorf("published %d, delivered %d: want every message to each of a room's 100 subscribers", rep.Published, rep.Delivered)
+	}
+}
