@@ -5,6 +5,7 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"os"
 	"path"
 	"strconv"
 	"strings"
@@ -51,7 +52,7 @@ func (srv *Server) apiIdentity(w http.ResponseWriter, r *http.Request, act actio
 	}
 	room := r.PathValue("room")
 	if !validRoom(room) {
-		srv.writeError(w, errorf(codeBadRoom, "room names are 1 to 128 bytes of A-Z a-z 0-9 _ . : @ -"))
+		srv.writeError(w, errorf(codeBadRoom, msgRoomName))
 		return identity{}, "", false
 	}
 	if !ident.may(act, room) {
@@ -94,7 +95,11 @@ func (srv *Server) handlePublish(w http.ResponseWriter, r *http.Request) {
 			srv.writeError(w, errorf(codeTooLarge, "body larger than "+strconv.FormatInt(srv.cfg.MaxFrameSize, 10)+" bytes"))
 			return
 		}
-		srv.writeError(w, errorf(codeBadRequest, "reading body: "+err.Error()))
+		msg := "the body could not be read"
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			msg = "the body did not arrive in time"
+		}
+		srv.writeError(w, errorf(codeBadRequest, msg))
 		return
 	}
 	if len(body) == 0 {
@@ -137,7 +142,7 @@ func (srv *Server) handleHistory(w http.ResponseWriter, r *http.Request) {
 	if v := q.Get("limit"); v != "" {
 		n, err := strconv.Atoi(v)
 		if err != nil || n < 1 || n > maxHistoryLimit {
-			srv.writeError(w, errorf(codeBadRequest, "limit must be 1 to 1000"))
+			srv.writeError(w, errorf(codeBadRequest, msgLimit))
 			return
 		}
 		limit = n
@@ -146,7 +151,7 @@ func (srv *Server) handleHistory(w http.ResponseWriter, r *http.Request) {
 	if v := q.Get("since"); v != "" {
 		off, err := strconv.ParseUint(v, 10, 64)
 		if err != nil {
-			srv.writeError(w, errorf(codeBadRequest, "since must be an offset"))
+			srv.writeError(w, errorf(codeBadRequest, "since must be an offset: a whole number"))
 			return
 		}
 		hq.Since = &fanout.Position{Epoch: q.Get("epoch"), Offset: off}
@@ -207,7 +212,7 @@ func (srv *Server) handlePresence(w http.ResponseWriter, r *http.Request) {
 	if v := q.Get("limit"); v != "" {
 		n, err := strconv.Atoi(v)
 		if err != nil || n < 1 || n > fanout.MaxPresenceLimit {
-			srv.writeError(w, errorf(codeBadRequest, "limit must be 1 to 1000"))
+			srv.writeError(w, errorf(codeBadRequest, msgLimit))
 			return
 		}
 		pq.Limit = n

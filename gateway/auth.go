@@ -13,6 +13,8 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -119,70 +121,118 @@ func newAuthenticator(cfg *Config) (*authenticator, error) {
 // dev reports whether no JWT key is configured: anonymous users are let in.
 func (a *authenticator) dev() bool { return a.key == nil }
 
-// bearer returns the request's Authorization bearer credential.
-func bearer(r *http.Request) string {
-	if tok, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer "); ok {
-		return strings.TrimSpace(tok)
-	}
-	return ""
-}
+// authHeaderFormat is the error for an Authorization header that is not a
+// bearer credential.
+const authHeaderFormat = "Authorization must be 'Bearer <token>'"
 
-// credential returns a user's token: the Authorization header, else the
-// `token` query parameter (for browsers' WebSocket and EventSource).
-func credential(r *http.Request) string {
-	if r.Header.Get("Authorization") != "" {
-		return bearer(r)
+// credential returns the request's credential: the Authorization header's
+// bearer token, else the `token` query parameter (for browsers' WebSocket and
+// EventSource). fromHeader says where it came from; badHeader, that an
+// Authorization header is there without a bearer token.
+func credential(r *http.Request) (cred string, fromHeader, badHeader bool) {
+	if h := r.Header.Get("Authorization"); h != "" {
+		tok, ok := strings.CutPrefix(h, "Bearer ")
+		tok = strings.TrimSpace(tok)
+		return tok, true, !ok || tok == ""
 	}
-	return r.URL.Query().Get("token")
+	return r.URL.Query().Get("token"), false, false
 }
 
 // authenticate identifies the request's user. allowKey lets the API key in
-// (the HTTP API); sessions are always users.
+// (the HTTP API); sessions are always users. Each refusal says what is wrong
+// with the credential, and never repeats the credential.
 func (a *authenticator) authenticate(r *http.Request, allowKey bool) (identity, *protoError) {
+	cred, fromHeader, badHeader := credential(r)
+	isKey := a.apiKey != nil && cred != "" && subtle.ConstantTimeCompare([]byte(cred), a.apiKey) == 1
 	// The API key is read from the header only: a key in a URL ends up in
 	// proxy and access logs.
-	if key := bearer(r); allowKey && a.apiKey != nil && key != "" &&
-		subtle.ConstantTimeCompare([]byte(key), a.apiKey) == 1 {
+	if isKey && allowKey && fromHeader && !badHeader {
 		return identity{user: "", backend: true}, nil
 	}
-	cred := credential(r)
 	if a.dev() {
 		return identity{user: "anon-" + randomID(6)}, nil
 	}
-	if cred == "" {
-		return identity{}, errorf(codeUnauthorized, "missing token")
+	switch {
+	case badHeader:
+		return identity{}, errorf(codeUnauthorized, authHeaderFormat)
+	case isKey && allowKey:
+		return identity{}, errorf(codeUnauthorized, "the API key goes in the Authorization header, not in the URL")
+	case isKey:
+		return identity{}, errorf(codeUnauthorized, "the API key is not accepted here: use a user's token")
+	case cred == "" && allowKey && a.apiKey != nil:
+		return identity{}, errorf(codeUnauthorized, "missing credential: send Authorization: Bearer <token or API key>")
+	case cred == "" && allowKey:
+		return identity{}, errorf(codeUnauthorized, "missing token: send Authorization: Bearer <token>")
+	case cred == "":
+		return identity{}, errorf(codeUnauthorized, "missing token: send Authorization: Bearer <token>, or ?token=<token> where a browser cannot set headers")
+	case strings.Count(cred, ".") != 2 && allowKey && a.apiKey != nil && fromHeader:
+		// Not shaped like a JWT: the caller meant the API key.
+		return identity{}, errorf(codeUnauthorized, "the API key is not valid")
 	}
-	claims, err := a.parse(cred)
-	if err != nil {
-		return identity{}, errorf(codeUnauthorized, err.Error())
+	claims, perr := a.parse(cred)
+	if perr != nil {
+		return identity{}, perr
 	}
 	return identity{user: claims.Subject, perms: claims.Rooms, expires: claims.ExpiresAt.Add(tokenLeeway).UnixNano()}, nil
 }
 
-func (a *authenticator) parse(tok string) (*Claims, error) {
+// parse verifies a JWT and says, in the error, what is wrong with it.
+func (a *authenticator) parse(cred string) (*Claims, *protoError) {
 	var c Claims
-	_, err := jwt.ParseWithClaims(tok, &c, func(*jwt.Token) (any, error) { return a.key, nil },
+	tok, err := jwt.ParseWithClaims(cred, &c, func(*jwt.Token) (any, error) { return a.key, nil },
 		jwt.WithValidMethods(a.methods),
 		jwt.WithExpirationRequired(),
 		jwt.WithTimeFunc(a.now),
 		jwt.WithLeeway(tokenLeeway),
 	)
-	if err != nil {
-		switch {
-		case errors.Is(err, jwt.ErrTokenExpired):
-			return nil, errors.New("token expired")
-		case errors.Is(err, jwt.ErrTokenSignatureInvalid), errors.Is(err, jwt.ErrTokenUnverifiable):
-			return nil, errors.New("token signature or algorithm not accepted")
-		case errors.Is(err, jwt.ErrTokenRequiredClaimMissing):
-			return nil, errors.New("token has no exp claim")
-		default:
-			return nil, errors.New("invalid token")
+	if err == nil {
+		if c.Subject == "" {
+			return nil, errorf(codeUnauthorized, "token has no sub claim")
+		}
+		return &c, nil
+	}
+	if strings.Count(cred, ".") != 2 {
+		return nil, errorf(codeUnauthorized, "token is not a JWT: a JWT is three base64url parts separated by dots")
+	}
+	if errors.Is(err, jwt.ErrTokenMalformed) {
+		return nil, errorf(codeUnauthorized, "token is malformed: its three parts must be base64url, its header and claims JSON objects, with sub a string and exp a number")
+	}
+	if tok != nil {
+		alg, _ := tok.Header["alg"].(string)
+		if alg == "" {
+			return nil, errorf(codeUnauthorized, "token header has no alg")
+		}
+		if !slices.Contains(a.methods, alg) {
+			return nil, errorf(codeUnauthorized, "token algorithm "+algName(alg)+" is not accepted: this node takes "+strings.Join(a.methods, ", "))
 		}
 	}
-	if c.Subject == "" {
-		return nil, errors.New("token has no sub claim")
+	switch {
+	case errors.Is(err, jwt.ErrTokenSignatureInvalid), errors.Is(err, jwt.ErrTokenUnverifiable):
+		return nil, errorf(codeUnauthorized, "token signature is not valid")
+	case errors.Is(err, jwt.ErrTokenRequiredClaimMissing):
+		return nil, errorf(codeUnauthorized, "token has no exp claim")
+	case errors.Is(err, jwt.ErrTokenExpired) && c.ExpiresAt != nil:
+		return nil, errorf(codeUnauthorized, "token expired at "+c.ExpiresAt.UTC().Format(time.RFC3339))
+	case errors.Is(err, jwt.ErrTokenNotValidYet) && c.NotBefore != nil:
+		return nil, errorf(codeUnauthorized, "token is not valid before "+c.NotBefore.UTC().Format(time.RFC3339))
+	default:
+		return nil, errorf(codeUnauthorized, "token claims are not valid")
 	}
-	return &c, nil
+}
+
+// algName names a token's algorithm in an error: quoted when it looks like
+// one, and not repeated when it does not (it is the client's text).
+func algName(alg string) string {
+	if len(alg) > 16 {
+		return "(unnamed)"
+	}
+	for i := 0; i < len(alg); i++ {
+		c := alg[i]
+		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9') {
+			return "(unnamed)"
+		}
+	}
+	return strconv.Quote(alg)
 }
 
 // ParsePublicKey reads a PEM-encoded public key (PKIX or a certificate) for

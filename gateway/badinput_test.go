@@ -126,12 +126,12 @@ func TestBadFrames(t *testing.T) {
 		code  string // "" means the frame is accepted and acked
 		id    string // the id the reply carries; "" means none
 	}{
-		{name: "malformed JSON", frame: `{"type":"subscribe","id":"m1",`, code: codeBadRequest},
+		{name: "malformed JSON", frame: `{"type":"subscribe","id":"m1",`, code: codeBadRequest, id: "m1"},
 		{name: "not JSON", frame: `hello`, code: codeBadRequest},
 		{name: "empty frame", frame: ``, code: codeBadRequest},
 		{name: "JSON array", frame: `[{"type":"pong"}]`, code: codeBadRequest},
 		{name: "JSON null", frame: `null`, code: codeBadRequest},
-		{name: "trailing garbage", frame: `{"type":"subscribe","id":"g1","room":"a"} x`, code: codeBadRequest},
+		{name: "trailing garbage", frame: `{"type":"subscribe","id":"g1","room":"a"} x`, code: codeBadRequest, id: "g1"},
 		{name: "two objects", frame: `{"type":"pong"}` + "\n" + `{"type":"pong"}`, code: codeBadRequest},
 		{name: "unknown type", frame: `{"type":"dance","id":"u1"}`, code: codeBadRequest, id: "u1"},
 		{name: "missing type", frame: `{"id":"u2","room":"a"}`, code: codeBadRequest, id: "u2"},
@@ -146,7 +146,8 @@ func TestBadFrames(t *testing.T) {
 		{name: "id over 64 bytes", frame: `{"type":"subscribe","id":"` + long + `","room":"a"}`, code: codeBadRequest},
 		{name: "id over 64 bytes with a bad field", frame: `{"type":"subscribe","id":"` + long + `","room":5}`, code: codeBadRequest},
 		{name: "id over 64 bytes in malformed JSON", frame: `{"type":"subscribe","id":"` + long + `",`, code: codeBadRequest},
-		{name: "id not a string", frame: `{"type":"subscribe","id":5,"room":"a"}`, code: codeBadRequest},
+		{name: "id a number", frame: `{"type":"subscribe","id":5,"room":"a"}`, code: codeBadRequest, id: "5"},
+		{name: "id neither a string nor a number", frame: `{"type":"subscribe","id":[5],"room":"a"}`, code: codeBadRequest},
 		{name: "room too long", frame: `{"type":"subscribe","id":"r1","room":"` + strings.Repeat("r", 129) + `"}`, code: codeBadRoom, id: "r1"},
 		{name: "room with a space", frame: `{"type":"subscribe","id":"r2","room":"a b"}`, code: codeBadRoom, id: "r2"},
 		{name: "room with a slash", frame: `{"type":"subscribe","id":"r3","room":"a/b"}`, code: codeBadRoom, id: "r3"},

@@ -22,6 +22,10 @@ const (
 	// codeOverCapacity: a node-wide bound (the rooms a node holds) is
 	// reached; the client may try again later or on another node.
 	codeOverCapacity = "over_capacity"
+	// codeDraining: the node is shutting down and takes no new connection;
+	// the client connects to another node (HTTP answers only: a session
+	// already open gets a reconnect frame instead).
+	codeDraining = "draining"
 )
 
 // Close codes of the protocol, beyond the ones coder/websocket names.
@@ -46,6 +50,12 @@ func (e *protoError) Error() string { return e.Code + ": " + e.Message }
 
 func errorf(code, msg string) *protoError { return &protoError{Code: code, Message: msg} }
 
+// errDraining refuses a new WebSocket or SSE connection while the node
+// drains.
+func errDraining() *protoError {
+	return errorf(codeDraining, "this node is draining: reconnect to another node")
+}
+
 // httpStatus maps an error code to the API's HTTP status.
 func httpStatus(code string) int {
 	switch code {
@@ -61,7 +71,7 @@ func httpStatus(code string) int {
 		return http.StatusTooManyRequests
 	case codeTooLarge:
 		return http.StatusRequestEntityTooLarge
-	case codeOverCapacity:
+	case codeOverCapacity, codeDraining:
 		return http.StatusServiceUnavailable
 	default:
 		return http.StatusInternalServerError

@@ -3,7 +3,10 @@ package gateway
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
+	"io"
 	"strconv"
+	"strings"
 
 	"github.com/parley-rt/parley/fanout"
 )
@@ -31,31 +34,34 @@ type clientFrame struct {
 // maxCursor bounds a presence cursor.
 const maxCursor = 512
 
+// Messages of the errors that name a field, shared by frames and the HTTP API.
+const (
+	msgID       = "id must be a string of at most 64 bytes"
+	msgKey      = "key must be a string of at most 64 bytes"
+	msgSince    = `since must be {"epoch": string, "offset": number}`
+	msgPresence = "presence must be true or false"
+	msgLimit    = "limit must be a number from 1 to 1000"
+	msgRoomType = "room must be a string"
+	msgRoomName = "room names are 1 to 128 bytes of A-Z a-z 0-9 _ . : @ -"
+)
+
 // decodeClientFrame parses and validates one client frame. On error the
 // returned frame still carries whatever id could be read, so the error frame
-// can name it.
+// can name it, and the error says in the protocol's terms what is wrong.
 func decodeClientFrame(b []byte) (clientFrame, *protoError) {
 	var f clientFrame
 	if err := json.Unmarshal(b, &f); err != nil {
 		// Unmarshal may have set an over-long id before failing on another
-		// field; only the check below may put an id in the error frame.
-		f.ID = ""
-		var partial struct {
-			ID any `json:"id"`
-		}
-		if json.Unmarshal(b, &partial) == nil {
-			if id, ok := partial.ID.(string); ok && len(id) <= maxIDLen {
-				f.ID = id
-			}
-		}
-		if _, ok := err.(*json.SyntaxError); ok || f.Type == "" {
-			return f, errorf(codeBadRequest, "malformed JSON: "+err.Error())
-		}
-		return f, errorf(codeBadRequest, "bad field: "+err.Error())
+		// field; only frameID may put an id in the error frame.
+		f.ID = frameID(b)
+		return f, frameJSONError(b, err)
+	}
+	if !isObject(b) {
+		return clientFrame{}, errorf(codeBadRequest, "a frame must be a JSON object")
 	}
 	if len(f.ID) > maxIDLen {
 		f.ID = ""
-		return f, errorf(codeBadRequest, "id longer than 64 bytes")
+		return f, errorf(codeBadRequest, msgID)
 	}
 	switch f.Type {
 	case "":
@@ -72,14 +78,14 @@ func decodeClientFrame(b []byte) (clientFrame, *protoError) {
 			return f, errorf(codeBadRequest, "missing data")
 		}
 		if len(f.Key) > maxIDLen {
-			return f, errorf(codeBadRequest, "key longer than 64 bytes")
+			return f, errorf(codeBadRequest, msgKey)
 		}
 	case "presence":
 		if perr := checkRoom(b, f.Room); perr != nil {
 			return f, perr
 		}
 		if f.Limit != nil && (*f.Limit < 1 || *f.Limit > fanout.MaxPresenceLimit) {
-			return f, errorf(codeBadRequest, "limit must be 1 to 1000")
+			return f, errorf(codeBadRequest, msgLimit)
 		}
 		if len(f.Cursor) > maxCursor {
 			return f, errorf(codeBadRequest, "cursor is not one this node gave")
@@ -88,9 +94,130 @@ func decodeClientFrame(b []byte) (clientFrame, *protoError) {
 	case "join", "signal", "leave":
 		return f, errorf(codeBadRequest, "calls ("+f.Type+") are not supported by this version of Parley")
 	default:
+		if len(f.Type) > maxIDLen {
+			return f, errorf(codeBadRequest, "unknown type")
+		}
 		return f, errorf(codeBadRequest, "unknown type "+strconv.Quote(f.Type))
 	}
 	return f, nil
+}
+
+// isObject reports whether the JSON value b is an object.
+func isObject(b []byte) bool {
+	b = bytes.TrimLeft(b, " \t\r\n")
+	return len(b) > 0 && b[0] == '{'
+}
+
+// frameJSONError says why a frame that json.Unmarshal refused is not one:
+// where its JSON breaks, or which field has the wrong type, in the protocol's
+// words rather than Go's.
+func frameJSONError(b []byte, err error) *protoError {
+	var syn *json.SyntaxError
+	if errors.As(err, &syn) {
+		if len(bytes.TrimSpace(b)) == 0 {
+			return errorf(codeBadRequest, "empty frame: a frame is one JSON object")
+		}
+		// Offset counts the bytes read, the faulty one included: it is the
+		// 1-based position of that byte.
+		at := "malformed JSON at byte " + strconv.FormatInt(syn.Offset, 10)
+		var first json.RawMessage
+		switch derr := json.NewDecoder(bytes.NewReader(b)).Decode(&first); {
+		case errors.Is(derr, io.ErrUnexpectedEOF):
+			return errorf(codeBadRequest, "malformed JSON: the frame ends at byte "+strconv.Itoa(len(b))+" before its JSON value does")
+		case derr == nil:
+			return errorf(codeBadRequest, at+": a frame is one JSON object with nothing after it")
+		default:
+			return errorf(codeBadRequest, at)
+		}
+	}
+	var typ *json.UnmarshalTypeError
+	if !errors.As(err, &typ) || typ.Field == "" {
+		return errorf(codeBadRequest, "a frame must be a JSON object")
+	}
+	field, _, _ := strings.Cut(typ.Field, ".")
+	switch field {
+	case "type":
+		return errorf(codeBadRequest, "type must be a string")
+	case "id":
+		return errorf(codeBadRequest, msgID)
+	case "room":
+		return errorf(codeBadRequest, msgRoomType)
+	case "since":
+		return errorf(codeBadRequest, msgSince)
+	case "presence":
+		return errorf(codeBadRequest, msgPresence)
+	case "limit":
+		return errorf(codeBadRequest, msgLimit)
+	case "key":
+		return errorf(codeBadRequest, msgKey)
+	case "cursor":
+		return errorf(codeBadRequest, "cursor must be a string")
+	default:
+		return errorf(codeBadRequest, "a field has the wrong type")
+	}
+}
+
+// frameID recovers the id of a frame that could not be decoded, so that the
+// error frame can name the command: a string id as it is, a numeric one as
+// the text of the number (the reply's id is always a string), anything else
+// or anything over 64 bytes not at all. In malformed JSON only an id read
+// before the fault counts.
+func frameID(b []byte) string {
+	var raw json.RawMessage
+	if json.Valid(b) {
+		// The same key matching as the decoder's (case-insensitive).
+		var probe struct {
+			ID json.RawMessage `json:"id"`
+		}
+		if json.Unmarshal(b, &probe) != nil {
+			return ""
+		}
+		raw = probe.ID
+	} else {
+		raw = scanID(b)
+	}
+	var v any
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	dec.UseNumber()
+	if len(raw) == 0 || dec.Decode(&v) != nil {
+		return ""
+	}
+	var id string
+	switch v := v.(type) {
+	case string:
+		id = v
+	case json.Number:
+		id = v.String()
+	}
+	if len(id) > maxIDLen {
+		return ""
+	}
+	return id
+}
+
+// scanID reads the members of the object that malformed JSON starts with
+// until the fault, and returns the last complete value of a key "id".
+func scanID(b []byte) json.RawMessage {
+	dec := json.NewDecoder(bytes.NewReader(b))
+	if t, err := dec.Token(); err != nil || t != json.Delim('{') {
+		return nil
+	}
+	var id json.RawMessage
+	for dec.More() {
+		t, err := dec.Token()
+		if err != nil {
+			return id
+		}
+		key, _ := t.(string)
+		var v json.RawMessage
+		if dec.Decode(&v) != nil {
+			return id
+		}
+		if strings.EqualFold(key, "id") {
+			id = v
+		}
+	}
+	return id
 }
 
 // checkRoom validates the room of a frame that needs one: a frame without a
@@ -106,7 +233,7 @@ func checkRoom(b []byte, room string) *protoError {
 		}
 	}
 	if !validRoom(room) {
-		return errorf(codeBadRoom, "room names are 1 to 128 bytes of A-Z a-z 0-9 _ . : @ -")
+		return errorf(codeBadRoom, msgRoomName)
 	}
 	return nil
 }

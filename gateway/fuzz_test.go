@@ -41,6 +41,21 @@ func FuzzDecodeClientFrame(f *testing.F) {
 		`null`,
 		`{"type":`,
 		``,
+		`{"type":"subscribe","id":12}`,
+		`{"type":"subscribe","id":1e400,"room":"a"}`,
+		`{"type":"subscribe","id":` + strings.Repeat("1", 65) + `,"room":"a"}`,
+		`{"type":"subscribe","id":"m1",`,
+		`{"type":"subscribe","id":"g1","room":"a"} x`,
+		`{"type":"pong"}` + "\n" + `{"type":"pong"}`,
+		`{"type":"subscribe","id":"s","room":"a","since":5}`,
+		`{"type":"subscribe","room":"a","since":{"epoch":5,"offset":1}}`,
+		`{"type":"subscribe","room":"a","presence":"yes"}`,
+		`{"type":"presence","room":"a","limit":"10"}`,
+		`{"type":"publish","room":"a","data":1,"key":5}`,
+		`{"ID":12,"type":7}`,
+		`{"id":"a","id":"b",`,
+		`"json: Go struct"`,
+		" \t ",
 	} {
 		f.Add([]byte(seed))
 	}
@@ -57,6 +72,11 @@ func FuzzDecodeClientFrame(f *testing.F) {
 			}
 			if perr.Message == "" {
 				t.Fatal("error without a message")
+			}
+			// The message is in the protocol's words; only an unknown type
+			// is quoted back as the client wrote it.
+			if !strings.HasPrefix(perr.Message, "unknown type") {
+				errTestNoGoWords(t, perr.Message)
 			}
 			if e := encodeError(fr.ID, perr); !json.Valid(e) {
 				t.Fatalf("error frame %q is not JSON", e)

@@ -72,7 +72,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		m.connections.WithLabelValues(t.String())
 		m.connsTotal.WithLabelValues(t.String())
 	}
-	for _, reason := range []string{"auth", "origin", "ip_limit", "handshake", "draining"} {
+	for _, reason := range []string{"auth", "origin", "ip_limit", "handshake", "subprotocol", "draining"} {
 		m.rejected.WithLabelValues(reason)
 	}
 	for _, src := range []string{"ws", "http"} {

@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"sort"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -94,12 +95,43 @@ func (srv *Server) routes() {
 	srv.mux.HandleFunc("GET /v1/rooms/{room}/history", srv.handleHistory)
 	srv.mux.HandleFunc("GET /v1/rooms/{room}/presence", srv.handlePresence)
 	srv.mux.HandleFunc("GET /v1/ice-servers", srv.handleICEServers)
+	// Every other request under /v1 gets a JSON error: 404, or 405 on a
+	// known path.
+	srv.mux.HandleFunc("/v1/", srv.handleNoRoute)
+	srv.mux.HandleFunc("/v1", srv.handleNoRoute)
 	srv.mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		w.Write([]byte("ok\n"))
 	})
 	srv.mux.HandleFunc("GET /readyz", srv.handleReady)
-	srv.mux.Handle("GET /", web.Handler()) // the web app: index, demos, parley.js
+	// The web app: index, demos, parley.js. It answers other methods with
+	// 405 itself; registered for every method, it leaves /v1 to the routes
+	// above.
+	srv.mux.Handle("/", web.Handler())
+}
+
+// noRoutePatterns are the patterns of handleNoRoute.
+var noRoutePatterns = map[string]bool{"/v1/": true, "/v1": true}
+
+// handleNoRoute answers a request under /v1 that no endpoint takes: 405 with
+// the Allow header when the path is an endpoint's, else 404.
+func (srv *Server) handleNoRoute(w http.ResponseWriter, r *http.Request) {
+	var allow []string
+	for _, m := range []string{http.MethodGet, http.MethodHead, http.MethodPost, http.MethodPut, http.MethodPatch, http.MethodDelete} {
+		probe := r.WithContext(r.Context())
+		probe.Method = m
+		if _, pattern := srv.mux.Handler(probe); !noRoutePatterns[pattern] {
+			allow = append(allow, m)
+		}
+	}
+	if len(allow) == 0 {
+		srv.writeError(w, errorf(codeNotFound, "no endpoint at this path: the endpoints are /v1/ws, /v1/sse, /v1/rooms/{room}/messages, /v1/rooms/{room}/history, /v1/rooms/{room}/presence and /v1/ice-servers"))
+		return
+	}
+	// Preflights are answered on every /v1 path.
+	allow = append(allow, http.MethodOptions)
+	w.Header().Set("Allow", strings.Join(allow, ", "))
+	srv.writeErrorStatus(w, http.StatusMethodNotAllowed, errorf(codeBadRequest, "method not allowed: this endpoint takes "+strings.Join(allow, ", ")))
 }
 
 // Handler returns the public HTTP handler.
@@ -322,11 +354,18 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 	json.NewEncoder(w).Encode(v)
 }
 
-// writeError answers an API request with an error and its HTTP status.
+// writeError answers a request under /v1 with an error, as
+// {"error":{"code","message"}}, and the HTTP status of its code.
 func (srv *Server) writeError(w http.ResponseWriter, e *protoError) {
+	srv.writeErrorStatus(w, httpStatus(e.Code), e)
+}
+
+// writeErrorStatus is writeError with a status of the caller's: 405 and 426
+// are bad_request, with a status that says more.
+func (srv *Server) writeErrorStatus(w http.ResponseWriter, status int, e *protoError) {
 	srv.metrics.errorsSent.WithLabelValues(e.Code).Inc()
 	if e.Code == codeOverCapacity {
 		w.Header().Set("Retry-After", "5")
 	}
-	writeJSON(w, httpStatus(e.Code), map[string]*protoError{"error": e})
+	writeJSON(w, status, map[string]*protoError{"error": e})
 }

@@ -111,7 +111,7 @@ func (srv *Server) corsOrigin(w http.ResponseWriter, r *http.Request) bool {
 
 func (srv *Server) handlePreflight(w http.ResponseWriter, r *http.Request) {
 	if !srv.corsOrigin(w, r) {
-		http.Error(w, "origin not allowed", http.StatusForbidden)
+		srv.writeError(w, errorf(codeForbidden, "origin not allowed"))
 		return
 	}
 	h := w.Header()
@@ -143,7 +143,7 @@ func (srv *Server) handleSSE(w http.ResponseWriter, r *http.Request) {
 	}
 	if srv.draining.Load() {
 		srv.metrics.rejected.WithLabelValues("draining").Inc()
-		http.Error(w, "draining: reconnect to another node", http.StatusServiceUnavailable)
+		srv.writeError(w, errDraining())
 		return
 	}
 	ident, perr := srv.auth.authenticate(r, false)
@@ -219,7 +219,7 @@ func (srv *Server) handleSSE(w http.ResponseWriter, r *http.Request) {
 	}
 	if !srv.register(s) {
 		srv.releaseIP(ip)
-		http.Error(w, "draining: reconnect to another node", http.StatusServiceUnavailable)
+		srv.writeError(w, errDraining())
 		return
 	}
 	defer srv.goroutines.Done() // register counted the handler as the session's owner

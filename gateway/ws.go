@@ -4,11 +4,14 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"io"
 	"net"
 	"net/http"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/coder/websocket"
@@ -69,20 +72,27 @@ func (p *prefixConn) Read(b []byte) (int, error) {
 func (srv *Server) handleWS(w http.ResponseWriter, r *http.Request) {
 	if srv.draining.Load() {
 		srv.metrics.rejected.WithLabelValues("draining").Inc()
-		http.Error(w, "draining: reconnect to another node", http.StatusServiceUnavailable)
+		srv.writeError(w, errDraining())
 		return
 	}
 	// One origin policy for WebSocket, SSE and the API (originAllowed).
 	if origin := r.Header.Get("Origin"); origin != "" && !originAllowed(origin, r.Host, srv.cfg.Origins) {
 		srv.metrics.rejected.WithLabelValues("origin").Inc()
-		http.Error(w, "origin not allowed", http.StatusForbidden)
+		srv.writeError(w, errorf(codeForbidden, "origin not allowed"))
+		return
+	}
+	if status, reason, perr := checkHandshake(w, r); perr != nil {
+		srv.metrics.rejected.WithLabelValues(reason).Inc()
+		srv.log.Debug("websocket handshake refused", "remote", r.RemoteAddr, "reason", reason,
+			"subprotocols", quoteBounded(r.Header.Values("Sec-WebSocket-Protocol"), 256), "why", perr.Message)
+		srv.writeErrorStatus(w, status, perr)
 		return
 	}
 	ip := srv.clientIP(r)
 	if !srv.acquireIP(ip) {
 		srv.metrics.rejected.WithLabelValues("ip_limit").Inc()
 		srv.log.Debug("websocket refused: connection limit of the address", "remote", r.RemoteAddr, "client", ip)
-		http.Error(w, "too many connections from this address", http.StatusTooManyRequests)
+		srv.writeError(w, errorf(codeRateLimited, "too many connections from this address"))
 		return
 	}
 	ident, authErr := srv.auth.authenticate(r, false)
@@ -128,6 +138,81 @@ func (srv *Server) handleWS(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	go s.readLoop()
+}
+
+// checkHandshake checks what coder/websocket's Accept checks of a handshake
+// request, and that the client offers the subprotocol parley.v1 or none at
+// all, so that every refusal is a JSON error like the rest of /v1. It
+// returns the status, the reason for the rejected-connections metric and the
+// error; a nil error lets Accept upgrade the request.
+func checkHandshake(w http.ResponseWriter, r *http.Request) (int, string, *protoError) {
+	h := w.Header()
+	switch {
+	case !r.ProtoAtLeast(1, 1) || !headerHasToken(r.Header, "Connection", "upgrade") || !headerHasToken(r.Header, "Upgrade", "websocket"):
+		h.Set("Connection", "Upgrade")
+		h.Set("Upgrade", "websocket")
+		return http.StatusUpgradeRequired, "handshake", errorf(codeBadRequest,
+			"this endpoint is a WebSocket: the request must be an HTTP/1.1 upgrade with Connection: Upgrade and Upgrade: websocket")
+	case r.Method != http.MethodGet:
+		h.Set("Allow", http.MethodGet)
+		return http.StatusMethodNotAllowed, "handshake", errorf(codeBadRequest, "a WebSocket handshake is a GET request")
+	case r.Header.Get("Sec-WebSocket-Version") != "13":
+		h.Set("Sec-WebSocket-Version", "13")
+		return http.StatusBadRequest, "handshake", errorf(codeBadRequest, "this node speaks WebSocket version 13 (Sec-WebSocket-Version: 13)")
+	}
+	keys := r.Header.Values("Sec-WebSocket-Key")
+	if len(keys) != 1 {
+		return http.StatusBadRequest, "handshake", errorf(codeBadRequest, "the handshake must carry one Sec-WebSocket-Key")
+	}
+	if k, err := base64.StdEncoding.DecodeString(strings.TrimSpace(keys[0])); err != nil || len(k) != 16 {
+		return http.StatusBadRequest, "handshake", errorf(codeBadRequest, "Sec-WebSocket-Key must be 16 bytes in base64")
+	}
+	var offered []string
+	for _, p := range headerTokens(r.Header, "Sec-WebSocket-Protocol") {
+		if strings.EqualFold(p, Subprotocol) {
+			return 0, "", nil
+		}
+		if p != "" {
+			offered = append(offered, p)
+		}
+	}
+	if len(offered) > 0 {
+		return http.StatusBadRequest, "subprotocol", errorf(codeBadRequest,
+			"this node speaks the subprotocol "+Subprotocol+" (or none), and the request offers only "+quoteBounded(offered, 128))
+	}
+	return 0, "", nil
+}
+
+// headerTokens returns the comma-separated tokens of every key header, as
+// coder/websocket reads them.
+func headerTokens(h http.Header, key string) []string {
+	var tokens []string
+	for _, v := range h.Values(key) {
+		for t := range strings.SplitSeq(v, ",") {
+			tokens = append(tokens, strings.TrimSpace(t))
+		}
+	}
+	return tokens
+}
+
+// headerHasToken reports whether a key header has token, in any case.
+func headerHasToken(h http.Header, key, token string) bool {
+	for _, t := range headerTokens(h, key) {
+		if strings.EqualFold(t, token) {
+			return true
+		}
+	}
+	return false
+}
+
+// quoteBounded quotes a client's values for a log line or an error, at most
+// n bytes of them.
+func quoteBounded(vs []string, n int) string {
+	s := strings.Join(vs, ", ")
+	if len(s) > n {
+		s = s[:n] + "..."
+	}
+	return strconv.Quote(s)
 }
 
 // readLoop is the session's owner: it reads and handles client frames one at

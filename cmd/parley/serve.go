@@ -417,8 +417,21 @@ func serveCmd(ctx context.Context, stop func(), args []string, getenv func(strin
 		base = "https://" + ln.Addr().String()
 	}
 	log.Info("parley node started", "node", c.nodeID, "addr", ln.Addr().String(), "admin", addrOf(adminLn), "dev_mode", c.jwtSecret == "" && c.jwtPublicKey == "")
-	fmt.Fprintf(stdout, "Parley node %s listening on %s\n  WebSocket  %s/v1/ws\n  SSE        %s/v1/sse?rooms=lobby\n  HTTP API   %s/v1/rooms/{room}/messages\n",
-		c.nodeID, base, strings.Replace(strings.Replace(base, "https://", "wss://", 1), "http://", "ws://", 1), base, base)
+	// The banner names the host as it was configured (localhost, as the
+	// docs do), with the port actually bound.
+	base = strings.Replace(base, ln.Addr().String(), shownAddr(c.addr, ln.Addr()), 1)
+	tokenArg := ""
+	if c.jwtSecret != "" || c.jwtPublicKey != "" {
+		tokenArg = "token=<jwt>" // browsers pass the JWT in the URL; others may send Authorization: Bearer
+	}
+	q := func(prefix string) string {
+		if tokenArg == "" {
+			return ""
+		}
+		return prefix + tokenArg
+	}
+	fmt.Fprintf(stdout, "Parley node %s listening on %s\n  WebSocket  %s/v1/ws%s\n  SSE        %s/v1/sse?rooms=lobby%s\n  HTTP API   %s/v1/rooms/{room}/messages\n",
+		c.nodeID, base, strings.Replace(strings.Replace(base, "https://", "wss://", 1), "http://", "ws://", 1), q("?"), base, q("&"), base)
 	if adminLn != nil {
 		fmt.Fprintf(stdout, "  metrics    http://%s/metrics\n", adminLn.Addr())
 	}
@@ -426,7 +439,7 @@ func serveCmd(ctx context.Context, stop func(), args []string, getenv func(strin
 		fmt.Fprintf(stdout, "  dev mode: no JWT key is set, every client is an anonymous user\n")
 	}
 	if relay != nil {
-		fmt.Fprintf(stdout, "  STUN/TURN  %s (UDP and TCP)\n", relay.UDPAddr())
+		fmt.Fprintf(stdout, "  STUN/TURN  %s (UDP and TCP)\n", shownAddr(c.turn.addr, relay.UDPAddr()))
 		if a := relay.TLSAddr(); a != nil {
 			fmt.Fprintf(stdout, "  TURNS      %s\n", a)
 		}
@@ -612,4 +625,15 @@ func registerMemoryMetrics(reg prometheus.Registerer, bus *fanout.Memory) {
 			Name: "parley_rooms_refused_total", Help: "Calls refused with over_capacity because the node held --max-node-rooms rooms.",
 		}, func() float64 { return float64(bus.Stats().RoomsRefused) }),
 	)
+}
+
+// shownAddr is a bound address as the user configured it: a host name (such
+// as localhost) is kept, with the port that was actually bound.
+func shownAddr(configured string, bound net.Addr) string {
+	host, _, err := net.SplitHostPort(configured)
+	_, port, perr := net.SplitHostPort(bound.String())
+	if err != nil || perr != nil || host == "" || net.ParseIP(host) != nil {
+		return bound.String()
+	}
+	return net.JoinHostPort(host, port)
 }
