@@ -164,6 +164,19 @@ func (srv *Server) handleReady(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
+// track counts a goroutine in srv.goroutines unless the node drains, under
+// the lock that register and Shutdown's count of sessions take, so that no
+// Add comes while Shutdown waits; the goroutine calls Done.
+func (srv *Server) track() bool {
+	srv.sessMu.Lock()
+	defer srv.sessMu.Unlock()
+	if srv.draining.Load() {
+		return false
+	}
+	srv.goroutines.Add(1)
+	return true
+}
+
 // register adds a session; it fails while draining. It counts the session's
 // owner (its reader, or the SSE handler) in srv.goroutines, under the same
 // lock as the draining check, so Shutdown waits for every owner to finish;
@@ -351,7 +364,9 @@ func (srv *Server) Shutdown(ctx context.Context) error {
 func writeJSON(w http.ResponseWriter, status int, v any) {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(status)
-	json.NewEncoder(w).Encode(v)
+	enc := json.NewEncoder(w)
+	enc.SetEscapeHTML(false) // "Bearer <token>" reads as written
+	enc.Encode(v)
 }
 
 // writeError answers a request under /v1 with an error, as

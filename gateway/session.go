@@ -208,6 +208,19 @@ func (s *session) pendingReplay() int {
 	return s.replaying
 }
 
+// kick starts the writer for what is queued, if it is not running.
+func (s *session) kick() {
+	s.mu.Lock()
+	if len(s.queue) == 0 || s.writing || s.closed {
+		s.mu.Unlock()
+		return
+	}
+	s.writing = true
+	s.mu.Unlock()
+	s.srv.goroutines.Add(1)
+	go s.writeLoop()
+}
+
 // take removes every queued frame; the caller hands the slice back with
 // release when written.
 func (s *session) take() []*frame {

@@ -7,6 +7,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -84,7 +85,7 @@ func (srv *Server) handleWS(w http.ResponseWriter, r *http.Request) {
 	if status, reason, perr := checkHandshake(w, r); perr != nil {
 		srv.metrics.rejected.WithLabelValues(reason).Inc()
 		srv.log.Debug("websocket handshake refused", "remote", r.RemoteAddr, "reason", reason,
-			"subprotocols", quoteBounded(r.Header.Values("Sec-WebSocket-Protocol"), 256), "why", perr.Message)
+			"subprotocols", shownProtocols(headerTokens(r.Header, "Sec-WebSocket-Protocol")), "why", perr.Message)
 		srv.writeErrorStatus(w, status, perr)
 		return
 	}
@@ -114,9 +115,13 @@ func (srv *Server) handleWS(w http.ResponseWriter, r *http.Request) {
 	if authErr != nil {
 		// A browser cannot read an HTTP status from a failed handshake, so
 		// the reason travels as an error frame and a 1008 close.
-		srv.goroutines.Add(1)
-		defer srv.goroutines.Done()
 		srv.metrics.rejected.WithLabelValues("auth").Inc()
+		if !srv.track() {
+			conn.CloseNow()
+			srv.releaseIP(ip)
+			return
+		}
+		defer srv.goroutines.Done()
 		srv.metrics.errorsSent.WithLabelValues(authErr.Code).Inc()
 		ctx, cancel := context.WithTimeout(srv.ctx, srv.cfg.WriteTimeout)
 		conn.Write(ctx, websocket.MessageText, encodeError("", authErr))
@@ -127,8 +132,10 @@ func (srv *Server) handleWS(w http.ResponseWriter, r *http.Request) {
 	}
 	s := newSession(srv, ident, transportWS, ip)
 	s.conn, s.netConn = conn, hw.conn
-	// The welcome is queued first, so it precedes a drain's reconnect notice.
-	s.reply(&frame{kind: kindControl, b: mustJSON(welcomeFrame{
+	// The welcome is queued first, so it precedes a drain's reconnect
+	// notice; its writer starts once the session is registered, so that no
+	// goroutine of the session starts while Shutdown may be waiting.
+	s.queue = append(s.queue, &frame{kind: kindControl, b: mustJSON(welcomeFrame{
 		Type: "welcome", Session: s.id, Node: srv.cfg.NodeID, User: ident.user,
 		PingMS: srv.cfg.PingInterval.Milliseconds(),
 	})})
@@ -137,6 +144,7 @@ func (srv *Server) handleWS(w http.ResponseWriter, r *http.Request) {
 		srv.releaseIP(ip)
 		return
 	}
+	s.kick()
 	go s.readLoop()
 }
 
@@ -178,7 +186,7 @@ func checkHandshake(w http.ResponseWriter, r *http.Request) (int, string, *proto
 	}
 	if len(offered) > 0 {
 		return http.StatusBadRequest, "subprotocol", errorf(codeBadRequest,
-			"this node speaks the subprotocol "+Subprotocol+" (or none), and the request offers only "+quoteBounded(offered, 128))
+			"this node speaks the subprotocol "+Subprotocol+" (or none), and the request offers only "+shownProtocols(offered))
 	}
 	return 0, "", nil
 }
@@ -205,14 +213,29 @@ func headerHasToken(h http.Header, key, token string) bool {
 	return false
 }
 
-// quoteBounded quotes a client's values for a log line or an error, at most
-// n bytes of them.
-func quoteBounded(vs []string, n int) string {
-	s := strings.Join(vs, ", ")
-	if len(s) > n {
-		s = s[:n] + "..."
+// shownProtocols names offered subprotocols for a log line or an error: the
+// ones shaped like protocol names. Anything else is only counted: browsers
+// cannot set headers on a WebSocket, so some clients put a token here.
+func shownProtocols(offered []string) string {
+	var names []string
+	hidden := 0
+	for _, p := range offered {
+		if p == "" {
+			continue
+		}
+		if len(p) <= 32 && strings.IndexFunc(p, func(r rune) bool {
+			return !('a' <= r && r <= 'z' || 'A' <= r && r <= 'Z' || '0' <= r && r <= '9' || r == '.' || r == '_' || r == '-')
+		}) < 0 {
+			names = append(names, p)
+			continue
+		}
+		hidden++
 	}
-	return strconv.Quote(s)
+	s := strconv.Quote(strings.Join(names, ", "))
+	if hidden > 0 {
+		s += fmt.Sprintf(" and %d value(s) not shown", hidden)
+	}
+	return s
 }
 
 // readLoop is the session's owner: it reads and handles client frames one at

@@ -230,7 +230,23 @@ func Run(ctx context.Context, cfg Config) (Report, error) {
 			c.Close()
 		}
 	}()
-	var readers sync.WaitGroup
+	var (
+		readers  sync.WaitGroup
+		firstErr error // why the first connection that failed did
+	)
+	// failed counts a connection that could not be set up; when none has
+	// been, the run stops after a few, saying why, instead of measuring
+	// nothing for its whole duration.
+	failed := func(err error) error {
+		rep.ConnectErrors++
+		if firstErr == nil {
+			firstErr = err
+		}
+		if len(clients) == 0 && rep.ConnectErrors >= 10 {
+			return fmt.Errorf("loadtest: no connection to %s succeeded (%d tried): %w", cfg.URL, rep.ConnectErrors, firstErr)
+		}
+		return nil
+	}
 	tick := time.NewTicker(time.Second / time.Duration(max(1, cfg.Ramp)))
 	progress := time.NewTicker(time.Second)
 	for i := 0; i < cfg.Conns; i++ {
@@ -244,12 +260,16 @@ func Run(ctx context.Context, cfg Config) (Report, error) {
 		room := "load-" + strconv.Itoa(i%cfg.Rooms)
 		c, err := client.Dial(ctx, client.Options{URL: cfg.URL, Token: cfg.Token, EventBuffer: 16, HTTPClient: hc})
 		if err != nil {
-			rep.ConnectErrors++
+			if err := failed(err); err != nil {
+				return rep, err
+			}
 			continue
 		}
 		if _, err := c.Subscribe(ctx, room, client.SubscribeOptions{}); err != nil {
-			rep.ConnectErrors++
 			c.Close()
+			if err := failed(err); err != nil {
+				return rep, err
+			}
 			continue
 		}
 		clients = append(clients, c)

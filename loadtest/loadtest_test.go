@@ -2,6 +2,7 @@ package loadtest
 
 import (
 	"context"
+	"net"
 	"net/http/httptest"
 	"runtime"
 	"strings"
@@ -121,5 +122,24 @@ func TestSourceAddrs(t *testing.T) {
 		if len(got) > 0 && (got[0].String() != "127.0.0.1" || got[len(got)-1].String() != "127.0.0.254") {
 			t.Errorf("%s: got %v to %v, want 127.0.0.1 to 127.0.0.254", tt.url, got[0], got[len(got)-1])
 		}
+	}
+}
+
+// A run where no connection can be made stops early and says why, instead
+// of measuring nothing for its whole duration.
+func TestNoConnectionSaysWhy(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	url := "ws://" + ln.Addr().String() + "/v1/ws"
+	ln.Close() // nothing listens there now
+	start := time.Now()
+	_, err = Run(context.Background(), Config{URL: url, Scenario: "fanout", Conns: 50, Rooms: 2, Rate: 10, Duration: 30 * time.Second})
+	if err == nil || !strings.Contains(err.Error(), "no connection to "+url+" succeeded") || !strings.Contains(err.Error(), "refused") {
+		t.Fatalf("got %v, want an error naming the URL and the connection refused", err)
+	}
+	if took := time.Since(start); took > 10*time.Second {
+		t.Errorf("took %v to give up, want a few tries", took)
 	}
 }

@@ -69,10 +69,11 @@ func newServer(cfg Config, now func() time.Time) (*Server, error) {
 		return nil, configErr("PublicIP", "required when the listeners are bound to an unspecified address")
 	}
 	switch {
-	case listenIP.IsValid() && listenIP.IsUnspecified():
-		// Listeners on every address (Go makes one dual-stack socket for
-		// ":3478" and "0.0.0.0:3478") take clients of both families; relay
-		// sockets are bound in the public address's family.
+	case listenIP == netip.IPv6Unspecified():
+		// A dual-stack listener on every address (Go makes one for ":3478"
+		// and "0.0.0.0:3478" where the host has IPv6) takes clients of both
+		// families; relay sockets are bound in the public address's family.
+		// A listener reported as 0.0.0.0 is IPv4 only and keeps the check.
 		bindIP = netip.IPv4Unspecified()
 		if relayIP.Is6() {
 			bindIP = netip.IPv6Unspecified()

@@ -187,7 +187,8 @@ func checkOrigin(p string) error {
 		return nil // a character class or an escape: path.Match has checked it
 	}
 	// Each wildcard stands for some characters of a real origin.
-	sample := scheme + "://" + strings.NewReplacer("*", "0", "?", "0").Replace(host)
+	wild := strings.NewReplacer("*", "0", "?", "0")
+	sample := "x" + wild.Replace(scheme) + "://" + wild.Replace(host)
 	if u, err := url.Parse(sample); err != nil || u.Host == "" {
 		return errors.New("is not an origin")
 	}

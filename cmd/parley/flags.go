@@ -174,7 +174,7 @@ func quoteValue(v string) string {
 }
 
 var (
-	badValueRE  = regexp.MustCompile(`^invalid (?:boolean )?value "(.*)" for flag -([^:]+): `)
+	badValueRE  = regexp.MustCompile(`^invalid (?:boolean )?value "(.*)" for (?:flag )?-+([^:]+): `)
 	undefinedRE = regexp.MustCompile(`^flag provided but not defined: -+(.*)$`)
 	noValueRE   = regexp.MustCompile(`^flag needs an argument: -+(.*)$`)
 )

@@ -49,6 +49,7 @@ func TestConfigErrors(t *testing.T) {
 		{"bad duration flag", []string{"--ping", "soon"}, env(), "--ping soon: not a duration such as 25s"},
 		{"bad duration env", nil, env("PARLEY_PING", "soon"), "PARLEY_PING"},
 		{"bad bool env", nil, env("PARLEY_ALLOW_ANONYMOUS", "maybe"), "PARLEY_ALLOW_ANONYMOUS"},
+		{"bad bool flag", []string{"--allow-anonymous=maybe"}, env(), "--allow-anonymous maybe: not true or false"},
 		{"negative history", []string{"--history-size", "0"}, env(), "--history-size 0: must be positive"},
 		{"bad addr", []string{"--addr", "8080"}, env(), "--addr"},
 		{"bad log level", []string{"--log-level", "loud"}, env(), "--log-level"},
