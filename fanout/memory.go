@@ -91,6 +91,8 @@ type Memory struct {
 	evictedRoom  atomic.Uint64
 	evictedNode  atomic.Uint64
 	roomsRefused atomic.Uint64
+	evictRounds  atomic.Uint64 // rounds of evict, and the rooms they looked at
+	evictLooked  atomic.Uint64
 
 	stop chan struct{}
 	done chan struct{}
@@ -391,6 +393,8 @@ func (m *Memory) evict(own *memRoom) {
 			r.mu.Unlock()
 		}
 		m.mu.Unlock()
+		m.evictRounds.Add(1)
+		m.evictLooked.Add(uint64(scanned))
 		victim.mu.Lock()
 		n := victim.hist.n
 		if n > 0 {

@@ -176,6 +176,23 @@ func (a *authenticator) authenticate(r *http.Request, allowKey bool) (identity, 
 	return identity{user: claims.Subject, perms: claims.Rooms, expires: claims.ExpiresAt.Add(tokenLeeway).UnixNano()}, nil
 }
 
+// refresh checks a token a live session sends to replace its own: verified
+// exactly as at connect, and for the session's user. A token for anyone else
+// is forbidden: a session's user never changes.
+func (a *authenticator) refresh(cred, user string) (*Claims, *protoError) {
+	if a.apiKey != nil && subtle.ConstantTimeCompare([]byte(cred), a.apiKey) == 1 {
+		return nil, errorf(codeUnauthorized, "the API key is not accepted here: use a user's token")
+	}
+	c, perr := a.parse(cred)
+	if perr != nil {
+		return nil, perr
+	}
+	if c.Subject != user {
+		return nil, errorf(codeForbidden, "a refresh token must be for the same user")
+	}
+	return c, nil
+}
+
 // parse verifies a JWT and says, in the error, what is wrong with it.
 func (a *authenticator) parse(cred string) (*Claims, *protoError) {
 	var c Claims

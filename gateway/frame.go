@@ -29,6 +29,8 @@ type clientFrame struct {
 	// presence command: a page of the room's members.
 	Cursor string `json:"cursor,omitempty"`
 	Limit  *int   `json:"limit,omitempty"`
+	// refresh command: the session's next JWT.
+	Token string `json:"token,omitempty"`
 }
 
 // maxCursor bounds a presence cursor.
@@ -89,6 +91,10 @@ func decodeClientFrame(b []byte) (clientFrame, *protoError) {
 		}
 		if len(f.Cursor) > maxCursor {
 			return f, errorf(codeBadRequest, "cursor is not one this node gave")
+		}
+	case "refresh":
+		if f.Token == "" {
+			return f, errorf(codeBadRequest, "missing token")
 		}
 	case "pong":
 	case "join", "signal", "leave":
@@ -152,6 +158,8 @@ func frameJSONError(b []byte, err error) *protoError {
 		return errorf(codeBadRequest, msgKey)
 	case "cursor":
 		return errorf(codeBadRequest, "cursor must be a string")
+	case "token":
+		return errorf(codeBadRequest, "token must be a string")
 	default:
 		return errorf(codeBadRequest, "a field has the wrong type")
 	}
@@ -323,6 +331,8 @@ type ackFrame struct {
 	MembersTotal *int   `json:"members_total,omitempty"`
 	MembersNext  string `json:"members_next,omitempty"`
 	Duplicate    bool   `json:"duplicate,omitempty"`
+	// Expires answers a refresh: the new token's exp (Unix seconds).
+	Expires int64 `json:"expires,omitempty"`
 }
 
 // presenceAck answers the presence command: a page of members.

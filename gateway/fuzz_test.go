@@ -27,6 +27,11 @@ func FuzzDecodeClientFrame(f *testing.F) {
 		`{"type":"presence","room":"a","limit":1001}`,
 		`{"type":"presence","room":"a","limit":-1,"cursor":7}`,
 		`{"type":"join","call":"c1"}`,
+		`{"type":"refresh","id":"9","token":"eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJhIiwiZXhwIjoxfQ.c2ln"}`,
+		`{"type":"refresh","id":"10"}`,
+		`{"type":"refresh","token":""}`,
+		`{"type":"refresh","token":5}`,
+		`{"type":"refresh","token":"a.b.c","room":"x","data":1}`,
 		`{"type":"subscribe","room":""}`,
 		`{"type":"subscribe","room":null}`,
 		`{"type":"subscribe","id":"` + strings.Repeat("i", 65) + `","room":5}`,
@@ -101,6 +106,10 @@ func FuzzDecodeClientFrame(f *testing.F) {
 		case "presence":
 			if !validRoom(fr.Room) || fr.Limit != nil && (*fr.Limit < 1 || *fr.Limit > 1000) || len(fr.Cursor) > maxCursor {
 				t.Fatalf("accepted presence with room %q, limit %v, cursor of %d bytes", fr.Room, fr.Limit, len(fr.Cursor))
+			}
+		case "refresh":
+			if fr.Token == "" {
+				t.Fatal("accepted refresh without a token")
 			}
 		case "pong":
 		default:

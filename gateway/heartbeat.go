@@ -18,7 +18,8 @@ func (srv *Server) tick() <-chan struct{} {
 // sessions that have been quiet for the ping interval (the first ping of each
 // jittered), closes WebSocket sessions that left a ping unanswered past the
 // pong timeout, and ends sessions whose token expired (an unauthorized error,
-// then close 1008). No session holds a timer of its own.
+// then close 1008) and was not refreshed in time. No session holds a timer of
+// its own.
 func (srv *Server) heartbeatLoop() {
 	defer srv.goroutines.Done()
 	tick := min(time.Second, srv.cfg.PingInterval/4)
@@ -42,10 +43,10 @@ func (srv *Server) heartbeatLoop() {
 		ping := int64(srv.cfg.PingInterval)
 		for _, s := range batch {
 			s.subOps.Store(0)
-			if e := s.expires; e != 0 && now > e {
+			if e := s.expires.Load(); e != 0 && now > e && s.expires.CompareAndSwap(e, 0) {
 				// A session lasts as long as its token: the client comes
-				// back with a fresh one and resumes.
-				s.expires = 0
+				// back with a fresh one and resumes, or sent a refresh in
+				// time (then the swap fails and the session goes on).
 				s.replyError("", errorf(codeUnauthorized, "token expired"))
 				s.closeAfterFlush(closePolicy, "token expired")
 				continue

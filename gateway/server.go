@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"log/slog"
@@ -81,14 +82,28 @@ func New(cfg Config) (*Server, error) {
 		IdleTimeout:       2 * time.Minute,
 		MaxHeaderBytes:    16 << 10,
 		ErrorLog:          slog.NewLogLogger(srv.log.Handler(), slog.LevelDebug),
+		Protocols:         serverProtocols(),
 	}
 	srv.goroutines.Add(1)
 	go srv.heartbeatLoop()
 	return srv, nil
 }
 
+// serverProtocols are the protocols of the public listener: HTTP/1.1, HTTP/2
+// over TLS (ServeTLS offers h2 by ALPN), and h2c on a plain listener. Go
+// serves h2c only to a client that opens with the HTTP/2 connection preface
+// (prior knowledge, as proxies do), never by an Upgrade: h2c request, so an
+// HTTP/1.1 client is read as before.
+func serverProtocols() *http.Protocols {
+	p := new(http.Protocols)
+	p.SetHTTP1(true)
+	p.SetHTTP2(true)
+	p.SetUnencryptedHTTP2(true)
+	return p
+}
+
 func (srv *Server) routes() {
-	srv.mux.HandleFunc("GET /v1/ws", srv.handleWS)
+	srv.mux.HandleFunc("GET /v1/ws", srv.wsOverHTTP1(srv.handleWS))
 	srv.mux.HandleFunc("GET /v1/sse", srv.handleSSE)
 	srv.mux.HandleFunc("OPTIONS /v1/", srv.handlePreflight)
 	srv.mux.HandleFunc("POST /v1/rooms/{room}/messages", srv.handlePublish)
@@ -138,9 +153,35 @@ func (srv *Server) handleNoRoute(w http.ResponseWriter, r *http.Request) {
 func (srv *Server) Handler() http.Handler { return srv.mux }
 
 // Serve accepts connections on ln until Shutdown; it returns
-// http.ErrServerClosed after a Shutdown.
+// http.ErrServerClosed after a Shutdown. A plain listener serves HTTP/1.1 and
+// h2c.
 func (srv *Server) Serve(ln net.Listener) error {
 	return srv.http.Serve(ln)
+}
+
+// ServeTLS is Serve over TLS with the certificates of conf: ALPN offers h2,
+// which SSE, the API and the pages use, and http/1.1, which WebSocket needs.
+// conf itself is left as it is.
+func (srv *Server) ServeTLS(ln net.Listener, conf *tls.Config) error {
+	conf = conf.Clone()
+	conf.NextProtos = []string{"h2", "http/1.1"}
+	return srv.http.Serve(tls.NewListener(ln, conf))
+}
+
+// wsOverHTTP1 refuses a WebSocket request that did not come over HTTP/1.1.
+// The node does not serve WebSocket over HTTP/2 (RFC 8441), and an HTTP/2
+// stream cannot be taken over as a WebSocket connection; browsers open an
+// HTTP/1.1 connection for WebSocket.
+func (srv *Server) wsOverHTTP1(next http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		if r.ProtoMajor != 1 {
+			srv.metrics.rejected.WithLabelValues("handshake").Inc()
+			srv.writeErrorStatus(w, http.StatusHTTPVersionNotSupported, errorf(codeBadRequest,
+				"WebSocket needs HTTP/1.1: this node does not serve WebSocket over "+r.Proto+"; connect with HTTP/1.1"))
+			return
+		}
+		next(w, r)
+	}
 }
 
 // NodeID returns this node's name.

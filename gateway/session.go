@@ -56,7 +56,8 @@ func (t transportKind) String() string {
 }
 
 // session is one client connection. Its reader goroutine (the SSE handler for
-// SSE) owns rooms and limiter; the queue is shared with the hub under mu.
+// SSE) owns rooms, the limiters and ident.perms (a refresh replaces them); the
+// queue is shared with the hub under mu. ident.user never changes.
 type session struct {
 	srv       *Server
 	id        string
@@ -88,6 +89,8 @@ type session struct {
 
 	rooms   map[string]*member
 	limiter *rate.Limiter
+	// refreshes bounds the refresh commands, each a signature check.
+	refreshes *rate.Limiter
 
 	// subOps counts subscribes and unsubscribes since the last heartbeat
 	// tick, which resets it: churn is bounded without a limiter per session.
@@ -96,7 +99,11 @@ type session struct {
 	lastWrite    atomic.Int64 // Unix ns of the last write
 	pongDeadline atomic.Int64 // Unix ns; zero when no ping is outstanding
 	pingShift    int64        // jitter of the first ping, owned by the heartbeat loop
-	expires      int64        // when the token expires (Unix ns, 0: never), owned by the heartbeat loop
+	// expires is when the session's token stops being accepted, leeway
+	// included (Unix ns; 0: never, or already expired). A refresh replaces
+	// it; the heartbeat loop swaps it to 0 when it passes and ends the
+	// session, so the two never both win.
+	expires atomic.Int64
 }
 
 func newSession(srv *Server, ident identity, t transportKind, ip string) *session {
@@ -113,7 +120,7 @@ func newSession(srv *Server, ident identity, t transportKind, ip string) *sessio
 	now := srv.cfg.now().UnixNano()
 	s.lastWrite.Store(now)
 	s.pingShift = rand.Int64N(int64(srv.cfg.PingInterval)/2 + 1)
-	s.expires = ident.expires
+	s.expires.Store(ident.expires)
 	return s
 }
 

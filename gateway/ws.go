@@ -297,6 +297,8 @@ func (s *session) handle(b []byte) {
 	}
 	switch f.Type {
 	case "pong":
+	case "refresh":
+		s.refresh(f.ID, f.Token)
 	case "subscribe":
 		if !s.ident.may(actSubscribe, f.Room) {
 			s.replyError(f.ID, errorf(codeForbidden, "not allowed to subscribe to "+f.Room))
@@ -355,6 +357,54 @@ func (s *session) handle(b []byte) {
 		off := res.Offset
 		s.reply(&frame{kind: kindControl, b: mustJSON(ackFrame{Type: "ack", ID: f.ID, Epoch: res.Epoch, Offset: &off, Duplicate: res.Duplicate})})
 	}
+}
+
+// Refresh limits: a session may refresh its token refreshBurst times at once,
+// then once every refreshEvery, so refreshes cannot be used to spend the
+// node's CPU on signature checks.
+const (
+	refreshEvery = time.Second
+	refreshBurst = 3
+)
+
+// refresh replaces the session's token with cred, on the live connection:
+// the session's expiry becomes the new token's, and its room permissions the
+// new token's for every command from now on. Rooms already subscribed stay
+// subscribed even if the new token no longer allows them (a reconnect's
+// subscribe would be refused). A refused token changes nothing: the session
+// goes on under its old token, and ends when that one expires.
+func (s *session) refresh(id, cred string) {
+	if s.srv.auth.dev() {
+		s.replyError(id, errorf(codeBadRequest, "this node does not check tokens"))
+		return
+	}
+	if s.refreshes == nil {
+		s.refreshes = rate.NewLimiter(rate.Every(refreshEvery), refreshBurst)
+	}
+	if !s.refreshes.Allow() {
+		s.replyError(id, errorf(codeRateLimited, "refreshing the token too fast"))
+		return
+	}
+	claims, perr := s.srv.auth.refresh(cred, s.ident.user)
+	if perr != nil {
+		s.replyError(id, perr)
+		return
+	}
+	expires := claims.ExpiresAt.Add(tokenLeeway).UnixNano()
+	for {
+		old := s.expires.Load()
+		if old == 0 || s.srv.cfg.now().UnixNano() > old {
+			// Too late: the heartbeat loop ends the session, if it has
+			// not already.
+			s.replyError(id, errorf(codeUnauthorized, "token expired"))
+			return
+		}
+		if s.expires.CompareAndSwap(old, expires) {
+			break
+		}
+	}
+	s.ident.perms = claims.Rooms
+	s.reply(&frame{kind: kindControl, b: mustJSON(ackFrame{Type: "ack", ID: id, Expires: claims.ExpiresAt.Unix()})})
 }
 
 // publish hands a publication to the bus and records its latency.

@@ -11,10 +11,12 @@ import (
 	"unicode"
 )
 
-// envFlags is a FlagSet whose flags can also be set as PARLEY_* variables: a
-// variable is applied before the command line, so a flag given there wins.
-// Defaults shown by --help are the built-in ones, never a value from the
-// environment, so --help and usage errors print no secret.
+// envFlags is a FlagSet whose flags can also be set as PARLEY_* variables and,
+// when the command has a --config flag, in a settings file. A flag on the
+// command line wins over a variable, which wins over the file, which wins
+// over the default. Defaults shown by --help are the built-in ones, never a
+// value from the environment or the file, so --help and usage errors print
+// no secret.
 type envFlags struct {
 	*flag.FlagSet
 	name, summary string
@@ -26,8 +28,15 @@ type envFlags struct {
 	// fromEnv holds the flags whose value came from the environment and
 	// not from the command line.
 	fromEnv map[string]bool
+	// file is the settings file as --config or PARLEY_CONFIG named it, and
+	// fromFile the flags whose value came from it.
+	file     string
+	fromFile map[string]fileValue
 	// raw holds each set flag's value as the user wrote it.
 	raw map[string]string
+	// parsed holds every flag's value once parse has set them all, before
+	// the command fills in what an empty value stands for.
+	parsed map[string]string
 }
 
 // rawValue records what a flag was set to, as written.
@@ -56,7 +65,7 @@ func newEnvFlags(name, summary string, getenv func(string) string, out io.Writer
 	// prints one line per bad value, naming the flag.
 	fs.SetOutput(io.Discard)
 	fs.Usage = func() {}
-	return &envFlags{FlagSet: fs, name: name, summary: summary, getenv: getenv, out: out, fromEnv: map[string]bool{}, raw: map[string]string{}}
+	return &envFlags{FlagSet: fs, name: name, summary: summary, getenv: getenv, out: out, fromEnv: map[string]bool{}, fromFile: map[string]fileValue{}, raw: map[string]string{}, parsed: map[string]string{}}
 }
 
 // envName is the variable that sets a flag: --jwt-secret is PARLEY_JWT_SECRET.
@@ -79,7 +88,8 @@ func (f *envFlags) usage() {
 	f.SetOutput(io.Discard)
 }
 
-// parse applies the environment, then args. It prints the usage and returns
+// parse applies the environment, then args, then the settings file of
+// --config to the flags that neither set. It prints the usage and returns
 // flag.ErrHelp for -h or --help, and reports every bad value at once.
 func (f *envFlags) parse(args []string) error {
 	for _, a := range args {
@@ -119,6 +129,10 @@ func (f *envFlags) parse(args []string) error {
 		errs = append(errs, fmt.Errorf("unexpected argument %q", f.Arg(0)))
 	}
 	f.Visit(func(fl *flag.Flag) { delete(f.fromEnv, fl.Name) })
+	if fl := f.Lookup("config"); err == nil && fl != nil && fl.Value.String() != "" {
+		errs = append(errs, f.applyFile(fl.Value.String())...)
+	}
+	f.VisitAll(func(fl *flag.Flag) { f.parsed[fl.Name] = fl.Value.String() })
 	return f.errors(errs)
 }
 
@@ -131,18 +145,26 @@ func (f *envFlags) errors(errs []error) error {
 	return &configError{cmd: f.name, errs: errs}
 }
 
-// label is how a message names a flag: --ping, or PARLEY_PING (--ping) when
-// its value came from the environment.
+// label is how a message names a flag: --ping, PARLEY_PING (--ping) when
+// its value came from the environment, parley.toml:4: ping when it came from
+// line 4 of the settings file.
 func (f *envFlags) label(name string) string {
+	if v, ok := f.fromFile[name]; ok {
+		return fmt.Sprintf("%s:%d: %s", f.file, v.line, name)
+	}
 	if f.fromEnv[name] {
 		return envName(name) + " (--" + name + ")"
 	}
 	return "--" + name
 }
 
-// setting shows a flag with its value as the user wrote it: `--ping 1ms`, or
-// `PARLEY_PING=1ms (--ping)`. Never call it for a secret.
+// setting shows a flag with its value as the user wrote it: `--ping 1ms`,
+// `PARLEY_PING=1ms (--ping)`, or `parley.toml:4: ping = "1ms"`. Never call it
+// for a secret.
 func (f *envFlags) setting(name string) string {
+	if v, ok := f.fromFile[name]; ok {
+		return f.fileSetting(v)
+	}
 	v, ok := f.raw[name]
 	if !ok {
 		v = f.Lookup(name).Value.String()

@@ -57,6 +57,7 @@ history and resume, and built-in STUN and TURN for WebRTC calls.
 
 Usage:
   parley [serve] [flags]          run a node (the default command)
+  parley config [flags]           print the settings serve would run with, as TOML
   parley loadtest [flags]         load a node on loopback and report latency and memory
   parley token [flags]            mint a JWT for a user, signed with the JWT secret
   parley turn-credentials [flags] mint TURN REST credentials
@@ -65,7 +66,8 @@ Usage:
 
 Run 'parley <command> --help' for a command's flags. Every flag of 'serve' can
 also be set as PARLEY_<FLAG> in the environment (--jwt-secret is
-PARLEY_JWT_SECRET).
+PARLEY_JWT_SECRET) and in a TOML settings file named by --config
+(jwt-secret = "..."). A flag wins over a variable, which wins over the file.
 `
 
 // run is the whole program: main only adds the process's environment. stop
@@ -92,6 +94,8 @@ func run(ctx context.Context, stop func(), args []string, getenv func(string) st
 	switch cmd {
 	case "serve":
 		return serveCmd(ctx, stop, args, getenv, environ, stdout, stderr)
+	case "config":
+		return configCmd(args, getenv, environ, stdout, stderr)
 	case "loadtest":
 		return loadtestCmd(ctx, args, getenv, stdout, stderr)
 	case "token":
@@ -111,7 +115,7 @@ func run(ctx context.Context, stop func(), args []string, getenv func(string) st
 	case "help":
 		if len(args) > 0 && !isHelp(args[0]) {
 			switch args[0] {
-			case "serve", "loadtest", "token", "turn-credentials", "version":
+			case "serve", "config", "loadtest", "token", "turn-credentials", "version":
 				return run(ctx, stop, []string{args[0], "--help"}, getenv, environ, stdout, stderr)
 			}
 			return fmt.Errorf("help: unknown command %q (run 'parley help' for the commands)", args[0])

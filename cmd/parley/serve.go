@@ -89,13 +89,19 @@ client is an anonymous user, and it refuses a non-loopback --addr unless
 spread over --drain, then the process exits. The whole configuration is
 checked before any socket opens.`
 
-// parseServe reads serve's flags and environment and checks everything that
-// the gateway, the bus and the TURN server would refuse, so that a bad value
-// is reported before any socket opens. It reads the --jwt-public-key and
-// --tls-cert files. The config it returns is never nil: its warnings hold
-// unknown PARLEY_* variables of environ even when err is not nil.
+// parseServe reads serve's flags, environment and settings file (--config)
+// and checks everything that the gateway, the bus and the TURN server would
+// refuse, so that a bad value is reported before any socket opens. It reads
+// the --config, --jwt-public-key and --tls-cert files. The config it
+// returns is never nil: its warnings hold unknown PARLEY_* variables of
+// environ even when err is not nil.
 func parseServe(args []string, getenv func(string) string, environ []string, out io.Writer) (*serveConfig, error) {
-	fs := newEnvFlags("serve", serveSummary, getenv, out)
+	return parseSettings(newEnvFlags("serve", serveSummary, getenv, out), args, environ)
+}
+
+// parseSettings is parseServe for a command whose flags are serve's: it
+// defines them on fs, which names the command in usage and errors.
+func parseSettings(fs *envFlags, args []string, environ []string) (*serveConfig, error) {
 	fs.example = "jwt-secret"
 	c := &serveConfig{flags: fs}
 	fs.StringVar(&c.addr, "addr", "localhost:8080", "public HTTP listener: WebSocket, SSE, HTTP API, web app")
@@ -136,6 +142,7 @@ func parseServe(args []string, getenv func(string) string, environ []string, out
 	redisURL := fs.String("redis", "", "Redis URL (redis://host:port/db) to run several nodes as one; this version runs one node with in-memory fan-out and refuses the flag")
 	logFormat := fs.String("log-format", "text", "log format: text or json")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn or error")
+	fs.String("config", "", "TOML settings `file` whose keys are these flags' names (jwt-secret = \"...\"); a flag or PARLEY_* variable wins over it")
 	c.warnings = fs.unknownEnv(environ)
 	if err := fs.parse(args); err != nil {
 		return c, err
@@ -351,9 +358,6 @@ func serveCmd(ctx context.Context, stop func(), args []string, getenv func(strin
 	if err != nil {
 		return listenErr(c, "addr", err)
 	}
-	if c.tlsConf != nil {
-		ln = tls.NewListener(ln, c.tlsConf)
-	}
 	var adminLn net.Listener
 	if c.adminAddr != "off" {
 		if adminLn, err = net.Listen("tcp", c.adminAddr); err != nil {
@@ -405,7 +409,14 @@ func serveCmd(ctx context.Context, stop func(), args []string, getenv func(strin
 	}
 
 	errc := make(chan error, 2)
-	go func() { errc <- gw.Serve(ln) }()
+	go func() {
+		if c.tlsConf != nil {
+			// HTTPS with HTTP/2 by ALPN; TURN over TLS keeps c.tlsConf as it is.
+			errc <- gw.ServeTLS(ln, c.tlsConf)
+			return
+		}
+		errc <- gw.Serve(ln)
+	}()
 	var admin *http.Server
 	if adminLn != nil {
 		admin = &http.Server{Handler: adminMux(reg), ReadHeaderTimeout: 10 * time.Second}

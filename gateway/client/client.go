@@ -2,6 +2,7 @@ package client
 
 import (
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -10,6 +11,7 @@ import (
 	"net/http"
 	"net/url"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -36,7 +38,16 @@ type Options struct {
 	Token string
 	// TokenSource, when set, is called before every connection for the
 	// token to send instead of Token: a node ends a session when its token
-	// expires, and the reconnect needs a fresh one.
+	// expires, and the reconnect needs a fresh one. When the token has an
+	// exp claim (read without verifying it: the node does), the client also
+	// refreshes it on the live connection ahead of expiry: at 80% of its
+	// remaining lifetime, and at least 5 s before exp when it lives that
+	// long, it calls TokenSource and sends the new token in a refresh frame,
+	// so the session goes on with its subscriptions, no replay and no
+	// presence change. The new token must be for the same user. If the
+	// refresh fails (TokenSource errs, or the node refuses the token), the
+	// session ends when the current token expires, and the client
+	// reconnects with a fresh token and resumes, as without refresh.
 	TokenSource func(ctx context.Context) (string, error)
 	// Header is sent with every handshake (Origin, Authorization, ...).
 	Header http.Header
@@ -307,13 +318,13 @@ func Dial(ctx context.Context, opts Options) (*Client, error) {
 		ready:      make(chan struct{}),
 	}
 	c.ctx, c.cancel = context.WithCancel(context.Background())
-	conn, w, err := c.connect(ctx)
+	conn, w, exp, err := c.connect(ctx)
 	if err != nil {
 		c.cancel()
 		return nil, err
 	}
 	c.goroutines.Add(3)
-	go c.run(conn, w)
+	go c.run(conn, w, exp)
 	go c.dispatch()
 	go c.resync()
 	return c, nil
@@ -348,33 +359,47 @@ func (c *Client) Close() error {
 	return nil
 }
 
-func (c *Client) dialURL(ctx context.Context) (string, error) {
+// dialURL returns the URL to dial and, for a token from TokenSource, when
+// the client should have refreshed it (zero: never).
+func (c *Client) dialURL(ctx context.Context) (string, time.Time, error) {
 	tok := c.opts.Token
+	var exp time.Time
 	if c.opts.TokenSource != nil {
 		var err error
 		if tok, err = c.opts.TokenSource(ctx); err != nil {
-			return "", fmt.Errorf("client: token: %w", err)
+			return "", time.Time{}, fmt.Errorf("client: token: %w", err)
 		}
+		exp = tokenExpiry(tok)
 	}
 	if tok == "" {
-		return c.opts.URL, nil
+		return c.opts.URL, exp, nil
 	}
 	u, err := url.Parse(c.opts.URL)
 	if err != nil {
-		return "", fmt.Errorf("client: URL: %w", err)
+		return "", time.Time{}, fmt.Errorf("client: URL: %w", err)
 	}
 	q := u.Query()
 	q.Set("token", tok)
 	u.RawQuery = q.Encode()
-	return u.String(), nil
+	return u.String(), exp, nil
 }
 
-// connect dials and reads the welcome.
-func (c *Client) connect(ctx context.Context) (*websocket.Conn, Welcome, error) {
-	target, err := c.dialURL(ctx)
+// connect dials and reads the welcome. exp is the token's expiry when the
+// client refreshes it on this connection, else zero.
+func (c *Client) connect(ctx context.Context) (conn *websocket.Conn, w Welcome, exp time.Time, err error) {
+	target, exp, err := c.dialURL(ctx)
 	if err != nil {
-		return nil, Welcome{}, err
+		return nil, Welcome{}, time.Time{}, err
 	}
+	conn, w, err = c.handshake(ctx, target)
+	if err != nil {
+		return nil, Welcome{}, time.Time{}, err
+	}
+	return conn, w, exp, nil
+}
+
+// handshake dials target and reads the welcome.
+func (c *Client) handshake(ctx context.Context, target string) (*websocket.Conn, Welcome, error) {
 	conn, _, err := websocket.Dial(ctx, target, &websocket.DialOptions{
 		Subprotocols: []string{"parley.v1"},
 		HTTPHeader:   c.opts.Header,
@@ -421,8 +446,9 @@ func firstLine(b []byte) []byte {
 
 // run owns the connection: it reads until the connection drops, then
 // reconnects with backoff and resubscribes, until Close (or the first
-// disconnect, with NoReconnect).
-func (c *Client) run(conn *websocket.Conn, w Welcome) {
+// disconnect, with NoReconnect). While a connection whose token expires at
+// exp is up, it refreshes the token on it.
+func (c *Client) run(conn *websocket.Conn, w Welcome, exp time.Time) {
 	defer c.goroutines.Done()
 	defer func() {
 		c.mu.Lock()
@@ -440,10 +466,20 @@ func (c *Client) run(conn *websocket.Conn, w Welcome) {
 		c.mu.Unlock()
 		resumeErr := make(chan error, 1)
 		go func() { resumeErr <- c.resubscribe(conn) }()
+		refreshCtx, stopRefresh := context.WithCancel(c.ctx)
+		refreshDone := make(chan struct{})
+		go func() {
+			defer close(refreshDone)
+			if !exp.IsZero() {
+				c.refreshLoop(refreshCtx, conn, exp)
+			}
+		}()
 		reconnectAt, readErr := c.readLoop(conn, w)
+		stopRefresh()
 		conn.CloseNow()
 		c.failPending()
 		<-resumeErr
+		<-refreshDone
 		c.disconnected(readErr)
 		if c.ctx.Err() != nil || c.opts.NoReconnect {
 			return
@@ -464,7 +500,7 @@ func (c *Client) run(conn *websocket.Conn, w Welcome) {
 			}
 			ctx, cancel := context.WithTimeout(c.ctx, 10*time.Second)
 			var err error
-			conn, w, err = c.connect(ctx)
+			conn, w, exp, err = c.connect(ctx)
 			cancel()
 			if err == nil {
 				backoff = c.opts.MinBackoff
@@ -475,6 +511,102 @@ func (c *Client) run(conn *websocket.Conn, w Welcome) {
 			wait = time.Duration(rand.Int64N(int64(backoff) + 1))
 		}
 	}
+}
+
+// Token refresh schedule: a token is refreshed at 80% of its remaining
+// lifetime, and at least refreshMargin before its exp when it lives longer
+// than that, but never sooner than minRefreshDelay after the last refresh
+// (nodes limit refreshes to a few a second).
+const (
+	refreshMargin   = 5 * time.Second
+	minRefreshDelay = time.Second
+)
+
+// refreshDelay is how long after now to refresh a token that expires at exp.
+func refreshDelay(now, exp time.Time) time.Duration {
+	left := exp.Sub(now)
+	d := left * 4 / 5
+	if left > refreshMargin {
+		d = min(d, left-refreshMargin)
+	}
+	return max(d, minRefreshDelay)
+}
+
+// tokenExpiry reads a JWT's exp claim without verifying the token (the node
+// does); it is zero for a token that is not a JWT or has no exp.
+func tokenExpiry(tok string) time.Time {
+	parts := strings.Split(tok, ".")
+	if len(parts) != 3 {
+		return time.Time{}
+	}
+	b, err := base64.RawURLEncoding.DecodeString(strings.TrimRight(parts[1], "="))
+	if err != nil {
+		return time.Time{}
+	}
+	var claims struct {
+		Exp float64 `json:"exp"`
+	}
+	if json.Unmarshal(b, &claims) != nil || claims.Exp <= 0 || claims.Exp > 1<<40 {
+		return time.Time{}
+	}
+	return time.Unix(int64(claims.Exp), 0)
+}
+
+// refreshLoop refreshes conn's token, which expires at exp, ahead of each
+// expiry until ctx ends (the connection is gone) or a refresh is refused.
+// Then the node ends the session when the token expires, and run reconnects
+// with a fresh one.
+func (c *Client) refreshLoop(ctx context.Context, conn *websocket.Conn, exp time.Time) {
+	for {
+		t := time.NewTimer(refreshDelay(time.Now(), exp))
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case <-t.C:
+		}
+		next, err := c.refresh(ctx, conn)
+		var serr *ServerError
+		switch {
+		case ctx.Err() != nil:
+			return
+		case errors.As(err, &serr) && serr.Code != "rate_limited":
+			c.log.Warn("token refresh refused: the session ends when the token expires", "code", serr.Code, "err", serr.Message)
+			return
+		case err != nil:
+			// Try again, on the current token's schedule.
+			c.log.Debug("token refresh failed", "err", err)
+		case next.IsZero():
+			return
+		default:
+			exp = next
+		}
+	}
+}
+
+// refresh sends a fresh token from TokenSource on conn and returns its
+// expiry as the node acknowledged it.
+func (c *Client) refresh(ctx context.Context, conn *websocket.Conn) (time.Time, error) {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	tok, err := c.opts.TokenSource(ctx)
+	if err != nil {
+		return time.Time{}, fmt.Errorf("client: token: %w", err)
+	}
+	raw, err := c.command(ctx, conn, map[string]any{"type": "refresh", "token": tok}, nil)
+	if err != nil {
+		return time.Time{}, err
+	}
+	var ack struct {
+		Expires int64 `json:"expires"`
+	}
+	if err := json.Unmarshal(raw, &ack); err != nil {
+		return time.Time{}, fmt.Errorf("client: bad ack: %w", err)
+	}
+	if ack.Expires > 0 {
+		return time.Unix(ack.Expires, 0), nil
+	}
+	return tokenExpiry(tok), nil
 }
 
 // subscribeFrame is the subscribe command for room.

@@ -1016,8 +1016,9 @@ func TestScriptedServer(t *testing.T) {
 	}
 }
 
-// When the node ends the session because the token expired, the client
-// reconnects with a fresh token from TokenSource and resumes.
+// When the node ends the session because the token expired (here the
+// refresh is refused: each token is for another user), the client reconnects
+// with a fresh token from TokenSource and resumes.
 func TestTokenSourceAfterExpiry(t *testing.T) {
 	secret := []byte("client-secret")
 	bus := newBus(t, fanout.MemoryConfig{})
@@ -1027,9 +1028,9 @@ func TestTokenSourceAfterExpiry(t *testing.T) {
 	})
 	var minted atomic.Int32
 	source := func(context.Context) (string, error) {
-		minted.Add(1)
+		n := minted.Add(1)
 		// Valid for about a second, the node's 5 s leeway included.
-		return gateway.MintToken(secret, "renewed", -4*time.Second, nil, time.Now())
+		return gateway.MintToken(secret, fmt.Sprintf("renewed-%d", n), -4*time.Second, nil, time.Now())
 	}
 	c, rec := dial(t, n.url, func(o *client.Options) { o.TokenSource = source })
 	if _, err := c.Subscribe(ctxT(t), "room", client.SubscribeOptions{}); err != nil {
@@ -1044,5 +1045,92 @@ func TestTokenSourceAfterExpiry(t *testing.T) {
 	publishBus(t, bus, "room", 4, 5)
 	if got := offsets(rec.waitMessages(t, "room", 5)); !slices.Equal(got, seq(1, 5)) {
 		t.Errorf("offsets: got %v, want 1..5", got)
+	}
+}
+
+// With a TokenSource of short-lived tokens, the client refreshes the token on
+// the live connection: it stays connected past the first token's expiry and
+// receives every message throughout.
+func TestTokenSourceRefreshesLiveSession(t *testing.T) {
+	secret := []byte("client-secret")
+	bus := newBus(t, fanout.MemoryConfig{})
+	n := startNode(t, bus, func(c *gateway.Config) {
+		c.JWTSecret = secret
+		c.PingInterval = 400 * time.Millisecond // a heartbeat tick every 100ms
+	})
+	var minted atomic.Int32
+	source := func(context.Context) (string, error) {
+		minted.Add(1)
+		// Accepted for 2 to 3 s, the node's 5 s leeway included.
+		return gateway.MintToken(secret, "steady", -2*time.Second, nil, time.Now())
+	}
+	c, rec := dial(t, n.url, func(o *client.Options) { o.TokenSource = source })
+	if _, err := c.Subscribe(ctxT(t), "room", client.SubscribeOptions{}); err != nil {
+		t.Fatalf("Subscribe: %v", err)
+	}
+	// 5 s of messages: past the first token's expiry, and the second's.
+	const total = 50
+	for i := 1; i <= total; i++ {
+		publishBus(t, bus, "room", i, i)
+		time.Sleep(100 * time.Millisecond)
+	}
+	if got := offsets(rec.waitMessages(t, "room", total)); !slices.Equal(got, seq(1, total)) {
+		t.Errorf("offsets: got %v, want 1..%d", got, total)
+	}
+	if got := rec.count(client.EventDisconnected); got != 0 {
+		t.Errorf("EventDisconnected: got %d, want none: the token is refreshed on the live connection", got)
+	}
+	if got := rec.count(client.EventConnected); got != 1 {
+		t.Errorf("EventConnected: got %d, want 1", got)
+	}
+	if got := minted.Load(); got < 3 {
+		t.Errorf("got %d tokens minted, want the first and at least two refreshes", got)
+	}
+}
+
+// The client refreshes a token at 80% of its remaining lifetime, at least 5 s
+// before its exp when it lives that long, and never within a second.
+func TestRefreshDelay(t *testing.T) {
+	now := time.Unix(1_750_000_000, 0)
+	tests := []struct {
+		name string
+		left time.Duration
+		want time.Duration
+	}{
+		{name: "an hour", left: time.Hour, want: 48 * time.Minute},
+		{name: "a minute", left: time.Minute, want: 48 * time.Second},
+		{name: "20 s: 5 s before exp", left: 20 * time.Second, want: 15 * time.Second},
+		{name: "4 s: 80%", left: 4 * time.Second, want: 3200 * time.Millisecond},
+		{name: "1 s: not within a second", left: time.Second, want: time.Second},
+		{name: "already past", left: -time.Minute, want: time.Second},
+	}
+	for _, tt := range tests {
+		if got := client.RefreshDelay(now, now.Add(tt.left)); got != tt.want {
+			t.Errorf("%s: got %v, want %v", tt.name, got, tt.want)
+		}
+	}
+}
+
+// The client reads a JWT's exp without verifying it, and no other string's.
+func TestTokenExpiry(t *testing.T) {
+	now := time.Unix(1_750_000_000, 0)
+	tok, err := gateway.MintToken([]byte("any"), "u", time.Minute, nil, now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name string
+		tok  string
+		want time.Time
+	}{
+		{name: "a JWT", tok: tok, want: now.Add(time.Minute)},
+		{name: "not a JWT", tok: "opaque", want: time.Time{}},
+		{name: "no exp", tok: "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ1In0.c2ln", want: time.Time{}},
+		{name: "claims not base64", tok: "a.!!.c", want: time.Time{}},
+	}
+	for _, tt := range tests {
+		if got := client.TokenExpiry(tt.tok); !got.Equal(tt.want) {
+			t.Errorf("%s: got %v, want %v", tt.name, got, tt.want)
+		}
 	}
 }

@@ -10,3 +10,9 @@ func Paused(c *Client, room string) bool {
 	s := c.subs[room]
 	return s != nil && s.paused
 }
+
+// RefreshDelay and TokenExpiry schedule token refreshes.
+var (
+	RefreshDelay = refreshDelay
+	TokenExpiry  = tokenExpiry
+)

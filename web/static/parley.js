@@ -104,6 +104,36 @@ async function resolveToken(token) {
   return typeof token === 'function' ? await token() : token;
 }
 
+// tokenExpiry reads a JWT's exp claim, in ms, without verifying the token
+// (the node does); null for a token that is not a JWT or has no exp.
+function tokenExpiry(token) {
+  if (typeof token !== 'string') return null;
+  const parts = token.split('.');
+  if (parts.length !== 3) return null;
+  try {
+    const b64 = parts[1].replace(/-/g, '+').replace(/_/g, '/');
+    const claims = JSON.parse(atob(b64 + '='.repeat((4 - (b64.length % 4)) % 4)));
+    return typeof claims?.exp === 'number' && claims.exp > 0 ? claims.exp * 1000 : null;
+  } catch {
+    return null;
+  }
+}
+
+// A token from a token function is refreshed on the live connection at 80% of
+// its remaining lifetime, and at least refreshMargin ms before its exp when it
+// lives longer than that, but never sooner than minRefreshDelay ms after the
+// last refresh (nodes limit refreshes to a few a second).
+const refreshMargin = 5000;
+const minRefreshDelay = 1000;
+
+// refreshDelay is the ms from now to refresh a token that expires at exp (ms).
+function refreshDelay(now, exp) {
+  const left = exp - now;
+  let delay = left * 0.8;
+  if (left > refreshMargin) delay = Math.min(delay, left - refreshMargin);
+  return Math.max(delay, minRefreshDelay);
+}
+
 // backoff is the delay before reconnect attempt n (0-based): full jitter over
 // an exponentially growing cap.
 function backoff(n, min, max) {
@@ -121,14 +151,26 @@ function backoff(n, min, max) {
  * Events (client.on(name, fn)): 'state' (the new state), 'open' (the socket
  * opened), 'welcome' (the welcome frame), 'close' ({code, reason, wasClean}),
  * 'reconnecting' ({attempt, delay}), 'draining' (the reconnect frame),
- * 'message' (every delivered message), 'lost' ({room, ack}), 'error' (a
- * ParleyError that no promise received).
+ * 'message' (every delivered message), 'lost' ({room, ack}), 'refresh'
+ * ({expires}: the node took a fresh token on the live connection; expires is
+ * its exp in ms), 'error' (a ParleyError that no promise received).
+ *
+ * Tokens: a session lasts as long as its token. With a token function whose
+ * tokens are JWTs with an exp, the client refreshes the token on the live
+ * connection ahead of expiry (at 80% of its remaining lifetime, and at least
+ * 5 s before exp when it lives that long): it calls the function and sends a
+ * `refresh` frame, and the session goes on with its rooms, no replay and no
+ * presence change. The new token must be for the same user. If that fails
+ * (the function throws, or the node refuses the token: an 'error' event), the
+ * node ends the session when the current token expires, and the client
+ * reconnects with a fresh token and resumes every room.
  */
 export class Parley extends Emitter {
   /**
    * @param {object} [options]
    * @param {string} [options.url] the node: ws://, wss://, http(s):// (with or without /v1/ws) or a path; default /v1/ws on this page's host
-   * @param {string|(() => string|Promise<string>)} [options.token] a JWT, or a function returning one (called before every connection)
+   * @param {string|(() => string|Promise<string>)} [options.token] a JWT, or a function returning one (called
+   *   before every connection, and ahead of each token's exp to refresh it on the live connection)
    * @param {(room: string, ack: object) => void} [options.onLost] called when a room could not be resumed
    * @param {number} [options.timeout=10000] ms a command waits for its ack or error
    * @param {number} [options.connectTimeout=10000] ms from dialling to the welcome frame
@@ -170,6 +212,8 @@ export class Parley extends Emitter {
   #drainTimer = null;
   #watchdog = null;
   #lastSeen = 0;
+  #token = null; // the token of the current connection (from a token function), or null
+  #refreshTimer = null;
 
   /** The session id of the current connection, or null. */
   get session() {
@@ -402,6 +446,7 @@ export class Parley extends Emitter {
       return;
     }
     if (this.#stopped || this.#ws) return;
+    this.#token = typeof this.token === 'function' ? token : null;
     const url = endpoint(this.url, '/v1/ws', 'ws');
     if (token) url.searchParams.set('token', token);
     let ws;
@@ -443,6 +488,7 @@ export class Parley extends Emitter {
     clearTimeout(this.#connectTimer);
     clearTimeout(this.#drainTimer);
     clearTimeout(this.#watchdog);
+    clearTimeout(this.#refreshTimer);
     this.#welcomed = false;
     this.#subAcks.clear();
     for (const [id, cmd] of this.#pending) {
@@ -565,6 +611,7 @@ export class Parley extends Emitter {
     this.#setState('open');
     this.emit('welcome', this.welcome);
     if (this.#ws !== ws) return; // a listener closed it
+    this.#scheduleRefresh(ws, tokenExpiry(this.#token));
     for (const sub of this.#subs.values()) this.#sendSubscribe(sub);
     for (const cmd of this.#pending.values()) {
       if (!cmd.sent) {
@@ -592,6 +639,45 @@ export class Parley extends Emitter {
     // The node closes with 1012 about then; if it has not, leave first, so a
     // load balancer sends the new connection to another node.
     this.#drainTimer = setTimeout(() => this.#lost(ws, 1000, 'draining', true), after);
+  }
+
+  // scheduleRefresh arms the refresh of ws's token, which expires at exp (ms),
+  // when it came from a token function and has an exp.
+  #scheduleRefresh(ws, exp) {
+    clearTimeout(this.#refreshTimer);
+    if (exp === null || typeof this.token !== 'function') return;
+    this.#refreshTimer = setTimeout(() => this.#refresh(ws, exp), refreshDelay(Date.now(), exp));
+  }
+
+  // refresh sends a fresh token on ws. A refusal is reported and ends the
+  // refreshing: the node closes the session when its token expires, and the
+  // client reconnects with a fresh one. A token function that throws, a rate
+  // limit or a timeout are tried again on the current token's schedule.
+  async #refresh(ws, exp) {
+    let token;
+    try {
+      token = await resolveToken(this.token);
+    } catch (err) {
+      if (this.#ws !== ws) return;
+      this.emit('error', new ParleyError('unauthorized', `token: ${err?.message ?? err}`));
+      this.#scheduleRefresh(ws, exp);
+      return;
+    }
+    if (this.#ws !== ws || !this.#welcomed || typeof token !== 'string' || token === '') return;
+    let ack;
+    try {
+      ack = await this.#command({ type: 'refresh', token });
+    } catch (err) {
+      if (this.#ws !== ws) return;
+      if (err.code === 'rate_limited' || err.code === 'timeout') this.#scheduleRefresh(ws, exp);
+      else this.emit('error', err);
+      return;
+    }
+    if (this.#ws !== ws) return;
+    this.#token = token;
+    const expires = Number(ack.expires) > 0 ? ack.expires * 1000 : tokenExpiry(token);
+    this.emit('refresh', { expires });
+    this.#scheduleRefresh(ws, expires);
   }
 
   #sendSubscribe(sub) {

@@ -246,6 +246,68 @@ test('a refused token fails the subscribes still waiting, with the node\'s reaso
   assert.deepEqual(client.rooms(), []);
 });
 
+// jwt is a JWT-shaped token for user that expires at exp (Unix seconds); n
+// tells tokens apart. The client reads exp without verifying the signature.
+const jwt = (user, exp, n) =>
+  `e30.${Buffer.from(JSON.stringify({ sub: user, exp, n })).toString('base64url')}.c2ln`;
+
+test('a token function: the token is refreshed on the live connection before exp', async () => {
+  let minted = 0;
+  const tokens = [];
+  const firstExp = Math.floor(Date.now() / 1000) + 3;
+  const client = newClient({
+    token: () => {
+      const t = jwt('u', minted === 0 ? firstExp : firstExp + 1, ++minted);
+      tokens.push(t);
+      return t;
+    },
+  });
+  const refreshed = [];
+  client.on('refresh', (e) => refreshed.push(e));
+  const ws = await socket(0);
+  assert.equal(new URL(ws.url).searchParams.get('token'), tokens[0]);
+  ws.push(welcome(0));
+  const got = [];
+  const acked = client.subscribe('r', { onMessage: (m) => got.push(m.offset) });
+  ws.push({ type: 'ack', id: ws.sentOf('subscribe')[0].id, epoch: 'E', offset: 0, recovered: false });
+  await acked;
+  await until('a refresh frame', () => ws.sentOf('refresh').length === 1, 3000);
+  assert.ok(Date.now() < firstExp * 1000, 'the refresh is sent before the token expires');
+  const [refresh] = ws.sentOf('refresh');
+  assert.deepEqual({ ...refresh, id: undefined }, { type: 'refresh', id: undefined, token: tokens[1] });
+  const later = firstExp + 3600;
+  ws.push({ type: 'ack', id: refresh.id, expires: later });
+  await until('the refresh event', () => refreshed.length === 1);
+  assert.deepEqual(refreshed, [{ expires: later * 1000 }]);
+  // The session goes on: no new socket, no second subscribe, messages flow.
+  ws.push(msg('E', 1));
+  assert.deepEqual(got, [1]);
+  assert.equal(FakeWS.all.length, 1);
+  assert.equal(ws.sentOf('subscribe').length, 1);
+  assert.equal(client.state, 'open');
+});
+
+test('a refused refresh is reported; the expiry then reconnects with a fresh token', async () => {
+  let minted = 0;
+  const soon = Math.floor(Date.now() / 1000) + 1;
+  const client = newClient({ token: () => jwt('u', soon, ++minted) });
+  const errors = [];
+  client.on('error', (e) => errors.push([e.code, e.message]));
+  const ws = await socket(0);
+  ws.push(welcome(0));
+  await until('a refresh frame', () => ws.sentOf('refresh').length === 1, 3000);
+  const [refresh] = ws.sentOf('refresh');
+  ws.push({ type: 'error', id: refresh.id, code: 'forbidden', message: 'a refresh token must be for the same user' });
+  await until('the error event', () => errors.length === 1);
+  assert.deepEqual(errors, [['forbidden', 'a refresh token must be for the same user']]);
+  assert.equal(client.state, 'open', 'a refused refresh ends nothing');
+  // The node ends the session when the token expires; the client comes back.
+  ws.push({ type: 'error', code: 'unauthorized', message: 'token expired' });
+  ws.drop(1008, 'token expired');
+  const next = await socket(1);
+  assert.equal(new URL(next.url).searchParams.get('token'), jwt('u', soon, 3));
+});
+
 test('close rejects a subscribe still waiting for its ack', async () => {
   const client = newClient();
   const ws = await socket(0);
