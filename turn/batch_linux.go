@@ -16,6 +16,14 @@ import (
 // deadlines and Close still wake a blocked reader. golang.org/x/net/ipv4's
 // ReadBatch would allocate a net.UDPAddr and its IP for every datagram; this
 // allocates nothing once the buffers are there.
+//
+// Both calls are made with RawSyscall6, without telling the scheduler: they
+// never block (MSG_DONTWAIT; the poller does the waiting) and take a few
+// microseconds. Through Syscall6 every call went through entersyscall and
+// exitsyscall, and a sendmmsg on loopback (which delivers the datagrams in
+// the same call) often outlasted sysmon's 20 µs, so sysmon kept waking at
+// its shortest interval to take the P back and hand it to another thread:
+// 13 % of our CPU under light flows (docs/TURN.md, "Light flows").
 
 // mmsghdr is struct mmsghdr; Go pads it as C does.
 type mmsghdr struct {
@@ -103,7 +111,7 @@ func (b *batchReader) read() (int, error) {
 
 func (s *sysReader) recv(fd uintptr) bool {
 	for {
-		n, _, e := unix.Syscall6(unix.SYS_RECVMMSG, fd, uintptr(unsafe.Pointer(&s.hdrs[0])), uintptr(len(s.hdrs)), unix.MSG_DONTWAIT, 0, 0)
+		n, _, e := unix.RawSyscall6(unix.SYS_RECVMMSG, fd, uintptr(unsafe.Pointer(&s.hdrs[0])), uintptr(len(s.hdrs)), unix.MSG_DONTWAIT, 0, 0)
 		switch e {
 		case 0:
 			s.got = int(n)
@@ -162,7 +170,9 @@ type sysWriter struct {
 
 // send sends the datagrams of w.group, all to be written on s.
 func (w *batchWriter) send(s *udpSock) {
-	if s.raw == nil || len(w.group) == 1 {
+	// One datagram goes by sendmmsg too, so that it also skips the
+	// scheduler's system call bookkeeping (see the top of this file).
+	if s.raw == nil {
 		for _, i := range w.group {
 			w.sendOne(i)
 		}
@@ -220,7 +230,7 @@ func (w *batchWriter) send(s *udpSock) {
 
 func (y *sysWriter) send(fd uintptr) bool {
 	for {
-		n, _, e := unix.Syscall6(unix.SYS_SENDMMSG, fd, uintptr(unsafe.Pointer(&y.hdrs[y.off])), uintptr(y.cnt), 0, 0, 0)
+		n, _, e := unix.RawSyscall6(unix.SYS_SENDMMSG, fd, uintptr(unsafe.Pointer(&y.hdrs[y.off])), uintptr(y.cnt), unix.MSG_DONTWAIT, 0, 0)
 		switch e {
 		case 0:
 			y.got = int(n)

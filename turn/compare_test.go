@@ -13,6 +13,7 @@ import (
 	"os/exec"
 	"regexp"
 	"runtime/pprof"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -23,7 +24,9 @@ import (
 	pionstun "github.com/pion/stun/v3"
 )
 
-var compareFlag = flag.Bool("turn.compare", false, "run TestCompareCoturn, the benchmark of this TURN server against coturn (about a minute; needs coturn)")
+var compareFlag = flag.Bool("turn.compare", false, "run TestCompareCoturn, the benchmark of this TURN server against coturn (about two minutes; needs coturn)")
+
+var compareCases = flag.String("turn.compare.cases", "alloc,heavy,light", "the cases of TestCompareCoturn to run: alloc, heavy (relay with messages in flight), light (turnutils_uclient at one message per ms per allocation)")
 
 const benchSecret = "bench-secret"
 
@@ -32,7 +35,9 @@ const benchSecret = "bench-secret"
 // process: allocations per second, and relayed throughput of 100-byte
 // messages sent as ChannelData to an echo peer (coturn's turnutils_peer)
 // with a fixed number of messages in flight. Server CPU comes from
-// /proc/PID/stat. It prints a table for docs/TURN.md. Run it with
+// /proc/PID/stat. A third case, light flows, has coturn's turnutils_uclient
+// send one message per millisecond on each of 20 allocations (benchLight).
+// It prints a table for docs/TURN.md. Run it with
 //
 //	go test ./turn -run TestCompareCoturn -turn.compare -v
 func TestCompareCoturn(t *testing.T) {
@@ -49,23 +54,36 @@ func TestCompareCoturn(t *testing.T) {
 		"--log-file=/dev/null", "--user-quota=0", "--total-quota=0")
 	theirs.pid = pidListening(t, theirs.addr.Port)
 
+	cases := strings.Split(*compareCases, ",")
 	type row struct{ name, ours, coturn string }
 	var rows []row
-	for _, s := range []*benchServer{ours, theirs} {
-		s.allocRate, s.allocCPU, s.allocFailed = benchAllocations(t, s, 3000, 32)
+	if slices.Contains(cases, "alloc") {
+		for _, s := range []*benchServer{ours, theirs} {
+			s.allocRate, s.allocCPU, s.allocFailed = benchAllocations(t, s, 3000, 32)
+		}
+		if ours.allocFailed > 0 {
+			t.Errorf("%d of our allocations failed", ours.allocFailed)
+		}
+		rows = append(rows, row{"allocations/s (UDP, 3000 allocate + delete, 32 at a time)",
+			fmt.Sprintf("%.0f/s, %.0f µs server CPU each, %d failed", ours.allocRate, ours.allocCPU, ours.allocFailed),
+			fmt.Sprintf("%.0f/s, %.0f µs server CPU each, %d failed", theirs.allocRate, theirs.allocCPU, theirs.allocFailed)})
 	}
-	if ours.allocFailed > 0 {
-		t.Errorf("%d of our allocations failed", ours.allocFailed)
+	if slices.Contains(cases, "heavy") {
+		for _, load := range []struct{ allocations, window int }{{4, 8}, {16, 32}} {
+			var cells [2]string
+			for i, s := range []*benchServer{ours, theirs} {
+				cells[i] = benchRelay(t, s, peerPort, load.allocations, load.window, 5*time.Second).String()
+			}
+			rows = append(rows, row{fmt.Sprintf("relay, %d allocations × %d messages in flight, 5 s", load.allocations, load.window), cells[0], cells[1]})
+		}
 	}
-	rows = append(rows, row{"allocations/s (UDP, 3000 allocate + delete, 32 at a time)",
-		fmt.Sprintf("%.0f/s, %.0f µs server CPU each, %d failed", ours.allocRate, ours.allocCPU, ours.allocFailed),
-		fmt.Sprintf("%.0f/s, %.0f µs server CPU each, %d failed", theirs.allocRate, theirs.allocCPU, theirs.allocFailed)})
-	for _, load := range []struct{ allocations, window int }{{4, 8}, {16, 32}} {
+	if slices.Contains(cases, "light") {
+		uclient := coturnBinary(t, "turnutils_uclient")
 		var cells [2]string
 		for i, s := range []*benchServer{ours, theirs} {
-			cells[i] = benchRelay(t, s, peerPort, load.allocations, load.window, 5*time.Second).String()
+			cells[i] = benchLight(t, s, uclient, peerPort).String()
 		}
-		rows = append(rows, row{fmt.Sprintf("relay, %d allocations × %d messages in flight, 5 s", load.allocations, load.window), cells[0], cells[1]})
+		rows = append(rows, row{"light flows: turnutils_uclient, 20 allocations × 1 message of 100 bytes per ms, 10,000 each", cells[0], cells[1]})
 	}
 	var b strings.Builder
 	fmt.Fprintf(&b, "\n| measure | parley turn | coturn |\n|---|---|---|\n")
@@ -449,4 +467,33 @@ func benchRoundTrip(conn net.Conn, setters ...pionstun.Setter) (*pionstun.Messag
 	}
 	m := &pionstun.Message{Raw: buf[:n]}
 	return m, m.Decode()
+}
+
+// benchLight is the light load: coturn's turnutils_uclient with 20
+// allocations over UDP, each binding a channel to the echo peer and sending
+// one 100-byte message per millisecond, 10,000 in all, as ChannelData
+// (about 10 s). Server CPU is counted over the whole uclient run, its 20
+// allocations and channel binds included; the datagrams relayed are those
+// uclient sent and got back, as it reports them.
+func benchLight(t *testing.T, s *benchServer, uclient string, peerPort int) relayResult {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, uclient, "-W", benchSecret, "-u", "bench", "-c",
+		"-m", "20", "-n", "10000", "-z", "1", "-l", "100",
+		"-e", "127.0.0.1", "-r", strconv.Itoa(peerPort), "-p", strconv.Itoa(s.addr.Port), "127.0.0.1")
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	cpu0 := s.cpu(t)
+	start := time.Now()
+	err := cmd.Run()
+	r := relayResult{seconds: time.Since(start).Seconds(), cpu: s.cpu(t) - cpu0, bytes: 100}
+	m := totalsRe.FindStringSubmatch(out.String())
+	if err != nil || m == nil {
+		t.Fatalf("%s: uclient: %v\n%s", s.name, err, out.String())
+	}
+	r.sent, _ = strconv.ParseInt(m[1], 10, 64)
+	r.received, _ = strconv.ParseInt(m[2], 10, 64)
+	t.Logf("%s, light flows: %s", s.name, r)
+	return r
 }
