@@ -12,16 +12,21 @@ import (
 
 // loadtest's default flags fit a node with serve's defaults: 1,000
 // subscribers and a publisher for each of 10 rooms from one machine, where
-// the node allows 1,000 connections per client address.
+// the node allows 1,000 connections per client address. On Linux they come
+// from 254 source addresses; elsewhere from one, and the node's limit must
+// be raised above them, as loadtest's help says.
 func TestLoadtestDefaultsFitServeDefaults(t *testing.T) {
+	serveArgs := []string{"--addr", "127.0.0.1:0", "--admin-addr", "off", "--turn-addr", "off", "--drain", "100ms"}
+	wantSources := 254
 	if runtime.GOOS != "linux" {
-		t.Skip("connections share one source address outside Linux")
+		serveArgs = append(serveArgs, "--max-conns-per-ip", "2000")
+		wantSources = 1
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	var out, logs syncBuffer
 	done := make(chan error, 1)
 	go func() {
-		done <- run(ctx, func() {}, []string{"--addr", "127.0.0.1:0", "--admin-addr", "off", "--turn-addr", "off", "--drain", "100ms"}, env(), nil, &out, &logs)
+		done <- run(ctx, func() {}, serveArgs, env(), nil, &out, &logs)
 	}()
 	t.Cleanup(func() {
 		cancel()
@@ -53,8 +58,8 @@ func TestLoadtestDefaultsFitServeDefaults(t *testing.T) {
 	if rep.Conns != 1000 || rep.ConnectErrors != 0 {
 		t.Errorf("got %d connections with %d refused, want 1000 and none refused", rep.Conns, rep.ConnectErrors)
 	}
-	if rep.Sources != 254 {
-		t.Errorf("got %d source addresses, want 254", rep.Sources)
+	if rep.Sources != wantSources {
+		t.Errorf("got %d source addresses, want %d", rep.Sources, wantSources)
 	}
 	if rep.Published == 0 || rep.Delivered != rep.Published*100 {
 		t.Errorf("published %d, delivered %d: want every message to each of a room's 100 subscribers", rep.Published, rep.Delivered)
