@@ -55,9 +55,6 @@ func Start(t testing.TB, args ...string) *Server {
 	return s
 }
 
-// Socket returns the path of the server's Unix socket.
-func (s *Server) Socket() string { return s.sock }
-
 // URL returns the server's address as a Redis URL (unix://path), the form
 // `parley serve --redis` and go-redis's ParseURL take.
 func (s *Server) URL() string { return "unix://" + s.sock }
