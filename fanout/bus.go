@@ -12,8 +12,12 @@ import (
 var (
 	// ErrClosed is returned by a Bus after Close.
 	ErrClosed = errors.New("fanout: bus closed")
-	// ErrSubscribed is returned by Subscribe for a room this node already subscribed to.
-	ErrSubscribed = errors.New("fanout: room already subscribed")
+	// ErrFull is returned by Enter for a room that holds as many members as
+	// the caller allows.
+	ErrFull = errors.New("fanout: room full")
+	// ErrNoSession is returned by Send for a session that no live node has
+	// registered.
+	ErrNoSession = errors.New("fanout: no such session")
 	// ErrRoomLimit is returned for a room the bus does not hold yet while it
 	// holds as many rooms as it may (MemoryConfig.MaxRooms).
 	ErrRoomLimit = errors.New("fanout: room limit reached")
@@ -146,10 +150,19 @@ type History struct {
 
 // Handler receives what a node subscribed to. Calls for one room never overlap
 // and come in offset order; a Handler must not block and must not call the Bus
-// for the same room from inside a call.
+// from inside a call.
+//
+// Delivery is at most once: a bus whose connection to other nodes broke may
+// skip messages, and a message may arrive twice (it was in flight when the
+// subscription was made again). A handler drops offsets it has seen and
+// reads history for the ones it has not.
 type Handler interface {
 	HandleMessage(m *Message)
 	HandlePresence(e PresenceEvent)
+	// HandleResync says that messages of the room may have been missed
+	// (the bus lost its connection and has subscribed again): the handler
+	// compares its position with the room's history.
+	HandleResync(room string)
 }
 
 // Bus carries messages between nodes. Delivery to subscribed nodes is at most
@@ -161,14 +174,27 @@ type Bus interface {
 	// and delivers it to every subscribed node.
 	Publish(ctx context.Context, room string, p Publication) (PublishResult, error)
 	// Subscribe makes this node receive the room's messages and presence
-	// events through h until Unsubscribe.
+	// events through h until Unsubscribe. It returns once delivery is in
+	// place: a message published after it returns reaches h. Subscribing
+	// a subscribed room again replaces its handler.
 	Subscribe(ctx context.Context, room string, h Handler) error
-	// Unsubscribe stops delivery of the room to this node.
+	// Unsubscribe stops delivery of the room to this node: no call reaches
+	// the handler after it returns. Unsubscribing a room that is not
+	// subscribed does nothing.
 	Unsubscribe(ctx context.Context, room string) error
 	// History reads the room's history.
 	History(ctx context.Context, room string, q HistoryQuery) (History, error)
-	// Join adds m to the room's presence and tells subscribed nodes.
+	// Join adds m to the room's presence and, when m is new there, tells
+	// subscribed nodes. Membership is a lease that this bus renews until
+	// Leave: when the node dies, its members leave everywhere within the
+	// presence TTL, with leave events.
 	Join(ctx context.Context, room string, m Member) error
+	// Enter is Join that also returns the room's other members at the
+	// moment of joining, ordered by session, atomically: of two members
+	// entering at once, exactly one sees the other. With max > 0, a room
+	// that holds max members other than m is not joined: ErrFull. A member
+	// that is already present is joined again (its lease renewed).
+	Enter(ctx context.Context, room string, m Member, max int) ([]Member, error)
 	// Leave removes m from the room's presence and tells subscribed nodes.
 	Leave(ctx context.Context, room string, m Member) error
 	// Presence lists a page of the room's members across all nodes. A page
@@ -176,6 +202,18 @@ type Bus interface {
 	// leave between pages may be missed or seen twice; a member present
 	// throughout is on exactly one page.
 	Presence(ctx context.Context, room string, q PresenceQuery) (PresencePage, error)
+	// Register makes this node the address of session for Send: deliver
+	// gets what is sent to it, until Unregister. Like presence, the entry
+	// is a lease this bus renews. deliver must not block and must not call
+	// the Bus; registering a session again replaces deliver.
+	Register(ctx context.Context, session string, deliver func(data []byte)) error
+	// Unregister removes session's address if this node holds it.
+	Unregister(ctx context.Context, session string) error
+	// Send delivers data to session on whichever node registered it:
+	// ephemeral and addressed, with no offset and no history. Payloads sent
+	// by one caller, one Send after another, arrive in that order. Delivery
+	// is at most once; ErrNoSession says that no live node holds session.
+	Send(ctx context.Context, session string, data []byte) error
 	// Ready reports whether the bus can serve right now.
 	Ready() bool
 	// Close releases the bus; calls after it return ErrClosed.

@@ -39,6 +39,7 @@ func testBus(t *testing.T, newBus func(t *testing.T) Bus) {
 		{"no delivery after unsubscribe", testNoDeliveryAfterUnsubscribe},
 		{"no delivery to unsubscribed rooms", testNoDeliveryToOtherRooms},
 		{"subscribe twice", testSubscribeTwice},
+		{"unsubscribe is idempotent", testUnsubscribeIdempotent},
 		{"history", testHistory},
 		{"history of an empty room", testHistoryEmptyRoom},
 		{"idempotency key", testIdempotencyKey},
@@ -47,6 +48,10 @@ func testBus(t *testing.T, newBus func(t *testing.T) Bus) {
 		{"presence events", testPresenceEvents},
 		{"presence pages", testPresencePages},
 		{"presence cursor", testPresenceBadCursor},
+		{"enter", testEnter},
+		{"enter at once", testEnterConcurrent},
+		{"send", testSend},
+		{"send in order", testSendOrder},
 		{"concurrent publishers", testConcurrentPublishers},
 		{"close", testClose},
 	}
@@ -144,6 +149,7 @@ type recorder struct {
 	gaps    atomic.Int32 // messages whose offset is not the previous + 1
 	stopped atomic.Bool  // set once the test has unsubscribed
 	late    atomic.Int32 // calls running after stopped
+	resyncs atomic.Int32
 
 	// delay makes each call take this long, widening the window in which
 	// a call could still run when Unsubscribe returns.
@@ -188,6 +194,12 @@ func (r *recorder) HandlePresence(e PresenceEvent) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.events = append(r.events, e)
+}
+
+func (r *recorder) HandleResync(room string) {
+	r.enter()
+	defer r.exit()
+	r.resyncs.Add(1)
 }
 
 func (r *recorder) messages() []*Message {
@@ -407,27 +419,54 @@ func testNoDeliveryToOtherRooms(t *testing.T, newBus func(t *testing.T) Bus) {
 func testSubscribeTwice(t *testing.T, newBus func(t *testing.T) Bus) {
 	bus := newBus(t)
 	room := roomName(t, "room")
-	first, second := &recorder{}, &recorder{}
+	first, second, third := &recorder{}, &recorder{}, &recorder{}
 	subscribe(t, bus, room, first)
-	if err := bus.Subscribe(context.Background(), room, second); !errors.Is(err, ErrSubscribed) {
-		t.Fatalf("second Subscribe: got %v, want %v", err, ErrSubscribed)
-	}
 	publish(t, bus, room, Publication{Data: data(1)})
 	first.waitMessages(t, 1)
+	// Subscribing again replaces the handler.
+	subscribe(t, bus, room, second)
+	publish(t, bus, room, Publication{Data: data(2)})
+	second.waitMessages(t, 1)
 	if err := bus.Unsubscribe(context.Background(), room); err != nil {
 		t.Fatalf("Unsubscribe: %v", err)
 	}
 	// After Unsubscribe the room can be subscribed again.
-	subscribe(t, bus, room, second)
-	publish(t, bus, room, Publication{Data: data(2)})
-	second.waitMessages(t, 1)
+	subscribe(t, bus, room, third)
+	publish(t, bus, room, Publication{Data: data(3)})
+	third.waitMessages(t, 1)
 	barrier(t, bus)
-	if got, want := offsets(second.messages()), []uint64{2}; !slices.Equal(got, want) {
-		t.Errorf("second handler offsets: got %v, want %v", got, want)
+	for _, tt := range []struct {
+		name string
+		rec  *recorder
+		want []uint64
+	}{{"first", first, []uint64{1}}, {"second", second, []uint64{2}}, {"third", third, []uint64{3}}} {
+		if got := offsets(tt.rec.messages()); !slices.Equal(got, tt.want) {
+			t.Errorf("%s handler offsets: got %v, want %v", tt.name, got, tt.want)
+		}
 	}
-	if got, want := offsets(first.messages()), []uint64{1}; !slices.Equal(got, want) {
-		t.Errorf("first handler offsets: got %v, want %v", got, want)
+}
+
+func testUnsubscribeIdempotent(t *testing.T, newBus func(t *testing.T) Bus) {
+	bus := newBus(t)
+	ctx := context.Background()
+	room := roomName(t, "room")
+	if err := bus.Unsubscribe(ctx, room); err != nil {
+		t.Fatalf("Unsubscribe of a room never subscribed: %v", err)
 	}
+	rec := &recorder{}
+	subscribe(t, bus, room, rec)
+	for i := range 2 {
+		if err := bus.Unsubscribe(ctx, room); err != nil {
+			t.Fatalf("Unsubscribe #%d: %v", i+1, err)
+		}
+	}
+	rec.stopped.Store(true)
+	publish(t, bus, room, Publication{Data: data(1)})
+	barrier(t, bus)
+	if got := rec.messages(); len(got) != 0 {
+		t.Errorf("got %d messages after Unsubscribe, want 0", len(got))
+	}
+	rec.check(t)
 }
 
 func testHistory(t *testing.T, newBus func(t *testing.T) Bus) {
@@ -732,6 +771,166 @@ func testPresenceEvents(t *testing.T, newBus func(t *testing.T) Bus) {
 	rec.check(t)
 }
 
+func testEnter(t *testing.T, newBus func(t *testing.T) Bus) {
+	bus := newBus(t)
+	ctx := context.Background()
+	room := roomName(t, "call")
+	alice := Member{User: "alice", Session: "s1", Node: "n1"}
+	bob := Member{User: "bob", Session: "s2", Node: "n1"}
+	carol := Member{User: "carol", Session: "s3", Node: "n2"}
+	rec := &recorder{}
+	subscribe(t, bus, room, rec)
+
+	tests := []struct {
+		name    string
+		m       Member
+		max     int
+		want    []Member
+		wantErr error
+	}{
+		{"the first finds nobody", alice, 2, []Member{}, nil},
+		{"the second finds the first", bob, 2, []Member{alice}, nil},
+		{"a third past max is refused", carol, 2, nil, ErrFull},
+		{"entering again finds the others only", alice, 2, []Member{bob}, nil},
+		{"no max takes anyone", carol, 0, []Member{alice, bob}, nil},
+	}
+	for _, tt := range tests {
+		got, err := bus.Enter(ctx, room, tt.m, tt.max)
+		if !errors.Is(err, tt.wantErr) {
+			t.Fatalf("%s: got error %v, want %v", tt.name, err, tt.wantErr)
+		}
+		if err == nil && !slices.Equal(got, tt.want) {
+			t.Errorf("%s: got %v, want %v", tt.name, got, tt.want)
+		}
+	}
+	// One join event per member: entering again is no news.
+	want := []PresenceEvent{{Room: room, Join: true, Member: alice}, {Room: room, Join: true, Member: bob}, {Room: room, Join: true, Member: carol}}
+	waitFor(t, "3 presence events", func() bool { return len(rec.presence()) >= len(want) })
+	barrier(t, bus)
+	if got := rec.presence(); !slices.Equal(got, want) {
+		t.Errorf("presence events: got %+v, want %+v", got, want)
+	}
+	if got := allMembers(t, bus, room, 0); !slices.Equal(got, []Member{alice, bob, carol}) {
+		t.Errorf("members: got %v", got)
+	}
+}
+
+// testEnterConcurrent enters members at once: of any two, exactly one sees
+// the other, and max holds.
+func testEnterConcurrent(t *testing.T, newBus func(t *testing.T) Bus) {
+	bus := newBus(t)
+	room := roomName(t, "call")
+	const n, max = 12, 8
+	saw := make([][]Member, n)
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Go(func() {
+			saw[i], errs[i] = bus.Enter(context.Background(), room, Member{User: "u", Session: fmt.Sprintf("s%02d", i)}, max)
+		})
+	}
+	wg.Wait()
+	var in []int
+	for i, err := range errs {
+		switch {
+		case err == nil:
+			in = append(in, i)
+		case !errors.Is(err, ErrFull):
+			t.Fatalf("Enter s%02d: %v", i, err)
+		}
+	}
+	if len(in) != max {
+		t.Fatalf("%d members entered, want %d (max)", len(in), max)
+	}
+	sees := func(i, j int) bool {
+		return slices.ContainsFunc(saw[i], func(m Member) bool { return m.Session == fmt.Sprintf("s%02d", j) })
+	}
+	for _, i := range in {
+		for _, j := range in {
+			if i < j && sees(i, j) == sees(j, i) {
+				t.Errorf("s%02d sees s%02d: %v, and s%02d sees s%02d: %v; want exactly one", i, j, sees(i, j), j, i, sees(j, i))
+			}
+		}
+	}
+}
+
+// inbox collects what Send delivers to one session.
+type inbox struct {
+	mu  sync.Mutex
+	got []string
+}
+
+func (b *inbox) deliver(data []byte) {
+	b.mu.Lock()
+	b.got = append(b.got, string(data))
+	b.mu.Unlock()
+}
+
+func (b *inbox) all() []string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return slices.Clone(b.got)
+}
+
+func testSend(t *testing.T, newBus func(t *testing.T) Bus) {
+	bus := newBus(t)
+	ctx := context.Background()
+	s1, s2 := roomName(t, "s1"), roomName(t, "s2")
+	a, b := &inbox{}, &inbox{}
+	if err := errors.Join(bus.Register(ctx, s1, a.deliver), bus.Register(ctx, s2, b.deliver)); err != nil {
+		t.Fatalf("Register: %v", err)
+	}
+	if err := bus.Send(ctx, s1, []byte(`{"to":"s1"}`)); err != nil {
+		t.Fatalf("Send: %v", err)
+	}
+	waitFor(t, "the payload", func() bool { return len(a.all()) == 1 })
+	if got := a.all(); got[0] != `{"to":"s1"}` {
+		t.Errorf("got %q", got)
+	}
+	if err := bus.Send(ctx, roomName(t, "nobody"), []byte(`{}`)); !errors.Is(err, ErrNoSession) {
+		t.Errorf("Send to an unknown session: got %v, want %v", err, ErrNoSession)
+	}
+	if err := bus.Unregister(ctx, s1); err != nil {
+		t.Fatalf("Unregister: %v", err)
+	}
+	if err := bus.Send(ctx, s1, []byte(`{}`)); !errors.Is(err, ErrNoSession) {
+		t.Errorf("Send after Unregister: got %v, want %v", err, ErrNoSession)
+	}
+	if err := bus.Unregister(ctx, s1); err != nil {
+		t.Errorf("Unregister twice: %v", err)
+	}
+	// Nothing sent is kept in any room's history.
+	h := history(t, bus, s1, HistoryQuery{Limit: 10})
+	if len(h.Messages) != 0 || h.Top.Offset != 0 {
+		t.Errorf("history of a session's name: %+v, want empty", h)
+	}
+	if got := b.all(); len(got) != 0 {
+		t.Errorf("the other session got %q", got)
+	}
+}
+
+func testSendOrder(t *testing.T, newBus func(t *testing.T) Bus) {
+	bus := newBus(t)
+	ctx := context.Background()
+	s := roomName(t, "s")
+	in := &inbox{}
+	if err := bus.Register(ctx, s, in.deliver); err != nil {
+		t.Fatalf("Register: %v", err)
+	}
+	const n = 200
+	want := make([]string, n)
+	for i := range n {
+		want[i] = fmt.Sprintf(`{"n":%d}`, i)
+		if err := bus.Send(ctx, s, []byte(want[i])); err != nil {
+			t.Fatalf("Send %d: %v", i, err)
+		}
+	}
+	waitFor(t, "every payload", func() bool { return len(in.all()) >= n })
+	if got := in.all(); !slices.Equal(got, want) {
+		t.Errorf("payloads out of order or repeated: got %d, first %q", len(got), got[:min(5, len(got))])
+	}
+}
+
 func testConcurrentPublishers(t *testing.T, newBus func(t *testing.T) Bus) {
 	bus := newBus(t)
 	room := roomName(t, "room")
@@ -807,6 +1006,9 @@ func testClose(t *testing.T, newBus func(t *testing.T) Bus) {
 		{"Join", func() error { return bus.Join(ctx, room, m) }},
 		{"Leave", func() error { return bus.Leave(ctx, room, m) }},
 		{"Presence", func() error { _, err := bus.Presence(ctx, room, PresenceQuery{}); return err }},
+		{"Enter", func() error { _, err := bus.Enter(ctx, room, m, 0); return err }},
+		{"Register", func() error { return bus.Register(ctx, "s", func([]byte) {}) }},
+		{"Send", func() error { return bus.Send(ctx, "s", []byte(`{}`)) }},
 	}
 	for _, tt := range tests {
 		if err := tt.call(); !errors.Is(err, ErrClosed) {

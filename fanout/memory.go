@@ -94,6 +94,10 @@ type Memory struct {
 	evictRounds  atomic.Uint64 // rounds of evict, and the rooms they looked at
 	evictLooked  atomic.Uint64
 
+	// sessions maps a registered session to its deliver function.
+	smu      sync.RWMutex
+	sessions map[string]func([]byte)
+
 	stop chan struct{}
 	done chan struct{}
 }
@@ -190,11 +194,12 @@ func NewMemory(cfg MemoryConfig) *Memory {
 		cfg.Now = time.Now
 	}
 	m := &Memory{
-		cfg:    cfg,
-		rooms:  make(map[string]*memRoom),
-		shells: make(map[string]*memRoom),
-		stop:   make(chan struct{}),
-		done:   make(chan struct{}),
+		cfg:      cfg,
+		rooms:    make(map[string]*memRoom),
+		shells:   make(map[string]*memRoom),
+		sessions: make(map[string]func([]byte)),
+		stop:     make(chan struct{}),
+		done:     make(chan struct{}),
 	}
 	go m.sweepLoop()
 	return m
@@ -429,9 +434,6 @@ func (m *Memory) Subscribe(ctx context.Context, room string, h Handler) error {
 		return err
 	}
 	defer r.mu.Unlock()
-	if r.handler != nil {
-		return ErrSubscribed
-	}
 	r.handler = h
 	r.lastUsed = m.cfg.Now()
 	return nil
@@ -504,14 +506,22 @@ func (m *Memory) expire(r *memRoom, cutoff int64) {
 	}
 }
 
-// Join implements Bus.
+// Join implements Bus. One node holds every member, so a lease never lapses
+// while the bus runs.
 func (m *Memory) Join(ctx context.Context, room string, mem Member) error {
-	return m.presence(ctx, room, mem, true)
+	_, err := m.presence(ctx, room, mem, true, -1)
+	return err
+}
+
+// Enter implements Bus.
+func (m *Memory) Enter(ctx context.Context, room string, mem Member, max int) ([]Member, error) {
+	return m.presence(ctx, room, mem, true, max)
 }
 
 // Leave implements Bus.
 func (m *Memory) Leave(ctx context.Context, room string, mem Member) error {
-	return m.presence(ctx, room, mem, false)
+	_, err := m.presence(ctx, room, mem, false, -1)
+	return err
 }
 
 // memberIndex returns where session is, or would be, in r.members.
@@ -520,17 +530,38 @@ func (r *memRoom) memberIndex(session string) (int, bool) {
 	return i, i < len(r.members) && r.members[i].Session == session
 }
 
-func (m *Memory) presence(ctx context.Context, room string, mem Member, join bool) error {
+// presence joins or leaves mem. For a join with max >= 0 it returns the
+// other members, and refuses a new member past max (when max > 0).
+func (m *Memory) presence(ctx context.Context, room string, mem Member, join bool, max int) ([]Member, error) {
 	r, err := m.lockedFor(ctx, room, true, join)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	defer r.deliver.Unlock()
 	r.lastUsed = m.cfg.Now()
 	i, found := r.memberIndex(mem.Session)
+	var others []Member
+	if join && max >= 0 {
+		n := len(r.members)
+		if found {
+			n--
+		}
+		if max > 0 && n >= max {
+			r.mu.Unlock()
+			return nil, ErrFull
+		}
+		others = make([]Member, 0, n)
+		for _, mp := range r.members {
+			if mp.Session != mem.Session {
+				others = append(others, *mp)
+			}
+		}
+	}
 	switch {
 	case join && found:
 		*r.members[i] = mem
+		r.mu.Unlock()
+		return others, nil
 	case join:
 		mp := new(Member)
 		*mp = mem
@@ -539,7 +570,7 @@ func (m *Memory) presence(ctx context.Context, room string, mem Member, join boo
 		r.members[i] = mp
 	case !found:
 		r.mu.Unlock()
-		return nil
+		return nil, nil
 	default:
 		copy(r.members[i:], r.members[i+1:])
 		r.members[len(r.members)-1] = nil
@@ -553,7 +584,7 @@ func (m *Memory) presence(ctx context.Context, room string, mem Member, join boo
 	if h != nil {
 		h.HandlePresence(PresenceEvent{Room: room, Join: join, Member: mem})
 	}
-	return nil
+	return others, nil
 }
 
 // Presence implements Bus. A page costs a binary search and the page: the
@@ -613,6 +644,54 @@ func (q PresenceQuery) parse() (limit int, after string, err error) {
 		return 0, "", ErrBadCursor
 	}
 	return limit, string(session), nil
+}
+
+// Register implements Bus.
+func (m *Memory) Register(ctx context.Context, session string, deliver func([]byte)) error {
+	if err := m.check(ctx); err != nil {
+		return err
+	}
+	m.smu.Lock()
+	m.sessions[session] = deliver
+	m.smu.Unlock()
+	return nil
+}
+
+// Unregister implements Bus.
+func (m *Memory) Unregister(ctx context.Context, session string) error {
+	if err := m.check(ctx); err != nil {
+		return err
+	}
+	m.smu.Lock()
+	delete(m.sessions, session)
+	m.smu.Unlock()
+	return nil
+}
+
+// Send implements Bus: deliver runs in the caller's goroutine.
+func (m *Memory) Send(ctx context.Context, session string, data []byte) error {
+	if err := m.check(ctx); err != nil {
+		return err
+	}
+	m.smu.RLock()
+	deliver := m.sessions[session]
+	m.smu.RUnlock()
+	if deliver == nil {
+		return ErrNoSession
+	}
+	deliver(data)
+	return nil
+}
+
+// check returns ctx's error, or ErrClosed after Close.
+func (m *Memory) check(ctx context.Context) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if !m.Ready() {
+		return ErrClosed
+	}
+	return nil
 }
 
 // Ready implements Bus: a Memory bus is ready until closed.

@@ -2,7 +2,6 @@ package gateway
 
 import (
 	"context"
-	"errors"
 	"sync"
 
 	"github.com/parley-rt/parley/fanout"
@@ -221,9 +220,7 @@ func (h *hub) ensureSubscribed(ctx context.Context, r *hubRoom) error {
 	if r.subscribed {
 		return nil
 	}
-	// ErrSubscribed: an Unsubscribe that failed left the node subscribed,
-	// with this hub as the handler, which is what is wanted.
-	if err := h.bus.Subscribe(ctx, r.name, h); err != nil && !errors.Is(err, fanout.ErrSubscribed) {
+	if err := h.bus.Subscribe(ctx, r.name, h); err != nil {
 		return err
 	}
 	r.subscribed = true
@@ -318,6 +315,9 @@ func (m *member) advance(f *frame) bool {
 	m.epoch, m.last = f.epoch, f.offset
 	return true
 }
+
+// HandleResync implements fanout.Handler.
+func (h *hub) HandleResync(room string) {}
 
 // HandlePresence implements fanout.Handler: members that asked for presence
 // get the event.
