@@ -34,6 +34,12 @@ var (
 type Options struct {
 	// URL is the node's WebSocket endpoint, such as ws://localhost:8080/v1/ws.
 	URL string
+	// URLs are more endpoints of the same cluster (nodes sharing Redis).
+	// The client connects to URL first; when a connection attempt fails, or
+	// a connection ends, the next attempt goes to the next endpoint of URL
+	// and URLs, in turn. A client resumes its rooms on any node of a
+	// cluster, so a node that dies costs it one reconnect.
+	URLs []string
 	// Token is the JWT sent as ?token=; empty in dev mode.
 	Token string
 	// TokenSource, when set, is called before every connection for the
@@ -247,6 +253,10 @@ type Client struct {
 	opts   Options
 	log    *slog.Logger
 	events chan Event
+	// endpoints are URL and URLs; next is the one the next attempt dials
+	// (owned by Dial, then by run).
+	endpoints []string
+	next      int
 
 	// ctx ends with Close, or when the connection ends for good
 	// (NoReconnect); commands then fail with ErrClosed.
@@ -317,12 +327,26 @@ func Dial(ctx context.Context, opts Options) (*Client, error) {
 		pending:    make(map[string]*call),
 		ready:      make(chan struct{}),
 	}
+	c.endpoints = append([]string{opts.URL}, opts.URLs...)
 	c.ctx, c.cancel = context.WithCancel(context.Background())
-	conn, w, exp, err := c.connect(ctx)
+	// The first connection tries each endpoint once.
+	var (
+		conn *websocket.Conn
+		w    Welcome
+		exp  time.Time
+		err  error
+	)
+	for range c.endpoints {
+		if conn, w, exp, err = c.connect(ctx); err == nil || ctx.Err() != nil {
+			break
+		}
+	}
 	if err != nil {
 		c.cancel()
 		return nil, err
 	}
+	// Welcome answers from the moment Dial returns.
+	c.welcome = w
 	c.goroutines.Add(3)
 	go c.run(conn, w, exp)
 	go c.dispatch()
@@ -362,6 +386,7 @@ func (c *Client) Close() error {
 // dialURL returns the URL to dial and, for a token from TokenSource, when
 // the client should have refreshed it (zero: never).
 func (c *Client) dialURL(ctx context.Context) (string, time.Time, error) {
+	endpoint := c.endpoints[c.next%len(c.endpoints)]
 	tok := c.opts.Token
 	var exp time.Time
 	if c.opts.TokenSource != nil {
@@ -372,9 +397,9 @@ func (c *Client) dialURL(ctx context.Context) (string, time.Time, error) {
 		exp = tokenExpiry(tok)
 	}
 	if tok == "" {
-		return c.opts.URL, exp, nil
+		return endpoint, exp, nil
 	}
-	u, err := url.Parse(c.opts.URL)
+	u, err := url.Parse(endpoint)
 	if err != nil {
 		return "", time.Time{}, fmt.Errorf("client: URL: %w", err)
 	}
@@ -393,6 +418,7 @@ func (c *Client) connect(ctx context.Context) (conn *websocket.Conn, w Welcome, 
 	}
 	conn, w, err = c.handshake(ctx, target)
 	if err != nil {
+		c.next++
 		return nil, Welcome{}, time.Time{}, err
 	}
 	return conn, w, exp, nil
@@ -484,6 +510,7 @@ func (c *Client) run(conn *websocket.Conn, w Welcome, exp time.Time) {
 		if c.ctx.Err() != nil || c.opts.NoReconnect {
 			return
 		}
+		c.next++
 		wait := time.Duration(rand.Int64N(int64(backoff) + 1))
 		if !reconnectAt.IsZero() {
 			// The node said when to come back, counted from its notice,
