@@ -84,15 +84,19 @@ func busError(err error, what string) *protoError {
 	if errors.Is(err, fanout.ErrRoomLimit) {
 		return errorf(codeOverCapacity, "this node holds as many rooms as it may; try again later")
 	}
+	if errors.Is(err, fanout.ErrRedisUnavailable) {
+		return errorf(codeInternal, what+": the message bus (Redis) is unavailable; try again shortly")
+	}
 	return errorf(codeInternal, what)
 }
 
 // logBusError logs a failed bus call: at debug for a node-wide bound, which
-// its metric counts and which would otherwise flood the log under load, at
-// warn for anything else.
+// its metric counts, and for an unreachable Redis, which the bus logs once;
+// either would otherwise flood the log under load. At warn for anything else.
 func (srv *Server) logBusError(msg string, err error, args ...any) {
 	args = append(args, "err", err)
-	if errors.Is(err, fanout.ErrRoomLimit) {
+	if errors.Is(err, fanout.ErrRoomLimit) || errors.Is(err, fanout.ErrRedisUnavailable) {
+		// The bus logs its connection's state once per change.
 		srv.log.Debug(msg, args...)
 		return
 	}

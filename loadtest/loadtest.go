@@ -27,6 +27,10 @@ type Config struct {
 	// 127.0.0.1 to 127.0.0.254 in turn, so a node's limit on connections per
 	// client address applies to each of them.
 	URL string
+	// PublishURL, when set, is the endpoint the fanout publishers connect
+	// to instead of URL: another node of the same cluster, so that the
+	// latencies include the trip between nodes.
+	PublishURL string
 	// MetricsURL is the node's /metrics, read for its resident memory; empty
 	// skips the memory figures.
 	MetricsURL string
@@ -101,7 +105,7 @@ func (c *Config) setDefaults() error {
 		c.Progress = io.Discard
 	}
 	if !c.AllowRemote {
-		for _, raw := range []string{c.URL, c.MetricsURL} {
+		for _, raw := range []string{c.URL, c.PublishURL, c.MetricsURL} {
 			if raw == "" {
 				continue
 			}
@@ -309,7 +313,11 @@ func Run(ctx context.Context, cfg Config) (Report, error) {
 		// publish rate limit (--publish-rate) is not what the run measures.
 		pubs := make([]*client.Client, cfg.Rooms)
 		for r := range pubs {
-			pub, err := client.Dial(ctx, client.Options{URL: cfg.URL, Token: cfg.Token, HTTPClient: hc})
+			pubURL := cfg.URL
+			if cfg.PublishURL != "" {
+				pubURL = cfg.PublishURL
+			}
+			pub, err := client.Dial(ctx, client.Options{URL: pubURL, Token: cfg.Token, HTTPClient: hc})
 			if err != nil {
 				return rep, fmt.Errorf("loadtest: publisher: %w", err)
 			}

@@ -65,7 +65,9 @@ func TestConfigErrorsNameTheSetting(t *testing.T) {
 		{"unsupported key type", []string{"--jwt-public-key", x25519}, env(), "--jwt-public-key " + x25519 + ": holds a Diffie-Hellman (X25519 or ECDH) key: want an RSA, ECDSA or Ed25519 public key"},
 		{"not a key", []string{"--jwt-public-key", "serve_test.go"}, env(), "--jwt-public-key serve_test.go: not a PEM public key"},
 		{"missing certificate", []string{"--tls-cert", "/nonexistent/c.pem", "--tls-key", "/nonexistent/k.pem"}, env(), "--tls-cert and --tls-key: cannot read /nonexistent/c.pem: no such file or directory"},
-		{"redis URL not shown", nil, env("PARLEY_REDIS", "redis://:hunter2@127.0.0.1:6379/0"), "PARLEY_REDIS (--redis): this version has no Redis fan-out"},
+		{"redis URL not shown", nil, env("PARLEY_REDIS", "redis://:hunter2@127.0.0.1:bad/0"), "PARLEY_REDIS (--redis): not a Redis URL"},
+		{"redis scheme", []string{"--redis", "http://127.0.0.1:6379"}, env(), "--redis: not a Redis URL: want redis://"},
+		{"presence TTL", []string{"--presence-ttl", "10ms"}, env(), "--presence-ttl 10ms: want at least 1s"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -195,18 +195,17 @@ origins = ["https://app.example.com", "*.example.com"]
 history-ttl = "90m"
 `)
 	kv := []string{"PARLEY_JWT_SECRET", "env-jwt-s3cr3t", "PARLEY_TURN_SECRET", "env-turn-s3cr3t", "PARLEY_PUBLISH_RATE", "2.5"}
-	// --redis is refused by this version: the flag clears the file's value.
-	first, err := parleyConfig(t, []string{"--config", path, "--redis", ""}, kv...)
+	first, err := parleyConfig(t, []string{"--config", path}, kv...)
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, secret := range []string{"file-api-key-s3cr3t", "env-jwt-s3cr3t", "env-turn-s3cr3t"} {
+	for _, secret := range []string{"file-api-key-s3cr3t", "pa55word", "env-jwt-s3cr3t", "env-turn-s3cr3t"} {
 		if strings.Contains(first, secret) {
 			t.Errorf("config shows a secret:\n%s", first)
 		}
 	}
 	lines := settingLines(first)
-	for _, key := range []string{"jwt-secret", "turn-secret", "api-key"} {
+	for _, key := range []string{"jwt-secret", "turn-secret", "api-key", "redis"} {
 		if got, want := lines[key], "# "+key+` = "(set)"`; got != want {
 			t.Errorf("got %q, want %q", got, want)
 		}
@@ -226,9 +225,9 @@ history-ttl = "90m"
 		t.Errorf("got %d settings, then %d, want every flag of serve both times", len(lines), len(again))
 	}
 	for key, want := range lines {
-		if key == "api-key" {
+		if key == "api-key" || key == "redis" {
 			// Masked from the file, so no longer set: the operator writes it in.
-			want = `api-key = ""`
+			want = key + ` = ""`
 		}
 		if again[key] != want {
 			t.Errorf("%s: read back as %q, want %q", key, again[key], want)

@@ -25,6 +25,7 @@ func loadtestCmd(ctx context.Context, args []string, getenv func(string) string,
 	fs.example = "url"
 	var cfg loadtest.Config
 	fs.StringVar(&cfg.URL, "url", "ws://127.0.0.1:8080/v1/ws", "the node's WebSocket endpoint")
+	fs.StringVar(&cfg.PublishURL, "publish-url", "", "fanout: the WebSocket endpoint the publishers use, another node of the same cluster, to measure delivery between nodes (default --url)")
 	fs.StringVar(&cfg.MetricsURL, "metrics", "", "the node's metrics endpoint, such as http://127.0.0.1:9090/metrics, for memory per connection")
 	fs.StringVar(&cfg.Token, "token", "", "JWT for every client (a node in dev mode needs none)")
 	fs.StringVar(&cfg.Scenario, "scenario", "fanout", "idle or fanout")

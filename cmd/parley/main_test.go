@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"flag"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -26,7 +27,17 @@ import (
 )
 
 func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(m)
+	code := m.Run()
+	if clusterBinary.dir != "" {
+		os.RemoveAll(clusterBinary.dir)
+	}
+	if code == 0 {
+		if err := goleak.Find(); err != nil {
+			fmt.Fprintf(os.Stderr, "goleak: %v\n", err)
+			code = 1
+		}
+	}
+	os.Exit(code)
 }
 
 func env(kv ...string) func(string) string {
@@ -62,7 +73,7 @@ func TestConfigErrors(t *testing.T) {
 		{"TURNS without a certificate", []string{"--turn-tls-addr", "127.0.0.1:5349"}, env(), "--turn-tls-addr"},
 		{"cert without key", []string{"--tls-cert", "c.pem"}, env(), "go together"},
 		{"bad STUN address", []string{"--stun-addr", "19302"}, env(), "--stun-addr"},
-		{"redis is not in this version", nil, env("PARLEY_REDIS", "redis://127.0.0.1:6379/0"), "--redis"},
+		{"bad redis URL", nil, env("PARLEY_REDIS", "mysql://127.0.0.1:6379/0"), "--redis"},
 		{"zero replay limit", []string{"--replay-limit", "0"}, env(), "--replay-limit 0: must be positive"},
 		{"zero node rooms", nil, env("PARLEY_MAX_NODE_ROOMS", "0"), "PARLEY_MAX_NODE_ROOMS=0 (--max-node-rooms): must be positive"},
 		{"negative history bytes", []string{"--history-bytes", "-1"}, env(), "--history-bytes -1: must be positive"},

@@ -22,6 +22,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/redis/go-redis/v9"
 
 	"github.com/parley-rt/parley/fanout"
 	"github.com/parley-rt/parley/gateway"
@@ -53,6 +54,8 @@ type serveConfig struct {
 	nodeRooms       int
 	historyBytes    int64
 	roomHistBytes   int64
+	redisURL        string
+	presenceTTL     time.Duration
 	logFormat       string
 	logLevel        slog.Level
 
@@ -139,7 +142,8 @@ func parseSettings(fs *envFlags, args []string, environ []string) (*serveConfig,
 	userQuota := fs.Int("turn-user-quota", 10, "live TURN allocations per user")
 	maxAllocs := fs.Int("turn-max-allocations", 10000, "live TURN allocations in all")
 	iceTTL := fs.Duration("ice-ttl", time.Hour, "validity of the TURN credentials that /v1/ice-servers hands out")
-	redisURL := fs.String("redis", "", "Redis URL (redis://host:port/db) to run several nodes as one; this version runs one node with in-memory fan-out and refuses the flag")
+	fs.StringVar(&c.redisURL, "redis", "", "Redis `URL` that every node of a cluster shares, so that they act as one: redis://[user:password@]host:port/db, rediss:// for TLS, unix:///path/to/socket (default empty: one node, in-memory fan-out)")
+	fs.DurationVar(&c.presenceTTL, "presence-ttl", 30*time.Second, "with --redis, how long a node's presence members outlive the node when it dies without leaving (it renews them every third of this)")
 	logFormat := fs.String("log-format", "text", "log format: text or json")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn or error")
 	fs.String("config", "", "TOML settings `file` whose keys are these flags' names (jwt-secret = \"...\"); a flag or PARLEY_* variable wins over it")
@@ -163,9 +167,15 @@ func parseSettings(fs *envFlags, args []string, environ []string) (*serveConfig,
 	if err := c.logLevel.UnmarshalText([]byte(*logLevel)); err != nil {
 		bad(fs.badValue("log-level", "want debug, info, warn or error"))
 	}
-	if *redisURL != "" {
-		// The URL may carry a password: it is not shown.
-		bad(fs.badFlag("redis", "this version has no Redis fan-out yet; a node runs alone with in-memory fan-out (leave --redis and PARLEY_REDIS unset)"))
+	if c.redisURL != "" {
+		if _, err := redis.ParseURL(c.redisURL); err != nil {
+			// The URL may carry a password: neither it nor the parser's
+			// message, which can quote it, is shown.
+			bad(fs.badFlag("redis", "not a Redis URL: want redis://[user:password@]host:port/db, rediss://... or unix:///path/to/socket"))
+		}
+	}
+	if c.presenceTTL < time.Second {
+		bad(fs.badValue("presence-ttl", "want at least 1s"))
 	}
 	if c.logFormat != "text" && c.logFormat != "json" {
 		bad(fs.badValue("log-format", "want text or json"))
@@ -374,12 +384,18 @@ func serveCmd(ctx context.Context, stop func(), args []string, getenv func(strin
 		}
 		return err
 	}
-	bus := fanout.NewMemory(fanout.MemoryConfig{
-		HistorySize: c.historySize, HistoryTTL: c.historyTTL,
-		MaxRooms: c.nodeRooms, MaxHistoryBytes: c.historyBytes, MaxRoomHistoryBytes: c.roomHistBytes,
-	})
+	bus, err := newBus(c, log, reg)
+	if err != nil {
+		ln.Close()
+		if adminLn != nil {
+			adminLn.Close()
+		}
+		if relay != nil {
+			relay.Close()
+		}
+		return err
+	}
 	defer bus.Close()
-	registerMemoryMetrics(reg, bus)
 	gcfg := gatewayConfig(c, log, reg, bus)
 	if relay != nil {
 		defer relay.Close()
@@ -612,6 +628,38 @@ func startSTUN(c *serveConfig, log *slog.Logger, reg prometheus.Registerer) (*st
 		return nil, nil, err
 	}
 	return srv, conn, nil
+}
+
+// newBus is the fan-out of --redis: Redis shared with the other nodes, or
+// this node's memory.
+func newBus(c *serveConfig, log *slog.Logger, reg prometheus.Registerer) (fanout.Bus, error) {
+	if c.redisURL == "" {
+		bus := fanout.NewMemory(fanout.MemoryConfig{
+			HistorySize: c.historySize, HistoryTTL: c.historyTTL,
+			MaxRooms: c.nodeRooms, MaxHistoryBytes: c.historyBytes, MaxRoomHistoryBytes: c.roomHistBytes,
+		})
+		registerMemoryMetrics(reg, bus)
+		return bus, nil
+	}
+	// go-redis logs each failed dial on its own; the bus logs the
+	// connection's state once per change, so the client's lines go to debug.
+	redis.SetLogger(redisLogger{log})
+	bus, err := fanout.NewRedis(fanout.RedisConfig{
+		URL: c.redisURL, NodeID: c.nodeID,
+		HistorySize: c.historySize, HistoryTTL: c.historyTTL, PresenceTTL: c.presenceTTL,
+		Log: log, Registerer: reg,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", c.flags.setting("redis"), err)
+	}
+	return bus, nil
+}
+
+// redisLogger puts go-redis's log lines in the node's log, at debug.
+type redisLogger struct{ log *slog.Logger }
+
+func (l redisLogger) Printf(ctx context.Context, format string, v ...any) {
+	l.log.DebugContext(ctx, fmt.Sprintf(format, v...), "component", "redis-client")
 }
 
 // registerMemoryMetrics exports the in-memory bus's bounds: what it holds and

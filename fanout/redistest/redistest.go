@@ -1,7 +1,7 @@
 // Package redistest runs real redis-server processes for tests. Each listens
 // on a Unix socket in the test's temporary directory, so no port is raced
-// for, and can be killed and started again on the same socket, empty: it
-// keeps nothing on disk.
+// for, and can be killed and started again on the same socket: empty, or,
+// for a server started with StartPersistent, with the data it had.
 //
 // redis-server comes from Debian's redis-server package, which `make test`
 // installs when it is missing. Without it a test is skipped, or fails when CI
@@ -53,6 +53,14 @@ func Start(t testing.TB, args ...string) *Server {
 	s.start()
 	t.Cleanup(s.Stop)
 	return s
+}
+
+// StartPersistent is Start for a server that writes every change to its
+// append-only file before answering, so that RestartKeepingData finds all
+// that it acknowledged, even after Kill.
+func StartPersistent(t testing.TB, args ...string) *Server {
+	t.Helper()
+	return Start(t, append([]string{"--appendonly", "yes", "--appendfsync", "always"}, args...)...)
 }
 
 // URL returns the server's address as a Redis URL (unix://path), the form
@@ -134,7 +142,39 @@ func (s *Server) Kill() {
 func (s *Server) Restart() {
 	s.t.Helper()
 	s.Kill()
+	for _, name := range []string{"appendonlydir", "dump.rdb"} {
+		if err := os.RemoveAll(filepath.Join(s.dir, name)); err != nil {
+			s.t.Fatalf("emptying the data of redis-server: %v", err)
+		}
+	}
 	s.start()
+}
+
+// RestartKeepingData starts the server again on the same socket with the
+// data it had (all of it for a server from StartPersistent); it kills the
+// running one first, if any.
+func (s *Server) RestartKeepingData() {
+	s.t.Helper()
+	s.Kill()
+	s.start()
+}
+
+// Freeze stops the server with SIGSTOP: its connections stay open and
+// nothing answers, as on a host that hangs or a network that drops
+// everything. Thaw undoes it; Stop and Kill end a frozen server too.
+func (s *Server) Freeze() {
+	s.t.Helper()
+	if s.cmd != nil {
+		s.cmd.Process.Signal(syscall.SIGSTOP)
+	}
+}
+
+// Thaw resumes a server that Freeze stopped.
+func (s *Server) Thaw() {
+	s.t.Helper()
+	if s.cmd != nil {
+		s.cmd.Process.Signal(syscall.SIGCONT)
+	}
 }
 
 // Stop ends the server, if it runs.
@@ -143,6 +183,7 @@ func (s *Server) Stop() {
 		return
 	}
 	s.cmd.Process.Signal(syscall.SIGTERM)
+	s.cmd.Process.Signal(syscall.SIGCONT)
 	select {
 	case <-s.done:
 	case <-time.After(5 * time.Second):

@@ -1,0 +1,574 @@
+package fanout
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/redis/go-redis/v9"
+)
+
+var _ Bus = (*Redis)(nil)
+
+// RedisConfig configures a Redis bus. Zero values take the documented defaults.
+type RedisConfig struct {
+	// URL names the Redis server: redis://[user:password@]host:port/db,
+	// rediss:// for TLS, or unix:///path/to/socket. Its dial_timeout,
+	// read_timeout and write_timeout parameters, when given, replace the
+	// bus's 2s; retries are always off (see Redis).
+	URL string
+	// NodeID is this node's name: its topic for Send, and the node of the
+	// members it joins. Every node of a cluster needs its own.
+	NodeID string
+	// HistorySize is how many messages each room keeps; zero means 1000.
+	HistorySize int
+	// HistoryTTL is how long a message stays in history; zero means 24h.
+	HistoryTTL time.Duration
+	// PresenceTTL is how long a member, or a session's address for Send,
+	// outlives the node that stopped renewing it; zero means 30s. The bus
+	// renews its leases, and reaps lapsed ones in the rooms it subscribed
+	// to, every PresenceTTL/3.
+	PresenceTTL time.Duration
+	// Log receives the bus's connection events; nil discards them.
+	Log *slog.Logger
+	// Registerer, when set, gets the bus's metrics (parley_redis_*). Close
+	// unregisters them.
+	Registerer prometheus.Registerer
+}
+
+// RedisStats are a Redis bus's gauges and counters.
+type RedisStats struct {
+	// Connected is true while the bus's pub/sub connection is up and
+	// subscribed: what Ready reports.
+	Connected bool
+	// Reconnects counts connections made again after one was lost.
+	Reconnects uint64
+	// Dropped counts pub/sub payloads that went nowhere: undecodable, or
+	// sent to a session that is no longer on this node.
+	Dropped uint64
+	// Errors counts Redis commands that failed: the bus's calls and its
+	// lease renewals.
+	Errors uint64
+	// Rooms is how many rooms the bus is subscribed to.
+	Rooms int
+	// Members and Sessions are the presence members and session addresses
+	// whose leases the bus renews.
+	Members  int
+	Sessions int
+}
+
+// ErrRedisUnavailable is wrapped in the errors of a Redis bus whose commands
+// fail: Redis is down, unreachable, or refusing them.
+var ErrRedisUnavailable = errors.New("fanout: redis unavailable")
+
+// Redis timings.
+const (
+	// redisTimeout bounds a dial, a read and a write, unless the URL sets
+	// them: an unreachable Redis fails a call within it.
+	redisTimeout = 2 * time.Second
+	// pingInterval is how often the pub/sub connection is pinged, and
+	// pingTimeout how long it may stay silent before it counts as dead.
+	pingInterval = time.Second
+	pingTimeout  = 3 * time.Second
+	// subscribeTimeout bounds how long Subscribe waits for Redis to
+	// confirm a subscription.
+	subscribeTimeout = 5 * time.Second
+	// Reconnects back off exponentially from minBackoff to maxBackoff, with
+	// jitter.
+	minBackoff = 50 * time.Millisecond
+	maxBackoff = 3 * time.Second
+	// minMetaTTL is the least time a room's epoch and offset outlive its
+	// last publication.
+	minMetaTTL = 7 * 24 * time.Hour
+)
+
+// Redis is the Bus of many nodes sharing one Redis: one script per
+// publication assigns the offset, appends to the room's history stream and
+// publishes on the room's channel, so offsets and history never disagree.
+// Each node holds one pub/sub connection, read by one goroutine that calls
+// the handlers; a lost connection is made again with backoff, and every
+// subscribed room's handler then gets HandleResync. Presence and the session
+// directory for Send are leases that the bus renews; a node that stops
+// renewing loses its members, with leave events, within PresenceTTL.
+//
+// Its keys live under "parley:", each of a room's hash-tagged {room} so that
+// a room sits in one Redis Cluster slot. Commands are never retried: a
+// retried publication that had run would publish twice. Close does not
+// leave: the members and session addresses of a closed bus lapse as a dead
+// node's do.
+type Redis struct {
+	cfg       RedisConfig
+	client    redis.UniversalClient
+	log       *slog.Logger
+	metrics   *redisMetrics
+	nodeTopic string
+	// historyMs and so on are the TTLs as scripts take them.
+	historyMs, metaMs, presenceMs, keyMs int64
+
+	closed        atomic.Bool
+	ready         atomic.Bool
+	everConnected atomic.Bool
+	stop          chan struct{}
+	closeOnce     sync.Once
+	wg            sync.WaitGroup
+	// cancel ends the context of the bus's goroutines.
+	cancel context.CancelFunc
+
+	// The pub/sub connection (redis_pubsub.go).
+	mu    sync.Mutex
+	subs  map[string]*subscription // by channel, the node topic among them
+	dirty []*subscription          // changed since the last sync
+	gen   uint64                   // the connection now current
+	// initial is how many subscriptions of the connection's first SUBSCRIBE
+	// Redis has still to confirm; it is ready when none is left.
+	initial  int
+	kick     chan struct{}
+	lastRecv atomic.Int64 // Unix ns of the latest reply on the connection
+
+	// Leases (redis_lease.go). leaseMu is held for reading by calls that
+	// change them and for writing while a batch is renewed, so that a
+	// renewal never brings back what a Leave or an Unregister removed.
+	leaseMu  sync.RWMutex
+	lmu      sync.Mutex
+	members  map[string]map[string]string // room -> session -> member
+	smu      sync.RWMutex
+	sessions map[string]*sessionEntry
+	renewNow chan struct{}
+
+	reconnects, dropped, errors atomic.Uint64
+}
+
+// sessionEntry is a registered session.
+type sessionEntry struct{ deliver func([]byte) }
+
+// NewRedis returns a Redis bus. It fails only on a bad config; it connects
+// in the background, and is not Ready until connected.
+func NewRedis(cfg RedisConfig) (*Redis, error) {
+	if cfg.NodeID == "" {
+		return nil, errors.New("fanout: RedisConfig.NodeID is empty")
+	}
+	opt, err := redis.ParseURL(cfg.URL)
+	if err != nil {
+		return nil, fmt.Errorf("fanout: RedisConfig.URL: %w", err)
+	}
+	for _, f := range []struct {
+		name string
+		bad  bool
+	}{
+		{"HistorySize", cfg.HistorySize < 0},
+		{"HistoryTTL", cfg.HistoryTTL < 0},
+		{"PresenceTTL", cfg.PresenceTTL < 0},
+	} {
+		if f.bad {
+			return nil, fmt.Errorf("fanout: RedisConfig.%s is negative", f.name)
+		}
+	}
+	if cfg.HistorySize == 0 {
+		cfg.HistorySize = 1000
+	}
+	if cfg.HistoryTTL == 0 {
+		cfg.HistoryTTL = 24 * time.Hour
+	}
+	if cfg.PresenceTTL == 0 {
+		cfg.PresenceTTL = 30 * time.Second
+	}
+	// Redis takes TTLs in whole milliseconds, and leases are renewed every
+	// third of theirs.
+	if cfg.HistoryTTL < time.Millisecond {
+		return nil, errors.New("fanout: RedisConfig.HistoryTTL is below 1ms")
+	}
+	if cfg.PresenceTTL < 3*time.Millisecond {
+		return nil, errors.New("fanout: RedisConfig.PresenceTTL is below 3ms")
+	}
+	if cfg.Log == nil {
+		cfg.Log = slog.New(slog.DiscardHandler)
+	}
+	// A retried command may have run: a publication would go out twice.
+	opt.MaxRetries = -1
+	opt.DialerRetries = 1
+	opt.ContextTimeoutEnabled = true
+	for _, d := range []*time.Duration{&opt.DialTimeout, &opt.ReadTimeout, &opt.WriteTimeout} {
+		if *d == 0 {
+			*d = redisTimeout
+		}
+	}
+	if opt.PoolTimeout == 0 {
+		opt.PoolTimeout = opt.ReadTimeout
+	}
+
+	r := &Redis{
+		cfg:        cfg,
+		client:     redis.NewClient(opt),
+		log:        cfg.Log.With("component", "redis"),
+		metrics:    newRedisMetrics(),
+		nodeTopic:  nodeChannelPrefix + cfg.NodeID,
+		historyMs:  cfg.HistoryTTL.Milliseconds(),
+		metaMs:     max(2*cfg.HistoryTTL, minMetaTTL).Milliseconds(),
+		presenceMs: cfg.PresenceTTL.Milliseconds(),
+		keyMs:      IdempotencyWindow.Milliseconds(),
+		stop:       make(chan struct{}),
+		subs:       make(map[string]*subscription),
+		kick:       make(chan struct{}, 1),
+		members:    make(map[string]map[string]string),
+		sessions:   make(map[string]*sessionEntry),
+		renewNow:   make(chan struct{}, 1),
+	}
+	if err := r.metrics.register(cfg.Registerer); err != nil {
+		r.client.Close()
+		return nil, err
+	}
+	r.subs[r.nodeTopic] = &subscription{channel: r.nodeTopic, wanted: true, ready: make(chan struct{})}
+	ctx, cancel := context.WithCancel(context.Background())
+	r.cancel = cancel
+	r.wg.Add(2)
+	go r.run(ctx)
+	go r.renewLoop(ctx)
+	return r, nil
+}
+
+// Stats returns the bus's gauges and counters.
+func (r *Redis) Stats() RedisStats {
+	st := RedisStats{
+		Connected:  r.Ready(),
+		Reconnects: r.reconnects.Load(),
+		Dropped:    r.dropped.Load(),
+		Errors:     r.errors.Load(),
+	}
+	r.mu.Lock()
+	for _, s := range r.subs {
+		if s.wanted && s.room != "" {
+			st.Rooms++
+		}
+	}
+	r.mu.Unlock()
+	r.lmu.Lock()
+	for _, ms := range r.members {
+		st.Members += len(ms)
+	}
+	r.lmu.Unlock()
+	r.smu.RLock()
+	st.Sessions = len(r.sessions)
+	r.smu.RUnlock()
+	return st
+}
+
+// check returns ctx's error, or ErrClosed after Close.
+func (r *Redis) check(ctx context.Context) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if r.closed.Load() {
+		return ErrClosed
+	}
+	return nil
+}
+
+// fail turns the error of a Redis command into the bus's: the caller's
+// context error, ErrClosed, or ErrRedisUnavailable wrapping the cause.
+func (r *Redis) fail(ctx context.Context, op string, err error) error {
+	if cerr := ctx.Err(); cerr != nil {
+		return fmt.Errorf("fanout: %s: %w", op, cerr)
+	}
+	if r.closed.Load() || errors.Is(err, redis.ErrClosed) {
+		return ErrClosed
+	}
+	r.errors.Add(1)
+	r.metrics.errors.Inc()
+	return fmt.Errorf("%w: %s: %w", ErrRedisUnavailable, op, err)
+}
+
+// Publish implements Bus.
+func (r *Redis) Publish(ctx context.Context, room string, p Publication) (PublishResult, error) {
+	if err := r.check(ctx); err != nil {
+		return PublishResult{}, err
+	}
+	meta, hist := roomKeys(room)
+	keys := []string{meta, hist}
+	if p.Key != "" {
+		keys = append(keys, keyKey(room, p.Key))
+	}
+	res, err := publishScript.Run(ctx, r.client, keys,
+		NewEpoch(), []byte(p.Data), p.From, r.cfg.HistorySize, r.historyMs, r.metaMs, r.keyMs, roomChannel(room)).Slice()
+	if err != nil {
+		return PublishResult{}, r.fail(ctx, "publish", err)
+	}
+	out, ok := parsePublish(res)
+	if !ok {
+		return PublishResult{}, r.fail(ctx, "publish", fmt.Errorf("unexpected reply %v", res))
+	}
+	return out, nil
+}
+
+func parsePublish(res []any) (PublishResult, bool) {
+	if len(res) == 2 && res[0] == int64(1) {
+		first, _ := res[1].(string)
+		i := strings.LastIndexByte(first, ':')
+		if i < 0 {
+			return PublishResult{}, false
+		}
+		off, err := strconv.ParseUint(first[i+1:], 10, 64)
+		return PublishResult{Position: Position{Epoch: first[:i], Offset: off}, Duplicate: true}, err == nil
+	}
+	if len(res) != 3 {
+		return PublishResult{}, false
+	}
+	epoch, ok1 := res[1].(string)
+	off, ok2 := res[2].(int64)
+	return PublishResult{Position: Position{Epoch: epoch, Offset: uint64(off)}}, ok1 && ok2 && off > 0
+}
+
+// History implements Bus. Reading a room that has no epoch yet (a new room,
+// or one that Redis lost) gives it one, kept for HistoryTTL unless a
+// publication comes, so that the position it answers can be resumed from: a
+// client that saw the room empty recovers its first messages, and a client
+// of an epoch that Redis lost gets Recovered false and the new epoch.
+func (r *Redis) History(ctx context.Context, room string, q HistoryQuery) (History, error) {
+	if err := r.check(ctx); err != nil {
+		return History{}, err
+	}
+	limit := min(max(q.Limit, 0), r.cfg.HistorySize)
+	since, sinceEpoch, sinceOffset := "0", "", "0"
+	if q.Since != nil {
+		since, sinceEpoch, sinceOffset = "1", q.Since.Epoch, strconv.FormatUint(q.Since.Offset, 10)
+	}
+	meta, hist := roomKeys(room)
+	res, err := historyScript.Run(ctx, r.client, []string{meta, hist},
+		NewEpoch(), r.historyMs, r.historyMs, since, sinceEpoch, sinceOffset, limit).Slice()
+	if err != nil {
+		return History{}, r.fail(ctx, "history", err)
+	}
+	h, ok := parseHistory(room, res)
+	if !ok {
+		return History{}, r.fail(ctx, "history", fmt.Errorf("unexpected reply of %d values", len(res)))
+	}
+	return h, nil
+}
+
+func parseHistory(room string, res []any) (History, bool) {
+	if len(res) < 3 || (len(res)-3)%4 != 0 {
+		return History{}, false
+	}
+	epoch, ok1 := res[0].(string)
+	top, ok2 := res[1].(int64)
+	rec, ok3 := res[2].(int64)
+	if !ok1 || !ok2 || !ok3 {
+		return History{}, false
+	}
+	h := History{Top: Position{Epoch: epoch, Offset: uint64(top)}, Recovered: rec == 1}
+	if n := (len(res) - 3) / 4; n > 0 {
+		h.Messages = make([]*Message, 0, n)
+	}
+	for i := 3; i < len(res); i += 4 {
+		id, _ := res[i].(string)
+		ts, _ := res[i+1].(string)
+		from, _ := res[i+2].(string)
+		data, _ := res[i+3].(string)
+		off, err := strconv.ParseUint(strings.TrimSuffix(id, "-0"), 10, 64)
+		if err != nil {
+			return History{}, false
+		}
+		t, _ := strconv.ParseInt(ts, 10, 64)
+		h.Messages = append(h.Messages, &Message{Room: room, Offset: off, Epoch: epoch, Data: []byte(data), From: from, Time: t})
+	}
+	return h, true
+}
+
+// Join implements Bus.
+func (r *Redis) Join(ctx context.Context, room string, m Member) error {
+	_, err := r.join(ctx, room, m, -1, false)
+	return err
+}
+
+// Enter implements Bus.
+func (r *Redis) Enter(ctx context.Context, room string, m Member, max int) ([]Member, error) {
+	return r.join(ctx, room, m, max, true)
+}
+
+// join joins m and takes its lease, listing the other members when list is
+// set; max > 0 refuses a new member past it.
+func (r *Redis) join(ctx context.Context, room string, m Member, max int, list bool) ([]Member, error) {
+	if err := r.check(ctx); err != nil {
+		return nil, err
+	}
+	enc := encodeMember(m)
+	r.leaseMu.RLock()
+	defer r.leaseMu.RUnlock()
+	res, err := joinScript.Run(ctx, r.client, presenceKeys(room),
+		roomChannel(room), r.presenceMs, m.Session, enc, max, boolArg(list)).Slice()
+	if err != nil {
+		return nil, r.fail(ctx, "join", err)
+	}
+	if len(res) == 0 || res[0] != int64(1) {
+		return nil, ErrFull
+	}
+	r.lmu.Lock()
+	ms := r.members[room]
+	if ms == nil {
+		ms = make(map[string]string)
+		r.members[room] = ms
+	}
+	ms[m.Session] = enc
+	r.lmu.Unlock()
+	if !list {
+		return nil, nil
+	}
+	others := make([]Member, 0, len(res)-1)
+	for _, v := range res[1:] {
+		if s, ok := v.(string); ok {
+			if mem, ok := decodeMember(s); ok {
+				others = append(others, mem)
+			}
+		}
+	}
+	return others, nil
+}
+
+func boolArg(b bool) string {
+	if b {
+		return "1"
+	}
+	return "0"
+}
+
+// Leave implements Bus.
+func (r *Redis) Leave(ctx context.Context, room string, m Member) error {
+	if err := r.check(ctx); err != nil {
+		return err
+	}
+	r.leaseMu.RLock()
+	defer r.leaseMu.RUnlock()
+	err := leaveScript.Run(ctx, r.client, presenceKeys(room), roomChannel(room), r.presenceMs, m.Session).Err()
+	if err != nil {
+		return r.fail(ctx, "leave", err)
+	}
+	r.lmu.Lock()
+	if ms := r.members[room]; ms != nil {
+		delete(ms, m.Session)
+		if len(ms) == 0 {
+			delete(r.members, room)
+		}
+	}
+	r.lmu.Unlock()
+	return nil
+}
+
+// Presence implements Bus. It reaps lapsed leases first, so a page never
+// lists the member of a node that died.
+func (r *Redis) Presence(ctx context.Context, room string, q PresenceQuery) (PresencePage, error) {
+	limit, after, err := q.parse()
+	if err != nil {
+		return PresencePage{}, err
+	}
+	if err := r.check(ctx); err != nil {
+		return PresencePage{}, err
+	}
+	res, err := presenceScript.Run(ctx, r.client, presenceKeys(room), roomChannel(room), r.presenceMs, after, limit).Slice()
+	if err != nil {
+		return PresencePage{}, r.fail(ctx, "presence", err)
+	}
+	if len(res) < 2 || len(res)%2 != 0 {
+		return PresencePage{}, r.fail(ctx, "presence", fmt.Errorf("unexpected reply of %d values", len(res)))
+	}
+	total, _ := res[0].(int64)
+	page := PresencePage{Total: int(total), Members: make([]Member, 0, (len(res)-2)/2)}
+	var last string
+	for i := 2; i < len(res); i += 2 {
+		last, _ = res[i].(string)
+		if s, ok := res[i+1].(string); ok {
+			if m, ok := decodeMember(s); ok {
+				page.Members = append(page.Members, m)
+			}
+		}
+	}
+	if res[1] == int64(1) && last != "" {
+		page.Next = presenceCursor(last)
+	}
+	return page, nil
+}
+
+// Register implements Bus.
+func (r *Redis) Register(ctx context.Context, session string, deliver func(data []byte)) error {
+	if err := r.check(ctx); err != nil {
+		return err
+	}
+	e := &sessionEntry{deliver: deliver}
+	r.leaseMu.RLock()
+	defer r.leaseMu.RUnlock()
+	r.smu.Lock()
+	r.sessions[session] = e
+	r.smu.Unlock()
+	if err := r.client.Set(ctx, sessionKey(session), r.cfg.NodeID, r.cfg.PresenceTTL).Err(); err != nil {
+		r.smu.Lock()
+		if r.sessions[session] == e {
+			delete(r.sessions, session)
+		}
+		r.smu.Unlock()
+		return r.fail(ctx, "register", err)
+	}
+	return nil
+}
+
+// Unregister implements Bus.
+func (r *Redis) Unregister(ctx context.Context, session string) error {
+	if err := r.check(ctx); err != nil {
+		return err
+	}
+	r.leaseMu.RLock()
+	defer r.leaseMu.RUnlock()
+	r.smu.Lock()
+	delete(r.sessions, session)
+	r.smu.Unlock()
+	if err := releaseScript.Run(ctx, r.client, []string{sessionKey(session)}, r.cfg.NodeID).Err(); err != nil {
+		return r.fail(ctx, "unregister", err)
+	}
+	return nil
+}
+
+// Send implements Bus. A session registered on this node gets data in the
+// caller's goroutine; any other goes through its node's channel.
+func (r *Redis) Send(ctx context.Context, session string, data []byte) error {
+	if err := r.check(ctx); err != nil {
+		return err
+	}
+	r.smu.RLock()
+	e := r.sessions[session]
+	r.smu.RUnlock()
+	if e != nil {
+		e.deliver(data)
+		return nil
+	}
+	n, err := sendScript.Run(ctx, r.client, []string{sessionKey(session)}, nodeChannelPrefix, encodeSend(session, data)).Int()
+	if err != nil {
+		return r.fail(ctx, "send", err)
+	}
+	if n == 0 {
+		return ErrNoSession
+	}
+	return nil
+}
+
+// Ready implements Bus: the pub/sub connection is up and Redis has
+// confirmed its subscriptions.
+func (r *Redis) Ready() bool { return r.ready.Load() && !r.closed.Load() }
+
+// Close implements Bus: it stops the bus's goroutines and closes its
+// connections. Members and session addresses are left to lapse.
+func (r *Redis) Close() error {
+	r.closeOnce.Do(func() {
+		r.closed.Store(true)
+		close(r.stop)
+		r.cancel()
+		r.wg.Wait()
+		r.setReady(false)
+		r.metrics.unregister(r.cfg.Registerer)
+		r.client.Close()
+	})
+	return nil
+}

@@ -1,0 +1,386 @@
+package fanout
+
+import (
+	"strconv"
+	"strings"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// The Redis bus keeps everything under keyPrefix. Every key and the channel
+// of a room carry the room as a hash tag, {room}, so that a room lives in one
+// Redis Cluster slot and one script can touch all of it:
+//
+//	parley:{room}            the room's channel: messages and presence events
+//	parley:{room}:m          hash: epoch, offset (outlives the history)
+//	parley:{room}:h          stream of the history, entry ids <offset>-0,
+//	                         fields data, from, time (Unix ns, Redis's clock)
+//	parley:{room}:k:<key>    an idempotency key: "<epoch>:<offset>"
+//	parley:{room}:p          hash: session -> member (encodeMember)
+//	parley:{room}:pe         sorted set: session -> lease expiry (Unix ms)
+//	parley:{room}:pl         sorted set: session at score 0, for pages in
+//	                         session order (ZRANGEBYLEX)
+//	parley:s:{session}       a session's address for Send: the node id
+//	parley:node:<node>       a node's channel: what Send addresses to it
+//
+// Room names have no braces (PROTOCOL.md), so no two rooms' keys meet.
+// Redis's clock times everything stored, so nodes' clocks need not agree.
+const keyPrefix = "parley:"
+
+// roomChannel is the room's channel, and the prefix of its keys.
+func roomChannel(room string) string { return keyPrefix + "{" + room + "}" }
+
+func roomKeys(room string) (meta, hist string) {
+	c := roomChannel(room)
+	return c + ":m", c + ":h"
+}
+
+func keyKey(room, key string) string { return roomChannel(room) + ":k:" + key }
+
+func presenceKeys(room string) []string {
+	c := roomChannel(room)
+	return []string{c + ":p", c + ":pe", c + ":pl"}
+}
+
+func sessionKey(session string) string { return keyPrefix + "s:{" + session + "}" }
+
+// nodeChannelPrefix, followed by a node id, is that node's channel.
+const nodeChannelPrefix = keyPrefix + "node:"
+
+// luaCommon is the start of every presence script: the time from Redis's
+// clock, integer formatting for arguments, reaping of lapsed leases (a leave
+// event for each) and the presence keys' expiry, which follows the last
+// lease.
+const luaCommon = `
+local function int(x) return string.format('%d', x) end
+local function now_ms()
+	local t = redis.call('TIME')
+	return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local function reap(p, pe, pl, ch, now)
+	local dead = redis.call('ZRANGEBYSCORE', pe, '-inf', '(' .. int(now))
+	for i = 1, #dead do
+		local s = dead[i]
+		local v = redis.call('HGET', p, s)
+		redis.call('HDEL', p, s)
+		redis.call('ZREM', pl, s)
+		if v then redis.call('PUBLISH', ch, 'l' .. v) end
+	end
+	if #dead > 0 then redis.call('ZREMRANGEBYSCORE', pe, '-inf', '(' .. int(now)) end
+	return #dead
+end
+local function keep(p, pe, pl, ttl)
+	local last = redis.call('ZRANGE', pe, -1, -1, 'WITHSCORES')
+	if #last == 0 then
+		redis.call('DEL', p, pe, pl)
+		return
+	end
+	local at = int(tonumber(last[2]) + ttl)
+	redis.call('PEXPIREAT', p, at)
+	redis.call('PEXPIREAT', pe, at)
+	redis.call('PEXPIREAT', pl, at)
+end
+local p, pe, pl = KEYS[1], KEYS[2], KEYS[3]
+local ch, ttl = ARGV[1], tonumber(ARGV[2])
+local now = now_ms()
+`
+
+// publishScript appends a message and publishes it, or answers a repeated
+// idempotency key with the first publication's position.
+//
+// KEYS: meta, history[, key]. ARGV: epoch for a room without one, data,
+// from, history size, history TTL ms, meta TTL ms, key TTL ms, channel.
+// Returns {0, epoch, offset}, or {1, "<epoch>:<offset>"} for a repeat.
+//
+// A room without meta (new, or Redis lost it) starts in the given epoch with
+// an empty history. The payload published is
+// m<epoch>:<offset>:<time ns>:<len(from)>:<from><data>.
+var publishScript = redis.NewScript(`
+local meta, hist = KEYS[1], KEYS[2]
+if #KEYS > 2 then
+	local first = redis.call('GET', KEYS[3])
+	if first then return {1, first} end
+end
+local epoch = redis.call('HGET', meta, 'epoch')
+if not epoch then
+	epoch = ARGV[1]
+	redis.call('HSET', meta, 'epoch', epoch)
+	redis.call('DEL', hist)
+end
+local id = string.format('%d', redis.call('HINCRBY', meta, 'offset', 1))
+local t = redis.call('TIME')
+local ts = t[1] .. string.format('%06d', tonumber(t[2])) .. '000'
+local data, from = ARGV[2], ARGV[3]
+redis.call('XADD', hist, 'MAXLEN', ARGV[4], id .. '-0', 'data', data, 'from', from, 'time', ts)
+redis.call('PEXPIRE', hist, ARGV[5])
+redis.call('PEXPIRE', meta, ARGV[6])
+if #KEYS > 2 then redis.call('SET', KEYS[3], epoch .. ':' .. id, 'PX', ARGV[7]) end
+redis.call('PUBLISH', ARGV[8], 'm' .. epoch .. ':' .. id .. ':' .. ts .. ':' .. #from .. ':' .. from .. data)
+return {0, epoch, tonumber(id)}
+`)
+
+// historyScript reads a room's position and history. A room without meta
+// gets one, in the given epoch, so that its position always has an epoch.
+// Messages older than the history TTL count as gone.
+//
+// KEYS: meta, history. ARGV: epoch for a room without one, history TTL ms,
+// TTL ms of meta made here, "1" when since is given, since epoch, since
+// offset, limit. Returns {epoch, top, recovered 0/1, then id, time, from,
+// data per message, oldest first}.
+var historyScript = redis.NewScript(`
+local meta, hist = KEYS[1], KEYS[2]
+local epoch = redis.call('HGET', meta, 'epoch')
+if not epoch then
+	epoch = ARGV[1]
+	redis.call('HSET', meta, 'epoch', epoch)
+	redis.call('PEXPIRE', meta, ARGV[3])
+	redis.call('DEL', hist)
+end
+local top = tonumber(redis.call('HGET', meta, 'offset') or '0')
+local t = redis.call('TIME')
+local cutoff = tonumber(t[1]) * 1e9 + tonumber(t[2]) * 1e3 - tonumber(ARGV[2]) * 1e6
+local limit = tonumber(ARGV[7])
+local out = {epoch, top, 0}
+local function add(e)
+	local f = e[2]
+	local data, from, ts = '', '', '0'
+	for i = 1, #f, 2 do
+		if f[i] == 'data' then data = f[i + 1]
+		elseif f[i] == 'from' then from = f[i + 1]
+		elseif f[i] == 'time' then ts = f[i + 1] end
+	end
+	if tonumber(ts) < cutoff then return false end
+	out[#out + 1] = e[1]
+	out[#out + 1] = ts
+	out[#out + 1] = from
+	out[#out + 1] = data
+	return true
+end
+if ARGV[4] == '1' then
+	local since = tonumber(ARGV[6])
+	if ARGV[5] ~= epoch or since > top then return out end
+	if since == top then
+		out[3] = 1
+		return out
+	end
+	local first = string.format('%d', since + 1) .. '-0'
+	local r
+	if limit > 0 then
+		r = redis.call('XRANGE', hist, first, '+', 'COUNT', limit)
+	else
+		r = redis.call('XRANGE', hist, first, '+')
+	end
+	if #r == 0 or r[1][1] ~= first or not add(r[1]) then return out end
+	out[3] = 1
+	for i = 2, #r do add(r[i]) end
+	return out
+end
+if limit <= 0 then return out end
+local r = redis.call('XREVRANGE', hist, '+', '-', 'COUNT', limit)
+for i = #r, 1, -1 do add(r[i]) end
+return out
+`)
+
+// joinScript joins a member, publishing a join event when it is new.
+//
+// KEYS: presence keys. ARGV: channel, lease ms, session, member, max, "1"
+// to list the others. Returns {1, members...} (the other members, in
+// session order, when listed), or {0} when max refuses the member.
+var joinScript = redis.NewScript(luaCommon + `
+local s, v = ARGV[3], ARGV[4]
+local max, list = tonumber(ARGV[5]), ARGV[6] == '1'
+reap(p, pe, pl, ch, now)
+local known = redis.call('HEXISTS', p, s) == 1
+local out = {1}
+if list then
+	local ss = redis.call('ZRANGE', pl, 0, -1)
+	local n = #ss
+	if known then n = n - 1 end
+	if max > 0 and n >= max then return {0} end
+	for i = 1, #ss do
+		if ss[i] ~= s then out[#out + 1] = redis.call('HGET', p, ss[i]) end
+	end
+end
+redis.call('HSET', p, s, v)
+redis.call('ZADD', pe, int(now + ttl), s)
+redis.call('ZADD', pl, 0, s)
+if not known then redis.call('PUBLISH', ch, 'j' .. v) end
+keep(p, pe, pl, ttl)
+return out
+`)
+
+// leaveScript removes a member, publishing a leave event when it was there.
+//
+// KEYS: presence keys. ARGV: channel, lease ms, session.
+var leaveScript = redis.NewScript(luaCommon + `
+local n = reap(p, pe, pl, ch, now)
+local v = redis.call('HGET', p, ARGV[3])
+if v then
+	redis.call('HDEL', p, ARGV[3])
+	redis.call('ZREM', pe, ARGV[3])
+	redis.call('ZREM', pl, ARGV[3])
+	redis.call('PUBLISH', ch, 'l' .. v)
+end
+if v or n > 0 then keep(p, pe, pl, ttl) end
+return 0
+`)
+
+// renewScript renews the leases of one node's members of a room, adding
+// back (with a join event) any that the room lost, and reaps lapsed ones.
+//
+// KEYS: presence keys. ARGV: channel, lease ms, then session, member pairs.
+var renewScript = redis.NewScript(luaCommon + `
+local n = reap(p, pe, pl, ch, now)
+local lease = int(now + ttl)
+for i = 3, #ARGV, 2 do
+	local s, v = ARGV[i], ARGV[i + 1]
+	if redis.call('HSETNX', p, s, v) == 1 then
+		redis.call('ZADD', pl, 0, s)
+		redis.call('PUBLISH', ch, 'j' .. v)
+	end
+	redis.call('ZADD', pe, lease, s)
+end
+if #ARGV > 2 or n > 0 then keep(p, pe, pl, ttl) end
+return n
+`)
+
+// presenceScript reaps, then reads one page of members.
+//
+// KEYS: presence keys. ARGV: channel, lease ms, the session the page starts
+// after ("" for the first page), limit. Returns {total, 1 if more follow,
+// then session, member per member}.
+var presenceScript = redis.NewScript(luaCommon + `
+local after, limit = ARGV[3], tonumber(ARGV[4])
+if reap(p, pe, pl, ch, now) > 0 then keep(p, pe, pl, ttl) end
+local min = '-'
+if after ~= '' then min = '(' .. after end
+local ss = redis.call('ZRANGEBYLEX', pl, min, '+', 'LIMIT', 0, limit + 1)
+local n, more = #ss, 0
+if n > limit then n, more = limit, 1 end
+local out = {redis.call('ZCARD', pl), more}
+for i = 1, n do
+	out[#out + 1] = ss[i]
+	out[#out + 1] = redis.call('HGET', p, ss[i])
+end
+return out
+`)
+
+// sendScript publishes a payload on the channel of the node that holds a
+// session. KEYS: the session's address. ARGV: node channel prefix, payload.
+// Returns 1, or 0 when no node holds the session.
+var sendScript = redis.NewScript(`
+local node = redis.call('GET', KEYS[1])
+if not node then return 0 end
+redis.call('PUBLISH', ARGV[1] .. node, ARGV[2])
+return 1
+`)
+
+// claimScript renews a session's address unless another node holds it now.
+// KEYS: the session's address. ARGV: node id, lease ms.
+var claimScript = redis.NewScript(`
+local cur = redis.call('GET', KEYS[1])
+if cur and cur ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+`)
+
+// releaseScript removes a session's address if this node holds it.
+// KEYS: the session's address. ARGV: node id.
+var releaseScript = redis.NewScript(`
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+`)
+
+// appendField appends s length-prefixed: <len>:<s>.
+func appendField(b []byte, s string) []byte {
+	b = strconv.AppendInt(b, int64(len(s)), 10)
+	b = append(b, ':')
+	return append(b, s...)
+}
+
+// cutField reads a field that appendField wrote from the start of s.
+func cutField(s string) (field, rest string, ok bool) {
+	i := strings.IndexByte(s, ':')
+	if i <= 0 {
+		return "", "", false
+	}
+	n, err := strconv.Atoi(s[:i])
+	if err != nil || n < 0 || n > len(s)-i-1 {
+		return "", "", false
+	}
+	return s[i+1 : i+1+n], s[i+1+n:], true
+}
+
+// cutUint reads a decimal number ended by ':'.
+func cutUint(s string) (uint64, string, bool) {
+	i := strings.IndexByte(s, ':')
+	if i <= 0 {
+		return 0, "", false
+	}
+	n, err := strconv.ParseUint(s[:i], 10, 64)
+	return n, s[i+1:], err == nil
+}
+
+// encodeMember is a member as presence keeps it: user, session and node,
+// each length-prefixed.
+func encodeMember(m Member) string {
+	b := make([]byte, 0, len(m.User)+len(m.Session)+len(m.Node)+12)
+	b = appendField(b, m.User)
+	b = appendField(b, m.Session)
+	return string(appendField(b, m.Node))
+}
+
+func decodeMember(s string) (Member, bool) {
+	var m Member
+	var ok bool
+	if m.User, s, ok = cutField(s); !ok {
+		return Member{}, false
+	}
+	if m.Session, s, ok = cutField(s); !ok {
+		return Member{}, false
+	}
+	if m.Node, s, ok = cutField(s); !ok || s != "" {
+		return Member{}, false
+	}
+	return m, true
+}
+
+// decodeMessage decodes a message payload (see publishScript), without its
+// leading 'm'.
+func decodeMessage(room, s string) (*Message, bool) {
+	i := strings.IndexByte(s, ':')
+	if i <= 0 {
+		return nil, false
+	}
+	m := &Message{Room: room, Epoch: s[:i]}
+	s = s[i+1:]
+	var t uint64
+	var ok bool
+	if m.Offset, s, ok = cutUint(s); !ok {
+		return nil, false
+	}
+	if t, s, ok = cutUint(s); !ok {
+		return nil, false
+	}
+	m.Time = int64(t)
+	if m.From, s, ok = cutField(s); !ok {
+		return nil, false
+	}
+	m.Data = []byte(s)
+	return m, true
+}
+
+// encodeSend is what Send publishes on a node's channel: the session,
+// length-prefixed, then the data.
+func encodeSend(session string, data []byte) []byte {
+	b := make([]byte, 0, len(session)+len(data)+8)
+	return append(appendField(b, session), data...)
+}
+
+func decodeSend(s string) (session string, data []byte, ok bool) {
+	session, rest, ok := cutField(s)
+	if !ok {
+		return "", nil, false
+	}
+	return session, []byte(rest), true
+}
