@@ -19,6 +19,11 @@ type metrics struct {
 	errorsSent      *prometheus.CounterVec
 	heartbeatClose  prometheus.Counter
 	draining        prometheus.Gauge
+	// The hub's repairs of what the bus delivers (see hub).
+	gapFills         prometheus.Counter
+	gapMessages      prometheus.Counter
+	continuityBreaks prometheus.Counter
+	duplicates       prometheus.Counter
 
 	// out is messagesOut resolved per transport, for the write path.
 	out [2]prometheus.Counter
@@ -66,6 +71,18 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		draining: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "parley_draining", Help: "1 while the node drains its clients.",
 		}),
+		gapFills: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "parley_gap_fills_total", Help: "Gap fills started: a room read its history because the bus skipped a message, delivered another epoch, or resubscribed.",
+		}),
+		gapMessages: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "parley_gap_messages_total", Help: "Room messages that gap fills read from history and delivered to the room's sessions on this node.",
+		}),
+		continuityBreaks: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "parley_continuity_breaks_total", Help: "Rooms whose history no longer reached their position on this node (a new epoch, or a gap that aged out): their sessions were told to reconnect.",
+		}),
+		duplicates: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "parley_duplicates_dropped_total", Help: "Room messages the bus delivered at or below the room's position on this node, dropped.",
+		}),
 	}
 	// Every transport's series exists from the start, at zero.
 	for _, t := range []transportKind{transportWS, transportSSE} {
@@ -82,7 +99,8 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	m.out[transportSSE] = m.messagesOut.WithLabelValues(transportSSE.String())
 	if reg != nil {
 		reg.MustRegister(m.connections, m.connsTotal, m.rejected, m.messagesIn, m.messagesOut,
-			m.deliveryLatency, m.publishLatency, m.slowConsumers, m.replayRefused, m.errorsSent, m.heartbeatClose, m.draining)
+			m.deliveryLatency, m.publishLatency, m.slowConsumers, m.replayRefused, m.errorsSent, m.heartbeatClose, m.draining,
+			m.gapFills, m.gapMessages, m.continuityBreaks, m.duplicates)
 	}
 	return m
 }

@@ -396,6 +396,7 @@ func (srv *Server) Shutdown(ctx context.Context) error {
 	srv.sessMu.Unlock()
 	close(srv.hbStop)
 	srv.cancel()
+	srv.hub.stop()
 	srv.goroutines.Wait()
 	srv.log.Info("drained", "took", time.Since(start).Round(time.Millisecond))
 	return err

@@ -80,6 +80,7 @@ type session struct {
 	replaying int // bytes of replay in queue
 	writing   bool
 	closed    bool
+	leaving   bool // leave has queued a reconnect notice and the close after it
 	// abort, for SSE, ends a write in progress (set before register).
 	abort func()
 	// closeCode and closeReason say why the node closed the session, for
@@ -310,6 +311,23 @@ func (s *session) closeNow(code websocket.StatusCode, reason string) {
 // been written.
 func (s *session) closeAfterFlush(code websocket.StatusCode, reason string) {
 	s.enqueue(&frame{kind: kindClose, code: code, reason: reason})
+}
+
+// leave tells the client to reconnect after about after and resume (a
+// reconnect frame with reason), then closes the session as a drain does, once
+// the notice is written: 1012 on WebSocket, the end of the stream on SSE. Only
+// the first call does anything. Like drain's notice, the frame is no live
+// frame: a session near its queue bound is still told.
+func (s *session) leave(after time.Duration, reason string) {
+	s.mu.Lock()
+	told := s.leaving
+	s.leaving = true
+	s.mu.Unlock()
+	if told {
+		return
+	}
+	s.push(&frame{b: mustJSON(reconnectFrame{Type: "reconnect", AfterMS: after.Milliseconds(), Reason: reason}), kind: kindReconnect}, classReply)
+	s.closeAfterFlush(closeDraining, reason)
 }
 
 // isClosed reports whether the session has been closed.
