@@ -33,8 +33,9 @@ type RedisConfig struct {
 	HistoryTTL time.Duration
 	// PresenceTTL is how long a member, or a session's address for Send,
 	// outlives the node that stopped renewing it; zero means 30s. The bus
-	// renews its leases, and reaps lapsed ones in the rooms it subscribed
-	// to, every PresenceTTL/3.
+	// renews its leases, and reaps lapsed ones in the rooms where it has
+	// members and the subscribed rooms it has seen presence in, every
+	// PresenceTTL/3.
 	PresenceTTL time.Duration
 	// Log receives the bus's connection events; nil discards them.
 	Log *slog.Logger
@@ -87,6 +88,13 @@ const (
 	// minMetaTTL is the least time a room's epoch and offset outlive its
 	// last publication.
 	minMetaTTL = 7 * 24 * time.Hour
+	// handoffTimeout bounds how long Register waits for the node whose
+	// registration it replaced to let go of the session.
+	handoffTimeout = time.Second
+	// letGoBacklog bounds the answers to replaced registrations waiting to
+	// be published; past it the registering node stops waiting at
+	// handoffTimeout.
+	letGoBacklog = 256
 )
 
 // Redis is the Bus of many nodes sharing one Redis: one script per
@@ -97,6 +105,10 @@ const (
 // subscribed room's handler then gets HandleResync. Presence and the session
 // directory for Send are leases that the bus renews; a node that stops
 // renewing loses its members, with leave events, within PresenceTTL.
+//
+// A call that fails may still have run in Redis (its deadline passed after
+// Redis ran it): the bus then holds no lease of what it may have added, which
+// lapses within PresenceTTL, and renews nothing that it may have removed.
 //
 // Its keys live under "parley:", each of a room's hash-tagged {room} so that
 // a room sits in one Redis Cluster slot. Commands are never retried: a
@@ -132,21 +144,37 @@ type Redis struct {
 	kick     chan struct{}
 	lastRecv atomic.Int64 // Unix ns of the latest reply on the connection
 
-	// Leases (redis_lease.go). leaseMu is held for reading by calls that
-	// change them and for writing while a batch is renewed, so that a
-	// renewal never brings back what a Leave or an Unregister removed.
-	leaseMu  sync.RWMutex
-	lmu      sync.Mutex
-	members  map[string]map[string]string // room -> session -> member
-	smu      sync.RWMutex
-	sessions map[string]*sessionEntry
-	renewNow chan struct{}
+	// Leases (redis_lease.go). No lock is held across a call to Redis. A
+	// renewal in flight is marked on the rooms and sessions it renews, by
+	// a channel closed when it is done, which Leave and Unregister wait
+	// for (within their context) so that it does not bring back what they
+	// remove.
+	lmu           sync.Mutex
+	members       map[string]map[string]string // room -> session -> member
+	roomRenewals  map[string]chan struct{}
+	smu           sync.RWMutex
+	sessions      map[string]*sessionEntry
+	sessRenewals  map[string]chan struct{}
+	handoffs      map[string]chan struct{} // by address: Register waiting for the node it replaced
+	letGoQueue    chan letGo               // to publish: this node let go of a session
+	renewNow      chan struct{}
+	addrPrefix    string        // of this bus's sessionAddrs
+	addrSeq       atomic.Uint64 // their tokens
+	presenceMarks atomic.Uint64 // see subscription.presence
+	// reapFrom is when renewals may reap again (Unix ns): not until
+	// PresenceTTL/3 after a connection is made, so that after an outage
+	// every live node gets to renew its leases before one reaps them.
+	reapFrom atomic.Int64
 
 	reconnects, dropped, errors atomic.Uint64
 }
 
-// sessionEntry is a registered session.
-type sessionEntry struct{ deliver func([]byte) }
+// sessionEntry is a registered session: what gets its payloads, and the
+// address in Redis of its registration.
+type sessionEntry struct {
+	deliver func([]byte)
+	addr    string
+}
 
 // NewRedis returns a Redis bus. It fails only on a bad config; it connects
 // in the background, and is not Ready until connected.
@@ -204,21 +232,28 @@ func NewRedis(cfg RedisConfig) (*Redis, error) {
 	}
 
 	r := &Redis{
-		cfg:        cfg,
-		client:     redis.NewClient(opt),
-		log:        cfg.Log.With("component", "redis"),
-		metrics:    newRedisMetrics(),
-		nodeTopic:  nodeChannelPrefix + cfg.NodeID,
-		historyMs:  cfg.HistoryTTL.Milliseconds(),
-		metaMs:     max(2*cfg.HistoryTTL, minMetaTTL).Milliseconds(),
-		presenceMs: cfg.PresenceTTL.Milliseconds(),
-		keyMs:      IdempotencyWindow.Milliseconds(),
-		stop:       make(chan struct{}),
-		subs:       make(map[string]*subscription),
-		kick:       make(chan struct{}, 1),
-		members:    make(map[string]map[string]string),
-		sessions:   make(map[string]*sessionEntry),
-		renewNow:   make(chan struct{}, 1),
+		cfg:          cfg,
+		client:       redis.NewClient(opt),
+		log:          cfg.Log.With("component", "redis"),
+		metrics:      newRedisMetrics(),
+		nodeTopic:    nodeChannelPrefix + cfg.NodeID,
+		historyMs:    cfg.HistoryTTL.Milliseconds(),
+		metaMs:       max(2*cfg.HistoryTTL, minMetaTTL).Milliseconds(),
+		presenceMs:   cfg.PresenceTTL.Milliseconds(),
+		keyMs:        IdempotencyWindow.Milliseconds(),
+		stop:         make(chan struct{}),
+		subs:         make(map[string]*subscription),
+		kick:         make(chan struct{}, 1),
+		members:      make(map[string]map[string]string),
+		roomRenewals: make(map[string]chan struct{}),
+		sessions:     make(map[string]*sessionEntry),
+		sessRenewals: make(map[string]chan struct{}),
+		handoffs:     make(map[string]chan struct{}),
+		letGoQueue:   make(chan letGo, letGoBacklog),
+		renewNow:     make(chan struct{}, 1),
+		// Unique to this bus, so that a node that restarts with the same
+		// NodeID tells its registrations from its previous life's.
+		addrPrefix: sessionAddr(cfg.NodeID, NewEpoch()+"."),
 	}
 	if err := r.metrics.register(cfg.Registerer); err != nil {
 		r.client.Close()
@@ -227,9 +262,10 @@ func NewRedis(cfg RedisConfig) (*Redis, error) {
 	r.subs[r.nodeTopic] = &subscription{channel: r.nodeTopic, wanted: true, ready: make(chan struct{})}
 	ctx, cancel := context.WithCancel(context.Background())
 	r.cancel = cancel
-	r.wg.Add(2)
+	r.wg.Add(3)
 	go r.run(ctx)
 	go r.renewLoop(ctx)
+	go r.letGoLoop(ctx)
 	return r, nil
 }
 
@@ -398,8 +434,6 @@ func (r *Redis) join(ctx context.Context, room string, m Member, max int, list b
 		return nil, err
 	}
 	enc := encodeMember(m)
-	r.leaseMu.RLock()
-	defer r.leaseMu.RUnlock()
 	res, err := joinScript.Run(ctx, r.client, presenceKeys(room),
 		roomChannel(room), r.presenceMs, m.Session, enc, max, boolArg(list)).Slice()
 	if err != nil {
@@ -427,6 +461,9 @@ func (r *Redis) join(ctx context.Context, room string, m Member, max int, list b
 			}
 		}
 	}
+	if len(others) > 0 {
+		r.markPresence(room)
+	}
 	return others, nil
 }
 
@@ -437,26 +474,50 @@ func boolArg(b bool) string {
 	return "0"
 }
 
-// Leave implements Bus.
+// Leave implements Bus. The bus stops renewing m's lease first: whatever
+// becomes of the call, it renews m no more, and a member whose Leave failed
+// lapses, with a leave event, within PresenceTTL.
 func (r *Redis) Leave(ctx context.Context, room string, m Member) error {
 	if err := r.check(ctx); err != nil {
 		return err
 	}
-	r.leaseMu.RLock()
-	defer r.leaseMu.RUnlock()
+	var renewing chan struct{}
+	r.lmu.Lock()
+	if ms := r.members[room]; ms != nil {
+		if _, ok := ms[m.Session]; ok {
+			delete(ms, m.Session)
+			if len(ms) == 0 {
+				delete(r.members, room)
+			}
+			renewing = r.roomRenewals[room]
+		}
+	}
+	r.lmu.Unlock()
+	// A renewal in flight may hold m still: it would add m back if it ran
+	// after the leave.
+	if err := r.await(ctx, "leave", renewing); err != nil {
+		return err
+	}
 	err := leaveScript.Run(ctx, r.client, presenceKeys(room), roomChannel(room), r.presenceMs, m.Session).Err()
 	if err != nil {
 		return r.fail(ctx, "leave", err)
 	}
-	r.lmu.Lock()
-	if ms := r.members[room]; ms != nil {
-		delete(ms, m.Session)
-		if len(ms) == 0 {
-			delete(r.members, room)
-		}
-	}
-	r.lmu.Unlock()
 	return nil
+}
+
+// await waits for done, if set: the end of a renewal in flight.
+func (r *Redis) await(ctx context.Context, op string, done <-chan struct{}) error {
+	if done == nil {
+		return nil
+	}
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("fanout: %s: %w", op, ctx.Err())
+	case <-r.stop:
+		return ErrClosed
+	}
 }
 
 // Presence implements Bus. It reaps lapsed leases first, so a page never
@@ -490,21 +551,41 @@ func (r *Redis) Presence(ctx context.Context, room string, q PresenceQuery) (Pre
 	if res[1] == int64(1) && last != "" {
 		page.Next = presenceCursor(last)
 	}
+	if page.Total > 0 {
+		r.markPresence(room)
+	}
 	return page, nil
 }
 
-// Register implements Bus.
+// Register implements Bus. The newest registration of a session, on any
+// node, holds its address: a Register takes it from whichever registration
+// held it (a session that resumes on another node moves there). It tells
+// the node of the registration it replaced, through that node's channel,
+// and waits for that node to let go of the session, so that a Send made
+// there after Register returns comes here too. It waits at most
+// handoffTimeout, and not for a node that is not connected; a node that
+// missed the word drops its registration at its next renewal. When ctx ends
+// during that wait, Register returns nil all the same: the registration
+// stands.
 func (r *Redis) Register(ctx context.Context, session string, deliver func(data []byte)) error {
 	if err := r.check(ctx); err != nil {
 		return err
 	}
-	e := &sessionEntry{deliver: deliver}
-	r.leaseMu.RLock()
-	defer r.leaseMu.RUnlock()
+	e := &sessionEntry{deliver: deliver, addr: r.addrPrefix + strconv.FormatUint(r.addrSeq.Add(1), 10)}
+	handoff := make(chan struct{})
+	// In place before the address: what is sent once it is set finds it.
 	r.smu.Lock()
 	r.sessions[session] = e
+	r.handoffs[e.addr] = handoff
 	r.smu.Unlock()
-	if err := r.client.Set(ctx, sessionKey(session), r.cfg.NodeID, r.cfg.PresenceTTL).Err(); err != nil {
+	defer func() {
+		r.smu.Lock()
+		delete(r.handoffs, e.addr)
+		r.smu.Unlock()
+	}()
+	told, err := registerScript.Run(ctx, r.client, []string{sessionKey(session)},
+		e.addr, r.presenceMs, r.cfg.NodeID, nodeChannelPrefix, replacedPrefix(session, e.addr)).Int()
+	if err != nil {
 		r.smu.Lock()
 		if r.sessions[session] == e {
 			delete(r.sessions, session)
@@ -512,27 +593,49 @@ func (r *Redis) Register(ctx context.Context, session string, deliver func(data 
 		r.smu.Unlock()
 		return r.fail(ctx, "register", err)
 	}
+	if told == 0 {
+		return nil
+	}
+	t := time.NewTimer(handoffTimeout)
+	defer t.Stop()
+	select {
+	case <-handoff:
+	case <-t.C:
+		r.log.Debug("previous node did not let go of a session in time", "session", session, "timeout", handoffTimeout)
+	case <-ctx.Done():
+	case <-r.stop:
+	}
 	return nil
 }
 
-// Unregister implements Bus.
+// Unregister implements Bus. Like Leave, it stops renewing the address
+// first.
 func (r *Redis) Unregister(ctx context.Context, session string) error {
 	if err := r.check(ctx); err != nil {
 		return err
 	}
-	r.leaseMu.RLock()
-	defer r.leaseMu.RUnlock()
 	r.smu.Lock()
-	delete(r.sessions, session)
+	var renewing chan struct{}
+	if r.sessions[session] != nil {
+		delete(r.sessions, session)
+		renewing = r.sessRenewals[session]
+	}
 	r.smu.Unlock()
-	if err := releaseScript.Run(ctx, r.client, []string{sessionKey(session)}, r.cfg.NodeID).Err(); err != nil {
+	if err := r.await(ctx, "unregister", renewing); err != nil {
+		return err
+	}
+	if err := releaseScript.Run(ctx, r.client, []string{sessionKey(session)}, r.cfg.NodeID, r.presenceMs).Err(); err != nil {
 		return r.fail(ctx, "unregister", err)
 	}
 	return nil
 }
 
 // Send implements Bus. A session registered on this node gets data in the
-// caller's goroutine; any other goes through its node's channel.
+// caller's goroutine; any other goes through its node's channel. A
+// registration here that another has replaced is dropped before that
+// Register returns (see Register), or at the next renewal when this node
+// missed the word, so a Send made here after a session moved goes to its
+// new node; one made while it moves may still reach the old deliver.
 func (r *Redis) Send(ctx context.Context, session string, data []byte) error {
 	if err := r.check(ctx); err != nil {
 		return err

@@ -41,6 +41,12 @@ type subscription struct {
 	// wait one out.
 	deliver sync.Mutex
 	h       atomic.Pointer[handlerRef]
+	// presence is non-zero while the bus knows the room to have presence
+	// (it saw a presence event, or read or entered a room with members):
+	// renewals reap the room then. It is a mark from Redis.presenceMarks,
+	// so that a renewal that finds the room empty clears it only if no
+	// event came meanwhile.
+	presence atomic.Uint64
 
 	// The rest is guarded by Redis.mu.
 
@@ -451,7 +457,9 @@ func (r *Redis) connected() {
 	} else {
 		r.log.Info("redis connected")
 	}
-	// Redis may have come back empty: renew the leases now.
+	// Redis may have come back empty: renew the leases now, and reap none
+	// until the other nodes have had time to renew theirs.
+	r.reapFrom.Store(time.Now().Add(r.cfg.PresenceTTL / 3).UnixNano())
 	select {
 	case r.renewNow <- struct{}{}:
 	default:
@@ -461,7 +469,7 @@ func (r *Redis) connected() {
 // dispatch hands a published payload to its handler or session.
 func (r *Redis) dispatch(msg *redis.Message) {
 	if msg.Channel == r.nodeTopic {
-		r.deliverSend(msg.Payload)
+		r.nodePayload(msg.Payload)
 		return
 	}
 	r.mu.Lock()
@@ -497,12 +505,35 @@ func (r *Redis) dispatch(msg *redis.Message) {
 		r.metrics.lag.Observe(max(0, time.Since(time.Unix(0, m.Time)).Seconds()))
 		ref.HandleMessage(m)
 	} else {
+		s.presence.Store(r.presenceMarks.Add(1))
 		ref.HandlePresence(e)
 	}
 }
 
-// deliverSend hands what Send addressed to this node to its session.
-func (r *Redis) deliverSend(payload string) {
+// nodePayload takes what came on this node's channel: a payload that Send
+// addressed to a session here; word that a registration here was replaced
+// by one on another node, which it drops and answers; or the answer to such
+// word from this node's Register.
+func (r *Redis) nodePayload(payload string) {
+	if session, addr, replaced, ok := decodeReplaced(payload); ok {
+		r.dropRegistration(session, replaced)
+		if node, ok := addrNode(addr); ok {
+			select {
+			case r.letGoQueue <- letGo{node: node, addr: addr}:
+			default: // the registering node stops waiting at handoffTimeout
+			}
+		}
+		return
+	}
+	if payload != "" && payload[0] == nodeLetGo {
+		r.smu.Lock()
+		if ch := r.handoffs[payload[1:]]; ch != nil {
+			close(ch)
+			delete(r.handoffs, payload[1:])
+		}
+		r.smu.Unlock()
+		return
+	}
 	session, data, ok := decodeSend(payload)
 	var e *sessionEntry
 	if ok {
@@ -516,4 +547,29 @@ func (r *Redis) deliverSend(payload string) {
 		return
 	}
 	e.deliver(data)
+}
+
+// letGo tells node that this node let go of a session that the registration
+// addr took.
+type letGo struct{ node, addr string }
+
+// letGoLoop publishes what nodePayload queues on r.letGoQueue, until Close:
+// off the reading goroutine, which must not wait for Redis.
+func (r *Redis) letGoLoop(ctx context.Context) {
+	defer r.wg.Done()
+	for {
+		select {
+		case <-r.stop:
+			return
+		case l := <-r.letGoQueue:
+			pctx, cancel := context.WithTimeout(ctx, redisTimeout)
+			err := r.client.Publish(pctx, nodeChannelPrefix+l.node, string(nodeLetGo)+l.addr).Err()
+			cancel()
+			if err != nil && !r.closed.Load() {
+				r.errors.Add(1)
+				r.metrics.errors.Inc()
+				r.log.Debug("let go of a session failed", "err", err)
+			}
+		}
+	}
 }

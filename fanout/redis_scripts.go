@@ -20,8 +20,10 @@ import (
 //	parley:{room}:pe         sorted set: session -> lease expiry (Unix ms)
 //	parley:{room}:pl         sorted set: session at score 0, for pages in
 //	                         session order (ZRANGEBYLEX)
-//	parley:s:{session}       a session's address for Send: the node id
-//	parley:node:<node>       a node's channel: what Send addresses to it
+//	parley:s:{session}       a session's address for Send: the registration
+//	                         holding it (sessionAddr), or "" once released
+//	parley:node:<node>       a node's channel: what Send addresses to it, and
+//	                         word between nodes about sessions that moved
 //
 // Room names have no braces (PROTOCOL.md), so no two rooms' keys meet.
 // Redis's clock times everything stored, so nodes' clocks need not agree.
@@ -226,13 +228,16 @@ return 0
 `)
 
 // renewScript renews the leases of one node's members of a room, adding
-// back (with a join event) any that the room lost, and reaps lapsed ones.
+// back (with a join event) any that the room lost, then reaps lapsed ones:
+// renewing first, so that a live node's members whose leases lapsed while
+// Redis was out of reach (and kept its data) are renewed, not reaped and
+// added back with a leave and a join.
 //
-// KEYS: presence keys. ARGV: channel, lease ms, then session, member pairs.
+// KEYS: presence keys. ARGV: channel, lease ms, "1" to reap, then session,
+// member pairs. Returns how many members the room has left.
 var renewScript = redis.NewScript(luaCommon + `
-local n = reap(p, pe, pl, ch, now)
 local lease = int(now + ttl)
-for i = 3, #ARGV, 2 do
+for i = 4, #ARGV, 2 do
 	local s, v = ARGV[i], ARGV[i + 1]
 	if redis.call('HSETNX', p, s, v) == 1 then
 		redis.call('ZADD', pl, 0, s)
@@ -240,8 +245,10 @@ for i = 3, #ARGV, 2 do
 	end
 	redis.call('ZADD', pe, lease, s)
 end
-if #ARGV > 2 or n > 0 then keep(p, pe, pl, ttl) end
-return n
+local n = 0
+if ARGV[3] == '1' then n = reap(p, pe, pl, ch, now) end
+if #ARGV > 3 or n > 0 then keep(p, pe, pl, ttl) end
+return redis.call('ZCARD', pe)
 `)
 
 // presenceScript reaps, then reads one page of members.
@@ -265,18 +272,61 @@ end
 return out
 `)
 
+// A session's address is the registration that holds it, sessionAddr: the
+// node id, length-prefixed, then a token of that Register call, so that a
+// node tells its registration from an older or newer one of the same
+// session. "" is an address released (Unregister): no node holds it, and a
+// renewal in flight or a node that missed being told it was replaced does
+// not take it back.
+//
+// luaAddr parses an address: addr_node returns its node, or nil for none.
+const luaAddr = `
+local function addr_node(a)
+	if not a then return nil end
+	local n = string.match(a, '^(%d+):')
+	if not n then return nil end
+	return string.sub(a, #n + 2, #n + 1 + tonumber(n))
+end
+`
+
 // sendScript publishes a payload on the channel of the node that holds a
 // session. KEYS: the session's address. ARGV: node channel prefix, payload.
 // Returns 1, or 0 when no node holds the session.
-var sendScript = redis.NewScript(`
-local node = redis.call('GET', KEYS[1])
+var sendScript = redis.NewScript(luaAddr + `
+local node = addr_node(redis.call('GET', KEYS[1]))
 if not node then return 0 end
 redis.call('PUBLISH', ARGV[1] .. node, ARGV[2])
 return 1
 `)
 
-// claimScript renews a session's address unless another node holds it now.
-// KEYS: the session's address. ARGV: node id, lease ms.
+// registerScript takes a session's address for a registration, whoever held
+// it: the newest Register wins. A registration of another node that it
+// replaces is told on that node's channel (the payload is the given prefix
+// then the replaced address), so that the node stops delivering locally.
+//
+// KEYS: the session's address. ARGV: the registration's address, lease ms,
+// this node's id, node channel prefix, payload prefix. Returns how many
+// connections got word of the replacement: 0 when none was due, or the
+// node it was due to is not connected.
+var registerScript = redis.NewScript(luaAddr + `
+local prev = redis.call('GET', KEYS[1])
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+if prev and prev ~= ARGV[1] then
+	local node = addr_node(prev)
+	if node and node ~= ARGV[3] then
+		return redis.call('PUBLISH', ARGV[4] .. node, ARGV[5] .. prev)
+	end
+end
+return 0
+`)
+
+// claimScript renews a registration's address while the registration holds
+// it, and sets it again when Redis lost it (a restart, or a lease that
+// lapsed while this node was cut off). An address that another registration
+// holds, or that was released, stays so.
+//
+// KEYS: the session's address. ARGV: the registration's address, lease ms.
+// Returns 1, or 0 when the registration no longer holds the address.
 var claimScript = redis.NewScript(`
 local cur = redis.call('GET', KEYS[1])
 if cur and cur ~= ARGV[1] then return 0 end
@@ -284,11 +334,14 @@ redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return 1
 `)
 
-// releaseScript removes a session's address if this node holds it.
-// KEYS: the session's address. ARGV: node id.
-var releaseScript = redis.NewScript(`
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
+// releaseScript releases a session's address if a registration of this node
+// holds it, leaving "" for the lease's time.
+//
+// KEYS: the session's address. ARGV: node id, lease ms.
+var releaseScript = redis.NewScript(luaAddr + `
+if addr_node(redis.call('GET', KEYS[1])) ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], '', 'PX', ARGV[2])
+return 1
 `)
 
 // appendField appends s length-prefixed: <len>:<s>.
@@ -370,17 +423,64 @@ func decodeMessage(room, s string) (*Message, bool) {
 	return m, true
 }
 
-// encodeSend is what Send publishes on a node's channel: the session,
-// length-prefixed, then the data.
+// What a node's channel carries: a payload that Send addressed to a session
+// there; word that a registration there was replaced (registerScript); and
+// the answer to that word, that the node has let go of the session.
+const (
+	nodeSend     = 's'
+	nodeReplaced = 'x'
+	nodeLetGo    = 'k'
+)
+
+// encodeSend is what Send publishes on a node's channel: nodeSend, the
+// session, length-prefixed, then the data.
 func encodeSend(session string, data []byte) []byte {
-	b := make([]byte, 0, len(session)+len(data)+8)
+	b := make([]byte, 0, len(session)+len(data)+9)
+	b = append(b, nodeSend)
 	return append(appendField(b, session), data...)
 }
 
 func decodeSend(s string) (session string, data []byte, ok bool) {
-	session, rest, ok := cutField(s)
+	if s == "" || s[0] != nodeSend {
+		return "", nil, false
+	}
+	session, rest, ok := cutField(s[1:])
 	if !ok {
 		return "", nil, false
 	}
 	return session, []byte(rest), true
+}
+
+// replacedPrefix starts what registerScript publishes when the registration
+// of session at addr replaces another node's: nodeReplaced, the session and
+// addr, length-prefixed, then (added by the script) the replaced address.
+func replacedPrefix(session, addr string) string {
+	b := make([]byte, 0, len(session)+len(addr)+16)
+	b = append(b, nodeReplaced)
+	return string(appendField(appendField(b, session), addr))
+}
+
+func decodeReplaced(s string) (session, addr, replaced string, ok bool) {
+	if s == "" || s[0] != nodeReplaced {
+		return "", "", "", false
+	}
+	if session, s, ok = cutField(s[1:]); !ok {
+		return "", "", "", false
+	}
+	if addr, replaced, ok = cutField(s); !ok {
+		return "", "", "", false
+	}
+	return session, addr, replaced, true
+}
+
+// sessionAddr is the address of a registration: the node id, length-prefixed
+// so that the scripts can read it back, then token.
+func sessionAddr(node, token string) string {
+	return string(appendField(make([]byte, 0, len(node)+len(token)+4), node)) + token
+}
+
+// addrNode returns the node of a sessionAddr.
+func addrNode(addr string) (string, bool) {
+	node, _, ok := cutField(addr)
+	return node, ok
 }

@@ -699,10 +699,281 @@ func FuzzRedisPayloads(f *testing.F) {
 		if s, d, ok := decodeSend(string(encodeSend(session, []byte(payload)))); !ok || s != session || string(d) != payload {
 			t.Errorf("send to %q of %q: decoded %q, %q, %v", session, payload, s, d, ok)
 		}
+		addr := sessionAddr(node, payload)
+		if got, ok := addrNode(addr); !ok || got != node {
+			t.Errorf("address %q: node %q, %v; want %q", addr, got, ok, node)
+		}
+		if s, a, r, ok := decodeReplaced(replacedPrefix(session, addr) + user); !ok || s != session || a != addr || r != user {
+			t.Errorf("replaced %q by %q for %q: decoded %q, %q, %q, %v", user, addr, session, s, a, r, ok)
+		}
 		decodeMember(payload)
 		decodeSend(payload)
+		decodeReplaced(payload)
+		addrNode(payload)
 		if msg, ok := decodeMessage("room", payload); ok && (msg.Epoch == "" || msg.Room != "room") {
 			t.Errorf("message %q: decoded %+v", payload, msg)
 		}
 	})
+}
+
+// A registration replaced elsewhere and then made again here is not dropped
+// by the word of the first replacement arriving late: it names the older
+// registration.
+func TestRedisSessionMovesBack(t *testing.T) {
+	srv := redistest.Start(t)
+	a := newTestRedis(t, RedisConfig{URL: srv.URL(), NodeID: "a"})
+	b := newTestRedis(t, RedisConfig{URL: srv.URL(), NodeID: "b"})
+	c := newTestRedis(t, RedisConfig{URL: srv.URL(), NodeID: "c"})
+	raw := rawClient(t, srv)
+	ctx := context.Background()
+	s := roomName(t, "session")
+	first, onB, second := &inbox{}, &inbox{}, &inbox{}
+	if err := a.Register(ctx, s, first.deliver); err != nil {
+		t.Fatal(err)
+	}
+	firstAddr, err := raw.Get(ctx, sessionKey(s)).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Register(ctx, s, onB.deliver); err != nil {
+		t.Fatal(err)
+	}
+	bAddr, err := raw.Get(ctx, sessionKey(s)).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Register(ctx, s, second.deliver); err != nil { // and back to a
+		t.Fatal(err)
+	}
+	// b's word to a, as if it came only now.
+	if err := raw.Publish(ctx, nodeChannelPrefix+"a", replacedPrefix(s, bAddr)+firstAddr).Err(); err != nil {
+		t.Fatal(err)
+	}
+	barrier(t, a)
+	for _, from := range []*Redis{a, b, c} {
+		if err := from.Send(ctx, s, []byte(strconv.Quote(from.cfg.NodeID))); err != nil {
+			t.Fatalf("Send from %s: %v", from.cfg.NodeID, err)
+		}
+	}
+	waitFor(t, "3 payloads on a's second registration", func() bool { return len(second.all()) >= 3 })
+	barrier(t, a)
+	barrier(t, b)
+	got := second.all()
+	slices.Sort(got)
+	if want := []string{`"a"`, `"b"`, `"c"`}; !slices.Equal(got, want) {
+		t.Errorf("payloads on a's second registration: got %q, want %q", got, want)
+	}
+	if n := len(first.all()) + len(onB.all()); n != 0 {
+		t.Errorf("payloads on replaced registrations: got %d, want 0", n)
+	}
+	if st := b.Stats(); st.Sessions != 0 {
+		t.Errorf("b's sessions: got %d, want 0", st.Sessions)
+	}
+}
+
+// A node that missed the word that its registration was replaced drops it
+// at its next renewal, and its Sends then go to the new one.
+func TestRedisRenewalDropsReplacedRegistration(t *testing.T) {
+	srv := redistest.Start(t)
+	const ttl = 300 * time.Millisecond
+	a := newTestRedis(t, RedisConfig{URL: srv.URL(), NodeID: "a", PresenceTTL: ttl})
+	b := newTestRedis(t, RedisConfig{URL: srv.URL(), NodeID: "b", PresenceTTL: ttl})
+	raw := rawClient(t, srv)
+	ctx := context.Background()
+	s := roomName(t, "session")
+	onA, onB := &inbox{}, &inbox{}
+	if err := a.Register(ctx, s, onA.deliver); err != nil {
+		t.Fatal(err)
+	}
+	// b registers s, and a does not hear of it.
+	addr := sessionAddr("b", "test")
+	b.smu.Lock()
+	b.sessions[s] = &sessionEntry{deliver: onB.deliver, addr: addr}
+	b.smu.Unlock()
+	if err := raw.Set(ctx, sessionKey(s), addr, ttl).Err(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "a to drop its registration", func() bool { return a.Stats().Sessions == 0 })
+	if err := a.Send(ctx, s, []byte(`"from a"`)); err != nil {
+		t.Fatalf("Send from a: %v", err)
+	}
+	waitFor(t, "the payload on b", func() bool { return len(onB.all()) == 1 })
+	if got := onA.all(); len(got) != 0 {
+		t.Errorf("payloads on a: got %q, want none", got)
+	}
+	if got, err := raw.Get(ctx, sessionKey(s)).Result(); err != nil || got != addr {
+		t.Errorf("address: got %q, %v; want b's %q", got, err, addr)
+	}
+}
+
+// An address released elsewhere (the session moved, then ended) is not
+// taken back by a node that missed the move; one that Redis lost is.
+func TestRedisRenewalAddressReleasedOrLost(t *testing.T) {
+	srv := redistest.Start(t)
+	const ttl = 300 * time.Millisecond
+	a := newTestRedis(t, RedisConfig{URL: srv.URL(), NodeID: "a", PresenceTTL: ttl})
+	b := newTestRedis(t, RedisConfig{URL: srv.URL(), NodeID: "b", PresenceTTL: ttl})
+	raw := rawClient(t, srv)
+	ctx := context.Background()
+	released, lost := roomName(t, "released"), roomName(t, "lost")
+	in := &inbox{}
+	for _, s := range []string{released, lost} {
+		if err := a.Register(ctx, s, in.deliver); err != nil {
+			t.Fatal(err)
+		}
+	}
+	lostAddr, err := raw.Get(ctx, sessionKey(lost)).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := raw.Set(ctx, sessionKey(released), "", ttl).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if err := raw.Del(ctx, sessionKey(lost)).Err(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "a to drop the released session", func() bool { return a.Stats().Sessions == 1 })
+	if err := b.Send(ctx, released, []byte(`{}`)); !errors.Is(err, ErrNoSession) {
+		t.Errorf("Send to the released session: got %v, want %v", err, ErrNoSession)
+	}
+	if err := a.Send(ctx, released, []byte(`{}`)); !errors.Is(err, ErrNoSession) {
+		t.Errorf("Send from a to the released session: got %v, want %v", err, ErrNoSession)
+	}
+	waitFor(t, "the lost address to be back", func() bool {
+		got, err := raw.Get(ctx, sessionKey(lost)).Result()
+		return err == nil && got == lostAddr
+	})
+	if err := b.Send(ctx, lost, []byte(`{}`)); err != nil {
+		t.Errorf("Send to the session whose address was lost: %v", err)
+	}
+	waitFor(t, "the payload on a", func() bool { return len(in.all()) == 1 })
+}
+
+// Register does not wait for a node that held the session and is gone.
+func TestRedisRegisterAfterOwnerGone(t *testing.T) {
+	srv := redistest.Start(t)
+	a, err := NewRedis(RedisConfig{URL: srv.URL(), NodeID: "a"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "a ready", a.Ready)
+	b := newTestRedis(t, RedisConfig{URL: srv.URL(), NodeID: "b"})
+	raw := rawClient(t, srv)
+	ctx := context.Background()
+	s := roomName(t, "session")
+	if err := a.Register(ctx, s, func([]byte) {}); err != nil {
+		t.Fatal(err)
+	}
+	a.Close()
+	waitFor(t, "a's channel to have no subscriber", func() bool {
+		n, err := raw.PubSubNumSub(ctx, nodeChannelPrefix+"a").Result()
+		return err == nil && n[nodeChannelPrefix+"a"] == 0
+	})
+	in := &inbox{}
+	start := time.Now()
+	if err := b.Register(ctx, s, in.deliver); err != nil {
+		t.Fatal(err)
+	}
+	if took := time.Since(start); took > handoffTimeout/2 {
+		t.Errorf("Register replacing a gone node's registration took %v, want no wait for it", took)
+	}
+	if err := b.Send(ctx, s, []byte(`{}`)); err != nil || len(in.all()) != 1 {
+		t.Errorf("Send on b: got %v and %d payloads, want nil and 1", err, len(in.all()))
+	}
+}
+
+// A renewal renews the node's own members before it reaps: a member whose
+// lease lapsed while the node could not renew it (Redis kept its data) is
+// renewed, with no leave and join.
+func TestRedisRenewBeforeReap(t *testing.T) {
+	srv := redistest.Start(t)
+	const ttl = 300 * time.Millisecond
+	bus := newTestRedis(t, RedisConfig{URL: srv.URL(), PresenceTTL: ttl})
+	raw := rawClient(t, srv)
+	ctx := context.Background()
+	room := roomName(t, "room")
+	rec := &recorder{}
+	subscribe(t, bus, room, rec)
+	m := Member{User: "u", Session: "s1", Node: "n"}
+	if err := bus.Join(ctx, room, m); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the join", func() bool { return len(rec.presence()) == 1 })
+	time.Sleep(ttl / 2) // past the reaping grace after connecting
+	pe := presenceKeys(room)[1]
+	if err := raw.ZAdd(ctx, pe, redis.Z{Score: 1, Member: m.Session}).Err(); err != nil { // lapsed long ago
+		t.Fatal(err)
+	}
+	waitFor(t, "the lease to be renewed", func() bool {
+		score, err := raw.ZScore(ctx, pe, m.Session).Result()
+		return err == nil && score > 1
+	})
+	barrier(t, bus)
+	if got := rec.presence(); len(got) != 1 {
+		t.Errorf("presence events: got %+v, want the first join only", got)
+	}
+	if got := allMembers(t, bus, room, 0); !slices.Equal(got, []Member{m}) {
+		t.Errorf("members: got %v, want %v", got, []Member{m})
+	}
+}
+
+// Presence is paid only by rooms that have it: subscribed rooms without
+// presence cost renewals nothing; a room where the node saw presence, or
+// read it, is reaped, with leave events, when a node dies.
+func TestRedisPresenceCost(t *testing.T) {
+	srv := redistest.Start(t)
+	const ttl = 300 * time.Millisecond
+	bus := newTestRedis(t, RedisConfig{URL: srv.URL(), NodeID: "obs", PresenceTTL: ttl})
+	c := rawClient(t, srv)
+	ctx := context.Background()
+	const n = 50
+	rooms := make([]string, n)
+	recs := make([]*recorder, n)
+	for i := range n {
+		rooms[i], recs[i] = roomName(t, "room"), &recorder{}
+		subscribe(t, bus, rooms[i], recs[i])
+	}
+	if err := c.ConfigResetStat(ctx).Err(); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(5 * ttl / 3) // 5 renewals
+	if calls := commandCalls(t, c, "evalsha"); calls != 0 {
+		t.Errorf("renewals of %d rooms without presence: %d scripts, want 0", n, calls)
+	}
+
+	// Another node joins in room 0, which the bus sees, and in room 1
+	// before the bus is subscribed there: it reads room 1's presence.
+	dying, err := NewRedis(RedisConfig{URL: srv.URL(), NodeID: "dying", PresenceTTL: ttl})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dying.Close()
+	waitFor(t, "the dying node ready", dying.Ready)
+	late := roomName(t, "late")
+	for _, room := range []string{rooms[0], late} {
+		if err := dying.Join(ctx, room, Member{User: "u", Session: "s-" + room, Node: "dying"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	lateRec := &recorder{}
+	subscribe(t, bus, late, lateRec)
+	if page, err := bus.Presence(ctx, late, PresenceQuery{}); err != nil || page.Total != 1 {
+		t.Fatalf("Presence of the late room: got %+v, %v; want 1 member", page, err)
+	}
+	waitFor(t, "the join in room 0", func() bool { return len(recs[0].presence()) == 1 })
+	if err := c.ConfigResetStat(ctx).Err(); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(5 * ttl / 3)
+	// The dying node renews 2 rooms, the bus reaps 2, 5 times each.
+	if calls := commandCalls(t, c, "evalsha"); calls > 4*7 {
+		t.Errorf("renewals with presence in 2 of %d rooms: %d scripts, want about 20", n+1, calls)
+	}
+	dying.Close()
+	for _, rec := range []*recorder{recs[0], lateRec} {
+		waitFor(t, "a leave event", func() bool {
+			p := rec.presence()
+			return len(p) > 0 && !p[len(p)-1].Join
+		})
+	}
 }
