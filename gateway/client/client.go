@@ -177,7 +177,14 @@ const (
 	EventLost
 	// EventError carries Err: an error frame that answered no command, or
 	// (with Room) a room that could not be subscribed again after a
-	// reconnect and is no longer subscribed.
+	// reconnect. If Err is a *ServerError whose code may pass (internal,
+	// over_capacity, rate_limited, draining: the node's message bus is
+	// coming back, say), the room is kept with its position: the client
+	// closes the connection and reconnects with backoff (to the next
+	// endpoint, if there are several; unless NoReconnect), and subscribes
+	// the room again from where it was, losing nothing still in history.
+	// Any other refusal (forbidden, bad_room, ...) is final: the room is no
+	// longer subscribed.
 	EventError
 	// EventDraining carries After: the node is draining and asked the client
 	// to reconnect after about After (its `reconnect` frame). The client
@@ -504,14 +511,29 @@ func (c *Client) run(conn *websocket.Conn, w Welcome, exp time.Time) {
 		stopRefresh()
 		conn.CloseNow()
 		c.failPending()
-		<-resumeErr
+		resumed := <-resumeErr
 		<-refreshDone
+		if transient(resumed) {
+			// resubscribe closed the connection: say why.
+			readErr = resumed
+		}
 		c.disconnected(readErr)
 		if c.ctx.Err() != nil || c.opts.NoReconnect {
 			return
 		}
 		c.next++
+		if resumed == nil {
+			// The connection was ready (every room subscribed again): the
+			// backoff starts over.
+			backoff = c.opts.MinBackoff
+		}
 		wait := time.Duration(rand.Int64N(int64(backoff) + 1))
+		if resumed != nil {
+			// It was not: a node that refuses a room again and again, or
+			// closes connections before they are ready, is tried ever
+			// less often rather than in a tight loop.
+			backoff = min(backoff*2, c.opts.MaxBackoff)
+		}
 		if !reconnectAt.IsZero() {
 			// The node said when to come back, counted from its notice,
 			// not from the close that follows it.
@@ -530,7 +552,6 @@ func (c *Client) run(conn *websocket.Conn, w Welcome, exp time.Time) {
 			conn, w, exp, err = c.connect(ctx)
 			cancel()
 			if err == nil {
-				backoff = c.opts.MinBackoff
 				break
 			}
 			c.log.Debug("reconnect failed", "err", err)
@@ -645,11 +666,28 @@ func subscribeFrame(room string, presence bool, since *Position) map[string]any 
 	return f
 }
 
+// transient reports whether err is a refusal that may pass: the node is
+// short of something for now (its message bus, room slots, a rate) or going
+// away, and the same command may succeed later or on another node.
+func transient(err error) bool {
+	var serr *ServerError
+	if !errors.As(err, &serr) {
+		return false
+	}
+	switch serr.Code {
+	case "internal", "over_capacity", "rate_limited", "draining":
+		return true
+	}
+	return false
+}
+
 // resubscribe subscribes every room the server had acknowledged again from
 // its last position, then reports the connection ready. A room the server
-// now refuses is dropped and reported; a subscription still waiting for its
-// first ack is left to its own Subscribe call, which retries, and a paused
-// room to resync.
+// now refuses for good is dropped and reported. A room refused for now
+// (transient) is reported and kept: resubscribe closes conn and returns the
+// refusal, and run reconnects with backoff and subscribes every room again
+// from its position. A subscription still waiting for its first ack is left
+// to its own Subscribe call, which retries, and a paused room to resync.
 func (c *Client) resubscribe(conn *websocket.Conn) error {
 	c.mu.Lock()
 	rooms := make(map[string]*sub, len(c.subs))
@@ -680,11 +718,18 @@ func (c *Client) resubscribe(conn *websocket.Conn) error {
 		}
 		_, err := c.command(c.ctx, conn, subscribeFrame(room, presence, since), c.onSubscribeAck(room, s, true))
 		var serr *ServerError
-		if errors.As(err, &serr) {
+		switch {
+		case err == nil:
+		case transient(err):
+			// Kept, at its position: the rooms are subscribed again on
+			// the next connection, as after a dropped one.
+			c.notify(Event{Kind: EventError, Room: room, Err: err})
+			err = fmt.Errorf("client: subscribing %s again: %w", room, err)
+			conn.Close(websocket.StatusGoingAway, "resubscribe refused")
+			return err
+		case errors.As(err, &serr):
 			c.dropRoom(room, s, err)
-			continue
-		}
-		if err != nil {
+		default:
 			return err
 		}
 	}

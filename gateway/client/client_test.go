@@ -778,6 +778,11 @@ func TestResubscribeRefused(t *testing.T) {
 	if _, err := c.Publish(ctx, kept, 1, ""); err != nil {
 		t.Errorf("Publish after the refusal: %v", err)
 	}
+	// A refusal for good drops the room and keeps the connection: no
+	// reconnect to try again.
+	if got := rec.count(client.EventDisconnected); got != 1 {
+		t.Errorf("EventDisconnected: got %d, want 1 (the cut)", got)
+	}
 }
 
 func TestDrainReconnectsAfterNotice(t *testing.T) {

@@ -9,6 +9,17 @@
 // and AllMembers list a room's members a page at a time, and everything the
 // node sends comes on one channel, Events.
 //
+// # Reconnects
+//
+// After a reconnect every room is subscribed again from its position. A room
+// the node refuses for now (internal, over_capacity, rate_limited, draining:
+// its Redis connection is coming back, say) is kept at its position: the
+// client reports it with an EventError and reconnects with backoff, to the
+// next endpoint if there are several, until every room is subscribed again.
+// A room refused for good (forbidden, bad_room, ...) is dropped and reported
+// with an EventError. Subscribe, a room's first subscribe, is not retried: it
+// returns the node's error.
+//
 // # Delivery
 //
 // The messages of each room are delivered in offset order, each once; events

@@ -167,8 +167,10 @@ func (c *Client) resync() {
 // as they came), so that its slot among the session's rooms is kept; now it
 // is unsubscribed and subscribed again, with c.roomOps held throughout, so
 // that no Subscribe or Unsubscribe of the application comes in between.
-// Refusals that may pass (rate_limited, over_capacity, internal) are tried
-// again after a backoff; a room the node refuses for good is dropped and
+// Refusals that may pass (transient: internal, over_capacity, rate_limited,
+// draining) are tried again on the same connection after a backoff, with no
+// event, since the client's own unsubscribes and subscribes may run into the
+// node's rate limit; a room the node refuses for good is dropped and
 // reported, as after a reconnect.
 func (c *Client) resumeRoom(r pausedRoom) {
 	c.roomOps.Lock()
@@ -218,7 +220,7 @@ func (c *Client) resumeRoom(r pausedRoom) {
 			if err == nil {
 				return
 			}
-		case errors.As(err, &serr) && serr.Code != "rate_limited" && serr.Code != "over_capacity" && serr.Code != "internal":
+		case errors.As(err, &serr) && !transient(err):
 			c.dropRoom(r.room, r.s, err)
 			return
 		default:

@@ -77,6 +77,14 @@ function explain(err) {
         return `Your token does not allow joining ${err.room}: pick another room, or use a token that allows it.`;
       }
       return `The node refused: ${err.message}.`;
+    case 'internal':
+    case 'over_capacity':
+    case 'rate_limited':
+    case 'draining':
+      // A room the client rejoins after a reconnect, refused for now: the
+      // client keeps it and reconnects to try again.
+      if (err.room) return `Rejoining ${err.room} failed for a moment (${err.message}): trying again.`;
+      return `The node reported an error: ${err.message}.`;
     default:
       return `The node reported an error: ${err.message}.`;
   }

@@ -134,6 +134,11 @@ function refreshDelay(now, exp) {
   return Math.max(delay, minRefreshDelay);
 }
 
+// transientCodes are the error codes of a refusal that may pass: the node is
+// short of something for now (its message bus, room slots, a rate) or going
+// away, and the same subscribe may succeed later or on another node.
+const transientCodes = new Set(['internal', 'over_capacity', 'rate_limited', 'draining']);
+
 // backoff is the delay before reconnect attempt n (0-based): full jitter over
 // an exponentially growing cap.
 function backoff(n, min, max) {
@@ -153,7 +158,11 @@ function backoff(n, min, max) {
  * 'reconnecting' ({attempt, delay}), 'draining' (the reconnect frame),
  * 'message' (every delivered message), 'lost' ({room, ack}), 'refresh'
  * ({expires}: the node took a fresh token on the live connection; expires is
- * its exp in ms), 'error' (a ParleyError that no promise received).
+ * its exp in ms), 'error' (a ParleyError that no promise received; with
+ * `room` when a subscription could not be renewed after a reconnect: a
+ * refusal that may pass, `internal`, `over_capacity`, `rate_limited` or
+ * `draining`, keeps the room, and the client reconnects with backoff to
+ * renew it; any other drops the room).
  *
  * Tokens: a session lasts as long as its token. With a token function whose
  * tokens are JWTs with an exp, the client refreshes the token on the live
@@ -765,19 +774,34 @@ export class Parley extends Emitter {
     }
   }
 
+  // onSubscribeFailed handles the node's refusal of a subscribe. The first
+  // subscribe of a room rejects its promise, and the room is forgotten. A
+  // renewal (the room was subscribed on an earlier connection) refused for
+  // now (transientCodes: the node's message bus is coming back, say) keeps
+  // the room and its position: after the 'error' event the client drops the
+  // connection (close code 4002) and reconnects with backoff, renewing every
+  // room from where it was. A renewal refused for good (say, the new token
+  // does not allow the room) forgets the room, with the 'error' event.
   #onSubscribeFailed(sub, error) {
-    this.#subs.delete(sub.room);
     const err = new ParleyError(error.code, error.message, error);
     err.room = sub.room;
     if (sub.waiter) {
+      this.#subs.delete(sub.room);
       clearTimeout(sub.waiter.timer);
       const { reject } = sub.waiter;
       sub.waiter = null;
       reject(err);
-    } else {
-      // A renewal was refused (say, the new token does not allow the room).
-      this.emit('error', err);
+      return;
     }
+    if (!transientCodes.has(error.code)) {
+      this.#subs.delete(sub.room);
+      this.emit('error', err);
+      return;
+    }
+    const ws = this.#ws;
+    this.emit('error', err);
+    // Unless a listener has closed the client or left the connection.
+    if (ws && this.#ws === ws && this.#subs.get(sub.room) === sub) this.#lost(ws, 4002, `resubscribe of ${sub.room} refused: ${error.code}`, false);
   }
 
   #onMessage(m) {

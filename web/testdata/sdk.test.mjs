@@ -353,6 +353,81 @@ test('a node that closes with 1013 before the subscribe ack gets backoff, not a 
   client.close();
 });
 
+test('a renewal refused for now keeps the room and its position, and reconnects with backoff to renew it', async () => {
+  const client = newClient({ minDelay: 2, maxDelay: 64 });
+  const delays = reconnects(client);
+  const got = [];
+  const errors = [];
+  const closes = [];
+  client.on('error', (e) => errors.push([e.code, e.room]));
+  client.on('close', (e) => closes.push(e.code));
+  let ws = await socket(0);
+  ws.push(welcome(0));
+  client.subscribe('r', { onMessage: (m) => got.push(m.offset) });
+  client.subscribe('other');
+  for (const sub of ws.sentOf('subscribe')) ws.push({ type: 'ack', id: sub.id, epoch: 'E', offset: 0, recovered: false });
+  ws.push(msg('E', 1), msg('E', 2));
+  ws.drop();
+  // The node's bus is coming back: it refuses the renewal of r, twice, with
+  // two codes that may pass.
+  for (const [i, code] of [[1, 'internal'], [2, 'rate_limited']]) {
+    ws = await socket(i);
+    ws.push(welcome(i));
+    const sub = ws.sentOf('subscribe').find((f) => f.room === 'r');
+    assert.deepEqual(sub.since, { epoch: 'E', offset: 2 });
+    ws.push({ type: 'error', id: sub.id, code, message: 'subscribe failed: the message bus (Redis) is unavailable; try again shortly' });
+    assert.equal(ws.closedWith, 1000, `connection ${i} is closed`);
+    assert.equal(closes.at(-1), 4002);
+    assert.deepEqual(client.rooms().sort(), ['other', 'r'], 'the room is kept');
+    assert.deepEqual(client.position('r'), { epoch: 'E', offset: 2 });
+    assert.equal(client.state, 'reconnecting');
+  }
+  assert.deepEqual(errors, [['internal', 'r'], ['rate_limited', 'r']]);
+  assert.deepEqual(delays.map((d) => d.attempt), [1, 2, 3], 'a refused connection is not ready: the backoff grows');
+  // The node is back: r resumes from where it was, and nothing is delivered twice.
+  ws = await socket(3);
+  ws.push(welcome(3));
+  const subs = ws.sentOf('subscribe');
+  assert.deepEqual(subs.map((f) => f.room).sort(), ['other', 'r']);
+  for (const sub of subs) {
+    if (sub.room === 'r') ws.push({ type: 'ack', id: sub.id, epoch: 'E', offset: 4, recovered: true }, msg('E', 2), msg('E', 3), msg('E', 4));
+    else ws.push({ type: 'ack', id: sub.id, epoch: 'E', offset: 0, recovered: true });
+  }
+  ws.push(msg('E', 5));
+  assert.deepEqual(got, [1, 2, 3, 4, 5]);
+  assert.equal(errors.length, 2);
+  ws.drop();
+  assert.equal(delays.at(-1).attempt, 1, 'a ready connection starts the backoff over');
+  client.close();
+});
+
+test('a renewal refused for good drops the room; a first subscribe refused for now rejects', async () => {
+  const client = newClient();
+  const errors = [];
+  client.on('error', (e) => errors.push([e.code, e.room]));
+  let ws = await socket(0);
+  ws.push(welcome(0));
+  client.subscribe('r');
+  ws.push({ type: 'ack', id: ws.sentOf('subscribe')[0].id, epoch: 'E', offset: 0, recovered: false });
+  ws.drop();
+  ws = await socket(1);
+  ws.push(welcome(1));
+  ws.push({ type: 'error', id: ws.sentOf('subscribe')[0].id, code: 'forbidden', message: 'not allowed to subscribe to r' });
+  assert.deepEqual(errors, [['forbidden', 'r']]);
+  assert.deepEqual(client.rooms(), []);
+  assert.equal(ws.readyState, 1, 'the connection goes on');
+  // The first subscribe of a room is the application's: its promise gets
+  // the error, whatever the code, and the client stays connected.
+  const first = client.subscribe('fresh');
+  ws.push({ type: 'error', id: ws.sentOf('subscribe').at(-1).id, code: 'internal', message: 'subscribe failed' });
+  await assert.rejects(first, (err) => err.code === 'internal' && err.room === 'fresh');
+  assert.deepEqual(client.rooms(), []);
+  assert.equal(ws.readyState, 1);
+  assert.equal(FakeWS.all.length, 2);
+  assert.deepEqual(errors, [['forbidden', 'r']]);
+  client.close();
+});
+
 test('presence: the first page, the total kept in step with joins and leaves', async () => {
   const client = newClient();
   const ws = await socket(0);
