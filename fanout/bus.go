@@ -134,6 +134,15 @@ type HistoryQuery struct {
 	// is Recovered when the epoch matches and no message after it has been
 	// dropped from history; otherwise it carries no messages.
 	Since *Position
+	// Delivered says that Since is a position this node delivered, not one
+	// a client sent. A bus whose room is behind it in the same epoch has
+	// lost messages it acknowledged (Redis restored from an older snapshot
+	// or a lagging replica) and would number new messages with offsets
+	// already used: it starts the room in a new epoch instead, so that
+	// every position in the old one is answered as not recovered. A
+	// client's position never does this, or any client could restart a
+	// room's epoch.
+	Delivered bool
 	// Limit caps the number of messages; zero means none when Since is nil and
 	// every retained one when Since is set. Without Since the newest Limit
 	// messages are returned.

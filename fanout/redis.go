@@ -110,11 +110,14 @@ const (
 // Redis ran it): the bus then holds no lease of what it may have added, which
 // lapses within PresenceTTL, and renews nothing that it may have removed.
 //
+// Publications are pipelined: those made while others are in flight go to
+// Redis together, in one round trip (redis_publish.go).
+//
 // Its keys live under "parley:", each of a room's hash-tagged {room} so that
-// a room sits in one Redis Cluster slot. Commands are never retried: a
-// retried publication that had run would publish twice. Close does not
-// leave: the members and session addresses of a closed bus lapse as a dead
-// node's do.
+// a room sits in one Redis Cluster slot. A command that may have run is
+// never retried: a retried publication that had run would publish twice.
+// Close does not leave: the members and session addresses of a closed bus
+// lapse as a dead node's do.
 type Redis struct {
 	cfg       RedisConfig
 	client    redis.UniversalClient
@@ -165,6 +168,11 @@ type Redis struct {
 	// PresenceTTL/3 after a connection is made, so that after an outage
 	// every live node gets to renew its leases before one reaps them.
 	reapFrom atomic.Int64
+
+	// Publishing (redis_publish.go): requests waiting for a publisher,
+	// and how long one may take from its call to its reply.
+	publishQueue   chan *publishRequest
+	publishTimeout time.Duration
 
 	reconnects, dropped, errors atomic.Uint64
 }
@@ -251,6 +259,9 @@ func NewRedis(cfg RedisConfig) (*Redis, error) {
 		handoffs:     make(map[string]chan struct{}),
 		letGoQueue:   make(chan letGo, letGoBacklog),
 		renewNow:     make(chan struct{}, 1),
+		publishQueue: make(chan *publishRequest, publishBacklog),
+		// A read_timeout below zero is none.
+		publishTimeout: max(opt.ReadTimeout, 0),
 		// Unique to this bus, so that a node that restarts with the same
 		// NodeID tells its registrations from its previous life's.
 		addrPrefix: sessionAddr(cfg.NodeID, NewEpoch()+"."),
@@ -262,10 +273,13 @@ func NewRedis(cfg RedisConfig) (*Redis, error) {
 	r.subs[r.nodeTopic] = &subscription{channel: r.nodeTopic, wanted: true, ready: make(chan struct{})}
 	ctx, cancel := context.WithCancel(context.Background())
 	r.cancel = cancel
-	r.wg.Add(3)
+	r.wg.Add(3 + publishers)
 	go r.run(ctx)
 	go r.renewLoop(ctx)
 	go r.letGoLoop(ctx)
+	for range publishers {
+		go r.publishLoop(ctx)
+	}
 	return r, nil
 }
 
@@ -320,46 +334,6 @@ func (r *Redis) fail(ctx context.Context, op string, err error) error {
 	return fmt.Errorf("%w: %s: %w", ErrRedisUnavailable, op, err)
 }
 
-// Publish implements Bus.
-func (r *Redis) Publish(ctx context.Context, room string, p Publication) (PublishResult, error) {
-	if err := r.check(ctx); err != nil {
-		return PublishResult{}, err
-	}
-	meta, hist := roomKeys(room)
-	keys := []string{meta, hist}
-	if p.Key != "" {
-		keys = append(keys, keyKey(room, p.Key))
-	}
-	res, err := publishScript.Run(ctx, r.client, keys,
-		NewEpoch(), []byte(p.Data), p.From, r.cfg.HistorySize, r.historyMs, r.metaMs, r.keyMs, roomChannel(room)).Slice()
-	if err != nil {
-		return PublishResult{}, r.fail(ctx, "publish", err)
-	}
-	out, ok := parsePublish(res)
-	if !ok {
-		return PublishResult{}, r.fail(ctx, "publish", fmt.Errorf("unexpected reply %v", res))
-	}
-	return out, nil
-}
-
-func parsePublish(res []any) (PublishResult, bool) {
-	if len(res) == 2 && res[0] == int64(1) {
-		first, _ := res[1].(string)
-		i := strings.LastIndexByte(first, ':')
-		if i < 0 {
-			return PublishResult{}, false
-		}
-		off, err := strconv.ParseUint(first[i+1:], 10, 64)
-		return PublishResult{Position: Position{Epoch: first[:i], Offset: off}, Duplicate: true}, err == nil
-	}
-	if len(res) != 3 {
-		return PublishResult{}, false
-	}
-	epoch, ok1 := res[1].(string)
-	off, ok2 := res[2].(int64)
-	return PublishResult{Position: Position{Epoch: epoch, Offset: uint64(off)}}, ok1 && ok2 && off > 0
-}
-
 // History implements Bus. Reading a room that has no epoch yet (a new room,
 // or one that Redis lost) gives it one, kept for HistoryTTL unless a
 // publication comes, so that the position it answers can be resumed from: a
@@ -370,13 +344,16 @@ func (r *Redis) History(ctx context.Context, room string, q HistoryQuery) (Histo
 		return History{}, err
 	}
 	limit := min(max(q.Limit, 0), r.cfg.HistorySize)
-	since, sinceEpoch, sinceOffset := "0", "", "0"
+	since, sinceEpoch, sinceOffset, delivered := "0", "", "0", "0"
 	if q.Since != nil {
 		since, sinceEpoch, sinceOffset = "1", q.Since.Epoch, strconv.FormatUint(q.Since.Offset, 10)
 	}
+	if q.Delivered {
+		delivered = "1"
+	}
 	meta, hist := roomKeys(room)
 	res, err := historyScript.Run(ctx, r.client, []string{meta, hist},
-		NewEpoch(), r.historyMs, r.historyMs, since, sinceEpoch, sinceOffset, limit).Slice()
+		NewEpoch(), r.historyMs, r.historyMs, since, sinceEpoch, sinceOffset, limit, delivered).Slice()
 	if err != nil {
 		return History{}, r.fail(ctx, "history", err)
 	}

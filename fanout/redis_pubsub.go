@@ -180,6 +180,10 @@ func (r *Redis) markDirty(s *subscription) {
 	}
 }
 
+// stillDownWarning is how often run warns again while Redis stays out of
+// reach.
+const stillDownWarning = 30 * time.Second
+
 // kickRun wakes run to sync the subscriptions.
 func (r *Redis) kickRun() {
 	select {
@@ -189,25 +193,35 @@ func (r *Redis) kickRun() {
 }
 
 // run makes the pub/sub connection, again and again, until Close. It warns
-// once when the connection is lost (or cannot be made at start), and backs
-// off exponentially, with jitter, between attempts.
+// when the connection is lost (or cannot be made at start), and again every
+// stillDownWarning while it cannot be made (a wrong password or address looks
+// like a Redis that is down, and must not go unnoticed), and backs off
+// exponentially, with jitter, between attempts. Each failed attempt counts
+// as an error.
 func (r *Redis) run(ctx context.Context) {
 	defer r.wg.Done()
 	attempt := 0
-	warned := false
+	var downSince, warnedAt time.Time
 	for {
 		lost, err := r.connection(ctx)
 		if r.closed.Load() {
 			return
 		}
+		now := time.Now()
 		switch {
 		case lost:
 			r.log.Warn("redis connection lost; reconnecting", "err", err)
-			attempt, warned = 0, true
-		case !warned:
+			attempt, downSince, warnedAt = 0, now, now
+		case downSince.IsZero():
+			r.errors.Add(1)
 			r.log.Warn("redis unreachable; retrying", "err", err)
-			warned = true
+			downSince, warnedAt = now, now
+		case now.Sub(warnedAt) >= stillDownWarning:
+			r.errors.Add(1)
+			r.log.Warn("redis still unreachable; retrying", "err", err, "down_for", now.Sub(downSince).Round(time.Second))
+			warnedAt = now
 		default:
+			r.errors.Add(1)
 			r.log.Debug("redis connection failed", "err", err)
 		}
 		d := min(maxBackoff, minBackoff<<min(attempt, 16))

@@ -127,7 +127,8 @@ return {0, epoch, tonumber(id)}
 //
 // KEYS: meta, history. ARGV: epoch for a room without one, history TTL ms,
 // TTL ms of meta made here, "1" when since is given, since epoch, since
-// offset, limit. Returns {epoch, top, recovered 0/1, then id, time, from,
+// offset, limit, "1" when since is a position the node delivered (a top
+// below it in its epoch then moves the room to the given epoch). Returns {epoch, top, recovered 0/1, then id, time, from,
 // data per message, oldest first}.
 var historyScript = redis.NewScript(`
 local meta, hist = KEYS[1], KEYS[2]
@@ -160,6 +161,14 @@ local function add(e)
 end
 if ARGV[4] == '1' then
 	local since = tonumber(ARGV[6])
+	if ARGV[5] == epoch and since > top and ARGV[8] == '1' then
+		-- A node delivered past the top: Redis lost acknowledged messages
+		-- and would number new ones with used offsets. A new epoch.
+		epoch = ARGV[1]
+		redis.call('HSET', meta, 'epoch', epoch)
+		out[1] = epoch
+		return out
+	end
 	if ARGV[5] ~= epoch or since > top then return out end
 	if since == top then
 		out[3] = 1

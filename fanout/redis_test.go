@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"regexp"
+	"runtime"
 	"slices"
 	"strconv"
 	"sync"
@@ -458,15 +459,15 @@ func TestRedisIdempotencyAcrossNodes(t *testing.T) {
 	}
 }
 
-// commandCalls returns how many times srv has run cmd since its stats were
-// reset.
+// commandCalls returns how many times srv has run cmd ("script|load" for a
+// subcommand) since its stats were reset.
 func commandCalls(t *testing.T, c *redis.Client, cmd string) int {
 	t.Helper()
 	info, err := c.Info(context.Background(), "commandstats").Result()
 	if err != nil {
 		t.Fatalf("INFO commandstats: %v", err)
 	}
-	m := regexp.MustCompile(`cmdstat_` + cmd + `:calls=(\d+)`).FindStringSubmatch(info)
+	m := regexp.MustCompile(`cmdstat_` + regexp.QuoteMeta(cmd) + `:calls=(\d+)`).FindStringSubmatch(info)
 	if m == nil {
 		return 0
 	}
@@ -610,9 +611,10 @@ func metricValue(t *testing.T, m prometheus.Metric) float64 {
 	return 0
 }
 
-// benchPublishDeliver publishes b.N messages on pub, one after another or
-// from 8 goroutines per CPU, and waits for sub's handler to have them all.
-func benchPublishDeliver(b *testing.B, pub, sub Bus, parallel bool) {
+// benchPublishDeliver publishes b.N messages on pub, one after another when
+// perCPU is 0, else from perCPU goroutines per CPU, and waits for sub's
+// handler to have them all.
+func benchPublishDeliver(b *testing.B, pub, sub Bus, perCPU int) {
 	room := "bench-" + NewEpoch()
 	h := &countHandler{done: make(chan struct{})}
 	h.want.Store(int64(b.N))
@@ -621,8 +623,8 @@ func benchPublishDeliver(b *testing.B, pub, sub Bus, parallel bool) {
 	}
 	msg := Publication{Data: []byte(`{"text":"hello, room"}`), From: "alice"}
 	b.ResetTimer()
-	if parallel {
-		b.SetParallelism(8)
+	if perCPU > 0 {
+		b.SetParallelism(perCPU)
 		b.RunParallel(func(pb *testing.PB) {
 			for pb.Next() {
 				if _, err := pub.Publish(context.Background(), room, msg); err != nil {
@@ -645,6 +647,18 @@ func benchPublishDeliver(b *testing.B, pub, sub Bus, parallel bool) {
 	}
 }
 
+// publishBenchmarks are the shapes of load of the publish benchmarks: one
+// publisher waiting for each acknowledgement (the round trip), 8 per CPU,
+// and 64 in all (throughput under many concurrent callers).
+var publishBenchmarks = []struct {
+	name   string
+	perCPU int
+}{
+	{"sequential", 0},
+	{"parallel", 8},
+	{"parallel64", max(1, 64/runtime.GOMAXPROCS(0))},
+}
+
 type countHandler struct {
 	got, want atomic.Int64
 	done      chan struct{}
@@ -662,12 +676,12 @@ func (h *countHandler) HandleResync(string)          {}
 // another, through a local Redis: sequentially (each publish waits for its
 // acknowledgement: the round trip) and from many goroutines (throughput).
 func BenchmarkRedisPublishDeliver(b *testing.B) {
-	for _, parallel := range []bool{false, true} {
-		b.Run(map[bool]string{false: "sequential", true: "parallel"}[parallel], func(b *testing.B) {
+	for _, bb := range publishBenchmarks {
+		b.Run(bb.name, func(b *testing.B) {
 			srv := redistest.Start(b)
 			pub := newTestRedis(b, RedisConfig{URL: srv.URL()})
 			sub := newTestRedis(b, RedisConfig{URL: srv.URL()})
-			benchPublishDeliver(b, pub, sub, parallel)
+			benchPublishDeliver(b, pub, sub, bb.perCPU)
 		})
 	}
 }
@@ -675,11 +689,11 @@ func BenchmarkRedisPublishDeliver(b *testing.B) {
 // BenchmarkMemoryPublishDeliver is the same on the in-memory bus, for
 // comparison.
 func BenchmarkMemoryPublishDeliver(b *testing.B) {
-	for _, parallel := range []bool{false, true} {
-		b.Run(map[bool]string{false: "sequential", true: "parallel"}[parallel], func(b *testing.B) {
+	for _, bb := range publishBenchmarks {
+		b.Run(bb.name, func(b *testing.B) {
 			m := NewMemory(MemoryConfig{})
 			b.Cleanup(func() { m.Close() })
-			benchPublishDeliver(b, m, m, parallel)
+			benchPublishDeliver(b, m, m, bb.perCPU)
 		})
 	}
 }
@@ -976,4 +990,293 @@ func TestRedisPresenceCost(t *testing.T) {
 			return len(p) > 0 && !p[len(p)-1].Join
 		})
 	}
+}
+
+// pipelineCounter is a go-redis hook that counts the pipelines of EVALSHA
+// calls that a client sends, and the calls in them.
+type pipelineCounter struct {
+	pipelines, cmds atomic.Int64
+}
+
+func (c *pipelineCounter) DialHook(next redis.DialHook) redis.DialHook { return next }
+func (c *pipelineCounter) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return next
+}
+func (c *pipelineCounter) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		n := 0
+		for _, cmd := range cmds {
+			if cmd.Name() == "evalsha" {
+				n++
+			}
+		}
+		if n > 0 {
+			c.pipelines.Add(1)
+			c.cmds.Add(int64(n))
+		}
+		return next(ctx, cmds)
+	}
+}
+
+// countPipelines makes c count bus's pipelines from now on.
+func countPipelines(bus *Redis) *pipelineCounter {
+	c := &pipelineCounter{}
+	bus.client.AddHook(c)
+	return c
+}
+
+// publishConcurrently publishes n messages in room from each of callers
+// goroutines at once, and returns the results.
+func publishConcurrently(t *testing.T, bus Bus, room string, callers, n int) []PublishResult {
+	t.Helper()
+	res := make([]PublishResult, callers*n)
+	errs := make([]error, callers)
+	var wg sync.WaitGroup
+	start := make(chan struct{})
+	for g := range callers {
+		wg.Go(func() {
+			<-start
+			for i := range n {
+				r, err := bus.Publish(context.Background(), room, Publication{Data: data(g*n + i)})
+				if err != nil {
+					errs[g] = err
+					return
+				}
+				res[g*n+i] = r
+			}
+		})
+	}
+	close(start)
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		t.Fatal(err)
+	}
+	return res
+}
+
+// checkPublished checks that res, the publishes of one room, took each
+// offset from 1 once, in one epoch, and that each caller's (per in a row in
+// res) came in the order it made them; and that history and delivery to rec
+// agree.
+func checkPublished(t *testing.T, bus Bus, room string, rec *recorder, res []PublishResult, per int) {
+	t.Helper()
+	n := len(res)
+	seen := make(map[uint64]bool, n)
+	for i, r := range res {
+		if r.Epoch != res[0].Epoch || r.Offset < 1 || r.Offset > uint64(n) || seen[r.Offset] || r.Duplicate {
+			t.Fatalf("publish %d: got %+v, want a new offset in 1..%d, epoch %q", i, r, n, res[0].Epoch)
+		}
+		seen[r.Offset] = true
+		if i%per > 0 && r.Offset <= res[i-1].Offset {
+			t.Errorf("caller %d: offset %d after %d, want its publishes in order", i/per, r.Offset, res[i-1].Offset)
+		}
+	}
+	msgs := rec.waitMessages(t, n)
+	if got, want := offsets(msgs), seq(1, uint64(n)); !slices.Equal(got, want) {
+		t.Errorf("delivered offsets: got %d, not 1..%d in order", len(got), n)
+	}
+	byOffset := make(map[uint64]string, n)
+	for _, m := range msgs {
+		byOffset[m.Offset] = string(m.Data)
+	}
+	h := history(t, bus, room, HistoryQuery{Limit: n})
+	if got := offsets(h.Messages); !slices.Equal(got, seq(1, uint64(n))) || h.Top.Epoch != res[0].Epoch {
+		t.Fatalf("history: got %d messages, top %v; want 1..%d in epoch %q", len(got), h.Top, n, res[0].Epoch)
+	}
+	for _, m := range h.Messages {
+		if byOffset[m.Offset] != string(m.Data) {
+			t.Errorf("offset %d: history has %s, delivery had %s", m.Offset, m.Data, byOffset[m.Offset])
+		}
+	}
+	rec.check(t)
+}
+
+// Concurrent publishes go to Redis in few pipelines, and each gets its own
+// offset: offsets, history and delivery agree, and each caller's publishes
+// keep their order.
+func TestRedisPublishBatching(t *testing.T) {
+	srv := redistest.Start(t)
+	bus := newTestRedis(t, RedisConfig{URL: srv.URL(), HistorySize: 10000})
+	room := roomName(t, "room")
+	rec := &recorder{}
+	subscribe(t, bus, room, rec)
+	warm := roomName(t, "warm")
+	publish(t, bus, warm, Publication{Data: data(0)}) // Redis has the script
+	counter := countPipelines(bus)
+	const callers, each = 64, 40
+	res := publishConcurrently(t, bus, room, callers, each)
+	pipelines, cmds := counter.pipelines.Load(), counter.cmds.Load()
+	t.Logf("%d publishes from %d callers: %d pipelines", callers*each, callers, pipelines)
+	if cmds != callers*each {
+		t.Errorf("commands pipelined: got %d, want %d", cmds, callers*each)
+	}
+	if pipelines > callers*each/4 {
+		t.Errorf("%d concurrent publishes went out as %d pipelines, want at most %d", callers*each, pipelines, callers*each/4)
+	}
+	checkPublished(t, bus, room, rec, res, each)
+
+	// A lone publish goes out at once, alone.
+	before := counter.pipelines.Load()
+	publish(t, bus, warm, Publication{Data: data(0)})
+	if got := counter.pipelines.Load() - before; got != 1 {
+		t.Errorf("pipelines of a lone publish: got %d, want 1", got)
+	}
+}
+
+// Redis that lost its scripts (SCRIPT FLUSH, as after a restart) answers
+// NOSCRIPT: the bus loads the script and sends those publishes again, and
+// each is published once.
+func TestRedisPublishNoScript(t *testing.T) {
+	srv := redistest.Start(t)
+	bus := newTestRedis(t, RedisConfig{URL: srv.URL(), HistorySize: 10000})
+	raw := rawClient(t, srv)
+	ctx := context.Background()
+	room := roomName(t, "room")
+	rec := &recorder{}
+	subscribe(t, bus, room, rec)
+	if err := raw.ConfigResetStat(ctx).Err(); err != nil {
+		t.Fatal(err)
+	}
+	counter := countPipelines(bus)
+	const callers, each = 32, 10
+	var res []PublishResult
+	for range 3 {
+		if err := raw.ScriptFlush(ctx).Err(); err != nil {
+			t.Fatal(err)
+		}
+		res = append(res, publishConcurrently(t, bus, room, callers, each)...)
+	}
+	if loads := commandCalls(t, raw, "script|load"); loads < 3 {
+		t.Errorf("SCRIPT LOAD calls after 3 flushes: got %d, want at least 3", loads)
+	}
+	if sent := counter.cmds.Load(); sent <= int64(len(res)) {
+		t.Errorf("publishes sent: got %d for %d publications, want those refused with NOSCRIPT sent again", sent, len(res))
+	}
+	checkPublished(t, bus, room, rec, res, each)
+}
+
+// hangPublishers freezes srv and makes every publisher of bus wait on it:
+// one publish in room each, whose errors come on the channel returned.
+func hangPublishers(t *testing.T, srv *redistest.Server, bus *Redis, room string) <-chan error {
+	t.Helper()
+	counter := countPipelines(bus)
+	publish(t, bus, room, Publication{Data: data(0)}) // Redis has the script
+	base := counter.pipelines.Load()
+	srv.Freeze()
+	t.Cleanup(srv.Thaw)
+	errs := make(chan error, publishers)
+	for i := range publishers {
+		go func() {
+			_, err := bus.Publish(context.Background(), room, Publication{Data: []byte(`"hung"`)})
+			errs <- err
+		}()
+		waitFor(t, "a batch in flight", func() bool { return counter.pipelines.Load() == base+int64(1+i) })
+	}
+	return errs
+}
+
+// A caller whose context ends while its publish waits gets the context's
+// error at once, and a publish whose caller has left before it was sent is
+// not sent.
+func TestRedisPublishContext(t *testing.T) {
+	srv := redistest.Start(t)
+	bus := newTestRedis(t, RedisConfig{URL: srv.URL() + "?read_timeout=1s"})
+	room := roomName(t, "room")
+	hung := hangPublishers(t, srv, bus, room)
+	counter := countPipelines(bus)
+
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	_, err := bus.Publish(ctx, room, Publication{Data: []byte(`"abandoned"`)})
+	if took := time.Since(start); !errors.Is(err, context.DeadlineExceeded) || took > 500*time.Millisecond {
+		t.Errorf("Publish with a 100ms deadline behind hung batches: got %v after %v, want %v within about 100ms", err, took, context.DeadlineExceeded)
+	}
+	for range publishers {
+		if err := <-hung; !errors.Is(err, ErrRedisUnavailable) {
+			t.Errorf("hung publish: got %v, want %v", err, ErrRedisUnavailable)
+		}
+	}
+	srv.Thaw()
+	publish(t, bus, room, Publication{Data: []byte(`"after"`)})
+	if got := counter.cmds.Load(); got != 1 {
+		t.Errorf("publishes sent since the hung ones: got %d, want 1 (the abandoned one not sent)", got)
+	}
+	for _, m := range history(t, bus, room, HistoryQuery{Limit: 10}).Messages {
+		if string(m.Data) == `"abandoned"` {
+			t.Errorf("the abandoned publish is in history at offset %d", m.Offset)
+		}
+	}
+}
+
+// A publish that waited behind batches that Redis does not answer fails
+// within the read timeout of its call, not that after its batch is sent,
+// and is not sent when it has too little of that time left.
+func TestRedisPublishQueuedDeadline(t *testing.T) {
+	srv := redistest.Start(t)
+	const timeout = 500 * time.Millisecond
+	bus := newTestRedis(t, RedisConfig{URL: srv.URL() + "?read_timeout=" + timeout.String()})
+	room := roomName(t, "room")
+	hung := hangPublishers(t, srv, bus, room)
+	counter := countPipelines(bus)
+	start := time.Now()
+	_, err := bus.Publish(context.Background(), room, Publication{Data: data(1)})
+	took := time.Since(start)
+	t.Logf("queued publish failed after %v: %v", took, err)
+	if !errors.Is(err, ErrRedisUnavailable) {
+		t.Errorf("Publish queued behind hung batches: got %v, want %v", err, ErrRedisUnavailable)
+	}
+	if took > timeout+timeout*3/4 {
+		t.Errorf("Publish queued behind hung batches took %v, want about the read timeout (%v)", took, timeout)
+	}
+	if sent := counter.cmds.Load(); sent != 0 {
+		t.Errorf("publishes sent after the hung ones: got %d, want 0", sent)
+	}
+	for range publishers {
+		<-hung
+	}
+}
+
+// Close answers every publish waiting, queued or in flight, with ErrClosed,
+// at once. (Close itself waits for the batches in flight, up to the read
+// timeout, as for a lease renewal in flight.)
+func TestRedisPublishClose(t *testing.T) {
+	srv := redistest.Start(t)
+	bus := newTestRedis(t, RedisConfig{URL: srv.URL()})
+	room := roomName(t, "room")
+	hung := hangPublishers(t, srv, bus, room)
+	const queued = 10
+	errs := make(chan error, queued)
+	for range queued {
+		go func() {
+			_, err := bus.Publish(context.Background(), room, Publication{Data: data(1)})
+			errs <- err
+		}()
+	}
+	waitFor(t, "publishes queued", func() bool { return len(bus.publishQueue) == queued })
+	start := time.Now()
+	closed := make(chan struct{})
+	go func() {
+		bus.Close()
+		close(closed)
+	}()
+	for range queued + publishers {
+		select {
+		case err := <-errs:
+			if !errors.Is(err, ErrClosed) {
+				t.Errorf("queued publish at Close: got %v, want %v", err, ErrClosed)
+			}
+		case err := <-hung:
+			if !errors.Is(err, ErrClosed) {
+				t.Errorf("publish in flight at Close: got %v, want %v", err, ErrClosed)
+			}
+		}
+	}
+	if took := time.Since(start); took > time.Second {
+		t.Errorf("publishes answered %v after Close, want at once", took)
+	}
+	if _, err := bus.Publish(context.Background(), room, Publication{Data: data(1)}); !errors.Is(err, ErrClosed) {
+		t.Errorf("Publish after Close: got %v, want %v", err, ErrClosed)
+	}
+	<-closed
 }

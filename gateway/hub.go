@@ -709,7 +709,7 @@ func (h *hub) fill(r *hubRoom) {
 		case <-ctx.Done():
 			return
 		}
-		hist, err := h.bus.History(ctx, r.name, fanout.HistoryQuery{Since: &since})
+		hist, err := h.bus.History(ctx, r.name, fanout.HistoryQuery{Since: &since, Delivered: true})
 		<-h.fillReads
 		if err != nil {
 			if ctx.Err() != nil {
