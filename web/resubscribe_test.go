@@ -9,62 +9,12 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 
 	"github.com/parley-rt/parley/fanout"
+	"github.com/parley-rt/parley/fanout/fanouttest"
 	"github.com/parley-rt/parley/gateway"
 )
-
-// flakyBus is a Memory bus whose History fails for one room a given number
-// of times, as a Redis bus does while its connection comes back
-// (fanout.ErrRedisUnavailable): the node answers a subscribe to that room
-// with internal. Before each failure it publishes "During refusal N" to the
-// room, so that messages come while the client is refused. Every other call
-// goes to the Memory.
-type flakyBus struct {
-	*fanout.Memory
-
-	mu     sync.Mutex
-	room   string
-	fails  int // History calls of room still to fail
-	failed int // History calls of room failed so far
-}
-
-var _ fanout.Bus = (*flakyBus)(nil)
-
-// failHistory makes the next n History calls of room fail.
-func (b *flakyBus) failHistory(room string, n int) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	b.room, b.fails = room, n
-}
-
-func (b *flakyBus) failures() int {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.failed
-}
-
-// History implements fanout.Bus.
-func (b *flakyBus) History(ctx context.Context, room string, q fanout.HistoryQuery) (fanout.History, error) {
-	b.mu.Lock()
-	fail := room == b.room && b.fails > 0
-	if fail {
-		b.fails--
-		b.failed++
-	}
-	n := b.failed
-	b.mu.Unlock()
-	if !fail {
-		return b.Memory.History(ctx, room, q)
-	}
-	data := json.RawMessage(fmt.Sprintf(`{"text":"During refusal %d"}`, n))
-	if _, err := b.Memory.Publish(ctx, room, fanout.Publication{Data: data}); err != nil {
-		return fanout.History{}, fmt.Errorf("flakybus: publishing: %w", err)
-	}
-	return fanout.History{}, fmt.Errorf("flakybus: history of %s: %w", room, fanout.ErrRedisUnavailable)
-}
 
 type resubscribeResult struct {
 	pageLog
@@ -89,7 +39,8 @@ type resubscribeResult struct {
 // while it was refused, and after.
 func TestChatResubscribeRefused(t *testing.T) {
 	browserTools(t)
-	bus := &flakyBus{Memory: fanout.NewMemory(fanout.MemoryConfig{})}
+	mem := fanout.NewMemory(fanout.MemoryConfig{})
+	bus := &fanouttest.FlakyHistory{Bus: mem}
 	t.Cleanup(func() { bus.Close() }) // after the node, started below
 	n, err := startNode(t, "node-flaky", func(c *gateway.Config) { c.Bus = bus })
 	if err != nil {
@@ -111,11 +62,19 @@ func TestChatResubscribeRefused(t *testing.T) {
 			http.Error(rw, "n: "+err.Error(), http.StatusBadRequest)
 			return
 		}
-		bus.failHistory(r.URL.Query().Get("room"), times)
+		// Before each refusal a message comes, so that messages arrive
+		// while the client is refused.
+		room := r.URL.Query().Get("room")
+		bus.FailHistory(room, times, func(n int) {
+			data := json.RawMessage(fmt.Sprintf(`{"text":"During refusal %d"}`, n))
+			if _, err := mem.Publish(context.Background(), room, fanout.Publication{Data: data}); err != nil {
+				t.Errorf("publishing during refusal %d: %v", n, err)
+			}
+		})
 		rw.Write([]byte("{}"))
 	})
 	mux.HandleFunc("POST /failures", func(rw http.ResponseWriter, r *http.Request) {
-		json.NewEncoder(rw).Encode(map[string]int{"failures": bus.failures()})
+		json.NewEncoder(rw).Encode(map[string]int{"failures": bus.Failures()})
 	})
 	control := httptest.NewServer(mux)
 	t.Cleanup(control.Close)

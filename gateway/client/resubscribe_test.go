@@ -3,7 +3,6 @@ package client_test
 import (
 	"context"
 	"errors"
-	"fmt"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -11,60 +10,10 @@ import (
 	"time"
 
 	"github.com/parley-rt/parley/fanout"
+	"github.com/parley-rt/parley/fanout/fanouttest"
 	"github.com/parley-rt/parley/gateway"
 	"github.com/parley-rt/parley/gateway/client"
 )
-
-// flakyBus is a bus (a Memory, or a node's view of a cluster) whose History
-// fails for one room a given number of times, as a Redis bus does while its
-// connection comes back (fanout.ErrRedisUnavailable): the node answers a
-// subscribe to that room with internal, "the message bus (Redis) is
-// unavailable". Every other call goes to the bus.
-type flakyBus struct {
-	fanout.Bus
-
-	mu     sync.Mutex
-	room   string
-	fails  int         // History calls of room still to fail
-	failed int         // History calls of room failed so far
-	onFail func(n int) // runs after the nth failure, before the node answers
-}
-
-var _ fanout.Bus = (*flakyBus)(nil)
-
-// failHistory makes the next n History calls of room fail; onFail, if not
-// nil, runs after each.
-func (b *flakyBus) failHistory(room string, n int, onFail func(n int)) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	b.room, b.fails, b.onFail = room, n, onFail
-}
-
-// failures returns how many History calls have failed.
-func (b *flakyBus) failures() int {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.failed
-}
-
-// History implements fanout.Bus.
-func (b *flakyBus) History(ctx context.Context, room string, q fanout.HistoryQuery) (fanout.History, error) {
-	b.mu.Lock()
-	fail := room == b.room && b.fails > 0
-	if fail {
-		b.fails--
-		b.failed++
-	}
-	n, onFail := b.failed, b.onFail
-	b.mu.Unlock()
-	if !fail {
-		return b.Bus.History(ctx, room, q)
-	}
-	if onFail != nil {
-		onFail(n)
-	}
-	return fanout.History{}, fmt.Errorf("flakybus: history of %s: %w", room, fanout.ErrRedisUnavailable)
-}
 
 // roomErrors returns the codes of the EventErrors of room.
 func (r *recorder) roomErrors(room string) []string {
@@ -129,7 +78,7 @@ func watchSubscribed(t *testing.T, c *client.Client, room string) (dropped func(
 // with backoff, and ends subscribed, with every message published before,
 // during and after the refusals delivered once, in order.
 func TestResubscribeTransientKeepsRoom(t *testing.T) {
-	bus := &flakyBus{Bus: newBus(t, fanout.MemoryConfig{})}
+	bus := &fanouttest.FlakyHistory{Bus: newBus(t, fanout.MemoryConfig{})}
 	n := startNode(t, bus, nil)
 	px := startProxy(t, n.addr)
 	c, rec := dial(t, px.url, nil)
@@ -150,7 +99,7 @@ func TestResubscribeTransientKeepsRoom(t *testing.T) {
 	// 13, 14), so some are published while the client is refused.
 	var publishErrs []error
 	var perrMu sync.Mutex
-	bus.failHistory("room", 2, func(n int) {
+	bus.FailHistory("room", 2, func(n int) {
 		for i := 9 + 2*n; i <= 10+2*n; i++ {
 			if _, err := bus.Bus.Publish(context.Background(), "room", fanout.Publication{Data: body(i)}); err != nil {
 				perrMu.Lock()
@@ -169,7 +118,7 @@ func TestResubscribeTransientKeepsRoom(t *testing.T) {
 	px.setRefuse(false)
 
 	rec.waitKind(t, client.EventConnected, 2)
-	if got := bus.failures(); got != 2 {
+	if got := bus.Failures(); got != 2 {
 		t.Fatalf("the node refused %d subscribes of room, want 2", got)
 	}
 	publishBus(t, bus, "room", 15, 20)
@@ -217,11 +166,11 @@ func TestResubscribeTransientKeepsRoom(t *testing.T) {
 // retried: Subscribe returns the node's internal error and the room is not
 // subscribed, with no reconnect; the application may call it again.
 func TestSubscribeTransientFailsToCaller(t *testing.T) {
-	bus := &flakyBus{Bus: newBus(t, fanout.MemoryConfig{})}
+	bus := &fanouttest.FlakyHistory{Bus: newBus(t, fanout.MemoryConfig{})}
 	n := startNode(t, bus, nil)
 	c, rec := dial(t, n.url, nil)
 	ctx := ctxT(t)
-	bus.failHistory("room", 1, nil)
+	bus.FailHistory("room", 1, nil)
 	_, err := c.Subscribe(ctx, "room", client.SubscribeOptions{})
 	var serr *client.ServerError
 	if !errors.As(err, &serr) || serr.Code != "internal" {
@@ -249,7 +198,7 @@ func TestSubscribeTransientFailsToCaller(t *testing.T) {
 func TestResubscribeTransientMovesNode(t *testing.T) {
 	cl := newCluster(t)
 	mem := cl.mem
-	flaky := &flakyBus{Bus: cl.node()}
+	flaky := &fanouttest.FlakyHistory{Bus: cl.node()}
 	good := startNode(t, cl.node(), func(cfg *gateway.Config) { cfg.NodeID = "good" })
 	bad := startNode(t, flaky, func(cfg *gateway.Config) { cfg.NodeID = "bad" })
 	px := startProxy(t, good.addr)
@@ -264,13 +213,13 @@ func TestResubscribeTransientMovesNode(t *testing.T) {
 	publishBus(t, mem, "room", 1, 3)
 	rec.waitMessages(t, "room", 3)
 
-	flaky.failHistory("room", 1000, nil)
+	flaky.FailHistory("room", 1000, nil)
 	px.cut()
 	rec.waitKind(t, client.EventConnected, 2)
 	if got := c.Welcome().Node; got != "good" {
 		t.Errorf("connected to %q, want good", got)
 	}
-	if got := flaky.failures(); got != 1 {
+	if got := flaky.Failures(); got != 1 {
 		t.Errorf("the bad node refused %d subscribes, want 1", got)
 	}
 	if got, want := rec.roomErrors("room"), []string{"internal"}; !slices.Equal(got, want) {
