@@ -84,6 +84,7 @@ func TestConfigRefusals(t *testing.T) {
 	}{
 		{"remote target", Config{URL: "ws://192.0.2.1:8080/v1/ws"}, "not a loopback address"},
 		{"remote metrics", Config{URL: "ws://127.0.0.1:1/v1/ws", MetricsURL: "http://198.51.100.7/metrics"}, "not a loopback address"},
+		{"remote publish URL", Config{URL: "ws://127.0.0.1:1/v1/ws", PublishURL: "ws://203.0.113.9:8080/v1/ws"}, "not a loopback address"},
 		{"unknown scenario", Config{URL: "ws://127.0.0.1:1/v1/ws", Scenario: "storm"}, "scenario"},
 		{"too long", Config{URL: "ws://127.0.0.1:1/v1/ws", Duration: time.Hour}, "bound"},
 		{"too long with few conns", Config{URL: "ws://127.0.0.1:1/v1/ws", Conns: 5, Duration: time.Hour}, "bound"},
