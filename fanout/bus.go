@@ -13,10 +13,11 @@ var (
 	// ErrClosed is returned by a Bus after Close.
 	ErrClosed = errors.New("fanout: bus closed")
 	// ErrFull is returned by Enter for a room that holds as many members as
-	// the caller allows.
-	ErrFull = errors.New("fanout: room full")
-	// ErrNoSession is returned by Send for a session that no live node has
-	// registered.
+	// the caller allows, and by Post for a mailbox that holds as many
+	// payloads.
+	ErrFull = errors.New("fanout: full")
+	// ErrNoSession is returned by Send for a session that no live node
+	// holds: none registered it, or the node that did is gone.
 	ErrNoSession = errors.New("fanout: no such session")
 	// ErrRoomLimit is returned for a room the bus does not hold yet while it
 	// holds as many rooms as it may (MemoryConfig.MaxRooms).
@@ -221,8 +222,24 @@ type Bus interface {
 	// Send delivers data to session on whichever node registered it:
 	// ephemeral and addressed, with no offset and no history. Payloads sent
 	// by one caller, one Send after another, arrive in that order. Delivery
-	// is at most once; ErrNoSession says that no live node holds session.
+	// is at most once; ErrNoSession says that no live node holds session
+	// (none registered it, or the node that did is gone), and that data
+	// went nowhere.
 	Send(ctx context.Context, session string, data []byte) error
+	// Post is Send that keeps what no live node can take: data goes to the
+	// node that registered session, or, when none is live (none registered
+	// it, or the node that did is gone), into the session's mailbox. The
+	// mailbox keeps at most max payloads, until ttl has passed since the
+	// last was added; ErrFull when it holds max already (with max or ttl
+	// not above zero it keeps nothing). Payloads posted by one caller, one
+	// Post after another, arrive in that order, wherever they go.
+	Post(ctx context.Context, session string, data []byte, max int, ttl time.Duration) error
+	// Claim is Register that also empties the session's mailbox and
+	// returns what it held, in order, atomically with taking the address:
+	// every payload posted is either returned here or given to deliver.
+	// deliver may be called before Claim returns (with payloads posted
+	// after the claim): the caller puts the returned ones first.
+	Claim(ctx context.Context, session string, deliver func(data []byte)) ([][]byte, error)
 	// Ready reports whether the bus can serve right now.
 	Ready() bool
 	// Close releases the bus; calls after it return ErrClosed.

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"slices"
 	"sort"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -27,8 +28,10 @@ const waitTimeout = 10 * time.Second
 // returns a fresh, open bus whose rooms keep suiteHistory messages and a
 // history TTL long enough not to matter; it registers the bus's Close with
 // t.Cleanup. Room names are unique per test, so buses sharing a store (one
-// Redis) do not see each other's rooms.
-func testBus(t *testing.T, newBus func(t *testing.T) Bus) {
+// Redis) do not see each other's rooms. newPeer returns another node of
+// bus's cluster, as newBus makes them: a bus sharing its store, or bus
+// itself for a bus that is a cluster of one node.
+func testBus(t *testing.T, newBus func(t *testing.T) Bus, newPeer func(t *testing.T, bus Bus) Bus) {
 	tests := []struct {
 		name string
 		run  func(t *testing.T, newBus func(t *testing.T) Bus)
@@ -52,11 +55,24 @@ func testBus(t *testing.T, newBus func(t *testing.T) Bus) {
 		{"enter at once", testEnterConcurrent},
 		{"send", testSend},
 		{"send in order", testSendOrder},
+		{"post limits", testPostLimits},
 		{"concurrent publishers", testConcurrentPublishers},
 		{"close", testClose},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) { tt.run(t, newBus) })
+	}
+	// These take two nodes of one cluster.
+	peerTests := []struct {
+		name string
+		run  func(t *testing.T, newBus func(t *testing.T) Bus, newPeer func(t *testing.T, bus Bus) Bus)
+	}{
+		{"post", testPost},
+		{"claim moves delivery", testClaimMoves},
+		{"post while claiming", testPostWhileClaiming},
+	}
+	for _, tt := range peerTests {
+		t.Run(tt.name, func(t *testing.T) { tt.run(t, newBus, newPeer) })
 	}
 }
 
@@ -931,6 +947,219 @@ func testSendOrder(t *testing.T, newBus func(t *testing.T) Bus) {
 	}
 }
 
+// post posts data to session from bus, with a mailbox of max payloads
+// kept for a minute.
+func post(t *testing.T, bus Bus, session, data string, max int) {
+	t.Helper()
+	if err := bus.Post(context.Background(), session, []byte(data), max, time.Minute); err != nil {
+		t.Fatalf("Post(%s, %s): %v", session, data, err)
+	}
+}
+
+// claim claims session on bus for deliver and returns what it held, as
+// strings.
+func claim(t *testing.T, bus Bus, session string, deliver func([]byte)) []string {
+	t.Helper()
+	held, err := bus.Claim(context.Background(), session, deliver)
+	if err != nil {
+		t.Fatalf("Claim(%s): %v", session, err)
+	}
+	return strs(held)
+}
+
+func strs(bs [][]byte) []string {
+	out := make([]string, len(bs))
+	for i, b := range bs {
+		out[i] = string(b)
+	}
+	return out
+}
+
+// testPost posts to a registered session, which gets the payloads, and to
+// one that is not, whose mailbox holds them for Claim; posts after the
+// claim go to its deliver.
+func testPost(t *testing.T, newBus func(t *testing.T) Bus, newPeer func(t *testing.T, bus Bus) Bus) {
+	a := newBus(t)
+	b := newPeer(t, a)
+	ctx := context.Background()
+	registered, held := roomName(t, "registered"), roomName(t, "held")
+	const max = 10
+
+	in := &inbox{}
+	if err := a.Register(ctx, registered, in.deliver); err != nil {
+		t.Fatalf("Register: %v", err)
+	}
+	post(t, a, registered, `"from a"`, max)
+	post(t, b, registered, `"from b"`, max)
+	waitFor(t, "2 payloads", func() bool { return len(in.all()) >= 2 })
+	if got, want := in.all(), []string{`"from a"`, `"from b"`}; !slices.Equal(got, want) {
+		t.Errorf("payloads of a registered session: got %q, want %q", got, want)
+	}
+	if got := claim(t, a, registered, in.deliver); len(got) != 0 {
+		t.Errorf("Claim of a registered session: got %q held, want none", got)
+	}
+
+	var want []string
+	for i := range 4 {
+		want = append(want, fmt.Sprintf(`{"n":%d}`, i))
+		post(t, []Bus{a, b}[i%2], held, want[i], max)
+	}
+	if err := a.Send(ctx, held, []byte(`{}`)); !errors.Is(err, ErrNoSession) {
+		t.Errorf("Send to a session with a mailbox: got %v, want %v", err, ErrNoSession)
+	}
+	out := &inbox{}
+	if got := claim(t, a, held, out.deliver); !slices.Equal(got, want) {
+		t.Errorf("Claim: got %q, want %q", got, want)
+	}
+	post(t, b, held, `"after"`, max)
+	waitFor(t, "the payload posted after Claim", func() bool { return len(out.all()) >= 1 })
+	if got := claim(t, a, held, out.deliver); len(got) != 0 {
+		t.Errorf("Claim again: got %q held, want none", got)
+	}
+	if got, want := out.all(), []string{`"after"`}; !slices.Equal(got, want) {
+		t.Errorf("payloads after Claim: got %q, want %q", got, want)
+	}
+
+	// Once unregistered, the session's payloads are held again.
+	if err := a.Unregister(ctx, held); err != nil {
+		t.Fatalf("Unregister: %v", err)
+	}
+	post(t, b, held, `"later"`, max)
+	if got, want := claim(t, b, held, out.deliver), []string{`"later"`}; !slices.Equal(got, want) {
+		t.Errorf("Claim after Unregister: got %q, want %q", got, want)
+	}
+	if got, want := out.all(), []string{`"after"`}; !slices.Equal(got, want) {
+		t.Errorf("payloads delivered by the end: got %q, want only %q", got, want)
+	}
+	// Nothing posted is kept in any room's history.
+	if h := history(t, a, held, HistoryQuery{Limit: 10}); len(h.Messages) != 0 || h.Top.Offset != 0 {
+		t.Errorf("history of a session's name: %+v, want empty", h)
+	}
+}
+
+// testPostLimits fills a mailbox to max, which then refuses more until its
+// ttl has passed since the last payload it took, and then is gone.
+func testPostLimits(t *testing.T, newBus func(t *testing.T) Bus) {
+	bus := newBus(t)
+	ctx := context.Background()
+	s := roomName(t, "s")
+	const max, ttl = 3, 200 * time.Millisecond
+	var last time.Time
+	for i := range max {
+		last = time.Now()
+		if err := bus.Post(ctx, s, []byte(strconv.Itoa(i)), max, ttl); err != nil {
+			t.Fatalf("Post %d: %v", i, err)
+		}
+	}
+	if err := bus.Post(ctx, s, []byte(`"one too many"`), max, ttl); !errors.Is(err, ErrFull) {
+		t.Fatalf("Post past max: got %v, want %v", err, ErrFull)
+	}
+	// Refused posts do not keep the mailbox: it goes ttl after the last one
+	// it took, and the post that then succeeds starts a new one.
+	waitFor(t, "the mailbox to expire", func() bool {
+		err := bus.Post(ctx, s, []byte(`"fresh"`), max, ttl)
+		if err != nil && !errors.Is(err, ErrFull) {
+			t.Fatalf("Post: %v", err)
+		}
+		return err == nil
+	})
+	if took := time.Since(last); took < ttl {
+		t.Errorf("mailbox gone %v after its last payload, want after its ttl (%v)", took, ttl)
+	}
+	if got, want := claim(t, bus, s, func([]byte) {}), []string{`"fresh"`}; !slices.Equal(got, want) {
+		t.Errorf("Claim after the ttl: got %q, want %q", got, want)
+	}
+
+	for _, tt := range []struct {
+		name string
+		max  int
+		ttl  time.Duration
+	}{
+		{"max 0", 0, time.Minute},
+		{"ttl 0", max, 0},
+	} {
+		if err := bus.Post(ctx, roomName(t, "s"), []byte(`{}`), tt.max, tt.ttl); !errors.Is(err, ErrFull) {
+			t.Errorf("Post with %s: got %v, want %v", tt.name, err, ErrFull)
+		}
+	}
+}
+
+// testClaimMoves claims on one node a session registered on another: what
+// is posted after Claim returns goes to the claiming node's deliver only.
+func testClaimMoves(t *testing.T, newBus func(t *testing.T) Bus, newPeer func(t *testing.T, bus Bus) Bus) {
+	a := newBus(t)
+	b := newPeer(t, a)
+	ctx := context.Background()
+	s := roomName(t, "s")
+	onA, onB := &inbox{}, &inbox{}
+	if err := a.Register(ctx, s, onA.deliver); err != nil {
+		t.Fatalf("Register: %v", err)
+	}
+	post(t, b, s, `"before"`, 10)
+	waitFor(t, "the payload on a", func() bool { return len(onA.all()) >= 1 })
+	if got := claim(t, b, s, onB.deliver); len(got) != 0 {
+		t.Errorf("Claim of a session registered elsewhere: got %q held, want none", got)
+	}
+	post(t, a, s, `"after from a"`, 10)
+	post(t, b, s, `"after from b"`, 10)
+	if err := a.Send(ctx, s, []byte(`"sent from a"`)); err != nil {
+		t.Fatalf("Send: %v", err)
+	}
+	waitFor(t, "3 payloads on b", func() bool { return len(onB.all()) >= 3 })
+	got := onB.all()
+	slices.Sort(got)
+	if want := []string{`"after from a"`, `"after from b"`, `"sent from a"`}; !slices.Equal(got, want) {
+		t.Errorf("payloads on b: got %q, want %q", got, want)
+	}
+	if got, want := onA.all(), []string{`"before"`}; !slices.Equal(got, want) {
+		t.Errorf("payloads on a: got %q, want %q", got, want)
+	}
+}
+
+// testPostWhileClaiming claims a session on one node while a caller posts
+// to it from another: every payload is returned by Claim or delivered after
+// it, once, in the order posted.
+func testPostWhileClaiming(t *testing.T, newBus func(t *testing.T) Bus, newPeer func(t *testing.T, bus Bus) Bus) {
+	a := newBus(t)
+	b := newPeer(t, a)
+	s := roomName(t, "s")
+	const n = 200
+	want := make([]string, n)
+	for i := range want {
+		want[i] = fmt.Sprintf(`{"n":%d}`, i)
+	}
+	// Half the payloads are posted before Claim is called, and the rest
+	// while and after it runs.
+	half, claiming := make(chan struct{}), make(chan struct{})
+	errc := make(chan error, 1)
+	go func() {
+		for i := range n {
+			if i == n/2 {
+				close(half)
+				<-claiming
+			}
+			if err := a.Post(context.Background(), s, []byte(want[i]), n, time.Minute); err != nil {
+				errc <- fmt.Errorf("Post %d: %w", i, err)
+				return
+			}
+		}
+		errc <- nil
+	}()
+	<-half
+	in := &inbox{}
+	close(claiming)
+	held := claim(t, b, s, in.deliver)
+	if err := <-errc; err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "every payload", func() bool { return len(held)+len(in.all()) >= n })
+	barrier(t, b)
+	t.Logf("%d held, %d delivered", len(held), len(in.all()))
+	if got := append(held, in.all()...); !slices.Equal(got, want) {
+		t.Errorf("held then delivered: got %d payloads, first %q; want %d in order, once each", len(got), got[:min(5, len(got))], n)
+	}
+}
+
 func testConcurrentPublishers(t *testing.T, newBus func(t *testing.T) Bus) {
 	bus := newBus(t)
 	room := roomName(t, "room")
@@ -1009,6 +1238,8 @@ func testClose(t *testing.T, newBus func(t *testing.T) Bus) {
 		{"Enter", func() error { _, err := bus.Enter(ctx, room, m, 0); return err }},
 		{"Register", func() error { return bus.Register(ctx, "s", func([]byte) {}) }},
 		{"Send", func() error { return bus.Send(ctx, "s", []byte(`{}`)) }},
+		{"Post", func() error { return bus.Post(ctx, "s", []byte(`{}`), 1, time.Minute) }},
+		{"Claim", func() error { _, err := bus.Claim(ctx, "s", func([]byte) {}); return err }},
 	}
 	for _, tt := range tests {
 		if err := tt.call(); !errors.Is(err, ErrClosed) {

@@ -1,6 +1,7 @@
 package fanout
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/base64"
@@ -23,8 +24,8 @@ type MemoryConfig struct {
 	HistoryTTL time.Duration
 	// MaxKeys bounds the idempotency keys remembered per room; zero means 10000.
 	MaxKeys int
-	// SweepInterval is how often expired history, keys and idle rooms are
-	// dropped; zero means one minute.
+	// SweepInterval is how often expired history, keys and mailboxes, and
+	// idle rooms, are dropped; zero means one minute.
 	SweepInterval time.Duration
 
 	// MaxRooms bounds the rooms the bus holds. While it holds that many, a
@@ -94,9 +95,11 @@ type Memory struct {
 	evictRounds  atomic.Uint64 // rounds of evict, and the rooms they looked at
 	evictLooked  atomic.Uint64
 
-	// sessions maps a registered session to its deliver function.
-	smu      sync.RWMutex
-	sessions map[string]func([]byte)
+	// sessions maps a registered session to its deliver function, and
+	// mailboxes a session that none took to what Post holds for it.
+	smu       sync.RWMutex
+	sessions  map[string]func([]byte)
+	mailboxes map[string]*mailbox
 
 	stop chan struct{}
 	done chan struct{}
@@ -118,6 +121,13 @@ type memRoom struct {
 	members  []*Member // ordered by Session
 	lastUsed time.Time
 	dead     bool // forgotten by the sweeper; callers look the room up again
+}
+
+// mailbox is what Post holds for a session that is not registered, oldest
+// first, until expiry: the ttl of the last Post after it was added.
+type mailbox struct {
+	held   [][]byte
+	expiry time.Time
 }
 
 type keyEntry struct {
@@ -194,12 +204,13 @@ func NewMemory(cfg MemoryConfig) *Memory {
 		cfg.Now = time.Now
 	}
 	m := &Memory{
-		cfg:      cfg,
-		rooms:    make(map[string]*memRoom),
-		shells:   make(map[string]*memRoom),
-		sessions: make(map[string]func([]byte)),
-		stop:     make(chan struct{}),
-		done:     make(chan struct{}),
+		cfg:       cfg,
+		rooms:     make(map[string]*memRoom),
+		shells:    make(map[string]*memRoom),
+		sessions:  make(map[string]func([]byte)),
+		mailboxes: make(map[string]*mailbox),
+		stop:      make(chan struct{}),
+		done:      make(chan struct{}),
 	}
 	go m.sweepLoop()
 	return m
@@ -683,6 +694,72 @@ func (m *Memory) Send(ctx context.Context, session string, data []byte) error {
 	return nil
 }
 
+// Post implements Bus: deliver runs in the caller's goroutine, as for Send.
+// Whether the session is registered and what is held for it are looked at
+// under one lock with Claim, so a payload is held only while no
+// registration can miss it.
+func (m *Memory) Post(ctx context.Context, session string, data []byte, max int, ttl time.Duration) error {
+	if err := m.check(ctx); err != nil {
+		return err
+	}
+	m.smu.Lock()
+	deliver := m.sessions[session]
+	if deliver == nil {
+		err := m.hold(session, data, max, ttl)
+		m.smu.Unlock()
+		return err
+	}
+	m.smu.Unlock()
+	deliver(data)
+	return nil
+}
+
+// hold adds a copy of data to session's mailbox, unless it holds max
+// payloads already; m.smu is held.
+func (m *Memory) hold(session string, data []byte, max int, ttl time.Duration) error {
+	now := m.cfg.Now()
+	mb := m.mailbox(session, now)
+	if max <= 0 || ttl <= 0 || mb != nil && len(mb.held) >= max {
+		return ErrFull
+	}
+	if mb == nil {
+		mb = &mailbox{}
+		m.mailboxes[session] = mb
+	}
+	mb.held = append(mb.held, bytes.Clone(data))
+	mb.expiry = now.Add(ttl)
+	return nil
+}
+
+// mailbox returns session's mailbox, or nil when it has none or the one it
+// had has expired, which it then drops; m.smu is held.
+func (m *Memory) mailbox(session string, now time.Time) *mailbox {
+	mb := m.mailboxes[session]
+	if mb != nil && !now.Before(mb.expiry) {
+		delete(m.mailboxes, session)
+		return nil
+	}
+	return mb
+}
+
+// Claim implements Bus: it registers and empties the mailbox under the lock
+// that Post holds, so every Post comes before it (and is returned) or after
+// it (and is delivered).
+func (m *Memory) Claim(ctx context.Context, session string, deliver func([]byte)) ([][]byte, error) {
+	if err := m.check(ctx); err != nil {
+		return nil, err
+	}
+	m.smu.Lock()
+	defer m.smu.Unlock()
+	m.sessions[session] = deliver
+	mb := m.mailbox(session, m.cfg.Now())
+	if mb == nil {
+		return nil, nil
+	}
+	delete(m.mailboxes, session)
+	return mb.held, nil
+}
+
 // check returns ctx's error, or ErrClosed after Close.
 func (m *Memory) check(ctx context.Context) error {
 	if err := ctx.Err(); err != nil {
@@ -729,12 +806,13 @@ func (m *Memory) sweepLoop() {
 	}
 }
 
-// sweep drops expired history and keys, and forgets rooms that have nothing
-// left: no history, no subscriber, no member, and idle for the history TTL,
-// or for one sweep interval if the room never had a message (rooms that were
-// only read, which anyone may name).
+// sweep drops expired history, keys and mailboxes, and forgets rooms that
+// have nothing left: no history, no subscriber, no member, and idle for the
+// history TTL, or for one sweep interval if the room never had a message
+// (rooms that were only read, which anyone may name).
 func (m *Memory) sweep() {
 	now := m.cfg.Now()
+	m.sweepMailboxes(now)
 	cutoff := now.Add(-m.cfg.HistoryTTL)
 	unusedCutoff := now.Add(-m.cfg.SweepInterval)
 	m.mu.Lock()
@@ -752,6 +830,19 @@ func (m *Memory) sweep() {
 		if idle {
 			delete(m.rooms, name)
 			delete(m.shells, name)
+		}
+	}
+}
+
+// sweepMailboxes drops the mailboxes that have expired: those of sessions
+// that nobody claimed, which Post and Claim would otherwise never look at
+// again.
+func (m *Memory) sweepMailboxes(now time.Time) {
+	m.smu.Lock()
+	defer m.smu.Unlock()
+	for session, mb := range m.mailboxes {
+		if !now.Before(mb.expiry) {
+			delete(m.mailboxes, session)
 		}
 	}
 }

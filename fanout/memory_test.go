@@ -17,7 +17,7 @@ func TestMemory(t *testing.T) {
 		m := NewMemory(MemoryConfig{HistorySize: suiteHistory})
 		t.Cleanup(func() { m.Close() })
 		return m
-	})
+	}, func(t *testing.T, bus Bus) Bus { return bus })
 }
 
 // fakeClock is a MemoryConfig.Now that moves only when told.
@@ -232,6 +232,55 @@ func TestMemorySweeper(t *testing.T) {
 	waitFor(t, "the sweeper to forget the rooms left alone", func() bool {
 		return !m.hasRoom("subscribed") && !m.hasRoom("member") && !m.hasRoom("recent")
 	})
+}
+
+// mailboxCount returns how many mailboxes m holds.
+func (m *Memory) mailboxCount() int {
+	m.smu.RLock()
+	defer m.smu.RUnlock()
+	return len(m.mailboxes)
+}
+
+// A mailbox that nobody claims or posts to again is dropped by the sweeper
+// once its ttl has passed; one posted to since is kept.
+func TestMemoryMailboxSweep(t *testing.T) {
+	clock := newFakeClock()
+	m := newTestMemory(t, clock, MemoryConfig{SweepInterval: time.Millisecond})
+	ctx := context.Background()
+	const ttl = time.Minute
+	for _, s := range []string{"forgotten", "kept"} {
+		if err := m.Post(ctx, s, []byte(`{}`), 10, ttl); err != nil {
+			t.Fatalf("Post(%s): %v", s, err)
+		}
+	}
+	clock.Advance(ttl / 2)
+	if err := m.Post(ctx, "kept", []byte(`"again"`), 10, ttl); err != nil {
+		t.Fatalf("Post: %v", err)
+	}
+	clock.Advance(ttl / 2)
+	waitFor(t, "the sweeper to drop the forgotten mailbox", func() bool { return m.mailboxCount() == 1 })
+	if got, want := claim(t, m, "kept", func([]byte) {}), []string{`{}`, `"again"`}; !slices.Equal(got, want) {
+		t.Errorf("Claim of the mailbox posted to since: got %q, want %q", got, want)
+	}
+	if got := claim(t, m, "forgotten", func([]byte) {}); len(got) != 0 {
+		t.Errorf("Claim of the swept mailbox: got %q, want none", got)
+	}
+	if n := m.mailboxCount(); n != 0 {
+		t.Errorf("mailboxes after Claim: got %d, want 0", n)
+	}
+}
+
+// Post keeps a copy of what it holds: the caller may reuse its buffer.
+func TestMemoryPostCopies(t *testing.T) {
+	m := newTestMemory(t, newFakeClock(), MemoryConfig{})
+	buf := []byte(`"first"`)
+	if err := m.Post(context.Background(), "s", buf, 10, time.Minute); err != nil {
+		t.Fatalf("Post: %v", err)
+	}
+	copy(buf, `"reuse"`)
+	if got, want := claim(t, m, "s", func([]byte) {}), []string{`"first"`}; !slices.Equal(got, want) {
+		t.Errorf("Claim: got %q, want %q", got, want)
+	}
 }
 
 // padded returns JSON data of about n bytes.

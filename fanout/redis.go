@@ -88,8 +88,8 @@ const (
 	// minMetaTTL is the least time a room's epoch and offset outlive its
 	// last publication.
 	minMetaTTL = 7 * 24 * time.Hour
-	// handoffTimeout bounds how long Register waits for the node whose
-	// registration it replaced to let go of the session.
+	// handoffTimeout bounds how long Register and Claim wait for the node
+	// whose registration they replaced to let go of the session.
 	handoffTimeout = time.Second
 	// letGoBacklog bounds the answers to replaced registrations waiting to
 	// be published; past it the registering node stops waiting at
@@ -104,7 +104,8 @@ const (
 // the handlers; a lost connection is made again with backoff, and every
 // subscribed room's handler then gets HandleResync. Presence and the session
 // directory for Send are leases that the bus renews; a node that stops
-// renewing loses its members, with leave events, within PresenceTTL.
+// renewing loses its members, with leave events, within PresenceTTL. What
+// Post holds is in Redis, for whichever node claims the session.
 //
 // A call that fails may still have run in Redis (its deadline passed after
 // Redis ran it): the bus then holds no lease of what it may have added, which
@@ -545,8 +546,24 @@ func (r *Redis) Presence(ctx context.Context, room string, q PresenceQuery) (Pre
 // during that wait, Register returns nil all the same: the registration
 // stands.
 func (r *Redis) Register(ctx context.Context, session string, deliver func(data []byte)) error {
+	_, err := r.take(ctx, "register", session, deliver, false)
+	return err
+}
+
+// Claim implements Bus. It takes the session's address as Register does,
+// waiting as long for the node it replaced, and empties the mailbox in the
+// same script. A Claim that fails may have run in Redis all the same (see
+// Redis): what the mailbox held is then lost.
+func (r *Redis) Claim(ctx context.Context, session string, deliver func(data []byte)) ([][]byte, error) {
+	return r.take(ctx, "claim", session, deliver, true)
+}
+
+// take registers session on this node for deliver and takes its address in
+// Redis, emptying its mailbox too when claim is set (and returning what it
+// held), then waits for the node whose registration it replaced to let go.
+func (r *Redis) take(ctx context.Context, op, session string, deliver func([]byte), claim bool) ([][]byte, error) {
 	if err := r.check(ctx); err != nil {
-		return err
+		return nil, err
 	}
 	e := &sessionEntry{deliver: deliver, addr: r.addrPrefix + strconv.FormatUint(r.addrSeq.Add(1), 10)}
 	handoff := make(chan struct{})
@@ -560,19 +577,57 @@ func (r *Redis) Register(ctx context.Context, session string, deliver func(data 
 		delete(r.handoffs, e.addr)
 		r.smu.Unlock()
 	}()
-	told, err := registerScript.Run(ctx, r.client, []string{sessionKey(session)},
-		e.addr, r.presenceMs, r.cfg.NodeID, nodeChannelPrefix, replacedPrefix(session, e.addr)).Int()
+	told, held, err := r.takeAddr(ctx, session, e.addr, claim)
 	if err != nil {
 		r.smu.Lock()
 		if r.sessions[session] == e {
 			delete(r.sessions, session)
 		}
 		r.smu.Unlock()
-		return r.fail(ctx, "register", err)
+		return nil, r.fail(ctx, op, err)
 	}
-	if told == 0 {
-		return nil
+	if told > 0 {
+		r.awaitHandoff(ctx, session, handoff)
 	}
+	return held, nil
+}
+
+// takeAddr runs the script that takes session's address for the
+// registration addr: claimScript when claim is set, registerScript
+// otherwise. It returns how many connections got word of the replacement,
+// and what the mailbox held.
+func (r *Redis) takeAddr(ctx context.Context, session, addr string, claim bool) (int64, [][]byte, error) {
+	args := []any{addr, r.presenceMs, r.cfg.NodeID, nodeChannelPrefix, replacedPrefix(session, addr)}
+	if !claim {
+		told, err := registerScript.Run(ctx, r.client, []string{sessionKey(session)}, args...).Int64()
+		return told, nil, err
+	}
+	res, err := claimScript.Run(ctx, r.client, []string{sessionKey(session), mailboxKey(session)}, args...).Slice()
+	if err != nil {
+		return 0, nil, err
+	}
+	if len(res) == 0 {
+		return 0, nil, errors.New("unexpected empty reply")
+	}
+	told, ok := res[0].(int64)
+	if !ok {
+		return 0, nil, fmt.Errorf("unexpected reply: a %T told", res[0])
+	}
+	var held [][]byte
+	for _, v := range res[1:] {
+		d, ok := v.(string)
+		if !ok {
+			return 0, nil, fmt.Errorf("unexpected reply: a %T held", v)
+		}
+		held = append(held, []byte(d))
+	}
+	return told, held, nil
+}
+
+// awaitHandoff waits for handoff, closed when the node whose registration
+// of session was replaced has let go of it: at most handoffTimeout, and
+// not past ctx or Close.
+func (r *Redis) awaitHandoff(ctx context.Context, session string, handoff <-chan struct{}) {
 	t := time.NewTimer(handoffTimeout)
 	defer t.Stop()
 	select {
@@ -582,7 +637,6 @@ func (r *Redis) Register(ctx context.Context, session string, deliver func(data 
 	case <-ctx.Done():
 	case <-r.stop:
 	}
-	return nil
 }
 
 // Unregister implements Bus. Like Leave, it stops renewing the address
@@ -612,16 +666,15 @@ func (r *Redis) Unregister(ctx context.Context, session string) error {
 // registration here that another has replaced is dropped before that
 // Register returns (see Register), or at the next renewal when this node
 // missed the word, so a Send made here after a session moved goes to its
-// new node; one made while it moves may still reach the old deliver.
+// new node; one made while it moves may still reach the old deliver. The
+// node of a session's address is gone when its channel has no subscriber:
+// it died, or its pub/sub connection is down for the moment, and Send then
+// returns ErrNoSession, data having reached nobody.
 func (r *Redis) Send(ctx context.Context, session string, data []byte) error {
 	if err := r.check(ctx); err != nil {
 		return err
 	}
-	r.smu.RLock()
-	e := r.sessions[session]
-	r.smu.RUnlock()
-	if e != nil {
-		e.deliver(data)
+	if r.deliverHere(session, data) {
 		return nil
 	}
 	n, err := sendScript.Run(ctx, r.client, []string{sessionKey(session)}, nodeChannelPrefix, encodeSend(session, data)).Int()
@@ -632,6 +685,54 @@ func (r *Redis) Send(ctx context.Context, session string, data []byte) error {
 		return ErrNoSession
 	}
 	return nil
+}
+
+// Post implements Bus. It delivers as Send does, and one script holds data
+// in the session's mailbox when its publication reaches nobody. A node
+// whose pub/sub connection is down for a moment counts as gone: what is
+// posted to it meanwhile waits for the session's next Claim, and a Post
+// made after the node is back may reach it first.
+func (r *Redis) Post(ctx context.Context, session string, data []byte, max int, ttl time.Duration) error {
+	if err := r.check(ctx); err != nil {
+		return err
+	}
+	if r.deliverHere(session, data) {
+		return nil
+	}
+	// Redis keeps whole milliseconds: a part of one counts as one, and a
+	// mailbox that expires at once keeps nothing.
+	ttlMs := ttl.Milliseconds()
+	if ttl%time.Millisecond > 0 {
+		ttlMs++
+	}
+	if ttl <= 0 {
+		max = 0
+	}
+	n, err := postScript.Run(ctx, r.client, []string{sessionKey(session), mailboxKey(session)},
+		nodeChannelPrefix, encodeSend(session, nil), data, max, ttlMs).Int()
+	if err != nil {
+		return r.fail(ctx, "post", err)
+	}
+	switch n {
+	case postDelivered, postHeld:
+		return nil
+	case postFull:
+		return ErrFull
+	}
+	return r.fail(ctx, "post", fmt.Errorf("unexpected reply %d", n))
+}
+
+// deliverHere gives data to session's registration on this node, in the
+// caller's goroutine, and reports whether there was one.
+func (r *Redis) deliverHere(session string, data []byte) bool {
+	r.smu.RLock()
+	e := r.sessions[session]
+	r.smu.RUnlock()
+	if e == nil {
+		return false
+	}
+	e.deliver(data)
+	return true
 }
 
 // Ready implements Bus: the pub/sub connection is up and Redis has

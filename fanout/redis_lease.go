@@ -176,8 +176,8 @@ func (r *Redis) renewSessions(ctx context.Context, sessions []string) {
 		r.smu.Unlock()
 		close(done)
 	}()
-	cmds := r.pipelined(ctx, "renew sessions", claimScript, len(held), func(ctx context.Context, p redis.Pipeliner, i int) *redis.Cmd {
-		return claimScript.EvalSha(ctx, p, []string{sessionKey(held[i])}, addrs[i], r.presenceMs)
+	cmds := r.pipelined(ctx, "renew sessions", renewAddrScript, len(held), func(ctx context.Context, p redis.Pipeliner, i int) *redis.Cmd {
+		return renewAddrScript.EvalSha(ctx, p, []string{sessionKey(held[i])}, addrs[i], r.presenceMs)
 	})
 	for i, c := range cmds {
 		if n, err := c.Int64(); err == nil && n == 0 {

@@ -22,6 +22,9 @@ import (
 //	                         session order (ZRANGEBYLEX)
 //	parley:s:{session}       a session's address for Send: the registration
 //	                         holding it (sessionAddr), or "" once released
+//	parley:s:{session}:mb    list: what Post holds for a session that no live
+//	                         node took, oldest first, until Claim empties it
+//	                         or its TTL (reset by each Post) passes
 //	parley:node:<node>       a node's channel: what Send addresses to it, and
 //	                         word between nodes about sessions that moved
 //
@@ -45,6 +48,10 @@ func presenceKeys(room string) []string {
 }
 
 func sessionKey(session string) string { return keyPrefix + "s:{" + session + "}" }
+
+// mailboxKey is session's mailbox, in the hash slot of its address so that
+// one script can take both.
+func mailboxKey(session string) string { return sessionKey(session) + ":mb" }
 
 // nodeChannelPrefix, followed by a node id, is that node's channel.
 const nodeChannelPrefix = keyPrefix + "node:"
@@ -300,43 +307,90 @@ end
 
 // sendScript publishes a payload on the channel of the node that holds a
 // session. KEYS: the session's address. ARGV: node channel prefix, payload.
-// Returns 1, or 0 when no node holds the session.
+// Returns how many connections got it: 0 when no node holds the session, or
+// the node that does is not connected (it died, and its lease has not
+// lapsed yet).
 var sendScript = redis.NewScript(luaAddr + `
 local node = addr_node(redis.call('GET', KEYS[1]))
 if not node then return 0 end
-redis.call('PUBLISH', ARGV[1] .. node, ARGV[2])
+return redis.call('PUBLISH', ARGV[1] .. node, ARGV[2])
+`)
+
+// What postScript returns.
+const (
+	postDelivered = 0 // published to a connected node
+	postHeld      = 1 // added to the mailbox
+	postFull      = 2 // refused: the mailbox holds max already
+)
+
+// postScript publishes a payload as sendScript does or, when that reaches
+// no connection, adds its data to the session's mailbox and sets the
+// mailbox to expire ttl later.
+//
+// KEYS: the session's address, its mailbox. ARGV: node channel prefix, the
+// payload without its data (encodeSend), the data, max, ttl ms. Returns
+// postDelivered, postHeld or postFull.
+var postScript = redis.NewScript(luaAddr + `
+local node = addr_node(redis.call('GET', KEYS[1]))
+if node and redis.call('PUBLISH', ARGV[1] .. node, ARGV[2] .. ARGV[3]) > 0 then return 0 end
+if redis.call('LLEN', KEYS[2]) >= tonumber(ARGV[4]) then return 2 end
+redis.call('RPUSH', KEYS[2], ARGV[3])
+redis.call('PEXPIRE', KEYS[2], ARGV[5])
 return 1
 `)
 
-// registerScript takes a session's address for a registration, whoever held
-// it: the newest Register wins. A registration of another node that it
-// replaces is told on that node's channel (the payload is the given prefix
-// then the replaced address), so that the node stops delivering locally.
+// luaTake is the start of the scripts that take a session's address for a
+// registration, whoever held it: the newest Register or Claim wins. take
+// sets the address and tells a registration of another node that it
+// replaces, on that node's channel (the payload is the given prefix then
+// the replaced address), so that the node stops delivering locally. It
+// returns how many connections got word of the replacement: 0 when none
+// was due, or the node it was due to is not connected.
 //
-// KEYS: the session's address. ARGV: the registration's address, lease ms,
-// this node's id, node channel prefix, payload prefix. Returns how many
-// connections got word of the replacement: 0 when none was due, or the
-// node it was due to is not connected.
-var registerScript = redis.NewScript(luaAddr + `
-local prev = redis.call('GET', KEYS[1])
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-if prev and prev ~= ARGV[1] then
-	local node = addr_node(prev)
-	if node and node ~= ARGV[3] then
-		return redis.call('PUBLISH', ARGV[4] .. node, ARGV[5] .. prev)
+// KEYS[1]: the session's address. ARGV: the registration's address, lease
+// ms, this node's id, node channel prefix, payload prefix.
+const luaTake = luaAddr + `
+local function take()
+	local prev = redis.call('GET', KEYS[1])
+	redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+	if prev and prev ~= ARGV[1] then
+		local node = addr_node(prev)
+		if node and node ~= ARGV[3] then
+			return redis.call('PUBLISH', ARGV[4] .. node, ARGV[5] .. prev)
+		end
 	end
+	return 0
 end
-return 0
+`
+
+// registerScript takes a session's address (luaTake). KEYS and ARGV are
+// take's; it returns take's count.
+var registerScript = redis.NewScript(luaTake + `
+return take()
 `)
 
-// claimScript renews a registration's address while the registration holds
-// it, and sets it again when Redis lost it (a restart, or a lease that
+// claimScript takes a session's address (luaTake) and empties its mailbox,
+// in one step: a Post runs before it, and its data is held and returned
+// here, or after it, and goes to the registration.
+//
+// KEYS: the session's address, its mailbox. ARGV: take's. Returns {take's
+// count, then the data the mailbox held, oldest first}.
+var claimScript = redis.NewScript(luaTake + `
+local out = {take()}
+local held = redis.call('LRANGE', KEYS[2], 0, -1)
+if #held > 0 then redis.call('DEL', KEYS[2]) end
+for i = 1, #held do out[#out + 1] = held[i] end
+return out
+`)
+
+// renewAddrScript renews a registration's address while the registration
+// holds it, and sets it again when Redis lost it (a restart, or a lease that
 // lapsed while this node was cut off). An address that another registration
 // holds, or that was released, stays so.
 //
 // KEYS: the session's address. ARGV: the registration's address, lease ms.
 // Returns 1, or 0 when the registration no longer holds the address.
-var claimScript = redis.NewScript(`
+var renewAddrScript = redis.NewScript(`
 local cur = redis.call('GET', KEYS[1])
 if cur and cur ~= ARGV[1] then return 0 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])

@@ -57,9 +57,10 @@ func rawClient(t *testing.T, srv *redistest.Server) *redis.Client {
 
 func TestRedis(t *testing.T) {
 	srv := redistest.Start(t)
-	testBus(t, func(t *testing.T) Bus {
+	newBus := func(t *testing.T) Bus {
 		return newTestRedis(t, RedisConfig{URL: srv.URL(), HistorySize: suiteHistory})
-	})
+	}
+	testBus(t, newBus, func(t *testing.T, _ Bus) Bus { return newBus(t) })
 }
 
 func TestRedisConfig(t *testing.T) {
@@ -893,6 +894,72 @@ func TestRedisRegisterAfterOwnerGone(t *testing.T) {
 	}
 	if err := b.Send(ctx, s, []byte(`{}`)); err != nil || len(in.all()) != 1 {
 		t.Errorf("Send on b: got %v and %d payloads, want nil and 1", err, len(in.all()))
+	}
+}
+
+// A node that dies without unregistering leaves the address of its session
+// naming it until the lease lapses. Send to the session meanwhile reaches
+// nobody and says so; Post holds the payload in the session's mailbox, and
+// the node that claims the session next gets it.
+func TestRedisPostToGoneNode(t *testing.T) {
+	srv := redistest.Start(t)
+	a, err := NewRedis(RedisConfig{URL: srv.URL(), NodeID: "a"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { a.Close() })
+	waitFor(t, "a ready", a.Ready)
+	b := newTestRedis(t, RedisConfig{URL: srv.URL(), NodeID: "b"})
+	raw := rawClient(t, srv)
+	ctx := context.Background()
+	s := roomName(t, "session")
+	onA := &inbox{}
+	if err := a.Register(ctx, s, onA.deliver); err != nil {
+		t.Fatal(err)
+	}
+	a.Close()
+	waitFor(t, "a's channel to have no subscriber", func() bool {
+		n, err := raw.PubSubNumSub(ctx, nodeChannelPrefix+"a").Result()
+		return err == nil && n[nodeChannelPrefix+"a"] == 0
+	})
+	if addr, err := raw.Get(ctx, sessionKey(s)).Result(); err != nil {
+		t.Fatalf("a's address: %v", err)
+	} else if node, _ := addrNode(addr); node != "a" {
+		t.Fatalf("address of the session: got node %q, want a's until the lease lapses", node)
+	}
+
+	if err := b.Send(ctx, s, []byte(`"sent"`)); !errors.Is(err, ErrNoSession) {
+		t.Errorf("Send to a gone node's session: got %v, want %v", err, ErrNoSession)
+	}
+	if err := b.Post(ctx, s, []byte(`"posted"`), 10, time.Minute); err != nil {
+		t.Fatalf("Post to a gone node's session: %v", err)
+	}
+	if n, err := raw.LLen(ctx, mailboxKey(s)).Result(); err != nil || n != 1 {
+		t.Errorf("mailbox length: got %d, %v; want 1", n, err)
+	}
+	if ttl, err := raw.PTTL(ctx, mailboxKey(s)).Result(); err != nil || ttl <= 0 || ttl > time.Minute {
+		t.Errorf("mailbox TTL: got %v, %v; want at most the minute posted with", ttl, err)
+	}
+
+	in := &inbox{}
+	start := time.Now()
+	if got, want := claim(t, b, s, in.deliver), []string{`"posted"`}; !slices.Equal(got, want) {
+		t.Errorf("Claim on b: got %q, want %q", got, want)
+	}
+	if took := time.Since(start); took > handoffTimeout/2 {
+		t.Errorf("Claim replacing a gone node's registration took %v, want no wait for it", took)
+	}
+	if n, err := raw.Exists(ctx, mailboxKey(s)).Result(); err != nil || n != 0 {
+		t.Errorf("mailbox after Claim: got %d keys, %v; want none", n, err)
+	}
+	if err := b.Send(ctx, s, []byte(`"sent after"`)); err != nil {
+		t.Errorf("Send after Claim: %v", err)
+	}
+	if got, want := in.all(), []string{`"sent after"`}; !slices.Equal(got, want) {
+		t.Errorf("payloads on b: got %q, want %q", got, want)
+	}
+	if got := onA.all(); len(got) != 0 {
+		t.Errorf("payloads on the gone node: got %q, want none", got)
 	}
 }
 

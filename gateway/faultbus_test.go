@@ -304,6 +304,14 @@ func (b *faultBus) Send(ctx context.Context, session string, data []byte) error 
 	return b.memory().Send(ctx, session, data)
 }
 
+func (b *faultBus) Post(ctx context.Context, session string, data []byte, max int, ttl time.Duration) error {
+	return b.memory().Post(ctx, session, data, max, ttl)
+}
+
+func (b *faultBus) Claim(ctx context.Context, session string, deliver func(data []byte)) ([][]byte, error) {
+	return b.memory().Claim(ctx, session, deliver)
+}
+
 func (b *faultBus) Ready() bool { return b.memory().Ready() }
 
 // Close stops the delivery goroutine and closes every Memory the bus used.
