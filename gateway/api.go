@@ -234,7 +234,7 @@ func (srv *Server) handleICEServers(w http.ResponseWriter, r *http.Request) {
 		srv.writeError(w, errorf(codeForbidden, "origin not allowed"))
 		return
 	}
-	if srv.cfg.ICEServers == nil {
+	if srv.cfg.ICE == nil {
 		srv.writeError(w, errorf(codeNotFound, "this node serves no ICE servers"))
 		return
 	}
@@ -243,12 +243,7 @@ func (srv *Server) handleICEServers(w http.ResponseWriter, r *http.Request) {
 		srv.writeError(w, perr)
 		return
 	}
-	v, err := srv.cfg.ICEServers(ident.user)
-	if err != nil {
-		srv.log.Warn("ice servers", "err", err)
-		srv.writeError(w, errorf(codeInternal, "ICE servers unavailable"))
-		return
-	}
+	list, ttl := srv.cfg.ICE.servers(ident.user, srv.cfg.now())
 	w.Header().Set("Cache-Control", "no-store")
-	writeJSON(w, http.StatusOK, v)
+	writeJSON(w, http.StatusOK, iceAnswer{ICEServers: list, TTL: int64(ttl.Seconds())})
 }

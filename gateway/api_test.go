@@ -6,11 +6,11 @@ package gateway
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"reflect"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -18,6 +18,7 @@ import (
 	"github.com/coder/websocket"
 
 	"github.com/parley-rt/parley/fanout"
+	"github.com/parley-rt/parley/turn"
 )
 
 const apiTestKey = "test-api-key"
@@ -493,16 +494,7 @@ func TestAPIReadyzWhileDraining(t *testing.T) {
 }
 
 func TestAPIICEServers(t *testing.T) {
-	ice := func(user string) (any, error) {
-		if user == "broken" {
-			return nil, errors.New("turn secret unavailable")
-		}
-		return map[string]any{
-			"iceServers": []any{map[string]any{"urls": []any{"stun:127.0.0.1:3478"}}},
-			"ttl":        float64(600),
-			"user":       user,
-		}, nil
-	}
+	ice := &ICE{STUN: []string{"stun:127.0.0.1:3478"}, TURN: []string{"turn:127.0.0.1:3478?transport=udp"}, Secret: "s3cret", TTL: 10 * time.Minute}
 	tests := []struct {
 		name       string
 		mod        func(*Config)
@@ -513,11 +505,10 @@ func TestAPIICEServers(t *testing.T) {
 	}{
 		{name: "not configured", mod: func(c *Config) {}, wantStatus: 404, wantCode: "not_found"},
 		{name: "not configured with a token", mod: func(c *Config) { c.JWTSecret = apiTestSecret }, cred: confToken(t, apiTestSecret, "alice", nil), wantStatus: 404, wantCode: "not_found"},
-		{name: "token", mod: func(c *Config) { c.JWTSecret, c.ICEServers = apiTestSecret, ice }, cred: confToken(t, apiTestSecret, "alice", nil), wantStatus: 200, wantUser: "alice"},
-		{name: "no token with a secret", mod: func(c *Config) { c.JWTSecret, c.ICEServers = apiTestSecret, ice }, wantStatus: 401, wantCode: "unauthorized"},
-		{name: "bad token", mod: func(c *Config) { c.JWTSecret, c.ICEServers = apiTestSecret, ice }, cred: "not.a.token", wantStatus: 401, wantCode: "unauthorized"},
-		{name: "dev mode", mod: func(c *Config) { c.ICEServers = ice }, wantStatus: 200, wantUser: "anon-"},
-		{name: "provider fails", mod: func(c *Config) { c.JWTSecret, c.ICEServers = apiTestSecret, ice }, cred: confToken(t, apiTestSecret, "broken", nil), wantStatus: 500, wantCode: "internal"},
+		{name: "token", mod: func(c *Config) { c.JWTSecret, c.ICE = apiTestSecret, ice }, cred: confToken(t, apiTestSecret, "alice", nil), wantStatus: 200, wantUser: "alice"},
+		{name: "no token with a secret", mod: func(c *Config) { c.JWTSecret, c.ICE = apiTestSecret, ice }, wantStatus: 401, wantCode: "unauthorized"},
+		{name: "bad token", mod: func(c *Config) { c.JWTSecret, c.ICE = apiTestSecret, ice }, cred: "not.a.token", wantStatus: 401, wantCode: "unauthorized"},
+		{name: "dev mode", mod: func(c *Config) { c.ICE = ice }, wantStatus: 200, wantUser: "anon-"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -533,13 +524,31 @@ func TestAPIICEServers(t *testing.T) {
 			if cc := resp.Header.Get("Cache-Control"); cc != "no-store" {
 				t.Errorf("Cache-Control: got %q, want %q", cc, "no-store")
 			}
-			user, _ := body["user"].(string)
-			if tt.wantUser == "anon-" && !strings.HasPrefix(user, "anon-") || tt.wantUser != "anon-" && user != tt.wantUser {
-				t.Errorf("user given to ICEServers: got %q, want %q", user, tt.wantUser)
+			if ttl, _ := body["ttl"].(float64); ttl != 600 {
+				t.Errorf("ttl: got %v, want 600", body["ttl"])
 			}
-			want, _ := ice(user)
-			if !reflect.DeepEqual(any(body), want) {
-				t.Errorf("body: got %v, want %v", body, want)
+			servers, _ := body["iceServers"].([]any)
+			if len(servers) != 2 {
+				t.Fatalf("iceServers: got %v, want a STUN and a TURN entry", body["iceServers"])
+			}
+			stunEntry, _ := servers[0].(map[string]any)
+			if !reflect.DeepEqual(stunEntry, map[string]any{"urls": []any{"stun:127.0.0.1:3478"}}) {
+				t.Errorf("STUN entry: got %v", stunEntry)
+			}
+			turnEntry, _ := servers[1].(map[string]any)
+			username, _ := turnEntry["username"].(string)
+			expiry, user, _ := strings.Cut(username, ":")
+			if tt.wantUser == "anon-" && !strings.HasPrefix(user, "anon-") || tt.wantUser != "anon-" && user != tt.wantUser {
+				t.Errorf("TURN username %q: user got %q, want %q", username, user, tt.wantUser)
+			}
+			exp, err := strconv.ParseInt(expiry, 10, 64)
+			if err != nil || time.Until(time.Unix(exp, 0)) > 10*time.Minute+time.Second || time.Until(time.Unix(exp, 0)) < 9*time.Minute {
+				t.Errorf("TURN username %q: expiry is not about 10 minutes from now", username)
+			}
+			want := ICEServer{URLs: []string{"turn:127.0.0.1:3478?transport=udp"}}
+			want.Username, want.Credential = turn.Credentials("s3cret", user, 10*time.Minute, time.Unix(exp, 0).Add(-10*time.Minute))
+			if turnEntry["credential"] != want.Credential {
+				t.Errorf("TURN credential: got %v, want %v (turn.Credentials of the same user and expiry)", turnEntry["credential"], want.Credential)
 			}
 		})
 	}

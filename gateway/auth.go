@@ -23,7 +23,7 @@ import (
 
 // Permissions are the rooms a token may use, from its `rooms` claim. A pattern
 // is a room name or a prefix followed by `*`; a nil *Permissions allows every
-// room. Call is carried for WebRTC calls, which this version does not serve.
+// room. Call names the WebRTC calls the token may join.
 type Permissions struct {
 	Subscribe []string `json:"subscribe,omitempty"`
 	Publish   []string `json:"publish,omitempty"`
@@ -34,6 +34,9 @@ type Permissions struct {
 type Claims struct {
 	jwt.RegisteredClaims
 	Rooms *Permissions `json:"rooms,omitempty"`
+	// Relay makes the user's calls use TURN only: their join acks say
+	// `relay: true`.
+	Relay bool `json:"relay,omitempty"`
 }
 
 type action int
@@ -41,6 +44,7 @@ type action int
 const (
 	actSubscribe action = iota
 	actPublish
+	actCall
 )
 
 // identity is who made a request.
@@ -48,6 +52,7 @@ type identity struct {
 	user    string
 	perms   *Permissions // nil: every room
 	backend bool         // authenticated with the API key
+	relay   bool         // the token's relay claim
 	// expires is when the token stops being accepted, leeway included
 	// (Unix ns); zero when there is no token.
 	expires int64
@@ -63,6 +68,8 @@ func (id identity) may(a action, room string) bool {
 		patterns = id.perms.Subscribe
 	case actPublish:
 		patterns = id.perms.Publish
+	case actCall:
+		patterns = id.perms.Call
 	}
 	for _, p := range patterns {
 		if matchRoom(p, room) {
@@ -173,7 +180,7 @@ func (a *authenticator) authenticate(r *http.Request, allowKey bool) (identity, 
 	if perr != nil {
 		return identity{}, perr
 	}
-	return identity{user: claims.Subject, perms: claims.Rooms, expires: claims.ExpiresAt.Add(tokenLeeway).UnixNano()}, nil
+	return identity{user: claims.Subject, perms: claims.Rooms, relay: claims.Relay, expires: claims.ExpiresAt.Add(tokenLeeway).UnixNano()}, nil
 }
 
 // refresh checks a token a live session sends to replace its own: verified
@@ -284,14 +291,18 @@ func ParsePublicKey(pemBytes []byte) (crypto.PublicKey, error) {
 // MintToken signs an HS256 token for user, valid for ttl, with optional room
 // permissions. It is what `parley token` prints.
 func MintToken(secret []byte, user string, ttl time.Duration, perms *Permissions, now time.Time) (string, error) {
-	c := Claims{
+	return Claims{
 		RegisteredClaims: jwt.RegisteredClaims{
 			Subject:   user,
 			IssuedAt:  jwt.NewNumericDate(now),
 			ExpiresAt: jwt.NewNumericDate(now.Add(ttl)),
 		},
 		Rooms: perms,
-	}
+	}.Sign(secret)
+}
+
+// Sign returns the claims as an HS256 JWT signed with secret.
+func (c Claims) Sign(secret []byte) (string, error) {
 	return jwt.NewWithClaims(jwt.SigningMethodHS256, c).SignedString(secret)
 }
 

@@ -84,11 +84,30 @@ type Config struct {
 	// have no bits set past their mask (ParseTrustedProxies builds them).
 	TrustedProxies []netip.Prefix
 
-	// ICEServers answers GET /v1/ice-servers for a user; nil means the
-	// endpoint answers 404.
-	ICEServers func(user string) (any, error)
+	// ICE is what clients are told of STUN and TURN, by GET
+	// /v1/ice-servers and in join acks; nil means the endpoint answers 404
+	// and join acks carry no iceServers.
+	ICE *ICE
+	// Calls configures WebRTC call signaling.
+	Calls CallConfig
 
 	now func() time.Time
+}
+
+// CallConfig configures WebRTC call signaling (package signaling). Zero
+// values take signaling's defaults.
+type CallConfig struct {
+	// MaxPeers bounds the peers of one call; zero means 8.
+	MaxPeers int
+	// Grace is how long a peer whose connection dropped stays in its call
+	// waiting for a rejoin; zero means 10s.
+	Grace time.Duration
+	// SignalRate limits each connection's signals per second; zero means
+	// 100 (with a burst of four times that).
+	SignalRate float64
+	// HideHostCandidates keeps clients' host candidates (their own
+	// addresses) from other peers.
+	HideHostCandidates bool
 }
 
 func (c *Config) setDefaults() error {

@@ -9,6 +9,7 @@ import (
 	"strings"
 
 	"github.com/parley-rt/parley/fanout"
+	"github.com/parley-rt/parley/signaling"
 )
 
 // maxIDLen bounds a client frame's id.
@@ -31,6 +32,10 @@ type clientFrame struct {
 	Limit  *int   `json:"limit,omitempty"`
 	// refresh command: the session's next JWT.
 	Token string `json:"token,omitempty"`
+	// call commands: the call, a join's resume token, a signal's peer.
+	Call   string `json:"call,omitempty"`
+	Resume string `json:"resume,omitempty"`
+	To     string `json:"to,omitempty"`
 }
 
 // maxCursor bounds a presence cursor.
@@ -98,7 +103,19 @@ func decodeClientFrame(b []byte) (clientFrame, *protoError) {
 		}
 	case "pong":
 	case "join", "signal", "leave":
-		return f, errorf(codeBadRequest, "calls ("+f.Type+") are not supported by this version of Parley")
+		if perr := checkCall(b, f.Call); perr != nil {
+			return f, perr
+		}
+		switch {
+		case f.Type == "join" && len(f.Resume) > 256:
+			return f, errorf(codeBadRequest, "resume is not a token from a join ack")
+		case f.Type == "signal" && f.To == "":
+			return f, errorf(codeBadRequest, "missing to: the peer session to signal")
+		case f.Type == "signal" && len(f.To) > maxIDLen:
+			return f, errorf(codeBadRequest, "to must be a peer session of the call")
+		case f.Type == "signal" && (len(f.Data) == 0 || bytes.Equal(f.Data, []byte("null"))):
+			return f, errorf(codeBadRequest, `missing data: {"sdp": {...}} or {"candidate": {...}}`)
+		}
 	default:
 		if len(f.Type) > maxIDLen {
 			return f, errorf(codeBadRequest, "unknown type")
@@ -160,6 +177,12 @@ func frameJSONError(b []byte, err error) *protoError {
 		return errorf(codeBadRequest, "cursor must be a string")
 	case "token":
 		return errorf(codeBadRequest, "token must be a string")
+	case "call":
+		return errorf(codeBadRequest, "call must be a string")
+	case "resume":
+		return errorf(codeBadRequest, "resume must be a string")
+	case "to":
+		return errorf(codeBadRequest, "to must be a string")
 	default:
 		return errorf(codeBadRequest, "a field has the wrong type")
 	}
@@ -242,6 +265,23 @@ func checkRoom(b []byte, room string) *protoError {
 	}
 	if !validRoom(room) {
 		return errorf(codeBadRoom, msgRoomName)
+	}
+	return nil
+}
+
+// checkCall validates the call of a call command, as checkRoom does a room:
+// call names follow the rules of room names.
+func checkCall(b []byte, call string) *protoError {
+	if call == "" {
+		var probe struct {
+			Call *string `json:"call"`
+		}
+		if json.Unmarshal(b, &probe) != nil || probe.Call == nil {
+			return errorf(codeBadRequest, "missing call")
+		}
+	}
+	if !validRoom(call) {
+		return errorf(codeBadRoom, "call names are 1 to 128 bytes of A-Z a-z 0-9 _ . : @ -")
 	}
 	return nil
 }
@@ -333,6 +373,20 @@ type ackFrame struct {
 	Duplicate    bool   `json:"duplicate,omitempty"`
 	// Expires answers a refresh: the new token's exp (Unix seconds).
 	Expires int64 `json:"expires,omitempty"`
+}
+
+// joinAck answers a join.
+type joinAck struct {
+	Type       string           `json:"type"`
+	ID         string           `json:"id,omitempty"`
+	Session    string           `json:"session"`
+	Peers      []signaling.Peer `json:"peers"`
+	Polite     bool             `json:"polite"`
+	Resume     string           `json:"resume"`
+	Resumed    bool             `json:"resumed"`
+	Relay      bool             `json:"relay,omitempty"`
+	ICEServers []ICEServer      `json:"iceServers,omitempty"`
+	ICETTL     int64            `json:"ice_ttl,omitempty"`
 }
 
 // presenceAck answers the presence command: a page of members.

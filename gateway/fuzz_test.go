@@ -111,6 +111,14 @@ func FuzzDecodeClientFrame(f *testing.F) {
 			if fr.Token == "" {
 				t.Fatal("accepted refresh without a token")
 			}
+		case "join", "leave":
+			if !validRoom(fr.Call) || len(fr.Resume) > 256 {
+				t.Fatalf("accepted %s with call %q, resume of %d bytes", fr.Type, fr.Call, len(fr.Resume))
+			}
+		case "signal":
+			if !validRoom(fr.Call) || fr.To == "" || len(fr.To) > maxIDLen || len(fr.Data) == 0 || !json.Valid(fr.Data) {
+				t.Fatalf("accepted signal with call %q, to %q, data %q", fr.Call, fr.To, fr.Data)
+			}
 		case "pong":
 		default:
 			t.Fatalf("accepted type %q", fr.Type)

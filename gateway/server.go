@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"log/slog"
 	"math/rand/v2"
 	"net"
@@ -15,6 +16,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/parley-rt/parley/signaling"
 	"github.com/parley-rt/parley/web"
 )
 
@@ -24,6 +26,7 @@ type Server struct {
 	log     *slog.Logger
 	auth    *authenticator
 	hub     *hub
+	calls   *signaling.Service
 	metrics *metrics
 	mux     *http.ServeMux
 	http    *http.Server
@@ -75,6 +78,14 @@ func New(cfg Config) (*Server, error) {
 	srv.ticks.Store(newTick())
 	srv.hub = newHub(srv, cfg.Bus)
 	srv.apiLimits = newLimiterSet(cfg.PublishRate, cfg.PublishBurst)
+	srv.calls, err = signaling.New(signaling.Config{
+		Bus: cfg.Bus, NodeID: cfg.NodeID, MaxPeers: cfg.Calls.MaxPeers, Grace: cfg.Calls.Grace,
+		SignalRate: cfg.Calls.SignalRate, SignalBurst: int(4 * cfg.Calls.SignalRate), HideHostCandidates: cfg.Calls.HideHostCandidates,
+		Logger: cfg.Logger.With("component", "signaling"), Registerer: cfg.Registerer,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("gateway: Config.Calls: %w", err)
+	}
 	srv.routes()
 	srv.http = &http.Server{
 		Handler:           srv.mux,
@@ -307,6 +318,9 @@ func (s *session) finish() {
 	for room := range s.rooms {
 		s.srv.hub.unsubscribe(ctx, s, room)
 	}
+	if s.transport == transportWS {
+		s.srv.calls.Disconnect(ctx, s)
+	}
 	s.srv.unregister(s)
 	s.srv.releaseIP(s.ip)
 }
@@ -398,6 +412,7 @@ func (srv *Server) Shutdown(ctx context.Context) error {
 	srv.cancel()
 	srv.hub.stop()
 	srv.goroutines.Wait()
+	srv.calls.Close()
 	srv.log.Info("drained", "took", time.Since(start).Round(time.Millisecond))
 	return err
 }

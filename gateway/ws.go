@@ -19,6 +19,7 @@ import (
 	"golang.org/x/time/rate"
 
 	"github.com/parley-rt/parley/fanout"
+	"github.com/parley-rt/parley/signaling"
 )
 
 // Subprotocol is the WebSocket subprotocol of the Parley protocol, version 1.
@@ -140,7 +141,9 @@ func (srv *Server) handleWS(w http.ResponseWriter, r *http.Request) {
 		PingMS: srv.cfg.PingInterval.Milliseconds(),
 	})})
 	if !srv.register(s) {
-		s.closeNow(closeDraining, "draining")
+		// Shutdown may be waiting for the server's goroutines already: no
+		// new one may start, so the connection is closed here, at once.
+		conn.CloseNow()
 		srv.releaseIP(ip)
 		return
 	}
@@ -337,6 +340,20 @@ func (s *session) handle(b []byte) {
 			return
 		}
 		s.reply(&frame{kind: kindControl, b: mustJSON(presenceAck{Type: "ack", ID: f.ID, Members: page.Members, MembersTotal: page.Total, Next: page.Next})})
+	case "join":
+		s.join(ctx, f)
+	case "signal":
+		if serr := s.srv.calls.Signal(ctx, s, f.Call, f.To, f.Data); serr != nil {
+			s.replyError(f.ID, callError(serr))
+			return
+		}
+		s.reply(&frame{kind: kindControl, b: mustJSON(ackFrame{Type: "ack", ID: f.ID})})
+	case "leave":
+		if serr := s.srv.calls.Leave(ctx, s, f.Call); serr != nil {
+			s.replyError(f.ID, callError(serr))
+			return
+		}
+		s.reply(&frame{kind: kindControl, b: mustJSON(ackFrame{Type: "ack", ID: f.ID})})
 	case "publish":
 		if !s.ident.may(actPublish, f.Room) {
 			s.replyError(f.ID, errorf(codeForbidden, "not allowed to publish to "+f.Room))
@@ -357,6 +374,40 @@ func (s *session) handle(b []byte) {
 		off := res.Offset
 		s.reply(&frame{kind: kindControl, b: mustJSON(ackFrame{Type: "ack", ID: f.ID, Epoch: res.Epoch, Offset: &off, Duplicate: res.Duplicate})})
 	}
+}
+
+// join joins the session to a call and answers with the call's peers, this
+// peer's roles, its resume token and the ICE servers to use.
+func (s *session) join(ctx context.Context, f clientFrame) {
+	if !s.ident.may(actCall, f.Call) {
+		s.replyError(f.ID, errorf(codeForbidden, "not allowed to join call "+f.Call))
+		return
+	}
+	res, serr := s.srv.calls.Join(ctx, s, signaling.JoinRequest{
+		Call: f.Call, User: s.ident.user, Resume: f.Resume, Anonymous: s.srv.auth.dev(),
+	})
+	if serr != nil {
+		s.replyError(f.ID, callError(serr))
+		return
+	}
+	a := joinAck{Type: "ack", ID: f.ID, Session: res.Session, Peers: res.Peers, Polite: res.Polite,
+		Resume: res.Resume, Resumed: res.Resumed, Relay: s.ident.relay}
+	if ice := s.srv.cfg.ICE; ice != nil {
+		list, ttl := ice.servers(s.ident.user, s.srv.cfg.now())
+		a.ICEServers, a.ICETTL = list, int64(ttl.Seconds())
+	}
+	s.reply(&frame{kind: kindControl, b: mustJSON(a)})
+}
+
+// callError is a refused call command as a protocol error.
+func callError(e *signaling.Error) *protoError { return errorf(e.Code, e.Message) }
+
+// ID and Deliver make a session a signaling.Conn: signals and peer events
+// are queued like room messages, against the session's queue bound.
+func (s *session) ID() string { return s.id }
+
+func (s *session) Deliver(b []byte) bool {
+	return s.enqueue(&frame{kind: kindControl, b: b})
 }
 
 // Refresh limits: a session may refresh its token refreshBurst times at once,
@@ -404,6 +455,7 @@ func (s *session) refresh(id, cred string) {
 		}
 	}
 	s.ident.perms = claims.Rooms
+	s.ident.relay = claims.Relay
 	s.reply(&frame{kind: kindControl, b: mustJSON(ackFrame{Type: "ack", ID: id, Expires: claims.ExpiresAt.Unix()})})
 }
 

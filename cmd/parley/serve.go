@@ -56,6 +56,7 @@ type serveConfig struct {
 	roomHistBytes   int64
 	redisURL        string
 	presenceTTL     time.Duration
+	calls           gateway.CallConfig
 	logFormat       string
 	logLevel        slog.Level
 
@@ -144,6 +145,10 @@ func parseSettings(fs *envFlags, args []string, environ []string) (*serveConfig,
 	iceTTL := fs.Duration("ice-ttl", time.Hour, "validity of the TURN credentials that /v1/ice-servers hands out")
 	fs.StringVar(&c.redisURL, "redis", "", "Redis `URL` that every node of a cluster shares, so that they act as one: redis://[user:password@]host:port/db, rediss:// for TLS, unix:///path/to/socket (default empty: one node, in-memory fan-out)")
 	fs.DurationVar(&c.presenceTTL, "presence-ttl", 30*time.Second, "with --redis, how long a node's presence members outlive the node when it dies without leaving (it renews them every third of this)")
+	fs.IntVar(&c.calls.MaxPeers, "call-max-peers", 8, "peers in one WebRTC call (a mesh: each peer connects to every other)")
+	fs.DurationVar(&c.calls.Grace, "call-grace", 10*time.Second, "how long a call peer whose connection dropped keeps its place, for a rejoin on any node with its resume token")
+	fs.Float64Var(&c.calls.SignalRate, "call-signal-rate", 100, "signals (SDP and ICE candidates) per second one connection may send, with bursts of four times this")
+	fs.BoolVar(&c.calls.HideHostCandidates, "call-hide-host-candidates", false, "keep clients' host ICE candidates (their own IP addresses) from the other peers: calls then connect through STUN mappings or TURN")
 	logFormat := fs.String("log-format", "text", "log format: text or json")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn or error")
 	fs.String("config", "", "TOML settings `file` whose keys are these flags' names (jwt-secret = \"...\"); a flag or PARLEY_* variable wins over it")
@@ -176,6 +181,15 @@ func parseSettings(fs *envFlags, args []string, environ []string) (*serveConfig,
 	}
 	if c.presenceTTL < time.Second {
 		bad(fs.badValue("presence-ttl", "want at least 1s"))
+	}
+	if c.calls.MaxPeers < 2 || c.calls.MaxPeers > 64 {
+		bad(fs.badValue("call-max-peers", "want 2 to 64"))
+	}
+	if c.calls.Grace < time.Second {
+		bad(fs.badValue("call-grace", "want at least 1s"))
+	}
+	if c.calls.SignalRate <= 0 {
+		bad(fs.badValue("call-signal-rate", "want a positive number"))
 	}
 	if c.logFormat != "text" && c.logFormat != "json" {
 		bad(fs.badValue("log-format", "want text or json"))
@@ -302,8 +316,8 @@ func newLogger(c *serveConfig, w io.Writer) *slog.Logger {
 	return slog.New(slog.NewTextHandler(w, opts))
 }
 
-// gatewayConfig is the gateway's part of c. ICEServers is left to the
-// caller, which knows the relay's addresses once it listens.
+// gatewayConfig is the gateway's part of c. ICE is left to the caller,
+// which knows the relay's addresses once it listens.
 func gatewayConfig(c *serveConfig, log *slog.Logger, reg prometheus.Registerer, bus fanout.Bus) gateway.Config {
 	gcfg := gateway.Config{
 		Bus:                bus,
@@ -323,6 +337,7 @@ func gatewayConfig(c *serveConfig, log *slog.Logger, reg prometheus.Registerer, 
 		TrustedProxies:     c.trustedProxies,
 		ReplayLimit:        c.replayLimit,
 		PresenceRooms:      c.presenceRooms,
+		Calls:              c.calls,
 	}
 	if c.jwtSecret != "" {
 		gcfg.JWTSecret = []byte(c.jwtSecret)
@@ -399,7 +414,7 @@ func serveCmd(ctx context.Context, stop func(), args []string, getenv func(strin
 	gcfg := gatewayConfig(c, log, reg, bus)
 	if relay != nil {
 		defer relay.Close()
-		gcfg.ICEServers = iceServers(c, relay)
+		gcfg.ICE = iceConfig(c, relay)
 	}
 	stunSrv, stunConn, err := startSTUN(c, log, reg)
 	if err != nil {
@@ -573,16 +588,9 @@ func startTURN(ctx context.Context, c *serveConfig, log *slog.Logger, reg promet
 	return srv, nil
 }
 
-// iceServer is one entry of an RTCConfiguration's iceServers.
-type iceServer struct {
-	URLs       []string `json:"urls"`
-	Username   string   `json:"username,omitempty"`
-	Credential string   `json:"credential,omitempty"`
-}
-
-// iceServers answers /v1/ice-servers: STUN and TURN URLs on this node's relay
-// with TURN REST credentials for the user.
-func iceServers(c *serveConfig, relay *turn.Server) func(user string) (any, error) {
+// iceConfig is what clients are told of this node's relay: its STUN and
+// TURN URLs, and the secret and TTL of the credentials minted for them.
+func iceConfig(c *serveConfig, relay *turn.Server) *gateway.ICE {
 	host := c.turn.publicIP.String()
 	if !c.turn.publicIP.IsValid() {
 		host, _, _ = net.SplitHostPort(relay.UDPAddr().String())
@@ -598,19 +606,7 @@ func iceServers(c *serveConfig, relay *turn.Server) func(user string) (any, erro
 		_, tport, _ := net.SplitHostPort(a.String())
 		turnURLs = append(turnURLs, "turns:"+net.JoinHostPort(host, tport)+"?transport=tcp")
 	}
-	return func(user string) (any, error) {
-		username, credential := turn.Credentials(c.turn.secret, user, c.turn.credentialTTL, time.Now())
-		return struct {
-			ICEServers []iceServer `json:"iceServers"`
-			TTL        int64       `json:"ttl"`
-		}{
-			ICEServers: []iceServer{
-				{URLs: []string{"stun:" + hp}},
-				{URLs: turnURLs, Username: username, Credential: credential},
-			},
-			TTL: int64(c.turn.credentialTTL.Seconds()),
-		}, nil
-	}
+	return &gateway.ICE{STUN: []string{"stun:" + hp}, TURN: turnURLs, Secret: c.turn.secret, TTL: c.turn.credentialTTL}
 }
 
 // startSTUN opens the STUN-only listener of --stun-addr; nil when it is off.

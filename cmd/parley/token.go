@@ -7,6 +7,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/golang-jwt/jwt/v5"
+
 	"github.com/parley-rt/parley/gateway"
 )
 
@@ -24,6 +26,7 @@ func tokenCmd(args []string, getenv func(string) string, stdout io.Writer) error
 	sub := fs.String("subscribe", "", "rooms the user may subscribe to, comma-separated patterns: a room name, a prefix ending in * such as chat:*, or * for every room; empty with no other room flag means every room")
 	pub := fs.String("publish", "", "rooms the user may publish to, comma-separated patterns")
 	call := fs.String("call", "", "calls the user may join, comma-separated patterns")
+	relay := fs.Bool("relay", false, "make the user's calls use TURN only (the relay claim: join acks say relay: true)")
 	if err := fs.parse(args); err != nil {
 		return err
 	}
@@ -53,7 +56,14 @@ func tokenCmd(args []string, getenv func(string) string, stdout io.Writer) error
 	if *sub != "" || *pub != "" || *call != "" {
 		perms = &gateway.Permissions{Subscribe: split(*sub), Publish: split(*pub), Call: split(*call)}
 	}
-	tok, err := gateway.MintToken([]byte(*secret), *user, *ttl, perms, time.Now())
+	now := time.Now()
+	tok, err := gateway.Claims{
+		RegisteredClaims: jwt.RegisteredClaims{
+			Subject: *user, IssuedAt: jwt.NewNumericDate(now), ExpiresAt: jwt.NewNumericDate(now.Add(*ttl)),
+		},
+		Rooms: perms,
+		Relay: *relay,
+	}.Sign([]byte(*secret))
 	if err != nil {
 		return fmt.Errorf("token: %w", err)
 	}

@@ -1,0 +1,78 @@
+package signaling
+
+import "github.com/prometheus/client_golang/prometheus"
+
+// metrics are signaling's Prometheus collectors. Labels never carry call
+// names, users or sessions.
+type metrics struct {
+	calls       prometheus.Gauge
+	peers       *prometheus.GaugeVec
+	relayed     prometheus.Counter
+	rejected    *prometheus.CounterVec
+	firstAnswer prometheus.Histogram
+	resumes     *prometheus.CounterVec
+	lost        prometheus.Counter
+	dropped     prometheus.Counter
+}
+
+// Reasons a signal is refused, for parley_signals_rejected_total.
+const (
+	rejectInvalid   = "invalid"    // the data is not a valid SDP or candidate
+	rejectNoPeer    = "no_peer"    // the recipient is not in the call
+	rejectNotJoined = "not_joined" // the sender is not in the call
+	rejectRate      = "rate"       // the sender's rate limit
+	rejectHeldFull  = "held_full"  // the recipient is away and its held signals are at their bound
+	rejectBus       = "bus"        // the bus failed
+)
+
+func newMetrics(reg prometheus.Registerer) *metrics {
+	m := &metrics{
+		calls: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "parley_calls_active", Help: "Calls with at least one peer on this node.",
+		}),
+		peers: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "parley_call_peers", Help: "Call peers held by this node: connected, or away within the grace period.",
+		}, []string{"state"}),
+		relayed: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "parley_signals_relayed_total", Help: "Signals (SDP and ICE candidates) accepted from this node's clients and relayed.",
+		}),
+		rejected: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "parley_signals_rejected_total", Help: "Signals refused and not relayed, by reason.",
+		}, []string{"reason"}),
+		firstAnswer: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "parley_call_first_answer_seconds",
+			Help:    "Time from a peer's join to the first SDP answer it sent or received.",
+			Buckets: []float64{.01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30},
+		}),
+		resumes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "parley_call_resumes_total", Help: "Rejoins with a resume token: resumed (same peer) or lost (the grace period had passed).",
+		}, []string{"result"}),
+		lost: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "parley_call_peers_lost_total", Help: "Peers whose connection stayed gone past the grace period and who left their call.",
+		}),
+		dropped: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "parley_signals_dropped_total", Help: "Signals that reached this node for a peer that had left, or that could not be posted again for a peer that went away.",
+		}),
+	}
+	for _, r := range []string{rejectInvalid, rejectNoPeer, rejectNotJoined, rejectRate, rejectHeldFull, rejectBus} {
+		m.rejected.WithLabelValues(r)
+	}
+	for _, r := range []string{"resumed", "lost"} {
+		m.resumes.WithLabelValues(r)
+	}
+	m.peers.WithLabelValues("connected")
+	m.peers.WithLabelValues("away")
+	if reg != nil {
+		reg.MustRegister(m.calls, m.peers, m.relayed, m.rejected, m.firstAnswer, m.resumes, m.lost, m.dropped)
+	}
+	return m
+}
+
+func (m *metrics) unregister(reg prometheus.Registerer) {
+	if reg == nil {
+		return
+	}
+	for _, c := range []prometheus.Collector{m.calls, m.peers, m.relayed, m.rejected, m.firstAnswer, m.resumes, m.lost, m.dropped} {
+		reg.Unregister(c)
+	}
+}
