@@ -383,20 +383,21 @@ func (s *session) join(ctx context.Context, f clientFrame) {
 		s.replyError(f.ID, errorf(codeForbidden, "not allowed to join call "+f.Call))
 		return
 	}
-	res, serr := s.srv.calls.Join(ctx, s, signaling.JoinRequest{
-		Call: f.Call, User: s.ident.user, Resume: f.Resume, Anonymous: s.srv.auth.dev(),
+	ack := func(res signaling.JoinResult) {
+		a := joinAck{Type: "ack", ID: f.ID, Session: res.Session, Peers: res.Peers, Polite: res.Polite,
+			Resume: res.Resume, Resumed: res.Resumed, Relay: s.ident.relay}
+		if ice := s.srv.cfg.ICE; ice != nil {
+			list, ttl := ice.servers(s.ident.user, s.srv.cfg.now())
+			a.ICEServers, a.ICETTL = list, int64(ttl.Seconds())
+		}
+		s.reply(&frame{kind: kindControl, b: mustJSON(a)})
+	}
+	_, serr := s.srv.calls.Join(ctx, s, signaling.JoinRequest{
+		Call: f.Call, User: s.ident.user, Resume: f.Resume, Anonymous: s.srv.auth.dev(), Ack: ack,
 	})
 	if serr != nil {
 		s.replyError(f.ID, callError(serr))
-		return
 	}
-	a := joinAck{Type: "ack", ID: f.ID, Session: res.Session, Peers: res.Peers, Polite: res.Polite,
-		Resume: res.Resume, Resumed: res.Resumed, Relay: s.ident.relay}
-	if ice := s.srv.cfg.ICE; ice != nil {
-		list, ttl := ice.servers(s.ident.user, s.srv.cfg.now())
-		a.ICEServers, a.ICETTL = list, int64(ttl.Seconds())
-	}
-	s.reply(&frame{kind: kindControl, b: mustJSON(a)})
 }
 
 // callError is a refused call command as a protocol error.

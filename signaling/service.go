@@ -294,6 +294,12 @@ type JoinRequest struct {
 	// without authentication): a resume token then needs no same user,
 	// and the peer keeps its earlier user.
 	Anonymous bool
+	// Ack, when set, is called with the result once the join has
+	// succeeded, before any frame for the peer is delivered to the
+	// connection (the held signals of a resume, peer events), so that the
+	// client gets its join ack first. It must not block or call the
+	// Service.
+	Ack func(JoinResult)
 }
 
 // Join joins c to a call.
@@ -337,16 +343,16 @@ func (s *Service) Join(ctx context.Context, c Conn, req JoinRequest) (JoinResult
 		return JoinResult{}, err
 	}
 	if resume != "" {
-		res, err, done := s.resume(ctx, c, cst, user, req.Anonymous, oldPeer, oldInc)
+		res, err, done := s.resume(ctx, c, cst, user, req.Anonymous, oldPeer, oldInc, req.Ack)
 		if done {
 			return res, err
 		}
 	}
-	return s.join(ctx, c, cst, user, c.ID())
+	return s.join(ctx, c, cst, user, c.ID(), req.Ack)
 }
 
 // join adds a new peer with identity id to the call.
-func (s *Service) join(ctx context.Context, c Conn, cst *callState, user, id string) (JoinResult, *Error) {
+func (s *Service) join(ctx context.Context, c Conn, cst *callState, user, id string, ack func(JoinResult)) (JoinResult, *Error) {
 	s.mu.Lock()
 	if old := cst.locals[id]; old != nil && !old.gone {
 		// The same connection id: the peer joined, left its connection
@@ -357,6 +363,10 @@ func (s *Service) join(ctx context.Context, c Conn, cst *callState, user, id str
 	}
 	s.mu.Unlock()
 	p := &localPeer{call: cst, id: id, inc: newIncarnation(), user: user, claiming: true, joined: time.Now()}
+	// The bound counts incarnations: a peer that has just moved to another
+	// node counts twice until its old node lets go (at once), or its
+	// lease lapses (its old node died), so a call at its bound may refuse
+	// a newcomer for that long.
 	others, err := s.bus.Enter(ctx, cst.room, p.member(s.cfg.NodeID), s.cfg.MaxPeers)
 	if err != nil {
 		if errors.Is(err, fanout.ErrFull) {
@@ -364,22 +374,17 @@ func (s *Service) join(ctx context.Context, c Conn, cst *callState, user, id str
 		}
 		return JoinResult{}, s.busError("join", err)
 	}
-	// A peer whose identity is present already (a join that raced its own
-	// leave) counts once; so do peers with several incarnations.
-	if distinctPeers(others, id) >= s.cfg.MaxPeers {
+	res, aerr := s.attach(ctx, c, p, others, nil, false, ack)
+	if aerr != nil {
 		s.bus.Leave(ctx, cst.room, p.member(s.cfg.NodeID))
-		return JoinResult{}, errorf(CodeForbidden, fmt.Sprintf("call %s is full: at most %d peers", cst.name, s.cfg.MaxPeers))
+		return JoinResult{}, aerr
 	}
-	if err := s.attach(ctx, c, p, others, nil); err != nil {
-		s.bus.Leave(ctx, cst.room, p.member(s.cfg.NodeID))
-		return JoinResult{}, err
-	}
-	return s.result(p, others, false), nil
+	return res, nil
 }
 
 // resume rejoins the peer oldPeer whose incarnation was oldInc. done is
 // false when the peer is no longer in the call: the caller joins afresh.
-func (s *Service) resume(ctx context.Context, c Conn, cst *callState, user string, anyUser bool, oldPeer, oldInc string) (JoinResult, *Error, bool) {
+func (s *Service) resume(ctx context.Context, c Conn, cst *callState, user string, anyUser bool, oldPeer, oldInc string, ack func(JoinResult)) (JoinResult, *Error, bool) {
 	old := oldPeer + "." + oldInc
 	present := false
 	page := fanout.PresenceQuery{Limit: fanout.MaxPresenceLimit}
@@ -441,9 +446,10 @@ func (s *Service) resume(ctx context.Context, c Conn, cst *callState, user strin
 			s.bus.Leave(ctx, cst.room, fanout.Member{User: user, Session: old})
 		}
 	}
-	if err := s.attach(ctx, c, p, others, first); err != nil {
+	res, aerr := s.attach(ctx, c, p, others, first, true, ack)
+	if aerr != nil {
 		s.bus.Leave(ctx, cst.room, p.member(s.cfg.NodeID))
-		return JoinResult{}, err, true
+		return JoinResult{}, aerr, true
 	}
 	s.metrics.resumes.WithLabelValues("resumed").Inc()
 	// The others learn that the peer is back: what it had sent them just
@@ -452,7 +458,7 @@ func (s *Service) resume(ctx context.Context, c Conn, cst *callState, user strin
 	for _, o := range peersOf(others, oldPeer) {
 		s.bus.Send(ctx, peerAddr(cst.name, o.Session), notice)
 	}
-	return s.result(p, others, true), nil, true
+	return res, nil, true
 }
 
 // joinCost is what a join takes from a connection's signal rate limit.
@@ -469,9 +475,10 @@ func (s *Service) conn(c Conn) *connState {
 	return cs
 }
 
-// attach claims the peer's addresses and makes it live on c, delivering
-// first, then what its mailbox held, then what arrived meanwhile.
-func (s *Service) attach(ctx context.Context, c Conn, p *localPeer, others []fanout.Member, first [][]byte) *Error {
+// attach claims the peer's addresses and makes it live on c: it calls ack
+// with the join's result, then delivers first, what its mailbox held, and
+// what arrived meanwhile.
+func (s *Service) attach(ctx context.Context, c Conn, p *localPeer, others []fanout.Member, first [][]byte, resumed bool, ack func(JoinResult)) (JoinResult, *Error) {
 	cst := p.call
 	s.mu.Lock()
 	cst.locals[p.id] = p
@@ -488,12 +495,16 @@ func (s *Service) attach(ctx context.Context, c Conn, p *localPeer, others []fan
 		p.gone = true
 		s.mu.Unlock()
 		s.bus.Unregister(ctx, peerAddr(cst.name, p.id))
-		return s.busError("join", err)
+		return JoinResult{}, s.busError("join", err)
 	}
+	res := s.result(p, others, resumed)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	p.conn = c
 	s.conn(c).peers[cst.name] = p
+	if ack != nil {
+		ack(res)
+	}
 	s.mergeView(cst, p, others)
 	p.claiming = false
 	for _, b := range first {
@@ -507,7 +518,7 @@ func (s *Service) attach(ctx context.Context, c Conn, p *localPeer, others []fan
 	}
 	p.pending = nil
 	s.countPeers()
-	return nil
+	return res, nil
 }
 
 // result builds a join's answer.
@@ -534,8 +545,6 @@ func peersOf(members []fanout.Member, self string) []Peer {
 	}
 	return peers
 }
-
-func distinctPeers(members []fanout.Member, self string) int { return len(peersOf(members, self)) }
 
 // mergeView adds the members a join saw to the call's view: a peer this
 // node did not know yet entered after the node's other local peers did (or

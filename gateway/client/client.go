@@ -25,8 +25,9 @@ var (
 	// ErrDisconnected is returned for a command whose connection dropped
 	// before its reply; a publish with a key can be retried safely.
 	ErrDisconnected = errors.New("client: disconnected before the reply")
-	// ErrInvalidJSON is returned by Publish for data given as JSON bytes
-	// ([]byte or json.RawMessage) that are not valid JSON; nothing is sent.
+	// ErrInvalidJSON is returned by Publish and Call.Signal for data given
+	// as JSON bytes ([]byte or json.RawMessage) that are not valid JSON;
+	// nothing is sent.
 	ErrInvalidJSON = errors.New("client: data is not valid JSON")
 )
 
@@ -298,6 +299,11 @@ type Client struct {
 	// queue drains.
 	resyncWanted bool
 	runDone      bool // run has returned: dispatch ends once the queue is empty
+	// calls are the calls joined or being joined; callsEnded is set once
+	// run is over, when every call has ended.
+	calls      map[string]*Call
+	callsEnded bool
+	closing    bool // Close was called
 }
 
 // Dial connects to the node and returns a Client that stays connected until
@@ -333,6 +339,7 @@ func Dial(ctx context.Context, opts Options) (*Client, error) {
 		subs:       make(map[string]*sub),
 		pending:    make(map[string]*call),
 		ready:      make(chan struct{}),
+		calls:      make(map[string]*Call),
 	}
 	c.endpoints = append([]string{opts.URL}, opts.URLs...)
 	c.ctx, c.cancel = context.WithCancel(context.Background())
@@ -378,6 +385,9 @@ func (c *Client) Welcome() Welcome {
 // received from Events are discarded. It may be called from the goroutine
 // that reads Events, and more than once.
 func (c *Client) Close() error {
+	c.mu.Lock()
+	c.closing = true
+	c.mu.Unlock()
 	c.cancel()
 	c.closeOnce.Do(func() { close(c.closed) })
 	c.mu.Lock()
@@ -490,7 +500,9 @@ func (c *Client) run(conn *websocket.Conn, w Welcome, exp time.Time) {
 		poke(c.wake)
 	}()
 	// Once run is over (NoReconnect), calls waiting for a connection fail
-	// with ErrClosed instead of waiting for one that never comes.
+	// with ErrClosed instead of waiting for one that never comes, and the
+	// calls joined end.
+	defer c.endCalls()
 	defer c.cancel()
 	backoff := c.opts.MinBackoff
 	for {
@@ -682,12 +694,13 @@ func transient(err error) bool {
 }
 
 // resubscribe subscribes every room the server had acknowledged again from
-// its last position, then reports the connection ready. A room the server
-// now refuses for good is dropped and reported. A room refused for now
-// (transient) is reported and kept: resubscribe closes conn and returns the
-// refusal, and run reconnects with backoff and subscribes every room again
-// from its position. A subscription still waiting for its first ack is left
-// to its own Subscribe call, which retries, and a paused room to resync.
+// its last position, and joins every call again (rejoinCalls), then reports
+// the connection ready. A room the server now refuses for good is dropped
+// and reported. A room refused for now (transient) is reported and kept:
+// resubscribe closes conn and returns the refusal, and run reconnects with
+// backoff and subscribes every room again from its position. A subscription
+// still waiting for its first ack is left to its own Subscribe call, which
+// retries, and a paused room to resync.
 func (c *Client) resubscribe(conn *websocket.Conn) error {
 	c.mu.Lock()
 	rooms := make(map[string]*sub, len(c.subs))
@@ -732,6 +745,9 @@ func (c *Client) resubscribe(conn *websocket.Conn) error {
 		default:
 			return err
 		}
+	}
+	if err := c.rejoinCalls(conn); err != nil {
+		return err
 	}
 	c.mu.Lock()
 	close(c.ready)
@@ -813,6 +829,8 @@ func (c *Client) handle(conn *websocket.Conn, line []byte) (time.Duration, bool)
 		Code    string `json:"code"`
 		Text    string `json:"message"`
 		AfterMS int64  `json:"after_ms"`
+		Call    string `json:"call"`
+		Polite  bool   `json:"polite"`
 	}
 	if err := json.Unmarshal(line, &f); err != nil {
 		c.log.Warn("unreadable frame", "err", err)
@@ -836,6 +854,8 @@ func (c *Client) handle(conn *websocket.Conn, line []byte) (time.Duration, bool)
 			poke(c.wake)
 		}
 		c.mu.Unlock()
+	case "signal", "peer":
+		c.handleCallFrame(f.Type, f.Call, f.Event, CallPeer{Session: f.Session, User: f.User, Polite: f.Polite}, f.From, f.Data)
 	case "ping":
 		ctx, cancel := context.WithTimeout(c.ctx, 10*time.Second)
 		conn.Write(ctx, websocket.MessageText, []byte(`{"type":"pong"}`))
@@ -1047,21 +1067,9 @@ func (c *Client) Unsubscribe(ctx context.Context, room string) error {
 // first offset and Duplicate set, so a publish that failed with
 // ErrDisconnected can be retried safely with the same key.
 func (c *Client) Publish(ctx context.Context, room string, data any, key string) (PublishAck, error) {
-	var raw json.RawMessage
-	switch d := data.(type) {
-	case []byte:
-		raw = d
-	case json.RawMessage:
-		raw = d
-	default:
-		b, err := json.Marshal(data)
-		if err != nil {
-			return PublishAck{}, fmt.Errorf("client: encoding data: %w", err)
-		}
-		raw = b
-	}
-	if !json.Valid(raw) {
-		return PublishAck{}, ErrInvalidJSON
+	raw, err := encodeData(data)
+	if err != nil {
+		return PublishAck{}, err
 	}
 	conn, err := c.live(ctx)
 	if err != nil {
@@ -1080,6 +1088,28 @@ func (c *Client) Publish(ctx context.Context, room string, data any, key string)
 		return PublishAck{}, fmt.Errorf("client: bad ack: %w", err)
 	}
 	return ack, nil
+}
+
+// encodeData returns data as JSON: []byte and json.RawMessage as they are
+// (ErrInvalidJSON if they are not JSON), any other value encoded.
+func encodeData(data any) (json.RawMessage, error) {
+	var raw json.RawMessage
+	switch d := data.(type) {
+	case []byte:
+		raw = d
+	case json.RawMessage:
+		raw = d
+	default:
+		b, err := json.Marshal(data)
+		if err != nil {
+			return nil, fmt.Errorf("client: encoding data: %w", err)
+		}
+		raw = b
+	}
+	if !json.Valid(raw) {
+		return nil, ErrInvalidJSON
+	}
+	return raw, nil
 }
 
 // Position returns the position of a subscribed room as far as Events has

@@ -24,7 +24,8 @@
 //
 // The messages of each room are delivered in offset order, each once; events
 // of different rooms keep their order unless a room is paused (below). One goroutine reads the connection and never
-// waits for the application: it answers pings, completes commands with their
+// waits for the application (but for a call's events: see Calls): it
+// answers pings, completes commands with their
 // acks and errors, and puts events in a queue, which a second goroutine hands
 // to Events one at a time. The application may therefore call any method of
 // the Client, Publish included, from the goroutine that reads Events.
@@ -61,4 +62,24 @@
 // Close, which discards the events not yet received, or, with
 // Options.NoReconnect, once the connection has ended and every event has been
 // received.
+//
+// # Calls
+//
+// Join joins a WebRTC call: a room of peers that send each other SDP and
+// ICE candidates through the node with Call.Signal, each peer polite or
+// impolite toward each other for perfect negotiation. A call's events
+// (signals, and peers that join, leave or resume) come on the Call's own
+// channel, Call.Events, not on Events, and none is ever dropped: while a
+// call's channel is full, the goroutine that reads the connection waits for
+// the application, so an application must read its calls' events promptly
+// and must not wait for a command on the goroutine that reads them.
+//
+// After a reconnect the client joins every call again with its resume token,
+// before Join, Signal and the other commands waiting for the connection go
+// on, and reports it with CallRejoined: with Resumed the peer kept its
+// identity and the signals the node held for it follow the event; without,
+// the grace period had passed and the Call is a new peer. A call the node
+// refuses for now (internal, rate_limited, draining, ...) is kept and
+// joined again after a reconnect, as a room is; one refused for good ends
+// with CallClosed. Package rtc makes a WebRTC mesh over a Call with pion.
 package client
