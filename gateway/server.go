@@ -80,7 +80,7 @@ func New(cfg Config) (*Server, error) {
 	srv.apiLimits = newLimiterSet(cfg.PublishRate, cfg.PublishBurst)
 	srv.calls, err = signaling.New(signaling.Config{
 		Bus: cfg.Bus, NodeID: cfg.NodeID, MaxPeers: cfg.Calls.MaxPeers, Grace: cfg.Calls.Grace,
-		SignalRate: cfg.Calls.SignalRate, SignalBurst: int(4 * cfg.Calls.SignalRate), HideHostCandidates: cfg.Calls.HideHostCandidates,
+		SignalRate: cfg.Calls.SignalRate, SignalBurst: signalBurst(cfg.Calls.SignalRate), HideHostCandidates: cfg.Calls.HideHostCandidates,
 		Logger: cfg.Logger.With("component", "signaling"), Registerer: cfg.Registerer,
 	})
 	if err != nil {
@@ -98,6 +98,15 @@ func New(cfg Config) (*Server, error) {
 	srv.goroutines.Add(1)
 	go srv.heartbeatLoop()
 	return srv, nil
+}
+
+// signalBurst is the burst of a signal rate: four seconds' worth, at least
+// one; zero (signaling's default) for the default rate.
+func signalBurst(rate float64) int {
+	if rate <= 0 {
+		return 0
+	}
+	return max(1, int(4*rate))
 }
 
 // serverProtocols are the protocols of the public listener: HTTP/1.1, HTTP/2

@@ -403,12 +403,18 @@ func (s *session) join(ctx context.Context, f clientFrame) {
 // callError is a refused call command as a protocol error.
 func callError(e *signaling.Error) *protoError { return errorf(e.Code, e.Message) }
 
-// ID and Deliver make a session a signaling.Conn: signals and peer events
-// are queued like room messages, against the session's queue bound.
+// ID, Deliver and Answer make a session a signaling.Conn: signals and peer
+// events are queued like room messages, against the session's queue bound;
+// what answers a join (a resumed peer's held signals) is queued like the
+// ack it follows, and bounds the reading of the next command instead.
 func (s *session) ID() string { return s.id }
 
 func (s *session) Deliver(b []byte) bool {
 	return s.enqueue(&frame{kind: kindControl, b: b})
+}
+
+func (s *session) Answer(b []byte) bool {
+	return s.reply(&frame{kind: kindControl, b: b})
 }
 
 // Refresh limits: a session may refresh its token refreshBurst times at once,

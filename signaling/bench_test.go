@@ -17,6 +17,8 @@ type benchConn struct {
 
 func (c *benchConn) ID() string { return c.id }
 
+func (c *benchConn) Answer(b []byte) bool { return c.Deliver(b) }
+
 func (c *benchConn) Deliver([]byte) bool {
 	c.got <- struct{}{}
 	return true

@@ -7,7 +7,10 @@ const (
 	CodeForbidden   = "forbidden"
 	CodeNotFound    = "not_found"
 	CodeRateLimited = "rate_limited"
-	CodeInternal    = "internal"
+	// CodeOverCapacity: a node-wide bound (the rooms and calls a node
+	// holds) is reached.
+	CodeOverCapacity = "over_capacity"
+	CodeInternal     = "internal"
 )
 
 // Error is a refused call command: a protocol error code and a sentence that

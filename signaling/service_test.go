@@ -45,6 +45,8 @@ func (c *testConn) Deliver(b []byte) bool {
 	return true
 }
 
+func (c *testConn) Answer(b []byte) bool { return c.Deliver(b) }
+
 // close makes the connection refuse frames, as a closed session does.
 func (c *testConn) close() {
 	c.mu.Lock()

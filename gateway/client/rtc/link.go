@@ -26,6 +26,9 @@ type link struct {
 	open     chan struct{} // closed when dc opens
 	openOnce sync.Once
 	closed   atomic.Bool
+	// cfgMu orders SetConfiguration with GetStats: pion writes the
+	// configuration that GetStats reads without a lock of its own.
+	cfgMu sync.Mutex
 
 	// Perfect negotiation (https://w3c.github.io/webrtc-pc/#perfect-negotiation-example).
 	// pion's calls are synchronous and all run on Run's goroutine, so

@@ -248,7 +248,10 @@ func (p *Peer) handleEvent(ev client.CallEvent) {
 				p.closeLink(l)
 				continue
 			}
-			if err := l.pc.SetConfiguration(p.configFor(l)); err != nil {
+			l.cfgMu.Lock()
+			err := l.pc.SetConfiguration(p.configFor(l))
+			l.cfgMu.Unlock()
+			if err != nil {
 				p.log.Debug("new ICE servers not taken", "peer", l.remote, "err", err)
 			}
 			p.resync(l)
@@ -389,7 +392,9 @@ func (p *Peer) SelectedPair(remote string) (Pair, bool) {
 	if !ok {
 		return Pair{}, false
 	}
+	l.cfgMu.Lock()
 	report := l.pc.GetStats()
+	l.cfgMu.Unlock()
 	local, okL := report[ps.LocalCandidateID].(webrtc.ICECandidateStats)
 	remoteC, okR := report[ps.RemoteCandidateID].(webrtc.ICECandidateStats)
 	if !okL || !okR {
