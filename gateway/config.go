@@ -108,6 +108,10 @@ type CallConfig struct {
 	// HideHostCandidates keeps clients' host candidates (their own
 	// addresses) from other peers.
 	HideHostCandidates bool
+	// ResyncDelay is how long after the bus reconnects the calls' members
+	// are checked for peers that left meanwhile: a third of the bus's
+	// presence TTL and a little more. Zero means 11s.
+	ResyncDelay time.Duration
 }
 
 func (c *Config) setDefaults() error {

@@ -342,6 +342,9 @@ func gatewayConfig(c *serveConfig, log *slog.Logger, reg prometheus.Registerer, 
 	if c.jwtSecret != "" {
 		gcfg.JWTSecret = []byte(c.jwtSecret)
 	}
+	// A bus that reconnected has every live node's members back within a
+	// third of the presence TTL (their renewal period).
+	gcfg.Calls.ResyncDelay = c.presenceTTL/3 + time.Second
 	return gcfg
 }
 
