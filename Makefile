@@ -14,7 +14,7 @@ test: deps
 	go test -race -count=1 -timeout 20m ./...
 	go test -count=1 -run Heap ./gateway/
 
-# Installs the test tools that are missing: coturn's TURN utilities,
+# Installs the test tools that are missing: redis-server, coturn's TURN utilities,
 # Debian's Chromium and playwright-core (never a browser download).
 deps:
 	bash .ci/deps

@@ -45,7 +45,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Buckets: []float64{.01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30},
 		}),
 		resumes: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "parley_call_resumes_total", Help: "Rejoins with a resume token: resumed (same peer) or lost (the grace period had passed).",
+			Name: "parley_call_resumes_total", Help: "Joins with a resume token: resumed (the same peer), or lost (the peer was no longer in the call, or the token was another user's: a fresh peer joined).",
 		}, []string{"result"}),
 		lost: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "parley_call_peers_lost_total", Help: "Peers whose connection stayed gone past the grace period and who left their call.",

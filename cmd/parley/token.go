@@ -25,7 +25,7 @@ func tokenCmd(args []string, getenv func(string) string, stdout io.Writer) error
 	ttl := fs.Duration("ttl", time.Hour, "how long the token is valid")
 	sub := fs.String("subscribe", "", "rooms the user may subscribe to, comma-separated patterns: a room name, a prefix ending in * such as chat:*, or * for every room; empty with no other room flag means every room")
 	pub := fs.String("publish", "", "rooms the user may publish to, comma-separated patterns")
-	call := fs.String("call", "", "calls the user may join, comma-separated patterns")
+	call := fs.String("call", "", "calls the user may join, comma-separated patterns (call names follow the rules of room names); once any of --subscribe, --publish and --call is set, what is left out allows nothing: a token with only --subscribe joins no call")
 	relay := fs.Bool("relay", false, "make the user's calls use TURN only (the relay claim: join acks say relay: true)")
 	if err := fs.parse(args); err != nil {
 		return err
@@ -45,7 +45,7 @@ func tokenCmd(args []string, getenv func(string) string, stdout io.Writer) error
 	}{{"subscribe", split(*sub)}, {"publish", split(*pub)}, {"call", split(*call)}} {
 		for _, p := range f.patterns {
 			if gateway.CheckRoomPattern(p) != nil {
-				errs = append(errs, fs.badFlag(f.name, "%q is not a room pattern: %s", p, roomPatternRule))
+				errs = append(errs, fs.badFlag(f.name, "%q is not a %s pattern: %s", p, patternKind(f.name), roomPatternRule))
 			}
 		}
 	}
@@ -69,6 +69,14 @@ func tokenCmd(args []string, getenv func(string) string, stdout io.Writer) error
 	}
 	fmt.Fprintln(stdout, tok)
 	return nil
+}
+
+// patternKind names what a token flag's patterns match.
+func patternKind(flagName string) string {
+	if flagName == "call" {
+		return "call"
+	}
+	return "room"
 }
 
 func split(s string) []string {
