@@ -205,6 +205,12 @@ type Bus interface {
 	// that holds max members other than m is not joined: ErrFull. A member
 	// that is already present is joined again (its lease renewed).
 	Enter(ctx context.Context, room string, m Member, max int) ([]Member, error)
+	// EnterAfter is Enter, with no bound, for a member that succeeds
+	// another: m is entered only if a member whose session starts with
+	// prefix is present at that moment; otherwise nothing changes and it
+	// returns ErrNoSession. A peer that moves to another node thereby never
+	// comes back after it left.
+	EnterAfter(ctx context.Context, room string, m Member, prefix string) ([]Member, error)
 	// Leave removes m from the room's presence and tells subscribed nodes.
 	Leave(ctx context.Context, room string, m Member) error
 	// Presence lists a page of the room's members across all nodes. A page

@@ -53,6 +53,7 @@ func testBus(t *testing.T, newBus func(t *testing.T) Bus, newPeer func(t *testin
 		{"presence cursor", testPresenceBadCursor},
 		{"enter", testEnter},
 		{"enter at once", testEnterConcurrent},
+		{"enter after", testEnterAfter},
 		{"send", testSend},
 		{"send in order", testSendOrder},
 		{"post limits", testPostLimits},
@@ -833,6 +834,49 @@ func testEnter(t *testing.T, newBus func(t *testing.T) Bus) {
 
 // testEnterConcurrent enters members at once: of any two, exactly one sees
 // the other, and max holds.
+// testEnterAfter: a member that succeeds another enters only while one
+// with the prefix is there, and a refused one changes nothing (no event).
+func testEnterAfter(t *testing.T, newBus func(t *testing.T) Bus) {
+	bus := newBus(t)
+	ctx := context.Background()
+	room := roomName(t, "call")
+	old := Member{User: "bob", Session: "p1.k.a", Node: "n1"}
+	other := Member{User: "alice", Session: "p0.k.x", Node: "n1"}
+	for _, m := range []Member{other, old} {
+		if _, err := bus.Enter(ctx, room, m, 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rec := &recorder{}
+	subscribe(t, bus, room, rec)
+	next := Member{User: "bob", Session: "p1.k.b", Node: "n2"}
+	got, err := bus.EnterAfter(ctx, room, next, "p1.k.")
+	if err != nil || !slices.Equal(got, []Member{other, old}) {
+		t.Fatalf("entering after a present member: got %v, %v; want %v", got, err, []Member{other, old})
+	}
+	for _, m := range []Member{old, next} {
+		if err := bus.Leave(ctx, room, m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	late := Member{User: "bob", Session: "p1.k.c", Node: "n2"}
+	if _, err := bus.EnterAfter(ctx, room, late, "p1.k."); !errors.Is(err, ErrNoSession) {
+		t.Fatalf("entering after a member that left: got %v, want ErrNoSession", err)
+	}
+	if _, err := bus.EnterAfter(ctx, room, late, "p0.z."); !errors.Is(err, ErrNoSession) {
+		t.Fatalf("a prefix no member has (one sorts after it): got %v, want ErrNoSession", err)
+	}
+	page, err := bus.Presence(ctx, room, PresenceQuery{})
+	if err != nil || !slices.Equal(page.Members, []Member{other}) {
+		t.Fatalf("members after refused entries: %v, %v; want only %v", page.Members, err, other)
+	}
+	waitFor(t, "the join and the two leaves", func() bool { return len(rec.presence()) >= 3 })
+	time.Sleep(50 * time.Millisecond)
+	if n := len(rec.presence()); n != 3 {
+		t.Errorf("presence events: got %d, want 3 (a join and two leaves; a refused entry makes none)", n)
+	}
+}
+
 func testEnterConcurrent(t *testing.T, newBus func(t *testing.T) Bus) {
 	bus := newBus(t)
 	room := roomName(t, "call")

@@ -9,6 +9,7 @@ import (
 	"hash/crc32"
 	"math"
 	"sort"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -520,18 +521,23 @@ func (m *Memory) expire(r *memRoom, cutoff int64) {
 // Join implements Bus. One node holds every member, so a lease never lapses
 // while the bus runs.
 func (m *Memory) Join(ctx context.Context, room string, mem Member) error {
-	_, err := m.presence(ctx, room, mem, true, -1)
+	_, err := m.presence(ctx, room, mem, true, -1, "")
 	return err
 }
 
 // Enter implements Bus.
 func (m *Memory) Enter(ctx context.Context, room string, mem Member, max int) ([]Member, error) {
-	return m.presence(ctx, room, mem, true, max)
+	return m.presence(ctx, room, mem, true, max, "")
+}
+
+// EnterAfter implements Bus.
+func (m *Memory) EnterAfter(ctx context.Context, room string, mem Member, prefix string) ([]Member, error) {
+	return m.presence(ctx, room, mem, true, 0, prefix)
 }
 
 // Leave implements Bus.
 func (m *Memory) Leave(ctx context.Context, room string, mem Member) error {
-	_, err := m.presence(ctx, room, mem, false, -1)
+	_, err := m.presence(ctx, room, mem, false, -1, "")
 	return err
 }
 
@@ -542,8 +548,9 @@ func (r *memRoom) memberIndex(session string) (int, bool) {
 }
 
 // presence joins or leaves mem. For a join with max >= 0 it returns the
-// other members, and refuses a new member past max (when max > 0).
-func (m *Memory) presence(ctx context.Context, room string, mem Member, join bool, max int) ([]Member, error) {
+// other members, and refuses a new member past max (when max > 0); with a
+// prefix, it joins only if a member's session starts with it.
+func (m *Memory) presence(ctx context.Context, room string, mem Member, join bool, max int, prefix string) ([]Member, error) {
 	r, err := m.lockedFor(ctx, room, true, join)
 	if err != nil {
 		return nil, err
@@ -551,6 +558,13 @@ func (m *Memory) presence(ctx context.Context, room string, mem Member, join boo
 	defer r.deliver.Unlock()
 	r.lastUsed = m.cfg.Now()
 	i, found := r.memberIndex(mem.Session)
+	if prefix != "" {
+		j, _ := r.memberIndex(prefix)
+		if j == len(r.members) || !strings.HasPrefix(r.members[j].Session, prefix) {
+			r.mu.Unlock()
+			return nil, ErrNoSession
+		}
+	}
 	var others []Member
 	if join && max >= 0 {
 		n := len(r.members)

@@ -396,28 +396,36 @@ func parseHistory(room string, res []any) (History, bool) {
 
 // Join implements Bus.
 func (r *Redis) Join(ctx context.Context, room string, m Member) error {
-	_, err := r.join(ctx, room, m, -1, false)
+	_, err := r.join(ctx, room, m, -1, false, "")
 	return err
 }
 
 // Enter implements Bus.
 func (r *Redis) Enter(ctx context.Context, room string, m Member, max int) ([]Member, error) {
-	return r.join(ctx, room, m, max, true)
+	return r.join(ctx, room, m, max, true, "")
+}
+
+// EnterAfter implements Bus.
+func (r *Redis) EnterAfter(ctx context.Context, room string, m Member, prefix string) ([]Member, error) {
+	return r.join(ctx, room, m, 0, true, prefix)
 }
 
 // join joins m and takes its lease, listing the other members when list is
 // set; max > 0 refuses a new member past it.
-func (r *Redis) join(ctx context.Context, room string, m Member, max int, list bool) ([]Member, error) {
+func (r *Redis) join(ctx context.Context, room string, m Member, max int, list bool, prefix string) ([]Member, error) {
 	if err := r.check(ctx); err != nil {
 		return nil, err
 	}
 	enc := encodeMember(m)
 	res, err := joinScript.Run(ctx, r.client, presenceKeys(room),
-		roomChannel(room), r.presenceMs, m.Session, enc, max, boolArg(list)).Slice()
+		roomChannel(room), r.presenceMs, m.Session, enc, max, boolArg(list), prefix).Slice()
 	if err != nil {
 		return nil, r.fail(ctx, "join", err)
 	}
-	if len(res) == 0 || res[0] != int64(1) {
+	switch {
+	case len(res) > 0 && res[0] == int64(2):
+		return nil, ErrNoSession
+	case len(res) == 0 || res[0] != int64(1):
 		return nil, ErrFull
 	}
 	r.lmu.Lock()

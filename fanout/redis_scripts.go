@@ -202,12 +202,18 @@ return out
 // joinScript joins a member, publishing a join event when it is new.
 //
 // KEYS: presence keys. ARGV: channel, lease ms, session, member, max, "1"
-// to list the others. Returns {1, members...} (the other members, in
-// session order, when listed), or {0} when max refuses the member.
+// to list the others, and a session prefix that a present member must have
+// ("" for none). Returns {1, members...} (the other members, in session
+// order, when listed), {0} when max refuses the member, or {2} when no
+// member has the prefix.
 var joinScript = redis.NewScript(luaCommon + `
 local s, v = ARGV[3], ARGV[4]
-local max, list = tonumber(ARGV[5]), ARGV[6] == '1'
+local max, list, after = tonumber(ARGV[5]), ARGV[6] == '1', ARGV[7]
 reap(p, pe, pl, ch, now)
+if after ~= '' then
+	local first = redis.call('ZRANGEBYLEX', pl, '[' .. after, '+', 'LIMIT', 0, 1)
+	if #first == 0 or string.sub(first[1], 1, #after) ~= after then return {2} end
+end
 local known = redis.call('HEXISTS', p, s) == 1
 local out = {1}
 if list then

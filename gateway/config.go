@@ -108,6 +108,11 @@ type CallConfig struct {
 	// HideHostCandidates keeps clients' host candidates (their own
 	// addresses) from other peers.
 	HideHostCandidates bool
+	// HoldFor is how long signals held for an away peer are kept after the
+	// last one; zero means signaling's default (the grace period, or 30s if
+	// longer). A peer whose node died can rejoin until its presence lease
+	// lapses, so this should outlast the bus's presence TTL.
+	HoldFor time.Duration
 	// ResyncDelay is how long after the bus reconnects the calls' members
 	// are checked for peers that left meanwhile: a third of the bus's
 	// presence TTL and a little more. Zero means 11s.

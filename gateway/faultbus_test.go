@@ -280,6 +280,10 @@ func (b *faultBus) Join(ctx context.Context, room string, m fanout.Member) error
 	return b.memory().Join(ctx, room, m)
 }
 
+func (b *faultBus) EnterAfter(ctx context.Context, room string, m fanout.Member, prefix string) ([]fanout.Member, error) {
+	return b.memory().EnterAfter(ctx, room, m, prefix)
+}
+
 func (b *faultBus) Enter(ctx context.Context, room string, m fanout.Member, max int) ([]fanout.Member, error) {
 	return b.memory().Enter(ctx, room, m, max)
 }

@@ -81,8 +81,8 @@ func New(cfg Config) (*Server, error) {
 	srv.calls, err = signaling.New(signaling.Config{
 		Bus: cfg.Bus, NodeID: cfg.NodeID, MaxPeers: cfg.Calls.MaxPeers, Grace: cfg.Calls.Grace,
 		SignalRate: cfg.Calls.SignalRate, SignalBurst: signalBurst(cfg.Calls.SignalRate), HideHostCandidates: cfg.Calls.HideHostCandidates,
-		ResyncDelay: cfg.Calls.ResyncDelay,
-		Logger:      cfg.Logger.With("component", "signaling"), Registerer: cfg.Registerer,
+		ResyncDelay: cfg.Calls.ResyncDelay, HoldFor: cfg.Calls.HoldFor,
+		Logger: cfg.Logger.With("component", "signaling"), Registerer: cfg.Registerer,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("gateway: Config.Calls: %w", err)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -12,9 +13,14 @@ import (
 	"github.com/parley-rt/parley/fanout"
 )
 
-// joinCost is what a join takes from a connection's signal rate limit: it
-// costs several bus round trips.
-const joinCost = 10
+// Joins cost several bus round trips: a connection may make joinBurst
+// times MaxCallsPerConn of them at once (a reconnect rejoins every call),
+// then one every joinEvery. They do not share the signals' budget, so a
+// low signal rate never keeps a client from rejoining its calls.
+const (
+	joinBurst = 2
+	joinEvery = time.Second
+)
 
 // Join joins c to a call.
 func (s *Service) Join(ctx context.Context, c Conn, req JoinRequest) (JoinResult, *Error) {
@@ -36,7 +42,7 @@ func (s *Service) Join(ctx context.Context, c Conn, req JoinRequest) (JoinResult
 		s.mu.Unlock()
 		return JoinResult{}, errorf(CodeForbidden, fmt.Sprintf("a connection may be in %d calls at once", s.cfg.MaxCallsPerConn))
 	}
-	if !cs.limiter.AllowN(time.Now(), min(joinCost, s.cfg.SignalBurst)) {
+	if !cs.joins.Allow() {
 		s.mu.Unlock()
 		return JoinResult{}, errorf(CodeRateLimited, "joining calls too fast")
 	}
@@ -63,7 +69,11 @@ func (s *Service) Join(ctx context.Context, c Conn, req JoinRequest) (JoinResult
 func (s *Service) conn(c Conn) *connState {
 	cs := s.conns[c]
 	if cs == nil {
-		cs = &connState{peers: make(map[string]*localPeer), limiter: rate.NewLimiter(rate.Limit(s.cfg.SignalRate), s.cfg.SignalBurst)}
+		cs = &connState{
+			peers:   make(map[string]*localPeer),
+			limiter: rate.NewLimiter(rate.Limit(s.cfg.SignalRate), s.cfg.SignalBurst),
+			joins:   rate.NewLimiter(rate.Every(joinEvery), joinBurst*s.cfg.MaxCallsPerConn),
+		}
 		s.conns[c] = cs
 	}
 	return cs
@@ -78,7 +88,7 @@ func (s *Service) lockCall(call string) *callState {
 		cst := s.calls[call]
 		if cst == nil {
 			cst = &callState{name: call, room: callRoom(call), view: make(map[string]*viewPeer),
-				locals: make(map[string]*localPeer), left: make(map[string]time.Time)}
+				locals: make(map[string]*localPeer), left: make(map[string]time.Time), touched: make(map[string]time.Time)}
 			s.calls[call] = cst
 			s.metrics.calls.Set(float64(len(s.calls)))
 		}
@@ -134,8 +144,8 @@ func (s *Service) subscribe(ctx context.Context, cst *callState) *Error {
 }
 
 // join adds a new peer to the call. Its identity is the connection's id,
-// unless the call knows that identity already (the connection's earlier
-// peer, resumed elsewhere): then a random one.
+// unless the call has that identity already (the connection's earlier peer,
+// resumed on another connection): then a random one.
 func (s *Service) join(ctx context.Context, c Conn, cst *callState, req JoinRequest) (JoinResult, *Error) {
 	id := c.ID()
 	s.mu.Lock()
@@ -143,25 +153,67 @@ func (s *Service) join(ctx context.Context, c Conn, cst *callState, req JoinRequ
 		id = randomHex(8)
 	}
 	s.mu.Unlock()
-	key := randomHex(16)
-	p := &localPeer{call: cst, id: id, key: key, inc: key + "." + randomHex(8), user: req.User, claiming: true, joined: time.Now()}
-	// The bound counts incarnations: a peer that has just moved to another
-	// node counts twice until its old node lets go (at once), or its lease
-	// lapses (its old node died), so a call at its bound may refuse a
-	// newcomer for that long.
-	others, err := s.bus.Enter(ctx, cst.room, p.member(s.cfg.NodeID), s.cfg.MaxPeers)
-	if err != nil {
-		if errors.Is(err, fanout.ErrFull) {
-			return JoinResult{}, errorf(CodeForbidden, fmt.Sprintf("call %s is full: at most %d peers", cst.name, s.cfg.MaxPeers))
+	for {
+		key := randomHex(16)
+		p := &localPeer{call: cst, id: id, key: key, inc: key + "." + randomHex(8), user: req.User, claiming: true, joined: time.Now()}
+		others, err := s.enter(ctx, p, s.cfg.MaxPeers, "")
+		if err != nil {
+			if errors.Is(err, fanout.ErrFull) {
+				return JoinResult{}, errorf(CodeForbidden, fmt.Sprintf("call %s is full: at most %d peers", cst.name, s.cfg.MaxPeers))
+			}
+			return JoinResult{}, s.busError("join", err)
 		}
-		return JoinResult{}, s.busError("join", err)
+		// This node may not have known that the identity is taken (it
+		// forgot the call when its peer moved away): the atomic join's
+		// snapshot knows. The others see no event for the extra
+		// incarnation of a peer they know.
+		if slices.ContainsFunc(others, func(m fanout.Member) bool { return strings.HasPrefix(m.Session, id+".") }) {
+			s.leave(ctx, p)
+			id = randomHex(8)
+			continue
+		}
+		res, aerr := s.attach(ctx, c, p, others, nil, false, req.Ack)
+		if aerr != nil {
+			s.leave(ctx, p)
+			return JoinResult{}, aerr
+		}
+		return res, nil
 	}
-	res, aerr := s.attach(ctx, c, p, others, nil, false, req.Ack)
-	if aerr != nil {
-		s.bus.Leave(ctx, cst.room, p.member(s.cfg.NodeID))
-		return JoinResult{}, aerr
+}
+
+// enter registers the incarnation's address, then enters it in the call
+// (max as Bus.Enter takes it; with after, only if an incarnation whose
+// member starts so is present, as Bus.EnterAfter): a resume elsewhere that
+// finds the incarnation in the call can always reach it. The bound counts
+// incarnations: a peer that has just moved to another node counts twice
+// until its old node lets go (at once), or its lease lapses (its old node
+// died), so a call at its bound may refuse a newcomer for that long.
+func (s *Service) enter(ctx context.Context, p *localPeer, max int, after string) ([]fanout.Member, error) {
+	cst := p.call
+	if err := s.bus.Register(ctx, incAddr(cst.name, p.inc), func(b []byte) { s.incarnationWord(p, b) }); err != nil {
+		return nil, err
 	}
-	return res, nil
+	var others []fanout.Member
+	var err error
+	if after != "" {
+		others, err = s.bus.EnterAfter(ctx, cst.room, p.member(s.cfg.NodeID), after)
+	} else {
+		others, err = s.bus.Enter(ctx, cst.room, p.member(s.cfg.NodeID), max)
+	}
+	if err != nil {
+		s.bus.Unregister(ctx, incAddr(cst.name, p.inc))
+		return nil, err
+	}
+	return others, nil
+}
+
+// leave undoes enter for an incarnation that did not become a peer.
+func (s *Service) leave(ctx context.Context, p *localPeer) {
+	s.mu.Lock()
+	p.gone = true
+	s.mu.Unlock()
+	s.bus.Leave(ctx, p.call.room, p.member(s.cfg.NodeID))
+	s.bus.Unregister(ctx, incAddr(p.call.name, p.inc))
 }
 
 // resume rejoins the peer oldPeer whose key is key, as a new incarnation.
@@ -187,9 +239,12 @@ func (s *Service) resume(ctx context.Context, c Conn, cst *callState, req JoinRe
 	}
 	v.incs[p.inc] = struct{}{}
 	s.mu.Unlock()
-	others, berr := s.bus.Enter(ctx, cst.room, p.member(s.cfg.NodeID), 0)
-	// The join counts only if an old incarnation was still there when the
-	// new one entered: else the peer's grace period ended in between.
+	// The new incarnation enters only if an old one is still there: else
+	// the peer's grace period ended since findPeer, and nothing changes.
+	others, berr := s.enter(ctx, p, 0, p.id+"."+key+".")
+	if errors.Is(berr, fanout.ErrNoSession) {
+		berr = nil
+	}
 	var olds []fanout.Member
 	for _, m := range others {
 		if id, inc, ok := splitMember(m.Session); ok && id == p.id && inc != p.inc && isIncarnationOf(inc, key) {
@@ -198,7 +253,7 @@ func (s *Service) resume(ctx context.Context, c Conn, cst *callState, req JoinRe
 	}
 	if berr != nil || len(olds) == 0 {
 		if berr == nil {
-			s.bus.Leave(ctx, cst.room, p.member(s.cfg.NodeID))
+			s.leave(ctx, p)
 		}
 		s.mu.Lock()
 		delete(v.incs, p.inc)
@@ -242,7 +297,7 @@ func (s *Service) resume(ctx context.Context, c Conn, cst *callState, req JoinRe
 	}
 	res, aerr := s.attach(ctx, c, p, others, first, true, req.Ack)
 	if aerr != nil {
-		s.bus.Leave(ctx, cst.room, p.member(s.cfg.NodeID))
+		s.leave(ctx, p)
 		return JoinResult{}, aerr, true
 	}
 	s.metrics.resumes.WithLabelValues("resumed").Inc()
@@ -291,9 +346,6 @@ func (s *Service) attach(ctx context.Context, c Conn, p *localPeer, others []fan
 	cst.locals[p.id] = p
 	s.mu.Unlock()
 	held, err := s.bus.Claim(ctx, peerAddr(cst.name, p.id), func(b []byte) { s.deliver(p, b) })
-	if err == nil {
-		err = s.bus.Register(ctx, incAddr(cst.name, p.inc), func(b []byte) { s.incarnationWord(p, b) })
-	}
 	if err != nil {
 		s.mu.Lock()
 		if cst.locals[p.id] == p {

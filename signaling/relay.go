@@ -144,6 +144,10 @@ func (s *Service) deliverWith(p *localPeer, b []byte, held bool) {
 			s.metrics.firstAnswer.Observe(time.Since(p.joined).Seconds())
 		}
 	case envResume:
+		if p.gone && p.successor != nil {
+			s.deliverWith(p.successor, b, held)
+			return
+		}
 		peer, user, _ := strings.Cut(string(b[1:]), "\n")
 		if p.conn != nil && !p.gone {
 			s.sendPeerLocked(p, "resume", peer, user)

@@ -144,7 +144,8 @@ type Service struct {
 // until Disconnect.
 type connState struct {
 	peers   map[string]*localPeer // by call
-	limiter *rate.Limiter
+	limiter *rate.Limiter         // signals
+	joins   *rate.Limiter
 }
 
 // callState is a call with at least one peer on this node.
@@ -165,6 +166,9 @@ type callState struct {
 	// member to when): a join whose snapshot was read just before they
 	// left must not bring them back into the view, or list them in its ack.
 	left map[string]time.Time
+	// touched says when a presence event last came for a peer identity:
+	// a resync's snapshot read before then is older than the view.
+	touched map[string]time.Time
 }
 
 // leftMemory is how long callState.left remembers a leave.

@@ -74,6 +74,20 @@ func (cst *callState) rememberLeft(member string) {
 	cst.left[member] = now
 }
 
+// touch notes a presence event about a peer identity, forgetting old ones.
+// The caller holds s.mu.
+func (cst *callState) touch(id string) {
+	now := time.Now()
+	if len(cst.touched) > 64 {
+		for m, t := range cst.touched {
+			if now.Sub(t) > leftMemory {
+				delete(cst.touched, m)
+			}
+		}
+	}
+	cst.touched[id] = now
+}
+
 // callHandler receives a call's presence events from the bus.
 type callHandler struct {
 	s   *Service
@@ -90,6 +104,7 @@ func (h *callHandler) HandlePresence(e fanout.PresenceEvent) {
 	s, cst := h.s, h.cst
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	cst.touch(id)
 	v := cst.view[id]
 	if e.Join {
 		// A member that Redis lost and its node put back may have been
@@ -130,7 +145,9 @@ func (h *callHandler) HandleResync(string) {
 }
 
 // resync compares the view with the call's presence: it adds the peers
-// that are present and, with leaves, drops those that are not.
+// and incarnations that are present and, with leaves, drops those that are
+// not. A peer with a presence event since the read is left as the event
+// made it, and members seen leaving are not added back.
 func (h *callHandler) resync(ctx context.Context, leaves bool) {
 	s, cst := h.s, h.cst
 	cst.ops.Lock()
@@ -138,15 +155,18 @@ func (h *callHandler) resync(ctx context.Context, leaves bool) {
 	if !cst.subscribed {
 		return
 	}
+	read := time.Now()
 	page, err := s.bus.Presence(ctx, cst.room, fanout.PresenceQuery{Limit: fanout.MaxPresenceLimit})
 	if err != nil {
 		s.log.Debug("call resync failed", "call", cst.name, "err", err)
 		return
 	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	now := make(map[string]*viewPeer)
 	for _, m := range page.Members {
 		id, inc, ok := splitMember(m.Session)
-		if !ok {
+		if _, gone := cst.left[m.Session]; !ok || gone {
 			continue
 		}
 		v := now[id]
@@ -156,24 +176,29 @@ func (h *callHandler) resync(ctx context.Context, leaves bool) {
 		}
 		v.incs[inc] = struct{}{}
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	stale := func(id string) bool { return cst.touched[id].After(read) }
 	for id, v := range now {
-		cur := cst.view[id]
-		if cur == nil {
-			cst.view[id] = v
-			s.tellLocked(cst, "join", id, v.user, "")
+		if stale(id) {
 			continue
 		}
-		for inc := range v.incs {
-			cur.incs[inc] = struct{}{}
+		cur := cst.view[id]
+		switch {
+		case cur == nil:
+			cst.view[id] = v
+			s.tellLocked(cst, "join", id, v.user, "")
+		case leaves && cst.locals[id] == nil:
+			cur.incs = v.incs
+		default:
+			for inc := range v.incs {
+				cur.incs[inc] = struct{}{}
+			}
 		}
 	}
 	if !leaves {
 		return
 	}
 	for id, v := range cst.view {
-		if now[id] == nil && cst.locals[id] == nil {
+		if now[id] == nil && cst.locals[id] == nil && !stale(id) {
 			delete(cst.view, id)
 			s.tellLocked(cst, "leave", id, v.user, "")
 		}

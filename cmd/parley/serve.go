@@ -345,6 +345,10 @@ func gatewayConfig(c *serveConfig, log *slog.Logger, reg prometheus.Registerer, 
 	// A bus that reconnected has every live node's members back within a
 	// third of the presence TTL (their renewal period).
 	gcfg.Calls.ResyncDelay = c.presenceTTL/3 + time.Second
+	// A peer whose node died can rejoin until its lease lapses (the TTL,
+	// and up to a third more until a node sweeps): what is held for it
+	// lasts as long.
+	gcfg.Calls.HoldFor = max(c.calls.Grace, c.presenceTTL+c.presenceTTL/3)
 	return gcfg
 }
 

@@ -261,6 +261,12 @@ func (c *Client) onJoinAck(cl *Call, rejoin bool) func(raw []byte) {
 			c.mu.Unlock()
 			return
 		}
+		// A resumed peer was told of no join or leave while it was away:
+		// they are told now, from the difference of the peer lists.
+		var changes []CallEvent
+		if rejoin && ack.Resumed {
+			changes = peerChanges(cl.peers, ack.Peers)
+		}
 		cl.joined, cl.ack, cl.peers = true, ack, slices.Clone(ack.Peers)
 		early := cl.early
 		cl.awaiting, cl.early = false, nil
@@ -271,10 +277,33 @@ func (c *Client) onJoinAck(cl *Call, rejoin bool) func(raw []byte) {
 		if rejoin {
 			cl.emit(CallEvent{Kind: CallRejoined, Resumed: ack.Resumed, Peers: slices.Clone(ack.Peers)})
 		}
+		for _, ev := range changes {
+			cl.emit(ev)
+		}
 		for _, ev := range early {
 			cl.emit(ev)
 		}
 	}
+}
+
+// peerChanges are the events that take a call's peers from before to
+// after: a leave for each peer gone, a join for each new one.
+func peerChanges(before, after []CallPeer) []CallEvent {
+	in := func(list []CallPeer, session string) bool {
+		return slices.ContainsFunc(list, func(p CallPeer) bool { return p.Session == session })
+	}
+	var evs []CallEvent
+	for _, p := range before {
+		if !in(after, p.Session) {
+			evs = append(evs, CallEvent{Kind: CallPeerLeft, Peer: p})
+		}
+	}
+	for _, p := range after {
+		if !in(before, p.Session) {
+			evs = append(evs, CallEvent{Kind: CallPeerJoined, Peer: p})
+		}
+	}
+	return evs
 }
 
 // forgetCall removes cl from the client's calls; it reports whether it was

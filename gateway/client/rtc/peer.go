@@ -242,6 +242,11 @@ func (p *Peer) handleEvent(ev client.CallEvent) {
 		ack := p.call.Ack()
 		p.setICE(ack)
 		for _, l := range p.allLinks() {
+			if ev.Resumed && !slices.ContainsFunc(ev.Peers, func(cp client.CallPeer) bool { return cp.Session == l.remote }) {
+				// It left while this peer was away.
+				p.closeLink(l)
+				continue
+			}
 			if !ev.Resumed {
 				// This peer is a new one: the others drop the old one's
 				// PeerConnections, and the application starts over.
