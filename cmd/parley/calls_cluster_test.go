@@ -586,8 +586,17 @@ func TestClusterCallOutlivesNode(t *testing.T) {
 	if id := bob.call.ID(); id != idB {
 		t.Errorf("bob's call ID after the rejoin: got %s, want %s", id, idB)
 	}
+	// The client's EventConnected comes once its calls have rejoined, so
+	// it can follow CallRejoined by a moment.
+	var node string
+	waitUntil(t, 5*time.Second, "bob's client to report its new node", func() bool {
+		bob.mu.Lock()
+		defer bob.mu.Unlock()
+		node = bob.node
+		return node != "n2"
+	})
 	bob.mu.Lock()
-	node, dropped := bob.node, bob.dropped
+	dropped := bob.dropped
 	bob.mu.Unlock()
 	if node != "n3" {
 		t.Errorf("bob's client is on node %q after the kill, want n3", node)
