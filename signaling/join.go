@@ -207,8 +207,17 @@ func (s *Service) enter(ctx context.Context, p *localPeer, max int, after string
 	return others, nil
 }
 
+// undoing returns a context for undoing what a command did: it outlives
+// the command's own (which may be what ended, a timeout or a shutdown), and
+// is bounded like a task.
+func undoing(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.WithoutCancel(ctx), taskTimeout)
+}
+
 // leave undoes enter for an incarnation that did not become a peer.
 func (s *Service) leave(ctx context.Context, p *localPeer) {
+	ctx, cancel := undoing(ctx)
+	defer cancel()
 	s.mu.Lock()
 	p.gone = true
 	s.mu.Unlock()
@@ -353,7 +362,9 @@ func (s *Service) attach(ctx context.Context, c Conn, p *localPeer, others []fan
 		}
 		p.gone = true
 		s.mu.Unlock()
-		s.bus.Unregister(ctx, peerAddr(cst.name, p.id))
+		uctx, cancel := undoing(ctx)
+		s.bus.Unregister(uctx, peerAddr(cst.name, p.id))
+		cancel()
 		return JoinResult{}, s.busError("join", err)
 	}
 	if !resumed && len(held) > 0 {
@@ -440,6 +451,8 @@ func (s *Service) Leave(ctx context.Context, c Conn, call string) *Error {
 // rejoin with a resume token takes them back. It returns once their
 // addresses are released (or ctx ends).
 func (s *Service) Disconnect(ctx context.Context, c Conn) {
+	ctx, cancel := undoing(ctx)
+	defer cancel()
 	s.mu.Lock()
 	cs := s.conns[c]
 	delete(s.conns, c)
@@ -475,7 +488,13 @@ func (s *Service) releaseAddr(ctx context.Context, p *localPeer) {
 		return
 	}
 	if err := s.bus.Unregister(ctx, peerAddr(p.call.name, p.id)); err != nil {
-		s.log.Debug("releasing an away peer's address failed", "call", p.call.name, "peer", p.id, "err", err)
+		// The address is still this node's: what reaches the peer stays
+		// with it here (its strays, bounded) until a later try succeeds.
+		s.log.Debug("releasing an away peer's address failed; trying again", "call", p.call.name, "peer", p.id, "err", err)
+		time.AfterFunc(releaseRetry, func() {
+			s.work.push(func(ctx context.Context) { s.releaseAddr(ctx, p) })
+		})
+		return
 	}
 	s.mu.Lock()
 	p.released = true
@@ -484,6 +503,10 @@ func (s *Service) releaseAddr(ctx context.Context, p *localPeer) {
 	s.mu.Unlock()
 	s.postAll(ctx, p, strays)
 }
+
+// releaseRetry is how long after a failed release of an away peer's address
+// it is tried again.
+const releaseRetry = time.Second
 
 // postAll posts signals that reached this node for a peer that has left it.
 func (s *Service) postAll(ctx context.Context, p *localPeer, bs [][]byte) {
@@ -496,7 +519,7 @@ func (s *Service) postAll(ctx context.Context, p *localPeer, bs [][]byte) {
 
 // expire ends the grace period of a peer that did not come back.
 func (s *Service) expire(p *localPeer) {
-	s.work.push(func(ctx context.Context) {
+	pushed := s.work.push(func(ctx context.Context) {
 		p.call.ops.Lock()
 		defer p.call.ops.Unlock()
 		defer s.dropIfIdle(p.call)
@@ -507,6 +530,10 @@ func (s *Service) expire(p *localPeer) {
 			s.metrics.lost.Inc()
 		}
 	})
+	if !pushed && s.ctx.Err() == nil {
+		// The worker's queue is full: the peer must still leave.
+		time.AfterFunc(releaseRetry, func() { s.expire(p) })
+	}
 }
 
 // release takes p off this node: its incarnation leaves the call (the
@@ -515,6 +542,8 @@ func (s *Service) expire(p *localPeer) {
 // elsewhere: what still reaches it here follows it. It reports false when p
 // was gone already. The caller holds p.call.ops.
 func (s *Service) release(ctx context.Context, p *localPeer, moved bool) bool {
+	ctx, cancel := undoing(ctx)
+	defer cancel()
 	cst := p.call
 	s.mu.Lock()
 	if p.gone {

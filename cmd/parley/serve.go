@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net"
 	"net/http"
 	"net/http/pprof"
@@ -144,7 +145,7 @@ func parseSettings(fs *envFlags, args []string, environ []string) (*serveConfig,
 	maxAllocs := fs.Int("turn-max-allocations", 10000, "live TURN allocations in all")
 	iceTTL := fs.Duration("ice-ttl", time.Hour, "validity of the TURN credentials that /v1/ice-servers and call join acks hand out")
 	fs.StringVar(&c.redisURL, "redis", "", "Redis `URL` that every node of a cluster shares, so that they act as one: redis://[user:password@]host:port/db, rediss:// for TLS, unix:///path/to/socket (default empty: one node, in-memory fan-out)")
-	fs.DurationVar(&c.presenceTTL, "presence-ttl", 30*time.Second, "with --redis, how long a node's presence members outlive the node when it dies without leaving (it renews them every third of this)")
+	fs.DurationVar(&c.presenceTTL, "presence-ttl", 30*time.Second, "with --redis, how long a node's presence members and call peers outlive the node when it dies without leaving (it renews them every third of this); signals held for an away call peer last this and a third")
 	fs.IntVar(&c.calls.MaxPeers, "call-max-peers", 8, "peers in one WebRTC call, 2 to 64 (a mesh: each peer connects to every other)")
 	fs.DurationVar(&c.calls.Grace, "call-grace", 10*time.Second, "how long a call peer whose connection dropped keeps its place, for a rejoin on any node with its resume token (at least 1s)")
 	fs.Float64Var(&c.calls.SignalRate, "call-signal-rate", 100, "signals (SDP and ICE candidates) per second one connection may send, with bursts of four times this")
@@ -188,7 +189,7 @@ func parseSettings(fs *envFlags, args []string, environ []string) (*serveConfig,
 	if c.calls.Grace < time.Second {
 		bad(fs.badValue("call-grace", "want at least 1s"))
 	}
-	if c.calls.SignalRate <= 0 {
+	if !(c.calls.SignalRate > 0) || math.IsInf(c.calls.SignalRate, 1) {
 		bad(fs.badValue("call-signal-rate", "want a positive number"))
 	}
 	if c.logFormat != "text" && c.logFormat != "json" {
@@ -684,7 +685,7 @@ func registerMemoryMetrics(reg prometheus.Registerer, bus *fanout.Memory) {
 			ConstLabels: prometheus.Labels{"bound": "node"},
 		}, func() float64 { return float64(bus.Stats().EvictedNodeBytes) }),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{
-			Name: "parley_rooms_refused_total", Help: "Calls refused with over_capacity because the node held --max-node-rooms rooms.",
+			Name: "parley_rooms_refused_total", Help: "Subscribes, publishes, presence and call joins refused with over_capacity because the node held --max-node-rooms rooms.",
 		}, func() float64 { return float64(bus.Stats().RoomsRefused) }),
 	)
 }
