@@ -312,3 +312,28 @@ func TestCallResumeAndGrace(t *testing.T) {
 		t.Errorf("late rejoin: %v, want resumed false and a new session", r)
 	}
 }
+
+// A session whose refreshed token no longer allows a call may not signal in
+// it any more: the refresh takes effect for every command from then on.
+func TestCallRefreshTakesCallAway(t *testing.T) {
+	ts := startServer(t, func(c *Config) { c.JWTSecret = apiTestSecret })
+	alice := dialCall(t, ts, confToken(t, apiTestSecret, "alice", &Permissions{Call: []string{"team:*"}}))
+	bob := dialCall(t, ts, confToken(t, apiTestSecret, "bob", nil))
+	alice.join("team:1", "")
+	b := bob.join("team:1", "")
+	cand := map[string]any{"candidate": map[string]any{"candidate": testCandidate, "sdpMid": "0", "sdpMLineIndex": 0}}
+	if r := alice.command(map[string]any{"type": "signal", "call": "team:1", "to": b["session"], "data": cand}); r["type"] != "ack" {
+		t.Fatalf("signal before the refresh: %v", r)
+	}
+	tok := confToken(t, apiTestSecret, "alice", &Permissions{Subscribe: []string{"*"}})
+	if r := alice.command(map[string]any{"type": "refresh", "token": tok}); r["type"] != "ack" {
+		t.Fatalf("refresh: %v", r)
+	}
+	if r := alice.command(map[string]any{"type": "signal", "call": "team:1", "to": b["session"], "data": cand}); r["type"] != "error" || r["code"] != "forbidden" {
+		t.Fatalf("signal after a refresh without the call: %v, want forbidden", r)
+	}
+	// Leaving is always allowed.
+	if r := alice.command(map[string]any{"type": "leave", "call": "team:1"}); r["type"] != "ack" {
+		t.Fatalf("leave: %v", r)
+	}
+}

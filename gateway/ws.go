@@ -343,6 +343,11 @@ func (s *session) handle(b []byte) {
 	case "join":
 		s.join(ctx, f)
 	case "signal":
+		// A refresh may have taken the call away from the session's token.
+		if !s.ident.may(actCall, f.Call) {
+			s.replyError(f.ID, errorf(codeForbidden, "not allowed in call "+f.Call))
+			return
+		}
 		if serr := s.srv.calls.Signal(ctx, s, f.Call, f.To, f.Data); serr != nil {
 			s.replyError(f.ID, callError(serr))
 			return

@@ -155,7 +155,7 @@ func checkDescription(raw json.RawMessage, hideHost bool) ([]byte, signalKind, *
 		return nil, 0, errorf(CodeBadRequest, "sdp.sdp has no media section (no m= line)")
 	}
 	if hideHost {
-		text = removeHostCandidates(text)
+		text = hideHostAddresses(text)
 	}
 	return encodeSignal("sdp", sessionDescription{Type: typ, SDP: text}), kind, nil
 }
@@ -242,14 +242,14 @@ func checkToken(field, s string, limit int) *Error {
 	return nil
 }
 
-// removeHostCandidates removes the `a=candidate:` lines of type host from an
-// SDP body and keeps every other byte. A candidate line that does not parse
-// is removed too, since nothing says it is not a host candidate. Lines end at
-// '\n' and carriage returns around them are ignored, as pion's parser does.
-func removeHostCandidates(text string) string {
-	if !strings.Contains(text, "a=candidate:") {
-		return text
-	}
+// hideHostAddresses removes the `a=candidate:` lines of type host from an
+// SDP body, and puts the unspecified address (0.0.0.0 or ::) in the place of
+// the addresses of its `o=`, `c=` and `a=rtcp:` lines, which can carry a
+// device's own address and which ICE does not use. It keeps every other
+// byte. A candidate line that does not parse is removed too, since nothing
+// says it is not a host candidate. Lines end at '\n' and carriage returns
+// around them are ignored, as pion's parser does.
+func hideHostAddresses(text string) string {
 	var b strings.Builder
 	b.Grow(len(text))
 	for rest := text; rest != ""; {
@@ -258,11 +258,39 @@ func removeHostCandidates(text string) string {
 			line = rest[:i+1]
 		}
 		rest = rest[len(line):]
-		if !isHostCandidateLine(strings.Trim(line, "\r\n")) {
+		body := strings.TrimRight(line, "\r\n")
+		switch {
+		case isHostCandidateLine(strings.Trim(line, "\r\n")):
+		case strings.HasPrefix(body, "o=") || strings.HasPrefix(body, "c=") || strings.HasPrefix(body, "a=rtcp:"):
+			b.WriteString(unspecifiedAddress(body))
+			b.WriteString(line[len(body):])
+		default:
 			b.WriteString(line)
 		}
 	}
 	return b.String()
+}
+
+// unspecifiedAddress replaces the address that ends an SDP line of the form
+// "... IN IP4 <address>" (or IP6) with the unspecified one; other lines are
+// returned as they are.
+func unspecifiedAddress(line string) string {
+	fields := strings.Fields(line)
+	n := len(fields)
+	if n < 3 || fields[n-3] != "IN" && !strings.HasSuffix(fields[n-3], "=IN") {
+		return line
+	}
+	var zero string
+	switch fields[n-2] {
+	case "IP4":
+		zero = "0.0.0.0"
+	case "IP6":
+		zero = "::"
+	default:
+		return line
+	}
+	i := strings.LastIndex(line, fields[n-1])
+	return line[:i] + zero
 }
 
 // isHostCandidateLine reports whether an SDP line is an `a=candidate:`

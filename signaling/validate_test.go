@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -438,28 +439,28 @@ func TestCheckSignalAccepts(t *testing.T) {
 			data:     sdpSignal("offer", chromeOffer),
 			hideHost: true,
 			kind:     kindOffer,
-			want:     sdpSignal("offer", strings.Replace(chromeOffer, chromeHostLine+"\r\n", "", 1)),
+			want:     sdpSignal("offer", unspecified(strings.Replace(chromeOffer, chromeHostLine+"\r\n", "", 1))),
 		},
 		{
 			name:     "LF-only sdp with hideHost keeps its line endings",
 			data:     sdpSignal("offer", strings.ReplaceAll(chromeOffer, "\r\n", "\n")),
 			hideHost: true,
 			kind:     kindOffer,
-			want:     sdpSignal("offer", strings.ReplaceAll(strings.Replace(chromeOffer, chromeHostLine+"\r\n", "", 1), "\r\n", "\n")),
+			want:     sdpSignal("offer", unspecified(strings.ReplaceAll(strings.Replace(chromeOffer, chromeHostLine+"\r\n", "", 1), "\r\n", "\n"))),
 		},
 		{
 			name:     "hideHost removes a candidate line that does not parse",
 			data:     sdpSignal("offer", chromeOffer+"a=candidate:1 1 udp 1 1.2.3.4 9 typ nonsense\r\n"),
 			hideHost: true,
 			kind:     kindOffer,
-			want:     sdpSignal("offer", strings.Replace(chromeOffer, chromeHostLine+"\r\n", "", 1)),
+			want:     sdpSignal("offer", unspecified(strings.Replace(chromeOffer, chromeHostLine+"\r\n", "", 1))),
 		},
 		{
 			name:     "hideHost sees a candidate line behind a stray carriage return",
 			data:     sdpSignal("offer", chromeOffer+"\r"+chromeHostLine+"\r\n"),
 			hideHost: true,
 			kind:     kindOffer,
-			want:     sdpSignal("offer", strings.Replace(chromeOffer, chromeHostLine+"\r\n", "", 1)),
+			want:     sdpSignal("offer", unspecified(strings.Replace(chromeOffer, chromeHostLine+"\r\n", "", 1))),
 		},
 		{
 			name: "without hideHost a candidate line that does not parse is kept",
@@ -513,7 +514,7 @@ func TestCheckSignalPionDescriptions(t *testing.T) {
 			}
 			want := tt.sdp
 			if tt.hideHost {
-				want = withoutLines(tt.sdp, " typ host")
+				want = unspecified(withoutLines(tt.sdp, " typ host"))
 			}
 			if got.SDP.Type != tt.typ || got.SDP.SDP != want {
 				t.Errorf("got %q %q, want %q %q", got.SDP.Type, got.SDP.SDP, tt.typ, want)
@@ -522,6 +523,49 @@ func TestCheckSignalPionDescriptions(t *testing.T) {
 				t.Errorf("hideHost removed a=end-of-candidates:\n%s", got.SDP.SDP)
 			}
 		})
+	}
+}
+
+// unspecified is what hideHost makes of the o=, c= and a=rtcp: lines of an
+// SDP body: their addresses become 0.0.0.0 (or ::).
+func unspecified(body string) string {
+	re := regexp.MustCompile(`(?m)^((?:o=|c=|a=rtcp:)(?:.* )?IN IP)([46]) [^\s]+(\r?)$`)
+	return re.ReplaceAllStringFunc(body, func(line string) string {
+		m := re.FindStringSubmatch(line)
+		zero := "0.0.0.0"
+		if m[2] == "6" {
+			zero = "::"
+		}
+		return m[1] + m[2] + " " + zero + m[3]
+	})
+}
+
+// With hideHost no address of the device is left in an SDP body: a host
+// candidate's address appears in neither a candidate nor a c=, o= or
+// a=rtcp: line.
+func TestCheckSignalHideHostLeavesNoAddress(t *testing.T) {
+	body := "v=0\r\no=- 1 2 IN IP4 192.168.1.20\r\ns=-\r\nt=0 0\r\n" +
+		"m=application 50000 UDP/DTLS/SCTP webrtc-datachannel\r\nc=IN IP4 192.168.1.20\r\na=rtcp:50001 IN IP4 192.168.1.20\r\n" +
+		"a=candidate:1 1 udp 2122260223 192.168.1.20 50000 typ host\r\n" +
+		"a=candidate:2 1 udp 1686052607 203.0.113.7 50000 typ srflx raddr 192.168.1.20 rport 50000\r\n" +
+		"a=ice-ufrag:abcd\r\na=ice-pwd:abcdefghijklmnopqrstuvwx\r\na=mid:0\r\na=sctp-port:5000\r\n"
+	out, _, err := checkSignal([]byte(sdpSignal("offer", body)), testMaxSize, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got struct {
+		SDP sessionDescription `json:"sdp"`
+	}
+	if err := json.Unmarshal(out, &got); err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(got.SDP.SDP, "\r\n") {
+		if strings.Contains(line, "192.168.1.20") && !strings.Contains(line, "typ srflx") {
+			t.Errorf("the device's address is left in %q", line)
+		}
+	}
+	if !strings.Contains(got.SDP.SDP, "c=IN IP4 0.0.0.0\r\n") || !strings.Contains(got.SDP.SDP, "typ srflx") {
+		t.Errorf("want c=IN IP4 0.0.0.0 and the srflx candidate kept, got:\n%s", got.SDP.SDP)
 	}
 }
 
