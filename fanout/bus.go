@@ -223,7 +223,10 @@ type Bus interface {
 	// is a lease this bus renews. deliver must not block and must not call
 	// the Bus; registering a session again replaces deliver.
 	Register(ctx context.Context, session string, deliver func(data []byte)) error
-	// Unregister removes session's address if this node holds it.
+	// Unregister removes session's address if this node holds it. What
+	// was sent to this node before, and is still on its way, may reach
+	// deliver for a few seconds after (rather than no one): deliver must
+	// take it as coming from the past.
 	Unregister(ctx context.Context, session string) error
 	// Send delivers data to session on whichever node registered it:
 	// ephemeral and addressed, with no offset and no history. Payloads sent

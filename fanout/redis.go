@@ -158,6 +158,11 @@ type Redis struct {
 	roomRenewals  map[string]chan struct{}
 	smu           sync.RWMutex
 	sessions      map[string]*sessionEntry
+	// unregistered keeps, for unregisterLinger, the deliver of a session
+	// this node unregistered: a payload published to this node before the
+	// address was released in Redis can still be on its way, and it goes
+	// there rather than nowhere. Send and Post never deliver to it.
+	unregistered map[string]lingering
 	sessRenewals  map[string]chan struct{}
 	handoffs      map[string]chan struct{} // by address: Register waiting for the node it replaced
 	letGoQueue    chan letGo               // to publish: this node let go of a session
@@ -256,6 +261,7 @@ func NewRedis(cfg RedisConfig) (*Redis, error) {
 		members:      make(map[string]map[string]string),
 		roomRenewals: make(map[string]chan struct{}),
 		sessions:     make(map[string]*sessionEntry),
+		unregistered: make(map[string]lingering),
 		sessRenewals: make(map[string]chan struct{}),
 		handoffs:     make(map[string]chan struct{}),
 		letGoQueue:   make(chan letGo, letGoBacklog),
@@ -578,6 +584,7 @@ func (r *Redis) take(ctx context.Context, op, session string, deliver func([]byt
 	// In place before the address: what is sent once it is set finds it.
 	r.smu.Lock()
 	r.sessions[session] = e
+	delete(r.unregistered, session)
 	r.handoffs[e.addr] = handoff
 	r.smu.Unlock()
 	defer func() {
@@ -647,6 +654,24 @@ func (r *Redis) awaitHandoff(ctx context.Context, session string, handoff <-chan
 	}
 }
 
+// unregisterLinger is how long an unregistered session's deliver still
+// takes what its node's channel brings (see Redis.unregistered): longer
+// than a payload published before the release can take to arrive.
+const unregisterLinger = 5 * time.Second
+
+// lingering is an unregistered session's deliver, until when it lingers.
+type lingering struct {
+	e     *sessionEntry
+	until time.Time
+}
+
+// lingerLocked keeps e, a registration of session this node no longer
+// holds, in r.unregistered; each renewal pass forgets the ones whose time
+// is over. The caller holds r.smu.
+func (r *Redis) lingerLocked(session string, e *sessionEntry) {
+	r.unregistered[session] = lingering{e: e, until: time.Now().Add(unregisterLinger)}
+}
+
 // Unregister implements Bus. Like Leave, it stops renewing the address
 // first.
 func (r *Redis) Unregister(ctx context.Context, session string) error {
@@ -655,9 +680,10 @@ func (r *Redis) Unregister(ctx context.Context, session string) error {
 	}
 	r.smu.Lock()
 	var renewing chan struct{}
-	if r.sessions[session] != nil {
+	if e := r.sessions[session]; e != nil {
 		delete(r.sessions, session)
 		renewing = r.sessRenewals[session]
+		r.lingerLocked(session, e)
 	}
 	r.smu.Unlock()
 	if err := r.await(ctx, "unregister", renewing); err != nil {

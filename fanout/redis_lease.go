@@ -54,12 +54,18 @@ func (r *Redis) renew(ctx context.Context) {
 		}
 		r.renewRooms(ctx, batch, reap)
 	}
-	r.smu.RLock()
+	r.smu.Lock()
+	now := time.Now()
+	for s, l := range r.unregistered {
+		if now.After(l.until) {
+			delete(r.unregistered, s)
+		}
+	}
 	sessions := make([]string, 0, len(r.sessions))
 	for s := range r.sessions {
 		sessions = append(sessions, s)
 	}
-	r.smu.RUnlock()
+	r.smu.Unlock()
 	for _, batch := range chunk(sessions, renewBatch) {
 		if r.closed.Load() {
 			return
@@ -193,6 +199,7 @@ func (r *Redis) dropRegistration(session, addr string) {
 	e := r.sessions[session]
 	if e != nil && e.addr == addr {
 		delete(r.sessions, session)
+		r.lingerLocked(session, e)
 	}
 	r.smu.Unlock()
 	if e != nil && e.addr == addr {

@@ -553,6 +553,9 @@ func (r *Redis) nodePayload(payload string) {
 	if ok {
 		r.smu.RLock()
 		e = r.sessions[session]
+		if l, was := r.unregistered[session]; e == nil && was && time.Now().Before(l.until) {
+			e = l.e
+		}
 		r.smu.RUnlock()
 	}
 	if e == nil {

@@ -38,8 +38,11 @@ func (s *Service) mergeView(cst *callState, p *localPeer, others []fanout.Member
 	}
 	v := cst.view[p.id]
 	if v == nil {
+		// The joining peer is new to this node: its other local peers are
+		// told now, and its own join event is ignored when it comes.
 		v = &viewPeer{user: p.user, incs: make(map[string]struct{})}
 		cst.view[p.id] = v
+		s.tellLocked(cst, "join", p.id, p.user, p.id)
 	}
 	v.incs[p.inc] = struct{}{}
 }
