@@ -153,16 +153,16 @@ type Redis struct {
 	// a channel closed when it is done, which Leave and Unregister wait
 	// for (within their context) so that it does not bring back what they
 	// remove.
-	lmu           sync.Mutex
-	members       map[string]map[string]string // room -> session -> member
-	roomRenewals  map[string]chan struct{}
-	smu           sync.RWMutex
-	sessions      map[string]*sessionEntry
+	lmu          sync.Mutex
+	members      map[string]map[string]string // room -> session -> member
+	roomRenewals map[string]chan struct{}
+	smu          sync.RWMutex
+	sessions     map[string]*sessionEntry
 	// unregistered keeps, for unregisterLinger, the deliver of a session
 	// this node unregistered: a payload published to this node before the
 	// address was released in Redis can still be on its way, and it goes
 	// there rather than nowhere. Send and Post never deliver to it.
-	unregistered map[string]lingering
+	unregistered  map[string]lingering
 	sessRenewals  map[string]chan struct{}
 	handoffs      map[string]chan struct{} // by address: Register waiting for the node it replaced
 	letGoQueue    chan letGo               // to publish: this node let go of a session
