@@ -3,8 +3,12 @@
 // for, and can be killed and started again on the same socket: empty, or,
 // for a server started with StartPersistent, with the data it had.
 //
-// redis-server comes from Debian's redis-server package, which `make test`
-// installs when it is missing. Without it a test is skipped, or fails when CI
+// StartCluster runs a Redis Cluster of such servers (each also on a TCP port
+// of 127.0.0.1, which cluster nodes need), made with `redis-cli --cluster
+// create`, with replicas that can take over from a killed master.
+//
+// redis-server comes from Debian's redis-server package (redis-cli with it),
+// which `make test` installs when it is missing. Without it a test is skipped, or fails when CI
 // is "true".
 package redistest
 
@@ -37,11 +41,7 @@ func Start(t testing.TB, args ...string) *Server {
 	t.Helper()
 	bin, err := exec.LookPath("redis-server")
 	if err != nil {
-		msg := "redis-server is missing; `make test` installs it (Debian's redis-server package)"
-		if os.Getenv("CI") == "true" {
-			t.Fatal(msg)
-		}
-		t.Skip(msg)
+		missing(t, "redis-server is missing; `make test` installs it (Debian's redis-server package)")
 	}
 	// Unix socket paths are short (108 bytes): t.TempDir's can be longer.
 	dir, err := os.MkdirTemp("", "redistest")
@@ -53,6 +53,16 @@ func Start(t testing.TB, args ...string) *Server {
 	s.start()
 	t.Cleanup(s.Stop)
 	return s
+}
+
+// missing skips the test for a tool that is not installed, or fails it
+// when CI is "true".
+func missing(t testing.TB, msg string) {
+	t.Helper()
+	if os.Getenv("CI") == "true" {
+		t.Fatal(msg)
+	}
+	t.Skip(msg)
 }
 
 // StartPersistent is Start for a server that writes every change to its
