@@ -551,7 +551,9 @@ func (r *memRoom) memberIndex(session string) (int, bool) {
 // other members, and refuses a new member past max (when max > 0); with a
 // prefix, it joins only if a member's session starts with it.
 func (m *Memory) presence(ctx context.Context, room string, mem Member, join bool, max int, prefix string) ([]Member, error) {
-	r, err := m.lockedFor(ctx, room, true, join)
+	// A join after a member is a read until the member is found: a room
+	// it is refused in is only a shell, which the room bound can reclaim.
+	r, err := m.lockedFor(ctx, room, true, join && prefix == "")
 	if err != nil {
 		return nil, err
 	}

@@ -168,6 +168,7 @@ type Redis struct {
 	letGoQueue    chan letGo               // to publish: this node let go of a session
 	renewNow      chan struct{}
 	addrPrefix    string        // of this bus's sessionAddrs
+	life          string        // the node of this bus's sessionAddrs and channel
 	addrSeq       atomic.Uint64 // their tokens
 	presenceMarks atomic.Uint64 // see subscription.presence
 	// reapFrom is when renewals may reap again (Unix ns): not until
@@ -245,12 +246,18 @@ func NewRedis(cfg RedisConfig) (*Redis, error) {
 		opt.PoolTimeout = opt.ReadTimeout
 	}
 
+	// A node's life is its NodeID and an epoch of this bus: a node that
+	// restarts with the same NodeID is another life, with another channel,
+	// so that what was sent to its previous life's sessions is not taken
+	// for delivered (and dropped) by the new one, but held.
+	life := cfg.NodeID + "#" + NewEpoch()
 	r := &Redis{
 		cfg:          cfg,
+		life:         life,
 		client:       redis.NewClient(opt),
 		log:          cfg.Log.With("component", "redis"),
 		metrics:      newRedisMetrics(),
-		nodeTopic:    nodeChannelPrefix + cfg.NodeID,
+		nodeTopic:    nodeChannelPrefix + life,
 		historyMs:    cfg.HistoryTTL.Milliseconds(),
 		metaMs:       max(2*cfg.HistoryTTL, minMetaTTL).Milliseconds(),
 		presenceMs:   cfg.PresenceTTL.Milliseconds(),
@@ -271,7 +278,7 @@ func NewRedis(cfg RedisConfig) (*Redis, error) {
 		publishTimeout: max(opt.ReadTimeout, 0),
 		// Unique to this bus, so that a node that restarts with the same
 		// NodeID tells its registrations from its previous life's.
-		addrPrefix: sessionAddr(cfg.NodeID, NewEpoch()+"."),
+		addrPrefix: sessionAddr(life, ""),
 	}
 	if err := r.metrics.register(cfg.Registerer); err != nil {
 		r.client.Close()
@@ -612,7 +619,7 @@ func (r *Redis) take(ctx context.Context, op, session string, deliver func([]byt
 // otherwise. It returns how many connections got word of the replacement,
 // and what the mailbox held.
 func (r *Redis) takeAddr(ctx context.Context, session, addr string, claim bool) (int64, [][]byte, error) {
-	args := []any{addr, r.presenceMs, r.cfg.NodeID, nodeChannelPrefix, replacedPrefix(session, addr)}
+	args := []any{addr, r.presenceMs, r.life, nodeChannelPrefix, replacedPrefix(session, addr)}
 	if !claim {
 		told, err := registerScript.Run(ctx, r.client, []string{sessionKey(session)}, args...).Int64()
 		return told, nil, err
@@ -689,7 +696,7 @@ func (r *Redis) Unregister(ctx context.Context, session string) error {
 	if err := r.await(ctx, "unregister", renewing); err != nil {
 		return err
 	}
-	if err := releaseScript.Run(ctx, r.client, []string{sessionKey(session)}, r.cfg.NodeID, r.presenceMs).Err(); err != nil {
+	if err := releaseScript.Run(ctx, r.client, []string{sessionKey(session)}, r.life, r.presenceMs).Err(); err != nil {
 		return r.fail(ctx, "unregister", err)
 	}
 	return nil

@@ -559,7 +559,7 @@ func TestRedisMetrics(t *testing.T) {
 	rec.waitMessages(t, 3)
 	// Payloads that go nowhere: undecodable, and for a session not here.
 	c.Publish(ctx, roomChannel(room), "m:garbage")
-	c.Publish(ctx, nodeChannelPrefix+"n", string(encodeSend("gone", []byte(`{}`))))
+	c.Publish(ctx, bus.nodeTopic, string(encodeSend("gone", []byte(`{}`))))
 	waitFor(t, "2 drops", func() bool { return bus.Stats().Dropped == 2 })
 
 	for _, tt := range []struct {
@@ -761,7 +761,7 @@ func TestRedisSessionMovesBack(t *testing.T) {
 		t.Fatal(err)
 	}
 	// b's word to a, as if it came only now.
-	if err := raw.Publish(ctx, nodeChannelPrefix+"a", replacedPrefix(s, bAddr)+firstAddr).Err(); err != nil {
+	if err := raw.Publish(ctx, a.nodeTopic, replacedPrefix(s, bAddr)+firstAddr).Err(); err != nil {
 		t.Fatal(err)
 	}
 	barrier(t, a)
@@ -801,7 +801,7 @@ func TestRedisRenewalDropsReplacedRegistration(t *testing.T) {
 		t.Fatal(err)
 	}
 	// b registers s, and a does not hear of it.
-	addr := sessionAddr("b", "test")
+	addr := sessionAddr(b.life, "test")
 	b.smu.Lock()
 	b.sessions[s] = &sessionEntry{deliver: onB.deliver, addr: addr}
 	b.smu.Unlock()
@@ -881,8 +881,8 @@ func TestRedisRegisterAfterOwnerGone(t *testing.T) {
 	}
 	a.Close()
 	waitFor(t, "a's channel to have no subscriber", func() bool {
-		n, err := raw.PubSubNumSub(ctx, nodeChannelPrefix+"a").Result()
-		return err == nil && n[nodeChannelPrefix+"a"] == 0
+		n, err := raw.PubSubNumSub(ctx, a.nodeTopic).Result()
+		return err == nil && n[a.nodeTopic] == 0
 	})
 	in := &inbox{}
 	start := time.Now()
@@ -919,12 +919,12 @@ func TestRedisPostToGoneNode(t *testing.T) {
 	}
 	a.Close()
 	waitFor(t, "a's channel to have no subscriber", func() bool {
-		n, err := raw.PubSubNumSub(ctx, nodeChannelPrefix+"a").Result()
-		return err == nil && n[nodeChannelPrefix+"a"] == 0
+		n, err := raw.PubSubNumSub(ctx, a.nodeTopic).Result()
+		return err == nil && n[a.nodeTopic] == 0
 	})
 	if addr, err := raw.Get(ctx, sessionKey(s)).Result(); err != nil {
 		t.Fatalf("a's address: %v", err)
-	} else if node, _ := addrNode(addr); node != "a" {
+	} else if node, _ := addrNode(addr); node != a.life {
 		t.Fatalf("address of the session: got node %q, want a's until the lease lapses", node)
 	}
 
