@@ -90,7 +90,6 @@ func (s *Service) lockCall(call string) *callState {
 			cst = &callState{name: call, room: callRoom(call), view: make(map[string]*viewPeer),
 				locals: make(map[string]*localPeer), left: make(map[string]time.Time), touched: make(map[string]time.Time)}
 			s.calls[call] = cst
-			s.metrics.calls.Set(float64(len(s.calls)))
 		}
 		s.mu.Unlock()
 		cst.ops.Lock()
@@ -126,7 +125,6 @@ func (s *Service) dropIfIdle(cst *callState) {
 	if len(cst.locals) == 0 && s.calls[cst.name] == cst {
 		delete(s.calls, cst.name)
 	}
-	s.metrics.calls.Set(float64(len(s.calls)))
 	s.mu.Unlock()
 }
 
@@ -390,7 +388,6 @@ func (s *Service) attach(ctx context.Context, c Conn, p *localPeer, others []fan
 		s.deliverLocked(p, b)
 	}
 	p.pending = nil
-	s.countPeers()
 	return res, nil
 }
 
@@ -467,7 +464,6 @@ func (s *Service) Disconnect(ctx context.Context, c Conn) {
 			p.away = time.AfterFunc(s.cfg.Grace, func() { s.expire(p) })
 		}
 	}
-	s.countPeers()
 	s.mu.Unlock()
 	for _, p := range away {
 		s.releaseAddr(ctx, p)
@@ -568,7 +564,6 @@ func (s *Service) release(ctx context.Context, p *localPeer, moved bool) bool {
 		strays = p.strays
 	}
 	p.strays = nil
-	s.countPeers()
 	s.mu.Unlock()
 	if err := s.bus.Leave(ctx, cst.room, p.member(s.cfg.NodeID)); err != nil {
 		s.log.Warn("call leave failed; the peer's lease lapses instead", "call", cst.name, "peer", p.id, "err", err)
@@ -579,20 +574,28 @@ func (s *Service) release(ctx context.Context, p *localPeer, moved bool) bool {
 	return true
 }
 
-// countPeers updates the peer gauges; the caller holds s.mu.
-func (s *Service) countPeers() {
-	var connected, away int
+// countCalls is the number of calls with peers on this node, for
+// parley_calls_active.
+func (s *Service) countCalls() float64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return float64(len(s.calls))
+}
+
+// countPeers is the number of this node's peers that are away, or
+// connected, for parley_call_peers.
+func (s *Service) countPeers(away bool) float64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n := 0
 	for _, c := range s.calls {
 		for _, p := range c.locals {
-			if p.conn != nil {
-				connected++
-			} else {
-				away++
+			if (p.conn == nil) == away {
+				n++
 			}
 		}
 	}
-	s.metrics.peers.WithLabelValues("connected").Set(float64(connected))
-	s.metrics.peers.WithLabelValues("away").Set(float64(away))
+	return float64(n)
 }
 
 func (s *Service) busError(op string, err error) *Error {

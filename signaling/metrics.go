@@ -5,8 +5,10 @@ import "github.com/prometheus/client_golang/prometheus"
 // metrics are signaling's Prometheus collectors. Labels never carry call
 // names, users or sessions.
 type metrics struct {
-	calls       prometheus.Gauge
-	peers       *prometheus.GaugeVec
+	// calls and the two peers gauges count on scrape what the Service
+	// holds, so that joins and leaves keep no counters.
+	calls       prometheus.Collector
+	peers       [2]prometheus.Collector
 	relayed     prometheus.Counter
 	rejected    *prometheus.CounterVec
 	firstAnswer prometheus.Histogram
@@ -25,14 +27,20 @@ const (
 	rejectBus       = "bus"        // the bus failed
 )
 
-func newMetrics(reg prometheus.Registerer) *metrics {
-	m := &metrics{
-		calls: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "parley_calls_active", Help: "Calls with at least one peer on this node.",
-		}),
-		peers: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+// newMetrics makes signaling's collectors: calls() counts the calls with
+// peers on the node, peers(away) its peers, connected or away.
+func newMetrics(reg prometheus.Registerer, calls func() float64, peers func(away bool) float64) *metrics {
+	peerGauge := func(state string, away bool) prometheus.Collector {
+		return prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "parley_call_peers", Help: "Call peers held by this node: connected, or away within the grace period.",
-		}, []string{"state"}),
+			ConstLabels: prometheus.Labels{"state": state},
+		}, func() float64 { return peers(away) })
+	}
+	m := &metrics{
+		calls: prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "parley_calls_active", Help: "Calls with at least one peer on this node.",
+		}, calls),
+		peers: [2]prometheus.Collector{peerGauge("connected", false), peerGauge("away", true)},
 		relayed: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "parley_signals_relayed_total", Help: "Signals (SDP and ICE candidates) accepted from this node's clients and relayed.",
 		}),
@@ -60,10 +68,8 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	for _, r := range []string{"resumed", "lost"} {
 		m.resumes.WithLabelValues(r)
 	}
-	m.peers.WithLabelValues("connected")
-	m.peers.WithLabelValues("away")
 	if reg != nil {
-		reg.MustRegister(m.calls, m.peers, m.relayed, m.rejected, m.firstAnswer, m.resumes, m.lost, m.dropped)
+		reg.MustRegister(m.calls, m.peers[0], m.peers[1], m.relayed, m.rejected, m.firstAnswer, m.resumes, m.lost, m.dropped)
 	}
 	return m
 }
@@ -72,7 +78,7 @@ func (m *metrics) unregister(reg prometheus.Registerer) {
 	if reg == nil {
 		return
 	}
-	for _, c := range []prometheus.Collector{m.calls, m.peers, m.relayed, m.rejected, m.firstAnswer, m.resumes, m.lost, m.dropped} {
+	for _, c := range []prometheus.Collector{m.calls, m.peers[0], m.peers[1], m.relayed, m.rejected, m.firstAnswer, m.resumes, m.lost, m.dropped} {
 		reg.Unregister(c)
 	}
 }

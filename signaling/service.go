@@ -224,12 +224,13 @@ func New(cfg Config) (*Service, error) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &Service{
-		cfg: cfg, bus: cfg.Bus, log: cfg.Logger, metrics: newMetrics(cfg.Registerer),
+		cfg: cfg, bus: cfg.Bus, log: cfg.Logger,
 		ctx: ctx, cancel: cancel,
 		calls: make(map[string]*callState),
 		conns: make(map[Conn]*connState),
 		work:  newWorkQueue(maxTasks),
 	}
+	s.metrics = newMetrics(cfg.Registerer, s.countCalls, s.countPeers)
 	s.wg.Add(1)
 	go s.runWork()
 	return s, nil
