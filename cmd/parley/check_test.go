@@ -68,6 +68,10 @@ func TestConfigErrorsNameTheSetting(t *testing.T) {
 		{"redis URL not shown", nil, env("PARLEY_REDIS", "redis://:hunter2@127.0.0.1:bad/0"), "PARLEY_REDIS (--redis): not a Redis URL"},
 		{"redis scheme", []string{"--redis", "http://127.0.0.1:6379"}, env(), "--redis: not a Redis URL: want redis://"},
 		{"presence TTL", []string{"--presence-ttl", "10ms"}, env(), "--presence-ttl 10ms: want at least 1s"},
+		{"one peer per call", []string{"--call-max-peers", "1"}, env(), "--call-max-peers 1: want 2 to 64"},
+		{"a mesh too large", nil, env("PARLEY_CALL_MAX_PEERS", "65"), "PARLEY_CALL_MAX_PEERS=65 (--call-max-peers): want 2 to 64"},
+		{"call grace", []string{"--call-grace", "500ms"}, env(), "--call-grace 500ms: want at least 1s"},
+		{"signal rate", []string{"--call-signal-rate", "0"}, env(), "--call-signal-rate 0: want a positive number"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
