@@ -115,6 +115,7 @@ type callPeer struct {
 	channels int       // data channels OnChannel was given
 	dropped  time.Time // the client's first EventDisconnected
 	node     string    // the node of the client's last EventConnected
+	drain    drainNotice
 }
 
 // joinCall dials the first of urls (the others are failover endpoints) and
@@ -138,14 +139,18 @@ func joinCall(t *testing.T, name, call string, noReconnect bool, urls ...string)
 	go func() {
 		defer close(clientDone)
 		for ev := range c.Events() {
+			now := time.Now()
 			p.mu.Lock()
 			switch ev.Kind {
 			case client.EventDisconnected:
 				if p.dropped.IsZero() {
-					p.dropped = time.Now()
+					p.dropped = now
 				}
 			case client.EventConnected:
 				p.node = ev.Welcome.Node
+				p.drain.connected(now, ev.Welcome.Node)
+			case client.EventDraining:
+				p.drain.notice(now, ev.After)
 			}
 			p.mu.Unlock()
 		}

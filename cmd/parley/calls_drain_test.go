@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"fmt"
-	"log/slog"
 	"slices"
 	"strconv"
 	"sync"
@@ -45,64 +44,32 @@ func (d *drainNotice) reconnected() (at time.Time, node string) {
 	return d.connectedAt, d.node
 }
 
-// joinCallSeeingDrain is joinCall (with reconnects) that also records the
-// client's drain notices, which joinCall's reader of Events drops.
+// notice records a drain notice: the first one's time and delay, and how
+// many came.
+func (d *drainNotice) notice(at time.Time, after time.Duration) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.count == 0 {
+		d.at, d.after = at, after
+	}
+	d.count++
+}
+
+// connected records the client's first connection after a drain notice.
+func (d *drainNotice) connected(at time.Time, node string) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.count > 0 && d.connectedAt.IsZero() {
+		d.connectedAt, d.node = at, node
+	}
+}
+
+// joinCallSeeingDrain is joinCall, with reconnects, and the drain notices
+// its client records.
 func joinCallSeeingDrain(t *testing.T, name, call string, urls ...string) (*callPeer, *drainNotice) {
 	t.Helper()
-	p := &callPeer{name: name, logs: &syncBuffer{}}
-	p.slog = slog.New(slog.NewTextHandler(p.logs, &slog.HandlerOptions{Level: slog.LevelDebug})).With("peer", name)
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	c, err := client.Dial(ctx, client.Options{
-		URL: urls[0], URLs: urls[1:], MinBackoff: 20 * time.Millisecond, MaxBackoff: 200 * time.Millisecond,
-		Logger: p.slog,
-	})
-	if err != nil {
-		t.Fatalf("%s: Dial %s: %v", name, urls[0], err)
-	}
-	p.c = c
-	p.node = c.Welcome().Node
-	notice := &drainNotice{}
-	clientDone := make(chan struct{})
-	go func() {
-		defer close(clientDone)
-		for ev := range c.Events() {
-			now := time.Now()
-			p.mu.Lock()
-			switch ev.Kind {
-			case client.EventDisconnected:
-				if p.dropped.IsZero() {
-					p.dropped = now
-				}
-			case client.EventConnected:
-				p.node = ev.Welcome.Node
-				notice.mu.Lock()
-				if notice.count > 0 && notice.connectedAt.IsZero() {
-					notice.connectedAt, notice.node = now, ev.Welcome.Node
-				}
-				notice.mu.Unlock()
-			case client.EventDraining:
-				notice.mu.Lock()
-				if notice.count == 0 {
-					notice.at, notice.after = now, ev.After
-				}
-				notice.count++
-				notice.mu.Unlock()
-			}
-			p.mu.Unlock()
-		}
-	}()
-	t.Cleanup(func() {
-		c.Close()
-		<-clientDone
-		if t.Failed() {
-			t.Logf("%s's client and rtc logs:\n%s", name, p.logs.String())
-		}
-	})
-	if p.call, err = c.Join(ctx, call); err != nil {
-		t.Fatalf("%s: Join %s: %v", name, call, err)
-	}
-	return p, notice
+	p := joinCall(t, name, call, false, urls...)
+	return p, &p.drain
 }
 
 // TestClusterCallSurvivesDrain: alice is on n1, bob on n2 with n3 to fail
