@@ -183,6 +183,49 @@ func (p *callPeer) watch(t *testing.T) {
 	})
 }
 
+// streams are numbered data channel messages sent both ways between two
+// peers, one every 10 ms each way, from 101 on, until stop.
+type streams struct {
+	// sent records when each message went: by the first peer, by the
+	// second; index i is message 101+i. err is why a sender stopped early.
+	sent [2][]time.Time
+	err  [2]error
+	// stop stops the senders and waits for them; it may be called again.
+	stop func()
+}
+
+// streamBothWays starts streaming between a and b, whose data channel is
+// open.
+func streamBothWays(a, b *callPeer) *streams {
+	st := &streams{}
+	done := make(chan struct{})
+	var senders sync.WaitGroup
+	for i, w := range []struct{ p, to *callPeer }{{a, b}, {b, a}} {
+		dc := w.p.peer.Channel(w.to.call.ID())
+		senders.Go(func() {
+			tick := time.NewTicker(10 * time.Millisecond)
+			defer tick.Stop()
+			for n := 101; ; n++ {
+				select {
+				case <-done:
+					return
+				case <-tick.C:
+				}
+				st.sent[i] = append(st.sent[i], time.Now())
+				if err := dc.SendText(strconv.Itoa(n)); err != nil {
+					st.err[i] = fmt.Errorf("%s: SendText %d: %w", w.p.name, n, err)
+					return
+				}
+			}
+		})
+	}
+	st.stop = sync.OnceFunc(func() {
+		close(done)
+		senders.Wait()
+	})
+	return st
+}
+
 // startRTC makes the peer's rtc.Peer on loopback and runs it until the test
 // ends.
 func (p *callPeer) startRTC(t *testing.T) {
@@ -550,34 +593,8 @@ func TestClusterCallOutlivesNode(t *testing.T) {
 
 	// Both sides stream numbered messages until the test has seen the ICE
 	// restart, and a little longer; sent records when each one went.
-	var sent [2][]time.Time // by alice, by bob; index i is message 101+i
-	stop := make(chan struct{})
-	var senders sync.WaitGroup
-	var sendErr [2]error
-	for i, w := range []struct{ p, to *callPeer }{{alice, bob}, {bob, alice}} {
-		dc := w.p.peer.Channel(w.to.call.ID())
-		senders.Go(func() {
-			tick := time.NewTicker(10 * time.Millisecond)
-			defer tick.Stop()
-			for n := 101; ; n++ {
-				select {
-				case <-stop:
-					return
-				case <-tick.C:
-				}
-				sent[i] = append(sent[i], time.Now())
-				if err := dc.SendText(strconv.Itoa(n)); err != nil {
-					sendErr[i] = fmt.Errorf("%s: SendText %d: %w", w.p.name, n, err)
-					return
-				}
-			}
-		})
-	}
-	stopSenders := sync.OnceFunc(func() {
-		close(stop)
-		senders.Wait()
-	})
-	defer stopSenders()
+	st := streamBothWays(alice, bob)
+	defer st.stop()
 	time.Sleep(200 * time.Millisecond)
 
 	killed := time.Now()
@@ -627,12 +644,12 @@ func TestClusterCallOutlivesNode(t *testing.T) {
 
 	// Messages sent after the restart arrive too; then the senders stop.
 	time.Sleep(300 * time.Millisecond)
-	stopSenders()
+	st.stop()
 	for i, p := range []*callPeer{bob, alice} {
-		if sendErr[i] != nil {
-			t.Error(sendErr[i])
+		if st.err[i] != nil {
+			t.Error(st.err[i])
 		}
-		total := 100 + len(sent[i])
+		total := 100 + len(st.sent[i])
 		waitUntil(t, grace, fmt.Sprintf("%s to receive all %d messages", p.name, total), func() bool { return p.received() >= total })
 		got := p.messages()
 		if err := checkNumbered(got, total); err != nil {
@@ -641,8 +658,8 @@ func TestClusterCallOutlivesNode(t *testing.T) {
 		}
 		// The first message sent after the kill, and the first sent after
 		// the restart was seen, and when each arrived.
-		afterKill := slices.IndexFunc(sent[i], func(at time.Time) bool { return !at.Before(killed) })
-		afterRestart := slices.IndexFunc(sent[i], func(at time.Time) bool { return !at.Before(restarted) })
+		afterKill := slices.IndexFunc(st.sent[i], func(at time.Time) bool { return !at.Before(killed) })
+		afterRestart := slices.IndexFunc(st.sent[i], func(at time.Time) bool { return !at.Before(restarted) })
 		if afterKill < 0 || afterRestart < 0 {
 			t.Errorf("%s: no message was sent after the kill or after the restart", p.name)
 			continue

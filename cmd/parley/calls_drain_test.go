@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"slices"
-	"strconv"
 	"sync"
 	"syscall"
 	"testing"
@@ -120,34 +119,8 @@ func TestClusterCallSurvivesDrain(t *testing.T) {
 
 	// Both sides stream numbered messages until the watch after n2's exit
 	// is over; sent records when each one went.
-	var sent [2][]time.Time // by alice, by bob; index i is message 101+i
-	stop := make(chan struct{})
-	var senders sync.WaitGroup
-	var sendErr [2]error
-	for i, w := range []struct{ p, to *callPeer }{{alice, bob}, {bob, alice}} {
-		dc := w.p.peer.Channel(w.to.call.ID())
-		senders.Go(func() {
-			tick := time.NewTicker(10 * time.Millisecond)
-			defer tick.Stop()
-			for n := 101; ; n++ {
-				select {
-				case <-stop:
-					return
-				case <-tick.C:
-				}
-				sent[i] = append(sent[i], time.Now())
-				if err := dc.SendText(strconv.Itoa(n)); err != nil {
-					sendErr[i] = fmt.Errorf("%s: SendText %d: %w", w.p.name, n, err)
-					return
-				}
-			}
-		})
-	}
-	stopSenders := sync.OnceFunc(func() {
-		close(stop)
-		senders.Wait()
-	})
-	defer stopSenders()
+	st := streamBothWays(alice, bob)
+	defer st.stop()
 	time.Sleep(200 * time.Millisecond)
 
 	const drain = 500 * time.Millisecond // --drain of the test nodes
@@ -250,12 +223,12 @@ func TestClusterCallSurvivesDrain(t *testing.T) {
 		t.Errorf("bob saw alice leave %s after the SIGTERM", e.at.Sub(termed).Round(time.Millisecond))
 	}
 
-	stopSenders()
+	st.stop()
 	for i, p := range []*callPeer{bob, alice} {
-		if sendErr[i] != nil {
-			t.Error(sendErr[i])
+		if st.err[i] != nil {
+			t.Error(st.err[i])
 		}
-		total := 100 + len(sent[i])
+		total := 100 + len(st.sent[i])
 		waitUntil(t, grace, fmt.Sprintf("%s to receive all %d messages", p.name, total), func() bool { return p.received() >= total })
 		time.Sleep(50 * time.Millisecond) // anything beyond total would show
 		got := p.messages()
@@ -263,8 +236,8 @@ func TestClusterCallSurvivesDrain(t *testing.T) {
 			t.Errorf("%s: %v", p.name, err)
 			continue
 		}
-		afterTerm := slices.IndexFunc(sent[i], func(at time.Time) bool { return !at.Before(termed) })
-		afterRestart := slices.IndexFunc(sent[i], func(at time.Time) bool { return !at.Before(restarted) })
+		afterTerm := slices.IndexFunc(st.sent[i], func(at time.Time) bool { return !at.Before(termed) })
+		afterRestart := slices.IndexFunc(st.sent[i], func(at time.Time) bool { return !at.Before(restarted) })
 		if afterTerm < 0 || afterRestart < 0 {
 			t.Errorf("%s: no message was sent after the SIGTERM or after the restart", p.name)
 			continue
