@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -63,6 +64,19 @@ type RedisStats struct {
 	// whose leases the bus renews.
 	Members  int
 	Sessions int
+	// Shards are the pub/sub connections: one on a single Redis, one per
+	// master that serves the bus's channels in a cluster.
+	Shards []RedisShard
+}
+
+// RedisShard is a pub/sub connection of a Redis bus.
+type RedisShard struct {
+	// Addr is the master's address in a cluster; "" on a single Redis.
+	Addr string
+	// Connected is true while it is up and subscribed.
+	Connected bool
+	// Channels counts its rooms' channels and the node's.
+	Channels int
 }
 
 // ErrRedisUnavailable is wrapped in the errors of a Redis bus whose commands
@@ -137,16 +151,24 @@ type Redis struct {
 	// cancel ends the context of the bus's goroutines.
 	cancel context.CancelFunc
 
-	// The pub/sub connection (redis_pubsub.go).
-	mu    sync.Mutex
-	subs  map[string]*subscription // by channel, the node topic among them
-	dirty []*subscription          // changed since the last sync
-	gen   uint64                   // the connection now current
-	// initial is how many subscriptions of the connection's first SUBSCRIBE
-	// Redis has still to confirm; it is ready when none is left.
-	initial  int
-	kick     chan struct{}
-	lastRecv atomic.Int64 // Unix ns of the latest reply on the connection
+	// The pub/sub connections (redis_pubsub.go). mu guards subs, shards
+	// and slots, and the state of each subscription and shard.
+	mu     sync.Mutex
+	subs   map[string]*subscription // by channel, the node topic among them
+	shards map[string]*shard        // by master address ("" for a single Redis)
+	gen    uint64                   // the latest connection's generation
+	// scripts are those that publish on a room's channel.
+	scripts *roomScripts
+	// cluster is set for a Redis Cluster, whose slot map slots is (nil
+	// until read).
+	cluster bool
+	slots   slotMap
+	// reload asks reloadLoop to read the slot map again.
+	reload chan struct{}
+	// nodeOpt are the options of a cluster's pub/sub connections.
+	nodeOpt *redis.Options
+	// ctx is the context of the bus's goroutines.
+	ctx context.Context
 
 	// Leases (redis_lease.go). No lock is held across a call to Redis. A
 	// renewal in flight is marked on the rooms and sessions it renews, by
@@ -197,7 +219,7 @@ func NewRedis(cfg RedisConfig) (*Redis, error) {
 	if cfg.NodeID == "" {
 		return nil, errors.New("fanout: RedisConfig.NodeID is empty")
 	}
-	opt, err := redis.ParseURL(cfg.URL)
+	target, err := parseRedisURL(cfg.URL)
 	if err != nil {
 		return nil, fmt.Errorf("fanout: RedisConfig.URL: %w", err)
 	}
@@ -233,18 +255,7 @@ func NewRedis(cfg RedisConfig) (*Redis, error) {
 	if cfg.Log == nil {
 		cfg.Log = slog.New(slog.DiscardHandler)
 	}
-	// A retried command may have run: a publication would go out twice.
-	opt.MaxRetries = -1
-	opt.DialerRetries = 1
-	opt.ContextTimeoutEnabled = true
-	for _, d := range []*time.Duration{&opt.DialTimeout, &opt.ReadTimeout, &opt.WriteTimeout} {
-		if *d == 0 {
-			*d = redisTimeout
-		}
-	}
-	if opt.PoolTimeout == 0 {
-		opt.PoolTimeout = opt.ReadTimeout
-	}
+	client, nodeOpt := newRedisClient(target)
 
 	// A node's life is its NodeID and an epoch of this bus: a node that
 	// restarts with the same NodeID is another life, with another channel,
@@ -254,17 +265,20 @@ func NewRedis(cfg RedisConfig) (*Redis, error) {
 	r := &Redis{
 		cfg:          cfg,
 		life:         life,
-		client:       redis.NewClient(opt),
+		client:       client,
+		cluster:      target.cluster != nil,
+		scripts:      singleScripts,
+		nodeOpt:      nodeOpt,
+		shards:       make(map[string]*shard),
+		reload:       make(chan struct{}, 1),
 		log:          cfg.Log.With("component", "redis"),
-		metrics:      newRedisMetrics(),
-		nodeTopic:    nodeChannelPrefix + life,
+		nodeTopic:    nodeChannel(target.cluster != nil, life),
 		historyMs:    cfg.HistoryTTL.Milliseconds(),
 		metaMs:       max(2*cfg.HistoryTTL, minMetaTTL).Milliseconds(),
 		presenceMs:   cfg.PresenceTTL.Milliseconds(),
 		keyMs:        IdempotencyWindow.Milliseconds(),
 		stop:         make(chan struct{}),
 		subs:         make(map[string]*subscription),
-		kick:         make(chan struct{}, 1),
 		members:      make(map[string]map[string]string),
 		roomRenewals: make(map[string]chan struct{}),
 		sessions:     make(map[string]*sessionEntry),
@@ -275,20 +289,33 @@ func NewRedis(cfg RedisConfig) (*Redis, error) {
 		renewNow:     make(chan struct{}, 1),
 		publishQueue: make(chan *publishRequest, publishBacklog),
 		// A read_timeout below zero is none.
-		publishTimeout: max(opt.ReadTimeout, 0),
+		publishTimeout: max(nodeOpt.ReadTimeout, 0),
 		// Unique to this bus, so that a node that restarts with the same
 		// NodeID tells its registrations from its previous life's.
 		addrPrefix: sessionAddr(life, ""),
 	}
+	r.metrics = newRedisMetrics(r.countShards)
 	if err := r.metrics.register(cfg.Registerer); err != nil {
 		r.client.Close()
 		return nil, err
 	}
-	r.subs[r.nodeTopic] = &subscription{channel: r.nodeTopic, wanted: true, ready: make(chan struct{})}
 	ctx, cancel := context.WithCancel(context.Background())
-	r.cancel = cancel
-	r.wg.Add(3 + publishers)
-	go r.run(ctx)
+	r.ctx, r.cancel = ctx, cancel
+	if r.cluster {
+		r.scripts = clusterScripts
+		r.client.AddHook(reloadHook{r})
+		r.wg.Add(1)
+		go r.reloadLoop(ctx)
+	}
+	r.wg.Add(2 + publishers)
+	// The node topic's shard: a single Redis's connection, or the
+	// cluster's first shard, which reads the slot map and hands it over.
+	r.mu.Lock()
+	node := &subscription{channel: r.nodeTopic, wanted: true, ready: make(chan struct{}), slot: keySlot(r.nodeTopic)}
+	node.shard = r.shardAtLocked("")
+	node.shard.n++
+	r.subs[r.nodeTopic] = node
+	r.mu.Unlock()
 	go r.renewLoop(ctx)
 	go r.letGoLoop(ctx)
 	for range publishers {
@@ -311,7 +338,13 @@ func (r *Redis) Stats() RedisStats {
 			st.Rooms++
 		}
 	}
+	for _, sh := range r.shards {
+		if sh.addr != "" || !r.cluster {
+			st.Shards = append(st.Shards, RedisShard{Addr: sh.addr, Connected: sh.ready, Channels: sh.n})
+		}
+	}
 	r.mu.Unlock()
+	slices.SortFunc(st.Shards, func(a, b RedisShard) int { return strings.Compare(a.Addr, b.Addr) })
 	r.lmu.Lock()
 	for _, ms := range r.members {
 		st.Members += len(ms)
@@ -321,6 +354,17 @@ func (r *Redis) Stats() RedisStats {
 	st.Sessions = len(r.sessions)
 	r.smu.RUnlock()
 	return st
+}
+
+// countShards counts the pub/sub connections that are connected, or down.
+func (r *Redis) countShards(connected bool) float64 {
+	n := 0
+	for _, sh := range r.Stats().Shards {
+		if sh.Connected == connected {
+			n++
+		}
+	}
+	return float64(n)
 }
 
 // check returns ctx's error, or ErrClosed after Close.
@@ -430,7 +474,7 @@ func (r *Redis) join(ctx context.Context, room string, m Member, max int, list b
 		return nil, err
 	}
 	enc := encodeMember(m)
-	res, err := joinScript.Run(ctx, r.client, presenceKeys(room),
+	res, err := r.scripts.join.Run(ctx, r.client, presenceKeys(room),
 		roomChannel(room), r.presenceMs, m.Session, enc, max, boolArg(list), prefix).Slice()
 	if err != nil {
 		return nil, r.fail(ctx, "join", err)
@@ -497,7 +541,7 @@ func (r *Redis) Leave(ctx context.Context, room string, m Member) error {
 	if err := r.await(ctx, "leave", renewing); err != nil {
 		return err
 	}
-	err := leaveScript.Run(ctx, r.client, presenceKeys(room), roomChannel(room), r.presenceMs, m.Session).Err()
+	err := r.scripts.leave.Run(ctx, r.client, presenceKeys(room), roomChannel(room), r.presenceMs, m.Session).Err()
 	if err != nil {
 		return r.fail(ctx, "leave", err)
 	}
@@ -529,7 +573,7 @@ func (r *Redis) Presence(ctx context.Context, room string, q PresenceQuery) (Pre
 	if err := r.check(ctx); err != nil {
 		return PresencePage{}, err
 	}
-	res, err := presenceScript.Run(ctx, r.client, presenceKeys(room), roomChannel(room), r.presenceMs, after, limit).Slice()
+	res, err := r.scripts.presence.Run(ctx, r.client, presenceKeys(room), roomChannel(room), r.presenceMs, after, limit).Slice()
 	if err != nil {
 		return PresencePage{}, r.fail(ctx, "presence", err)
 	}
@@ -619,6 +663,9 @@ func (r *Redis) take(ctx context.Context, op, session string, deliver func([]byt
 // otherwise. It returns how many connections got word of the replacement,
 // and what the mailbox held.
 func (r *Redis) takeAddr(ctx context.Context, session, addr string, claim bool) (int64, [][]byte, error) {
+	if r.cluster {
+		return r.takeCluster(ctx, session, addr, claim)
+	}
 	args := []any{addr, r.presenceMs, r.life, nodeChannelPrefix, replacedPrefix(session, addr)}
 	if !claim {
 		told, err := registerScript.Run(ctx, r.client, []string{sessionKey(session)}, args...).Int64()
@@ -635,15 +682,75 @@ func (r *Redis) takeAddr(ctx context.Context, session, addr string, claim bool) 
 	if !ok {
 		return 0, nil, fmt.Errorf("unexpected reply: a %T told", res[0])
 	}
+	held, err := heldData(res[1:])
+	return told, held, err
+}
+
+// takeCluster is takeAddr in a cluster: the script takes the address (and
+// empties the mailbox), then the bus tells the node it replaced, if any,
+// on that node's channel.
+func (r *Redis) takeCluster(ctx context.Context, session, addr string, claim bool) (int64, [][]byte, error) {
+	keys := []string{sessionKey(session)}
+	script := registerClusterScript
+	if claim {
+		keys, script = append(keys, mailboxKey(session)), claimClusterScript
+	}
+	res, err := script.Run(ctx, r.client, keys, addr, r.presenceMs, r.life).Result()
+	if err != nil {
+		return 0, nil, err
+	}
+	var prev string
 	var held [][]byte
-	for _, v := range res[1:] {
+	switch v := res.(type) {
+	case string:
+		prev = v
+	case []any:
+		if len(v) == 0 {
+			return 0, nil, errors.New("unexpected empty reply")
+		}
+		prev, _ = v[0].(string)
+		if held, err = heldData(v[1:]); err != nil {
+			return 0, nil, err
+		}
+	default:
+		return 0, nil, fmt.Errorf("unexpected reply: a %T", res)
+	}
+	node, ok := addrNode(prev)
+	if !ok {
+		return 0, held, nil
+	}
+	// The address is taken: a failure to tell the node it replaced leaves
+	// that node to drop its registration at its next renewal.
+	told, err := r.publishNode(ctx, node, replacedPrefix(session, addr)+prev)
+	if err != nil {
+		r.errors.Add(1)
+		r.metrics.errors.Inc()
+		r.log.Debug("telling the node of a replaced registration failed", "err", err)
+	}
+	return told, held, nil
+}
+
+// heldData is the data of a claim's reply.
+func heldData(res []any) ([][]byte, error) {
+	var held [][]byte
+	for _, v := range res {
 		d, ok := v.(string)
 		if !ok {
-			return 0, nil, fmt.Errorf("unexpected reply: a %T held", v)
+			return nil, fmt.Errorf("unexpected reply: a %T held", v)
 		}
 		held = append(held, []byte(d))
 	}
-	return told, held, nil
+	return held, nil
+}
+
+// publishNode publishes payload on node's channel, and returns how many
+// connections got it.
+func (r *Redis) publishNode(ctx context.Context, node, payload string) (int64, error) {
+	ch := nodeChannel(r.cluster, node)
+	if r.cluster {
+		return r.client.SPublish(ctx, ch, payload).Result()
+	}
+	return r.client.Publish(ctx, ch, payload).Result()
 }
 
 // awaitHandoff waits for handoff, closed when the node whose registration
@@ -718,7 +825,13 @@ func (r *Redis) Send(ctx context.Context, session string, data []byte) error {
 	if r.deliverHere(session, data) {
 		return nil
 	}
-	n, err := sendScript.Run(ctx, r.client, []string{sessionKey(session)}, nodeChannelPrefix, encodeSend(session, data)).Int()
+	var n int64
+	var err error
+	if r.cluster {
+		n, _, err = r.sendCluster(ctx, session, data)
+	} else {
+		n, err = sendScript.Run(ctx, r.client, []string{sessionKey(session)}, nodeChannelPrefix, encodeSend(session, data)).Int64()
+	}
 	if err != nil {
 		return r.fail(ctx, "send", err)
 	}
@@ -749,8 +862,14 @@ func (r *Redis) Post(ctx context.Context, session string, data []byte, max int, 
 	if ttl <= 0 {
 		max = 0
 	}
-	n, err := postScript.Run(ctx, r.client, []string{sessionKey(session), mailboxKey(session)},
-		nodeChannelPrefix, encodeSend(session, nil), data, max, ttlMs).Int()
+	var n int
+	var err error
+	if r.cluster {
+		n, err = r.postCluster(ctx, session, data, max, ttlMs)
+	} else {
+		n, err = postScript.Run(ctx, r.client, []string{sessionKey(session), mailboxKey(session)},
+			nodeChannelPrefix, encodeSend(session, nil), data, max, ttlMs).Int()
+	}
 	if err != nil {
 		return r.fail(ctx, "post", err)
 	}
@@ -761,6 +880,50 @@ func (r *Redis) Post(ctx context.Context, session string, data []byte, max int, 
 		return ErrFull
 	}
 	return r.fail(ctx, "post", fmt.Errorf("unexpected reply %d", n))
+}
+
+// sendCluster is Send's publication in a cluster: it reads the session's
+// address, then publishes on its node's channel. It returns how many
+// connections got it, and the address ("" for none).
+func (r *Redis) sendCluster(ctx context.Context, session string, data []byte) (int64, string, error) {
+	addr, err := r.client.Get(ctx, sessionKey(session)).Result()
+	if errors.Is(err, redis.Nil) {
+		return 0, "", nil
+	}
+	if err != nil {
+		return 0, "", err
+	}
+	node, ok := addrNode(addr)
+	if !ok {
+		return 0, addr, nil
+	}
+	n, err := r.publishNode(ctx, node, string(encodeSend(session, data)))
+	return n, addr, err
+}
+
+// postMoves bounds how often a Post in a cluster starts again because the
+// session's address changed between its publication and its hold.
+const postMoves = 3
+
+// postCluster is Post in a cluster: it publishes as sendCluster does and,
+// when that reaches nobody, holds data with holdScript, provided that the
+// address has not changed meanwhile; if it has, it starts again.
+func (r *Redis) postCluster(ctx context.Context, session string, data []byte, max int, ttlMs int64) (int, error) {
+	for range postMoves {
+		n, addr, err := r.sendCluster(ctx, session, data)
+		if err != nil {
+			return 0, err
+		}
+		if n > 0 {
+			return postDelivered, nil
+		}
+		res, err := holdScript.Run(ctx, r.client, []string{sessionKey(session), mailboxKey(session)},
+			addr, data, max, ttlMs).Int()
+		if err != nil || res != postMoved {
+			return res, err
+		}
+	}
+	return 0, errors.New("the session's address kept changing")
 }
 
 // deliverHere gives data to session's registration on this node, in the
@@ -785,6 +948,9 @@ func (r *Redis) Ready() bool { return r.ready.Load() && !r.closed.Load() }
 func (r *Redis) Close() error {
 	r.closeOnce.Do(func() {
 		r.closed.Store(true)
+		// No shard starts once closed is set (shardAtLocked).
+		r.mu.Lock()
+		r.mu.Unlock()
 		close(r.stop)
 		r.cancel()
 		r.wg.Wait()

@@ -147,8 +147,8 @@ func (r *Redis) renewRooms(ctx context.Context, rooms []roomLease, reap bool) {
 		r.lmu.Unlock()
 		close(done)
 	}()
-	cmds := r.pipelined(ctx, "renew presence", renewScript, len(rooms), func(ctx context.Context, p redis.Pipeliner, i int) *redis.Cmd {
-		return renewScript.EvalSha(ctx, p, presenceKeys(rooms[i].room), args[i]...)
+	cmds := r.pipelined(ctx, "renew presence", r.scripts.renew, len(rooms), func(ctx context.Context, p redis.Pipeliner, i int) *redis.Cmd {
+		return r.scripts.renew.EvalSha(ctx, p, presenceKeys(rooms[i].room), args[i]...)
 	})
 	for i, c := range cmds {
 		if n, err := c.Int64(); err == nil && n == 0 && rooms[i].sub != nil {

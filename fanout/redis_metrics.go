@@ -14,13 +14,18 @@ type redisMetrics struct {
 	lag        prometheus.Histogram
 	dropped    prometheus.Counter
 	errors     prometheus.Counter
+	shards     prometheus.Collector
 }
 
-func newRedisMetrics() *redisMetrics {
+func newRedisMetrics(shards func(connected bool) float64) *redisMetrics {
 	return &redisMetrics{
+		shards: shardGauges{
+			desc:   prometheus.NewDesc("parley_redis_shards", "The bus's pub/sub connections: one on a single Redis, one per master that serves its channels in a Redis Cluster; by state, connected (up and subscribed) or down.", []string{"state"}, nil),
+			shards: shards,
+		},
 		connected: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "parley_redis_connected",
-			Help: "1 while the bus's pub/sub connection to Redis is up and subscribed, else 0.",
+			Help: "1 while every pub/sub connection of the bus to Redis is up and subscribed (the node is ready), else 0.",
 		}),
 		reconnects: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "parley_redis_reconnects_total",
@@ -43,7 +48,20 @@ func newRedisMetrics() *redisMetrics {
 }
 
 func (m *redisMetrics) collectors() []prometheus.Collector {
-	return []prometheus.Collector{m.connected, m.reconnects, m.lag, m.dropped, m.errors}
+	return []prometheus.Collector{m.connected, m.reconnects, m.lag, m.dropped, m.errors, m.shards}
+}
+
+// shardGauges is parley_redis_shards, counted on scrape.
+type shardGauges struct {
+	desc   *prometheus.Desc
+	shards func(connected bool) float64
+}
+
+func (g shardGauges) Describe(ch chan<- *prometheus.Desc) { ch <- g.desc }
+
+func (g shardGauges) Collect(ch chan<- prometheus.Metric) {
+	ch <- prometheus.MustNewConstMetric(g.desc, prometheus.GaugeValue, g.shards(true), "connected")
+	ch <- prometheus.MustNewConstMetric(g.desc, prometheus.GaugeValue, g.shards(false), "down")
 }
 
 // register registers the collectors with reg, if set: all or none.

@@ -201,7 +201,7 @@ func (r *Redis) publishBatch(ctx context.Context, reqs []*publishRequest) {
 		return
 	}
 	// The script did not run for these: load it and send them once more.
-	if err := publishScript.Load(ctx, r.client).Err(); err != nil {
+	if err := r.scripts.publish.Load(ctx, r.client).Err(); err != nil {
 		for _, req := range again {
 			req.reply <- publishReply{err: fmt.Errorf("load script: %w", r.batchErr(ctx, err))}
 		}
@@ -218,7 +218,7 @@ func (r *Redis) pipelinePublishes(ctx context.Context, reqs []*publishRequest) [
 	cmds := make([]*redis.Cmd, len(reqs))
 	pipe := r.client.Pipeline()
 	for i, req := range reqs {
-		cmds[i] = publishScript.EvalSha(ctx, pipe, req.keys, req.args...)
+		cmds[i] = r.scripts.publish.EvalSha(ctx, pipe, req.keys, req.args...)
 	}
 	// Every command carries its own error; Exec's is the first of them.
 	_, _ = pipe.Exec(ctx)

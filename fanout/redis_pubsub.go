@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -12,17 +13,28 @@ import (
 	"github.com/redis/go-redis/v9"
 )
 
-// The pub/sub connection. One goroutine, run, owns it: it makes the
-// connection, writes every SUBSCRIBE and UNSUBSCRIBE (batching what callers
-// asked for meanwhile), pings it, and makes it again when it breaks. Another,
-// read, reads it for as long as it lives: it matches Redis's confirmations
-// to what was asked, and calls the handlers, one reply at a time, so a room's
-// calls never overlap and keep Redis's order.
+// The pub/sub connections. A single Redis has one; a cluster one per master
+// that serves a slot of the bus's channels (a shard). One goroutine per
+// shard, run, owns its connection: it makes it, writes every SUBSCRIBE and
+// UNSUBSCRIBE (SSUBSCRIBE and SUNSUBSCRIBE in a cluster, batching what
+// callers asked for meanwhile), pings it, and makes it again when it
+// breaks. Another, read, reads it for as long as it lives: it matches
+// Redis's confirmations to what was asked, and calls the handlers, one
+// reply at a time, so a room's calls never overlap and keep Redis's order.
 //
 // Each connection is a generation: a fresh go-redis PubSub. Any error ends
-// it; the next one subscribes to everything wanted, and the handler of every
-// room that had been subscribed gets HandleResync once Redis confirms it
-// again.
+// it, and so does a confirmation nobody asked for (a cluster's master sends
+// SUNSUBSCRIBE when it loses a slot: a failover or a resharding); the next
+// one subscribes to everything wanted, and the handler of every room that
+// had been subscribed gets HandleResync once Redis confirms it again. In a
+// cluster the shard reads the slot map before each connection, and the
+// channels whose slots another master serves now move to that master's
+// shard, which subscribes them (with HandleResync) on its own connection:
+// the rooms of the other shards see nothing of it. A shard left with no
+// channel ends.
+
+// maxClusterBackoff bounds the backoff of a cluster's shard.
+const maxClusterBackoff = time.Second
 
 // maxBatch bounds the channels of one SUBSCRIBE or UNSUBSCRIBE.
 const maxBatch = 1000
@@ -32,11 +44,39 @@ const maxBatch = 1000
 // once, a burst in few commands.
 const syncWindow = time.Millisecond
 
+// shard is a pub/sub connection and the channels on it.
+type shard struct {
+	// addr is the master's address in a cluster; "" for a single Redis,
+	// and for the cluster's first shard, which only reads the slot map and
+	// hands its channels over.
+	addr string
+	// client makes its connections; owned by the shard in a cluster.
+	client *redis.Client
+	kick   chan struct{}
+	// lastRecv is the Unix ns of the latest reply on the connection.
+	lastRecv atomic.Int64
+
+	// The rest is guarded by Redis.mu.
+
+	dirty []*subscription // changed since the last sync
+	gen   uint64          // the connection now current
+	// initial is how many subscriptions of the connection's first command
+	// Redis has still to confirm; the shard is ready when none is left.
+	initial       int
+	ready         bool
+	everConnected bool
+	// n counts the subscriptions in Redis.subs on the shard; retired is
+	// set when it ends.
+	n       int
+	retired bool
+}
+
 // subscription is a channel the bus wants, or wanted, on its connection:
 // a room's, or the node topic (room empty).
 type subscription struct {
 	channel string
 	room    string
+	slot    int
 	// deliver is held while a handler call runs, so that Unsubscribe can
 	// wait one out.
 	deliver sync.Mutex
@@ -50,6 +90,8 @@ type subscription struct {
 
 	// The rest is guarded by Redis.mu.
 
+	// shard is the connection the channel is on.
+	shard *shard
 	// wanted is whether the bus wants the channel; confirmed, whether Redis
 	// has confirmed it since it was last wanted; ready is closed then (or
 	// when it is no longer wanted), waking the Subscribe calls waiting.
@@ -70,8 +112,12 @@ type subscription struct {
 
 type handlerRef struct{ Handler }
 
-// errStale ends a reader whose connection is no longer current.
-var errStale = errors.New("fanout: stale pub/sub connection")
+// errStale ends a reader whose connection is no longer current, and
+// errRetired a shard left with no channel.
+var (
+	errStale   = errors.New("fanout: stale pub/sub connection")
+	errRetired = errors.New("fanout: shard has no channel left")
+)
 
 // Subscribe implements Bus. It returns once Redis has confirmed the
 // subscription, and fails with ErrRedisUnavailable while the bus is not
@@ -86,13 +132,22 @@ func (r *Redis) Subscribe(ctx context.Context, room string, h Handler) error {
 	ref := &handlerRef{h}
 	r.mu.Lock()
 	s := r.subs[ch]
-	if (s == nil || !s.wanted) && !r.ready.Load() {
-		r.mu.Unlock()
-		return fmt.Errorf("%w: subscribe: not connected", ErrRedisUnavailable)
+	if s == nil || !s.wanted {
+		var sh *shard
+		if s != nil {
+			sh = s.shard
+		} else {
+			sh = r.shardOfLocked(ch)
+		}
+		// A shard just started for a master that had no channel of the
+		// bus gets its chance; any other must be connected.
+		if sh == nil || !(sh.ready || (r.cluster && sh.gen == 0)) {
+			r.mu.Unlock()
+			return fmt.Errorf("%w: subscribe: not connected", ErrRedisUnavailable)
+		}
 	}
 	if s == nil {
-		s = &subscription{channel: ch, room: room}
-		r.subs[ch] = s
+		s = r.addLocked(ch, room)
 	}
 	s.h.Store(ref)
 	fresh := !s.wanted
@@ -104,10 +159,10 @@ func (r *Redis) Subscribe(ctx context.Context, room string, h Handler) error {
 		r.mu.Unlock()
 		return nil
 	}
-	wait := s.ready
+	wait, sh := s.ready, s.shard
 	r.mu.Unlock()
 	if fresh {
-		r.kickRun()
+		sh.kickRun()
 	}
 
 	timer := time.NewTimer(subscribeTimeout)
@@ -133,9 +188,10 @@ func (r *Redis) Subscribe(ctx context.Context, room string, h Handler) error {
 	if undo {
 		r.drop(s)
 	}
+	sh = s.shard
 	r.mu.Unlock()
 	if undo {
-		r.kickRun()
+		sh.kickRun()
 	}
 	return err
 }
@@ -153,12 +209,67 @@ func (r *Redis) Unsubscribe(ctx context.Context, room string) error {
 		return nil
 	}
 	r.drop(s)
+	sh := s.shard
 	r.mu.Unlock()
-	r.kickRun()
+	sh.kickRun()
 	// Wait out a handler call in progress: none starts after this.
 	s.deliver.Lock()
 	s.deliver.Unlock()
 	return nil
+}
+
+// addLocked adds the subscription of channel, unwanted yet, on the shard
+// that serves it; r.mu is held, and the shard is known (shardOfLocked).
+func (r *Redis) addLocked(channel, room string) *subscription {
+	s := &subscription{channel: channel, room: room, slot: keySlot(channel)}
+	s.shard = r.shardOfLocked(channel)
+	s.shard.n++
+	r.subs[channel] = s
+	return s
+}
+
+// forgetLocked removes s from r.subs; r.mu is held.
+func (r *Redis) forgetLocked(s *subscription) {
+	if r.subs[s.channel] == s {
+		delete(r.subs, s.channel)
+		s.shard.n--
+	}
+}
+
+// shardOfLocked returns the shard of channel, started if it was not: the
+// single one, or in a cluster the one of the master that serves the
+// channel's slot; nil when the slot map is not known yet or the bus is
+// closed. r.mu is held.
+func (r *Redis) shardOfLocked(channel string) *shard {
+	if !r.cluster {
+		return r.shards[""]
+	}
+	if r.slots == nil {
+		return nil
+	}
+	return r.shardAtLocked(r.slots[keySlot(channel)])
+}
+
+// shardAtLocked returns the shard of the master at addr, started if it was
+// not; nil once the bus is closed. r.mu is held.
+func (r *Redis) shardAtLocked(addr string) *shard {
+	if sh := r.shards[addr]; sh != nil {
+		return sh
+	}
+	if r.closed.Load() {
+		return nil
+	}
+	sh := &shard{addr: addr, kick: make(chan struct{}, 1)}
+	switch {
+	case !r.cluster:
+		sh.client = r.client.(*redis.Client)
+	case addr != "":
+		sh.client = r.shardClient(addr)
+	}
+	r.shards[addr] = sh
+	r.wg.Add(1)
+	go r.run(r.ctx, sh)
+	return sh
 }
 
 // drop makes s unwanted; r.mu is held.
@@ -172,11 +283,11 @@ func (r *Redis) drop(s *subscription) {
 	r.markDirty(s)
 }
 
-// markDirty queues s for the next sync; r.mu is held.
+// markDirty queues s for its shard's next sync; r.mu is held.
 func (r *Redis) markDirty(s *subscription) {
 	if !s.dirty {
 		s.dirty = true
-		r.dirty = append(r.dirty, s)
+		s.shard.dirty = append(s.shard.dirty, s)
 	}
 }
 
@@ -184,47 +295,71 @@ func (r *Redis) markDirty(s *subscription) {
 // reach.
 const stillDownWarning = 30 * time.Second
 
-// kickRun wakes run to sync the subscriptions.
-func (r *Redis) kickRun() {
+// kickRun wakes the shard's run to sync its subscriptions.
+func (sh *shard) kickRun() {
 	select {
-	case r.kick <- struct{}{}:
+	case sh.kick <- struct{}{}:
 	default:
 	}
 }
 
-// run makes the pub/sub connection, again and again, until Close. It warns
-// when the connection is lost (or cannot be made at start), and again every
-// stillDownWarning while it cannot be made (a wrong password or address looks
-// like a Redis that is down, and must not go unnoticed), and backs off
-// exponentially, with jitter, between attempts. Each failed attempt counts
-// as an error.
-func (r *Redis) run(ctx context.Context) {
+// run makes the shard's pub/sub connection, again and again, until Close
+// or until the shard has no channel left. It warns when the connection is
+// lost (or cannot be made at start), and again every stillDownWarning while
+// it cannot be made (a wrong password or address looks like a Redis that is
+// down, and must not go unnoticed), and backs off exponentially, with
+// jitter, between attempts. Each failed attempt counts as an error.
+func (r *Redis) run(ctx context.Context, sh *shard) {
 	defer r.wg.Done()
+	if r.cluster && sh.client != nil {
+		defer sh.client.Close()
+	}
+	log := r.log
+	if r.cluster && sh.addr != "" {
+		log = log.With("shard", sh.addr)
+	}
 	attempt := 0
 	var downSince, warnedAt time.Time
 	for {
-		lost, err := r.connection(ctx)
-		if r.closed.Load() {
+		var lost bool
+		var err error
+		if r.cluster {
+			err = r.rebalance(ctx, sh)
+		}
+		if r.retired(sh) {
+			return
+		}
+		if sh.client != nil {
+			lost, err = r.connection(ctx, sh)
+		} else if err == nil {
+			err = errors.New("no master serves the node's channel")
+		}
+		if r.closed.Load() || r.retired(sh) {
 			return
 		}
 		now := time.Now()
 		switch {
 		case lost:
-			r.log.Warn("redis connection lost; reconnecting", "err", err)
+			log.Warn("redis connection lost; reconnecting", "err", err)
 			attempt, downSince, warnedAt = 0, now, now
 		case downSince.IsZero():
 			r.errors.Add(1)
-			r.log.Warn("redis unreachable; retrying", "err", err)
+			log.Warn("redis unreachable; retrying", "err", err)
 			downSince, warnedAt = now, now
 		case now.Sub(warnedAt) >= stillDownWarning:
 			r.errors.Add(1)
-			r.log.Warn("redis still unreachable; retrying", "err", err, "down_for", now.Sub(downSince).Round(time.Second))
+			log.Warn("redis still unreachable; retrying", "err", err, "down_for", now.Sub(downSince).Round(time.Second))
 			warnedAt = now
 		default:
 			r.errors.Add(1)
-			r.log.Debug("redis connection failed", "err", err)
+			log.Debug("redis connection failed", "err", err)
 		}
+		// In a cluster, a master that fails over is back within seconds,
+		// as another: retries there stay frequent.
 		d := min(maxBackoff, minBackoff<<min(attempt, 16))
+		if r.cluster {
+			d = min(d, maxClusterBackoff)
+		}
 		d = d/2 + rand.N(d/2+1)
 		attempt++
 		t := time.NewTimer(d)
@@ -237,7 +372,90 @@ func (r *Redis) run(ctx context.Context) {
 	}
 }
 
-// setReady sets Ready and reports whether it changed from true.
+// retired reports whether sh has ended.
+func (r *Redis) retired(sh *shard) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return sh.retired
+}
+
+// retireIfEmptyLocked ends sh when it has no channel left (never the
+// single Redis's); r.mu is held.
+func (r *Redis) retireIfEmptyLocked(sh *shard) bool {
+	if !r.cluster || sh.n > 0 {
+		return false
+	}
+	if r.shards[sh.addr] == sh {
+		delete(r.shards, sh.addr)
+	}
+	sh.retired, sh.ready = true, false
+	r.updateReadyLocked()
+	return true
+}
+
+// rebalance reads the cluster's slot map, and moves the channels of sh
+// whose slots another master serves now to that master's shard, which
+// subscribes them. Channels sh no longer wants are forgotten: its next
+// connection has none. A shard left with no channel is retired.
+func (r *Redis) rebalance(ctx context.Context, sh *shard) error {
+	m, err := r.loadSlots(ctx)
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if err == nil {
+		r.slots = m
+	}
+	if r.slots == nil {
+		return err
+	}
+	// What was queued for the connection that ended is moot: the next one
+	// subscribes everything wanted.
+	for _, s := range sh.dirty {
+		s.dirty = false
+	}
+	clear(sh.dirty)
+	sh.dirty = sh.dirty[:0]
+	for _, s := range r.subs {
+		if s.shard != sh {
+			continue
+		}
+		if !s.wanted {
+			r.forgetLocked(s)
+			continue
+		}
+		addr := r.slots[s.slot]
+		if addr == sh.addr {
+			continue
+		}
+		to := r.shardAtLocked(addr)
+		if to == nil { // closed
+			break
+		}
+		sh.n--
+		to.n++
+		s.shard = to
+		s.resync = s.resync || s.confirmed
+		s.sent, s.outstanding, s.initial = false, 0, false
+		r.markDirty(s)
+		to.kickRun()
+	}
+	r.retireIfEmptyLocked(sh)
+	return err
+}
+
+// updateReadyLocked sets Ready: every shard is connected and subscribed.
+// r.mu is held. It reports whether Ready became true.
+func (r *Redis) updateReadyLocked() (nowReady bool) {
+	all := len(r.shards) > 0
+	for _, sh := range r.shards {
+		if !sh.ready {
+			all = false
+			break
+		}
+	}
+	return !r.setReady(all) && all
+}
+
+// setReady sets Ready and reports whether it was true.
 func (r *Redis) setReady(ready bool) (wasReady bool) {
 	wasReady = r.ready.Swap(ready)
 	if ready {
@@ -248,11 +466,12 @@ func (r *Redis) setReady(ready bool) (wasReady bool) {
 	return wasReady
 }
 
-// connection makes one pub/sub connection and serves it until it breaks or
-// the bus closes; it reports whether the bus was ready until then.
-func (r *Redis) connection(ctx context.Context) (lost bool, err error) {
-	ps := r.client.Subscribe(ctx)
-	gen, initial := r.startGeneration()
+// connection makes one pub/sub connection of sh and serves it until it
+// breaks, the bus closes, or sh has no channel left; it reports whether sh
+// was ready until then.
+func (r *Redis) connection(ctx context.Context, sh *shard) (lost bool, err error) {
+	ps := sh.client.Subscribe(ctx)
+	gen, initial := r.startGeneration(sh)
 	readerErr := make(chan error, 1)
 	reading := false
 	end := func(cause error) (bool, error) {
@@ -260,19 +479,33 @@ func (r *Redis) connection(ctx context.Context) (lost bool, err error) {
 		if reading {
 			<-readerErr
 		}
-		return r.setReady(false), cause
+		r.mu.Lock()
+		lost := sh.ready
+		sh.ready = false
+		r.updateReadyLocked()
+		r.mu.Unlock()
+		return lost, cause
+	}
+	if len(initial) == 0 {
+		r.mu.Lock()
+		retired := r.retireIfEmptyLocked(sh)
+		r.mu.Unlock()
+		if retired {
+			return end(errRetired)
+		}
 	}
 
-	for i := 0; i < len(initial); i += maxBatch {
+	write := r.subscribeWriter(ps, true)
+	for _, batch := range r.batches(initial) {
 		wctx, cancel := context.WithTimeout(ctx, redisTimeout)
-		err := ps.Subscribe(wctx, initial[i:min(i+maxBatch, len(initial))]...)
+		err := write(wctx, batch...)
 		cancel()
 		if err != nil {
 			return end(fmt.Errorf("subscribe: %w", err))
 		}
 		if !reading {
 			reading = true
-			go func() { readerErr <- r.read(ctx, ps, gen) }()
+			go func() { readerErr <- r.read(ctx, ps, sh, gen) }()
 		}
 	}
 
@@ -286,18 +519,24 @@ func (r *Redis) connection(ctx context.Context) (lost bool, err error) {
 		case err := <-readerErr:
 			reading = false
 			return end(err)
-		case <-r.kick:
+		case <-sh.kick:
 			if time.Since(lastSync) < syncWindow {
 				// A burst: let it gather into one command.
 				time.Sleep(syncWindow)
 			}
-			err := r.sync(ctx, ps)
+			err := r.sync(ctx, ps, sh)
 			lastSync = time.Now()
 			if err != nil {
 				return end(err)
 			}
 		case <-ping.C:
-			if silent := time.Since(time.Unix(0, r.lastRecv.Load())); silent > pingTimeout {
+			r.mu.Lock()
+			retired := r.retireIfEmptyLocked(sh)
+			r.mu.Unlock()
+			if retired {
+				return end(errRetired)
+			}
+			if silent := time.Since(time.Unix(0, sh.lastRecv.Load())); silent > pingTimeout {
 				return end(fmt.Errorf("no reply for %v", silent.Round(time.Millisecond)))
 			}
 			pctx, cancel := context.WithTimeout(ctx, redisTimeout)
@@ -310,49 +549,95 @@ func (r *Redis) connection(ctx context.Context) (lost bool, err error) {
 	}
 }
 
-// startGeneration starts a connection: every wanted channel is to be
-// subscribed, the node topic last, and the rooms that were confirmed before
-// get HandleResync once confirmed again. Channels no longer wanted are
-// forgotten: the new connection has none.
-func (r *Redis) startGeneration() (gen uint64, channels []string) {
+// subscribeWriter returns what writes a (un)subscription on ps: SUBSCRIBE
+// and UNSUBSCRIBE on a single Redis, SSUBSCRIBE and SUNSUBSCRIBE in a
+// cluster.
+func (r *Redis) subscribeWriter(ps *redis.PubSub, subscribe bool) func(context.Context, ...string) error {
+	switch {
+	case r.cluster && subscribe:
+		return ps.SSubscribe
+	case r.cluster:
+		return ps.SUnsubscribe
+	case subscribe:
+		return ps.Subscribe
+	default:
+		return ps.Unsubscribe
+	}
+}
+
+// batches splits channels into the commands that (un)subscribe them: at
+// most maxBatch each and, in a cluster, of one slot each (Redis refuses
+// others).
+func (r *Redis) batches(channels []string) [][]string {
+	if !r.cluster {
+		return chunk(channels, maxBatch)
+	}
+	slices.SortFunc(channels, func(a, b string) int { return keySlot(a) - keySlot(b) })
+	var out [][]string
+	for i := 0; i < len(channels); {
+		slot, j := keySlot(channels[i]), i+1
+		for j < len(channels) && j-i < maxBatch && keySlot(channels[j]) == slot {
+			j++
+		}
+		out = append(out, channels[i:j:j])
+		i = j
+	}
+	return out
+}
+
+// startGeneration starts a connection of sh: every channel it wants is to
+// be subscribed, the node topic last, and the rooms that were confirmed
+// before get HandleResync once confirmed again. Channels no longer wanted
+// are forgotten: the new connection has none.
+func (r *Redis) startGeneration(sh *shard) (gen uint64, channels []string) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.gen++
-	for _, s := range r.dirty {
+	sh.gen = r.gen
+	for _, s := range sh.dirty {
 		s.dirty = false
 	}
-	clear(r.dirty)
-	r.dirty = r.dirty[:0]
-	channels = make([]string, 0, len(r.subs))
-	for ch, s := range r.subs {
+	clear(sh.dirty)
+	sh.dirty = sh.dirty[:0]
+	channels = make([]string, 0, sh.n)
+	var node *subscription
+	for _, s := range r.subs {
+		if s.shard != sh {
+			continue
+		}
 		s.sent, s.outstanding, s.initial = false, 0, false
 		if !s.wanted {
-			delete(r.subs, ch)
+			r.forgetLocked(s)
 			continue
 		}
-		if ch == r.nodeTopic {
+		if s.channel == r.nodeTopic {
+			node = s
 			continue
 		}
-		s.resync = s.confirmed
+		s.resync = s.resync || s.confirmed
 		s.sent, s.outstanding, s.initial = true, 1, true
-		channels = append(channels, ch)
+		channels = append(channels, s.channel)
 	}
-	node := r.subs[r.nodeTopic]
-	node.sent, node.outstanding, node.initial = true, 1, true
-	channels = append(channels, r.nodeTopic)
-	r.initial = len(channels)
-	r.lastRecv.Store(time.Now().UnixNano())
-	return r.gen, channels
+	if node != nil {
+		node.sent, node.outstanding, node.initial = true, 1, true
+		channels = append(channels, r.nodeTopic)
+	}
+	sh.initial = len(channels)
+	sh.lastRecv.Store(time.Now().UnixNano())
+	return sh.gen, channels
 }
 
-// sync writes what changed since the last sync: one SUBSCRIBE for the
-// channels newly wanted and one UNSUBSCRIBE for those no longer wanted (per
-// maxBatch).
-func (r *Redis) sync(ctx context.Context, ps *redis.PubSub) error {
+// sync writes what changed on sh since the last sync: a SUBSCRIBE for the
+// channels newly wanted and an UNSUBSCRIBE for those no longer wanted (per
+// batch).
+func (r *Redis) sync(ctx context.Context, ps *redis.PubSub, sh *shard) error {
 	var sub, unsub []string
 	r.mu.Lock()
-	for _, s := range r.dirty {
+	for _, s := range sh.dirty {
 		s.dirty = false
+		if s.shard != sh {
+			continue
+		}
 		switch {
 		case s.wanted && !s.sent:
 			s.sent = true
@@ -367,21 +652,21 @@ func (r *Redis) sync(ctx context.Context, ps *redis.PubSub) error {
 			// out: Redis never stopped delivering.
 			s.confirmed = true
 			close(s.ready)
-		case !s.wanted && s.outstanding == 0 && r.subs[s.channel] == s:
-			delete(r.subs, s.channel)
+		case !s.wanted && s.outstanding == 0:
+			r.forgetLocked(s)
 		}
 	}
-	clear(r.dirty)
-	r.dirty = r.dirty[:0]
+	clear(sh.dirty)
+	sh.dirty = sh.dirty[:0]
 	r.mu.Unlock()
 	for _, c := range []struct {
 		name     string
 		channels []string
 		write    func(context.Context, ...string) error
-	}{{"subscribe", sub, ps.Subscribe}, {"unsubscribe", unsub, ps.Unsubscribe}} {
-		for i := 0; i < len(c.channels); i += maxBatch {
+	}{{"subscribe", sub, r.subscribeWriter(ps, true)}, {"unsubscribe", unsub, r.subscribeWriter(ps, false)}} {
+		for _, batch := range r.batches(c.channels) {
 			wctx, cancel := context.WithTimeout(ctx, redisTimeout)
-			err := c.write(wctx, c.channels[i:min(i+maxBatch, len(c.channels))]...)
+			err := c.write(wctx, batch...)
 			cancel()
 			if err != nil {
 				return fmt.Errorf("%s: %w", c.name, err)
@@ -391,17 +676,17 @@ func (r *Redis) sync(ctx context.Context, ps *redis.PubSub) error {
 	return nil
 }
 
-// read reads one connection until it breaks.
-func (r *Redis) read(ctx context.Context, ps *redis.PubSub, gen uint64) error {
+// read reads one connection of sh until it breaks.
+func (r *Redis) read(ctx context.Context, ps *redis.PubSub, sh *shard, gen uint64) error {
 	for {
 		v, err := ps.Receive(ctx)
 		if err != nil {
 			return err
 		}
-		r.lastRecv.Store(time.Now().UnixNano())
+		sh.lastRecv.Store(time.Now().UnixNano())
 		switch v := v.(type) {
 		case *redis.Subscription:
-			if err := r.confirm(gen, v.Channel); err != nil {
+			if err := r.confirm(sh, gen, v.Kind, v.Channel); err != nil {
 				return err
 			}
 		case *redis.Message:
@@ -410,26 +695,31 @@ func (r *Redis) read(ctx context.Context, ps *redis.PubSub, gen uint64) error {
 	}
 }
 
-// confirm takes Redis's reply to a SUBSCRIBE or UNSUBSCRIBE of channel.
-// Replies come in the order of the commands, one per channel each.
-func (r *Redis) confirm(gen uint64, channel string) error {
+// confirm takes Redis's reply to a SUBSCRIBE or UNSUBSCRIBE of channel on
+// sh. Replies come in the order of the commands, one per channel each; one
+// that no command asked for (a cluster's master letting go of a slot) ends
+// the connection.
+func (r *Redis) confirm(sh *shard, gen uint64, kind, channel string) error {
 	var resync *subscription
 	r.mu.Lock()
-	if gen != r.gen {
+	if gen != sh.gen {
 		r.mu.Unlock()
 		return errStale
 	}
 	s := r.subs[channel]
-	if s == nil || s.outstanding == 0 {
+	if s == nil || s.shard != sh || s.outstanding == 0 {
 		r.mu.Unlock()
-		return fmt.Errorf("unexpected subscription reply for %q", channel)
+		return fmt.Errorf("unexpected %s of %q", kind, channel)
 	}
 	s.outstanding--
 	nowReady := false
 	if s.initial {
 		s.initial = false
-		r.initial--
-		nowReady = r.initial == 0
+		sh.initial--
+		if sh.initial == 0 {
+			sh.ready = true
+			nowReady = true
+		}
 	}
 	if s.outstanding == 0 {
 		switch {
@@ -443,8 +733,14 @@ func (r *Redis) confirm(gen uint64, channel string) error {
 				resync = s
 			}
 		case !s.sent && !s.wanted && !s.dirty:
-			delete(r.subs, channel)
+			r.forgetLocked(s)
 		}
+	}
+	busReady, again := false, false
+	if nowReady {
+		busReady = r.updateReadyLocked()
+		again = sh.everConnected
+		sh.everConnected = true
 	}
 	r.mu.Unlock()
 
@@ -456,23 +752,29 @@ func (r *Redis) confirm(gen uint64, channel string) error {
 		resync.deliver.Unlock()
 	}
 	if nowReady {
-		r.connected()
+		r.connected(sh, again, busReady)
 	}
 	return nil
 }
 
-// connected marks the bus ready once a connection has every subscription.
-func (r *Redis) connected() {
-	r.setReady(true)
-	if r.everConnected.Swap(true) {
+// connected takes a shard's connection that has every subscription: again
+// when the shard had been connected before, busReady when the bus is Ready
+// now.
+func (r *Redis) connected(sh *shard, again, busReady bool) {
+	if again {
 		r.reconnects.Add(1)
 		r.metrics.reconnects.Inc()
+	}
+	switch {
+	case !busReady:
+	case r.everConnected.Swap(true):
 		r.log.Info("redis connection recovered")
-	} else {
+	default:
 		r.log.Info("redis connected")
 	}
-	// Redis may have come back empty: renew the leases now, and reap none
-	// until the other nodes have had time to renew theirs.
+	// Redis may have come back empty (or a replica that took over may have
+	// lacked the latest writes): renew the leases now, and reap none until
+	// the other nodes have had time to renew theirs.
 	r.reapFrom.Store(time.Now().Add(r.cfg.PresenceTTL / 3).UnixNano())
 	select {
 	case r.renewNow <- struct{}{}:
@@ -580,7 +882,7 @@ func (r *Redis) letGoLoop(ctx context.Context) {
 			return
 		case l := <-r.letGoQueue:
 			pctx, cancel := context.WithTimeout(ctx, redisTimeout)
-			err := r.client.Publish(pctx, nodeChannelPrefix+l.node, string(nodeLetGo)+l.addr).Err()
+			_, err := r.publishNode(pctx, l.node, string(nodeLetGo)+l.addr)
 			cancel()
 			if err != nil && !r.closed.Load() {
 				r.errors.Add(1)

@@ -27,6 +27,7 @@ import (
 //	                         or its TTL (reset by each Post) passes
 //	parley:node:<node>       a node's channel: what Send addresses to it, and
 //	                         word between nodes about sessions that moved
+//	                         (parley:node:{<node>} in a cluster)
 //
 // Room names have no braces (PROTOCOL.md), so no two rooms' keys meet.
 // Redis's clock times everything stored, so nodes' clocks need not agree.
@@ -55,6 +56,14 @@ func mailboxKey(session string) string { return sessionKey(session) + ":mb" }
 
 // nodeChannelPrefix, followed by a node id, is that node's channel.
 const nodeChannelPrefix = keyPrefix + "node:"
+
+// nodeChannel is node's channel; in a cluster its hash tag is the node.
+func nodeChannel(cluster bool, node string) string {
+	if cluster {
+		return nodeChannelPrefix + "{" + node + "}"
+	}
+	return nodeChannelPrefix + node
+}
 
 // luaCommon is the start of every presence script: the time from Redis's
 // clock, integer formatting for arguments, reaping of lapsed leases (a leave
@@ -94,7 +103,7 @@ local ch, ttl = ARGV[1], tonumber(ARGV[2])
 local now = now_ms()
 `
 
-// publishScript appends a message and publishes it, or answers a repeated
+// publishLua appends a message and publishes it, or answers a repeated
 // idempotency key with the first publication's position.
 //
 // KEYS: meta, history[, key]. ARGV: epoch for a room without one, data,
@@ -104,7 +113,7 @@ local now = now_ms()
 // A room without meta (new, or Redis lost it) starts in the given epoch with
 // an empty history. The payload published is
 // m<epoch>:<offset>:<time ns>:<len(from)>:<from><data>.
-var publishScript = redis.NewScript(`
+const publishLua = (`
 local meta, hist = KEYS[1], KEYS[2]
 if #KEYS > 2 then
 	local first = redis.call('GET', KEYS[3])
@@ -199,14 +208,14 @@ for i = #r, 1, -1 do add(r[i]) end
 return out
 `)
 
-// joinScript joins a member, publishing a join event when it is new.
+// joinLua joins a member, publishing a join event when it is new.
 //
 // KEYS: presence keys. ARGV: channel, lease ms, session, member, max, "1"
 // to list the others, and a session prefix that a present member must have
 // ("" for none). Returns {1, members...} (the other members, in session
 // order, when listed), {0} when max refuses the member, or {2} when no
 // member has the prefix.
-var joinScript = redis.NewScript(luaCommon + `
+const joinLua = (luaCommon + `
 local s, v = ARGV[3], ARGV[4]
 local max, list, after = tonumber(ARGV[5]), ARGV[6] == '1', ARGV[7]
 reap(p, pe, pl, ch, now)
@@ -233,10 +242,10 @@ keep(p, pe, pl, ttl)
 return out
 `)
 
-// leaveScript removes a member, publishing a leave event when it was there.
+// leaveLua removes a member, publishing a leave event when it was there.
 //
 // KEYS: presence keys. ARGV: channel, lease ms, session.
-var leaveScript = redis.NewScript(luaCommon + `
+const leaveLua = (luaCommon + `
 local n = reap(p, pe, pl, ch, now)
 local v = redis.call('HGET', p, ARGV[3])
 if v then
@@ -249,7 +258,7 @@ if v or n > 0 then keep(p, pe, pl, ttl) end
 return 0
 `)
 
-// renewScript renews the leases of one node's members of a room, adding
+// renewLua renews the leases of one node's members of a room, adding
 // back (with a join event) any that the room lost, then reaps lapsed ones:
 // renewing first, so that a live node's members whose leases lapsed while
 // Redis was out of reach (and kept its data) are renewed, not reaped and
@@ -257,7 +266,7 @@ return 0
 //
 // KEYS: presence keys. ARGV: channel, lease ms, "1" to reap, then session,
 // member pairs. Returns how many members the room has left.
-var renewScript = redis.NewScript(luaCommon + `
+const renewLua = (luaCommon + `
 local lease = int(now + ttl)
 for i = 4, #ARGV, 2 do
 	local s, v = ARGV[i], ARGV[i + 1]
@@ -273,12 +282,12 @@ if #ARGV > 3 or n > 0 then keep(p, pe, pl, ttl) end
 return redis.call('ZCARD', pe)
 `)
 
-// presenceScript reaps, then reads one page of members.
+// presenceLua reaps, then reads one page of members.
 //
 // KEYS: presence keys. ARGV: channel, lease ms, the session the page starts
 // after ("" for the first page), limit. Returns {total, 1 if more follow,
 // then session, member per member}.
-var presenceScript = redis.NewScript(luaCommon + `
+const presenceLua = (luaCommon + `
 local after, limit = ARGV[3], tonumber(ARGV[4])
 if reap(p, pe, pl, ch, now) > 0 then keep(p, pe, pl, ttl) end
 local min = '-'
@@ -311,6 +320,19 @@ local function addr_node(a)
 end
 `
 
+// roomScripts are the scripts that publish on a room's channel: with
+// PUBLISH on a single Redis, with SPUBLISH in a cluster.
+type roomScripts struct{ publish, join, leave, renew, presence *redis.Script }
+
+func newRoomScripts(publish string) *roomScripts {
+	s := func(src string) *redis.Script {
+		return redis.NewScript(strings.ReplaceAll(src, "'PUBLISH'", "'"+publish+"'"))
+	}
+	return &roomScripts{s(publishLua), s(joinLua), s(leaveLua), s(renewLua), s(presenceLua)}
+}
+
+var singleScripts, clusterScripts = newRoomScripts("PUBLISH"), newRoomScripts("SPUBLISH")
+
 // sendScript publishes a payload on the channel of the node that holds a
 // session. KEYS: the session's address. ARGV: node channel prefix, payload.
 // Returns how many connections got it: 0 when no node holds the session, or
@@ -327,6 +349,7 @@ const (
 	postDelivered = 0 // published to a connected node
 	postHeld      = 1 // added to the mailbox
 	postFull      = 2 // refused: the mailbox holds max already
+	postMoved     = 3 // holdScript: the address changed meanwhile
 )
 
 // postScript publishes a payload as sendScript does or, when that reaches
@@ -387,6 +410,55 @@ local held = redis.call('LRANGE', KEYS[2], 0, -1)
 if #held > 0 then redis.call('DEL', KEYS[2]) end
 for i = 1, #held do out[#out + 1] = held[i] end
 return out
+`)
+
+// In a cluster, a node's channel is in another slot than the session's
+// address, which one script cannot both touch: the take scripts there
+// return the address they replaced (when another node's), whose node the
+// bus then tells, and Post holds data with holdScript when the publication
+// it made after reading the address reached nobody.
+//
+// luaTakeCluster is luaTake without the word to the replaced node: take
+// returns the replaced address, or "" when none is due word.
+const luaTakeCluster = luaAddr + `
+local function take()
+	local prev = redis.call('GET', KEYS[1])
+	redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+	if prev and prev ~= ARGV[1] then
+		local node = addr_node(prev)
+		if node and node ~= ARGV[3] then return prev end
+	end
+	return ''
+end
+`
+
+// registerClusterScript and claimClusterScript are registerScript and
+// claimScript with luaTakeCluster's take.
+var (
+	registerClusterScript = redis.NewScript(luaTakeCluster + `
+return take()
+`)
+	claimClusterScript = redis.NewScript(luaTakeCluster + `
+local out = {take()}
+local held = redis.call('LRANGE', KEYS[2], 0, -1)
+if #held > 0 then redis.call('DEL', KEYS[2]) end
+for i = 1, #held do out[#out + 1] = held[i] end
+return out
+`)
+)
+
+// holdScript adds data to a session's mailbox, as postScript does when its
+// publication reaches nobody, provided that the session's address is still
+// the one the publication went to (postMoved otherwise).
+//
+// KEYS: the session's address, its mailbox. ARGV: the address ("" for
+// none), the data, max, ttl ms. Returns postHeld, postFull or postMoved.
+var holdScript = redis.NewScript(`
+if (redis.call('GET', KEYS[1]) or '') ~= ARGV[1] then return 3 end
+if redis.call('LLEN', KEYS[2]) >= tonumber(ARGV[3]) then return 2 end
+redis.call('RPUSH', KEYS[2], ARGV[2])
+redis.call('PEXPIRE', KEYS[2], ARGV[4])
+return 1
 `)
 
 // renewAddrScript renews a registration's address while the registration
@@ -467,7 +539,7 @@ func decodeMember(s string) (Member, bool) {
 	return m, true
 }
 
-// decodeMessage decodes a message payload (see publishScript), without its
+// decodeMessage decodes a message payload (see publishLua), without its
 // leading 'm'.
 func decodeMessage(room, s string) (*Message, bool) {
 	i := strings.IndexByte(s, ':')

@@ -584,8 +584,20 @@ func TestRedisMetrics(t *testing.T) {
 	if got := metricValue(t, bus.metrics.errors); got != 1 {
 		t.Errorf("errors after a failed publish: got %v, want 1", got)
 	}
-	if mfs, err := reg.Gather(); err != nil || len(mfs) != 5 {
-		t.Errorf("metrics registered: got %d, %v; want 5", len(mfs), err)
+	mfs, err := reg.Gather()
+	if err != nil || len(mfs) != 6 {
+		t.Errorf("metrics registered: got %d, %v; want 6", len(mfs), err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != "parley_redis_shards" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			want := map[string]float64{"connected": 0, "down": 1}[m.GetLabel()[0].GetValue()]
+			if got := m.GetGauge().GetValue(); got != want {
+				t.Errorf("parley_redis_shards{state=%q} with Redis down: got %v, want %v", m.GetLabel()[0].GetValue(), got, want)
+			}
+		}
 	}
 	bus.Close()
 	if mfs, err := reg.Gather(); err != nil || len(mfs) != 0 {

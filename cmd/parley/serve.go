@@ -144,7 +144,7 @@ func parseSettings(fs *envFlags, args []string, environ []string) (*serveConfig,
 	userQuota := fs.Int("turn-user-quota", 10, "live TURN allocations per user")
 	maxAllocs := fs.Int("turn-max-allocations", 10000, "live TURN allocations in all")
 	iceTTL := fs.Duration("ice-ttl", time.Hour, "validity of the TURN credentials that /v1/ice-servers and call join acks hand out")
-	fs.StringVar(&c.redisURL, "redis", "", "Redis `URL` that every node of a cluster shares, so that they act as one: redis://[user:password@]host:port/db, rediss:// for TLS, unix:///path/to/socket (default empty: one node, in-memory fan-out)")
+	fs.StringVar(&c.redisURL, "redis", "", "Redis `URL` that every node of a cluster shares, so that they act as one: redis://[user:password@]host:port/db, rediss:// for TLS, unix:///path/to/socket; or a Redis Cluster (sharded pub/sub), redis+cluster://[user:password@]host:port,host:port,... with one or more seed nodes, rediss+cluster:// for TLS (default empty: one node, in-memory fan-out)")
 	fs.DurationVar(&c.presenceTTL, "presence-ttl", 30*time.Second, "with --redis, how long a node's presence members and call peers outlive the node when it dies without leaving (it renews them every third of this); signals held for an away call peer last this and a third")
 	fs.IntVar(&c.calls.MaxPeers, "call-max-peers", 8, "peers in one WebRTC call, 2 to 64 (a mesh: each peer connects to every other)")
 	fs.DurationVar(&c.calls.Grace, "call-grace", 10*time.Second, "how long a call peer whose connection dropped keeps its place, for a rejoin on any node with its resume token (at least 1s)")
@@ -174,10 +174,10 @@ func parseSettings(fs *envFlags, args []string, environ []string) (*serveConfig,
 		bad(fs.badValue("log-level", "want debug, info, warn or error"))
 	}
 	if c.redisURL != "" {
-		if _, err := redis.ParseURL(c.redisURL); err != nil {
+		if err := fanout.CheckRedisURL(c.redisURL); err != nil {
 			// The URL may carry a password: neither it nor the parser's
 			// message, which can quote it, is shown.
-			bad(fs.badFlag("redis", "not a Redis URL: want redis://[user:password@]host:port/db, rediss://... or unix:///path/to/socket"))
+			bad(fs.badFlag("redis", "not a Redis URL: want redis://[user:password@]host:port/db, rediss://... or unix:///path/to/socket for one server, redis+cluster://[user:password@]host:port,host:port,... (or rediss+cluster://) for a Redis Cluster"))
 		}
 	}
 	if c.presenceTTL < time.Second {

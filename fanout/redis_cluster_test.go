@@ -1,0 +1,231 @@
+package fanout
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/parley-rt/parley/fanout/redistest"
+)
+
+// clusterURL is the bus's URL of c's first masters masters.
+func clusterURL(c *redistest.Cluster, masters int) string {
+	return "redis+cluster://" + strings.Join(c.Addrs()[:masters], ",")
+}
+
+// TestRedisCluster runs the bus suite on a Redis Cluster of three masters.
+func TestRedisCluster(t *testing.T) {
+	c := redistest.StartCluster(t, 3, 0)
+	url := clusterURL(c, 3)
+	newBus := func(t *testing.T) Bus {
+		return newTestRedis(t, RedisConfig{URL: url, HistorySize: suiteHistory})
+	}
+	testBus(t, newBus, func(t *testing.T, _ Bus) Bus { return newBus(t) })
+}
+
+func TestRedisClusterURL(t *testing.T) {
+	for _, tt := range []struct {
+		url   string
+		seeds []string
+		user  string
+		tls   bool
+		bad   bool
+	}{
+		{url: "redis+cluster://10.0.0.1:7000", seeds: []string{"10.0.0.1:7000"}},
+		{url: "redis+cluster://10.0.0.1:7000,10.0.0.2:7001, 10.0.0.3:7002/", seeds: []string{"10.0.0.1:7000", "10.0.0.2:7001", "10.0.0.3:7002"}},
+		{url: "rediss+cluster://u:p@a.example:6380,b.example:6380/0?dial_timeout=3s", seeds: []string{"a.example:6380", "b.example:6380"}, user: "u", tls: true},
+		{url: "redis+cluster://10.0.0.1:7000/1", bad: true},
+		{url: "redis+cluster:///", bad: true},
+		{url: "redis+cluster://h:1?x=%zz", bad: true},
+		{url: "redis://127.0.0.1:6379/2"},
+		{url: "cluster://127.0.0.1:6379", bad: true},
+	} {
+		target, err := parseRedisURL(tt.url)
+		if tt.bad {
+			if err == nil {
+				t.Errorf("%s: no error", tt.url)
+			}
+			continue
+		}
+		if err != nil {
+			t.Errorf("%s: %v", tt.url, err)
+			continue
+		}
+		if tt.seeds == nil {
+			if target.single == nil {
+				t.Errorf("%s: not a single server", tt.url)
+			}
+			continue
+		}
+		o := target.cluster
+		if o == nil {
+			t.Errorf("%s: not a cluster", tt.url)
+			continue
+		}
+		if fmt.Sprint(o.Addrs) != fmt.Sprint(tt.seeds) || o.Username != tt.user || (o.TLSConfig != nil) != tt.tls {
+			t.Errorf("%s: seeds %v user %q tls %v", tt.url, o.Addrs, o.Username, o.TLSConfig != nil)
+		}
+	}
+}
+
+// TestRedisClusterKeySlot: the bus's slots are Redis's.
+func TestRedisClusterKeySlot(t *testing.T) {
+	c := redistest.StartCluster(t, 3, 0)
+	for _, key := range []string{"", "a", "parley:{room}", "parley:{room}:h", "parley:node:{n#1}", "{}x", "x{}{y}", "{a}{b}", "foo{bar", "ünïcødé", "parley:s:{s.k.1}:mb"} {
+		want, err := strconv.Atoi(strings.TrimSpace(c.Nodes[0].Command("CLUSTER", "KEYSLOT", key)))
+		if err != nil {
+			t.Fatalf("CLUSTER KEYSLOT %q: %v", key, err)
+		}
+		if got := keySlot(key); got != want {
+			t.Errorf("keySlot(%q) = %d, Redis says %d", key, got, want)
+		}
+	}
+}
+
+// TestRedisClusterOneConnectionPerMaster: rooms on every master take one
+// sharded pub/sub connection per master, whatever their number.
+func TestRedisClusterOneConnectionPerMaster(t *testing.T) {
+	c := redistest.StartCluster(t, 3, 0)
+	bus := newTestRedis(t, RedisConfig{URL: clusterURL(c, 3), NodeID: "conns"})
+	ctx := context.Background()
+	for i := range 200 {
+		if err := bus.Subscribe(ctx, "r"+strconv.Itoa(i), &recorder{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i, n := range c.Nodes {
+		subs := 0
+		for _, line := range strings.Split(n.Command("CLIENT", "LIST"), "\n") {
+			if strings.Contains(line, "ssub=") && !strings.Contains(line, "ssub=0") {
+				subs++
+			}
+		}
+		if subs != 1 {
+			t.Errorf("master %d: %d sharded pub/sub connections, want 1\n%s", i, subs, n.Command("CLIENT", "LIST"))
+		}
+	}
+	if got := len(bus.Stats().Shards); got != 3 {
+		t.Errorf("%d shards, want 3", got)
+	}
+}
+
+// TestRedisClusterFailover: a master is killed while rooms on every master
+// are published to. Its replica takes over; the rooms of its slots get
+// HandleResync and go on, the rooms of the other masters see nothing.
+func TestRedisClusterFailover(t *testing.T) {
+	c := redistest.StartCluster(t, 3, 1)
+	url := clusterURL(c, 3)
+	pub := newTestRedis(t, RedisConfig{URL: url, NodeID: "pub"})
+	sub := newTestRedis(t, RedisConfig{URL: url, NodeID: "sub"})
+	ctx := context.Background()
+
+	// Two rooms per master.
+	masterOf := func(room string) int { return masterIndex(t, c, roomChannel(room)) }
+	var rooms []string
+	per := map[int]int{}
+	for i := 0; len(rooms) < 6 && i < 1000; i++ {
+		room := "fo" + strconv.Itoa(i)
+		if m := masterOf(room); per[m] < 2 {
+			per[m]++
+			rooms = append(rooms, room)
+		}
+	}
+	recs := make(map[string]*recorder)
+	for _, room := range rooms {
+		recs[room] = &recorder{}
+		if err := sub.Subscribe(ctx, room, recs[room]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	victim := masterOf(rooms[0])
+	before := map[string]int{}
+	for _, room := range rooms {
+		before[room] = masterOf(room)
+	}
+	stop := make(chan struct{})
+	done := make(chan map[string]int)
+	go func() {
+		sent := map[string]int{}
+		for {
+			select {
+			case <-stop:
+				done <- sent
+				return
+			default:
+			}
+			for _, room := range rooms {
+				pctx, cancel := context.WithTimeout(ctx, time.Second)
+				if _, err := pub.Publish(pctx, room, Publication{Data: data(sent[room])}); err == nil {
+					sent[room]++
+				}
+				cancel()
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}()
+	time.Sleep(300 * time.Millisecond)
+	c.Nodes[victim].Kill()
+	killed := time.Now()
+	c.WaitFailover(victim, 30*time.Second)
+	waitFor(t, "the bus ready again", func() bool { return pub.Ready() && sub.Ready() })
+	t.Logf("failover after %v", time.Since(killed).Round(time.Millisecond))
+	time.Sleep(500 * time.Millisecond)
+	close(stop)
+	sent := <-done
+
+	for _, room := range rooms {
+		rec := recs[room]
+		onVictim := before[room] == victim
+		waitFor(t, "the last message of "+room, func() bool {
+			m := rec.messages()
+			return len(m) > 0 && m[len(m)-1].Offset == uint64(sent[room])
+		})
+		resyncs := rec.resyncs.Load()
+		t.Logf("room %s on the killed master: %v; %d published, %d delivered live, %d resyncs, %d gaps", room, onVictim, sent[room], len(rec.messages()), resyncs, rec.gaps.Load())
+		if onVictim {
+			if resyncs == 0 {
+				t.Errorf("room %s of the killed master: no resync", room)
+			}
+			continue
+		}
+		if resyncs != 0 || rec.gaps.Load() != 0 || len(rec.messages()) != sent[room] {
+			t.Errorf("room %s of a surviving master: %d resyncs, %d gaps, %d of %d delivered", room, resyncs, rec.gaps.Load(), len(rec.messages()), sent[room])
+		}
+	}
+	st := sub.Stats()
+	if len(st.Shards) != 3 {
+		t.Errorf("shards after failover: %v", st.Shards)
+	}
+}
+
+// masterIndex returns the index in c.Nodes of the master that serves key,
+// as a live node of c tells.
+func masterIndex(t *testing.T, c *redistest.Cluster, key string) int {
+	t.Helper()
+	slot := keySlot(key)
+	for _, addr := range c.Addrs() {
+		cl := redis.NewClient(&redis.Options{Addr: addr, MaxRetries: -1, DialTimeout: 200 * time.Millisecond})
+		slots, err := cl.ClusterSlots(context.Background()).Result()
+		cl.Close()
+		if err != nil {
+			continue
+		}
+		for _, s := range slots {
+			if slot >= s.Start && slot <= s.End && len(s.Nodes) > 0 {
+				for i, a := range c.Addrs() {
+					if a == s.Nodes[0].Addr {
+						return i
+					}
+				}
+			}
+		}
+	}
+	t.Fatal(errors.New("no node of the cluster tells the slot's master"))
+	return -1
+}
