@@ -2,14 +2,11 @@ package fanout
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/redis/go-redis/v9"
 
 	"github.com/parley-rt/parley/fanout/redistest"
 )
@@ -126,7 +123,7 @@ func TestRedisClusterFailover(t *testing.T) {
 	ctx := context.Background()
 
 	// Two rooms per master.
-	masterOf := func(room string) int { return masterIndex(t, c, roomChannel(room)) }
+	masterOf := func(room string) int { return c.MasterOf(roomChannel(room)) }
 	var rooms []string
 	per := map[int]int{}
 	for i := 0; len(rooms) < 6 && i < 1000; i++ {
@@ -204,28 +201,16 @@ func TestRedisClusterFailover(t *testing.T) {
 	}
 }
 
-// masterIndex returns the index in c.Nodes of the master that serves key,
-// as a live node of c tells.
-func masterIndex(t *testing.T, c *redistest.Cluster, key string) int {
-	t.Helper()
-	slot := keySlot(key)
-	for _, addr := range c.Addrs() {
-		cl := redis.NewClient(&redis.Options{Addr: addr, MaxRetries: -1, DialTimeout: 200 * time.Millisecond})
-		slots, err := cl.ClusterSlots(context.Background()).Result()
-		cl.Close()
-		if err != nil {
-			continue
-		}
-		for _, s := range slots {
-			if slot >= s.Start && slot <= s.End && len(s.Nodes) > 0 {
-				for i, a := range c.Addrs() {
-					if a == s.Nodes[0].Addr {
-						return i
-					}
-				}
-			}
-		}
+// BenchmarkRedisClusterPublishDeliver is BenchmarkRedisPublishDeliver on a
+// Redis Cluster of three masters, each with a replica: one room, so one
+// shard does the work.
+func BenchmarkRedisClusterPublishDeliver(b *testing.B) {
+	for _, bb := range publishBenchmarks {
+		b.Run(bb.name, func(b *testing.B) {
+			c := redistest.StartCluster(b, 3, 1)
+			pub := newTestRedis(b, RedisConfig{URL: clusterURL(c, 3)})
+			sub := newTestRedis(b, RedisConfig{URL: clusterURL(c, 3)})
+			benchPublishDeliver(b, pub, sub, bb.perCPU)
+		})
 	}
-	t.Fatal(errors.New("no node of the cluster tells the slot's master"))
-	return -1
 }

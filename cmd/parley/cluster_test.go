@@ -246,11 +246,15 @@ func checkSequence(msgs []client.Message, n int) error {
 // 1,000 messages published through all three at once: every subscriber gets
 // all of them, in one identical order, each once.
 func TestClusterOrder(t *testing.T) {
-	redis := redistest.Start(t)
+	testClusterOrder(t, redistest.Start(t).URL())
+}
+
+// testClusterOrder is TestClusterOrder's body on the Redis at url.
+func testClusterOrder(t *testing.T, url string) {
 	nodes := []*clusterNode{
-		startClusterNode(t, redis.URL(), "n1"),
-		startClusterNode(t, redis.URL(), "n2"),
-		startClusterNode(t, redis.URL(), "n3"),
+		startClusterNode(t, url, "n1"),
+		startClusterNode(t, url, "n2"),
+		startClusterNode(t, url, "n3"),
 	}
 	const room, total, perNode = "order", 1000, 3
 	var subs []*subscriber
@@ -304,10 +308,14 @@ func TestClusterOrder(t *testing.T) {
 // SIGKILL while messages flow. Every subscriber reconnects to a surviving
 // node and ends with the complete sequence.
 func TestClusterKillNode(t *testing.T) {
-	redis := redistest.Start(t)
-	victim := startClusterNode(t, redis.URL(), "victim")
-	a := startClusterNode(t, redis.URL(), "a")
-	b := startClusterNode(t, redis.URL(), "b")
+	testClusterKillNode(t, redistest.Start(t).URL())
+}
+
+// testClusterKillNode is TestClusterKillNode's body on the Redis at url.
+func testClusterKillNode(t *testing.T, url string) {
+	victim := startClusterNode(t, url, "victim")
+	a := startClusterNode(t, url, "a")
+	b := startClusterNode(t, url, "b")
 	const room, clients, total = "kill", 100, 600
 	subs := make([]*subscriber, clients)
 	for i := range subs {

@@ -4,6 +4,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"os/exec"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -181,4 +182,116 @@ func freeClusterPort(t testing.TB) int {
 	}
 	t.Fatal("no free pair of ports for a cluster node")
 	return 0
+}
+
+// running returns the first node of the cluster that runs, failing the test
+// if none does.
+func (c *Cluster) running() *Server {
+	c.t.Helper()
+	for _, n := range c.Nodes {
+		if n.cmd != nil {
+			return n
+		}
+	}
+	c.t.Fatal("no node of the cluster runs")
+	return nil
+}
+
+// KeySlot returns the slot of key (CLUSTER KEYSLOT): that of its hash tag,
+// "{...}", if it has one.
+func (c *Cluster) KeySlot(key string) int {
+	c.t.Helper()
+	out := c.running().Command("CLUSTER", "KEYSLOT", key)
+	slot, err := strconv.Atoi(strings.TrimSpace(out))
+	if err != nil {
+		c.t.Fatalf("CLUSTER KEYSLOT %s: %q", key, out)
+	}
+	return slot
+}
+
+// MasterOf returns the index in Nodes of the master that serves key's slot
+// now, as a running node's CLUSTER NODES tells (a master marked failed does
+// not count), failing the test if no master serves it.
+func (c *Cluster) MasterOf(key string) int {
+	c.t.Helper()
+	slot := c.KeySlot(key)
+	if i := c.slotMaster(slot); i >= 0 {
+		return i
+	}
+	c.t.Fatalf("no live master serves slot %d (key %s): %s", slot, key, c.running().Command("CLUSTER", "NODES"))
+	return -1
+}
+
+// slotMaster returns the index in Nodes of the live master that a running
+// node says serves slot, or -1.
+func (c *Cluster) slotMaster(slot int) int {
+	c.t.Helper()
+	addrs := c.Addrs()
+	for _, line := range strings.Split(c.running().Command("CLUSTER", "NODES"), "\n") {
+		// <id> <ip:port@cport[,hostname]> <flags> <master> <ping-sent>
+		// <pong-recv> <config-epoch> <link-state> <slot> <slot> ...
+		f := strings.Fields(line)
+		if len(f) < 9 {
+			continue
+		}
+		flags := "," + f[2] + ","
+		if !strings.Contains(flags, ",master,") || strings.Contains(flags, ",fail,") {
+			continue
+		}
+		addr, _, _ := strings.Cut(f[1], "@")
+		i := slices.Index(addrs, addr)
+		if i < 0 {
+			continue
+		}
+		for _, r := range f[8:] {
+			if strings.HasPrefix(r, "[") { // a slot being migrated
+				continue
+			}
+			lo, hi, isRange := strings.Cut(r, "-")
+			if !isRange {
+				hi = lo
+			}
+			from, err1 := strconv.Atoi(lo)
+			to, err2 := strconv.Atoi(hi)
+			if err1 == nil && err2 == nil && from <= slot && slot <= to {
+				return i
+			}
+		}
+	}
+	return -1
+}
+
+// ConfigSet sets a configuration parameter (CONFIG SET) on every running
+// node, failing the test if one refuses it.
+func (c *Cluster) ConfigSet(param, value string) {
+	c.t.Helper()
+	for _, n := range c.Nodes {
+		if n.cmd == nil {
+			continue
+		}
+		if out := n.Command("CONFIG", "SET", param, value); !strings.Contains(out, "OK") {
+			c.t.Fatalf("CONFIG SET %s %s: %q", param, value, out)
+		}
+	}
+}
+
+// WaitMasterOf waits until a live master serves key's slot, as a running
+// node's CLUSTER NODES tells, and returns its index in Nodes, failing the
+// test after d. After a master is killed, it returns once its replica has
+// been promoted: with cluster-require-full-coverage no, the cluster says
+// it is ok (WaitHealthy, WaitFailover) while the killed master's slots have
+// no master yet.
+func (c *Cluster) WaitMasterOf(key string, d time.Duration) int {
+	c.t.Helper()
+	slot := c.KeySlot(key)
+	deadline := time.Now().Add(d)
+	for {
+		if i := c.slotMaster(slot); i >= 0 {
+			return i
+		}
+		if time.Now().After(deadline) {
+			c.t.Fatalf("no live master serves slot %d (key %s) after %v: %s", slot, key, d, c.running().Command("CLUSTER", "NODES"))
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }
