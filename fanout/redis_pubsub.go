@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"slices"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -65,6 +67,10 @@ type shard struct {
 	initial       int
 	ready         bool
 	everConnected bool
+	// down is set while the shard's connection is lost or cannot be made,
+	// from the failure to the next connection that has every
+	// subscription: Subscribe refuses at once then, rather than wait.
+	down bool
 	// n counts the subscriptions in Redis.subs on the shard; retired is
 	// set when it ends.
 	n       int
@@ -139,9 +145,11 @@ func (r *Redis) Subscribe(ctx context.Context, room string, h Handler) error {
 		} else {
 			sh = r.shardOfLocked(ch)
 		}
-		// A shard just started for a master that had no channel of the
-		// bus gets its chance; any other must be connected.
-		if sh == nil || !(sh.ready || (r.cluster && sh.gen == 0)) {
+		// A single Redis's connection must be up. A cluster's shard that
+		// is connecting for the first time (to a master that had no
+		// channel of the bus) gets its chance; one that lost its
+		// connection does not.
+		if sh == nil || (!r.cluster && !sh.ready) || sh.down {
 			r.mu.Unlock()
 			return fmt.Errorf("%w: subscribe: not connected", ErrRedisUnavailable)
 		}
@@ -283,6 +291,38 @@ func (r *Redis) drop(s *subscription) {
 	r.markDirty(s)
 }
 
+// clearDirtyLocked empties sh's queue of changed subscriptions. An entry
+// of a subscription that moved to another shard is left alone: its dirty
+// flag is the other shard's. r.mu is held.
+func (r *Redis) clearDirtyLocked(sh *shard) {
+	for _, s := range sh.dirty {
+		if s.shard == sh {
+			s.dirty = false
+		}
+	}
+	clear(sh.dirty)
+	sh.dirty = sh.dirty[:0]
+}
+
+// moveLocked moves s, wanted, from its shard to to, which subscribes it
+// (with HandleResync for a room that had been confirmed). r.mu is held.
+func (r *Redis) moveLocked(s *subscription, to *shard) {
+	from := s.shard
+	if s.initial {
+		s.initial = false
+		from.initial--
+	}
+	from.n--
+	to.n++
+	s.shard = to
+	s.resync = s.resync || s.confirmed
+	s.sent, s.outstanding = false, 0
+	// An entry in from's queue is now stale (see clearDirtyLocked).
+	s.dirty = false
+	r.markDirty(s)
+	to.kickRun()
+}
+
 // markDirty queues s for its shard's next sync; r.mu is held.
 func (r *Redis) markDirty(s *subscription) {
 	if !s.dirty {
@@ -409,11 +449,7 @@ func (r *Redis) rebalance(ctx context.Context, sh *shard) error {
 	}
 	// What was queued for the connection that ended is moot: the next one
 	// subscribes everything wanted.
-	for _, s := range sh.dirty {
-		s.dirty = false
-	}
-	clear(sh.dirty)
-	sh.dirty = sh.dirty[:0]
+	r.clearDirtyLocked(sh)
 	for _, s := range r.subs {
 		if s.shard != sh {
 			continue
@@ -430,13 +466,7 @@ func (r *Redis) rebalance(ctx context.Context, sh *shard) error {
 		if to == nil { // closed
 			break
 		}
-		sh.n--
-		to.n++
-		s.shard = to
-		s.resync = s.resync || s.confirmed
-		s.sent, s.outstanding, s.initial = false, 0, false
-		r.markDirty(s)
-		to.kickRun()
+		r.moveLocked(s, to)
 	}
 	r.retireIfEmptyLocked(sh)
 	return err
@@ -482,6 +512,7 @@ func (r *Redis) connection(ctx context.Context, sh *shard) (lost bool, err error
 		r.mu.Lock()
 		lost := sh.ready
 		sh.ready = false
+		sh.down = !errors.Is(cause, errRetired)
 		r.updateReadyLocked()
 		r.mu.Unlock()
 		return lost, cause
@@ -507,6 +538,20 @@ func (r *Redis) connection(ctx context.Context, sh *shard) (lost bool, err error
 			reading = true
 			go func() { readerErr <- r.read(ctx, ps, sh, gen) }()
 		}
+	}
+	if !reading {
+		// Nothing to subscribe (what the shard had moved away, and
+		// something moved in since): connect with a PING, and the shard
+		// is ready once it answers.
+		pctx, cancel := context.WithTimeout(ctx, redisTimeout)
+		err := ps.Ping(pctx)
+		cancel()
+		if err != nil {
+			return end(fmt.Errorf("ping: %w", err))
+		}
+		reading = true
+		go func() { readerErr <- r.read(ctx, ps, sh, gen) }()
+		r.shardReady(sh, gen)
 	}
 
 	ping := time.NewTicker(pingInterval)
@@ -594,10 +639,7 @@ func (r *Redis) startGeneration(sh *shard) (gen uint64, channels []string) {
 	defer r.mu.Unlock()
 	r.gen++
 	sh.gen = r.gen
-	for _, s := range sh.dirty {
-		s.dirty = false
-	}
-	clear(sh.dirty)
+	r.clearDirtyLocked(sh)
 	sh.dirty = sh.dirty[:0]
 	channels = make([]string, 0, sh.n)
 	var node *subscription
@@ -634,10 +676,10 @@ func (r *Redis) sync(ctx context.Context, ps *redis.PubSub, sh *shard) error {
 	var sub, unsub []string
 	r.mu.Lock()
 	for _, s := range sh.dirty {
-		s.dirty = false
 		if s.shard != sh {
-			continue
+			continue // moved to another shard, and queued there
 		}
+		s.dirty = false
 		switch {
 		case s.wanted && !s.sent:
 			s.sent = true
@@ -680,6 +722,14 @@ func (r *Redis) sync(ctx context.Context, ps *redis.PubSub, sh *shard) error {
 func (r *Redis) read(ctx context.Context, ps *redis.PubSub, sh *shard, gen uint64) error {
 	for {
 		v, err := ps.Receive(ctx)
+		if slot, addr, ok := movedError(err); ok && r.cluster {
+			// A (un)subscription sent on a stale slot map: the
+			// connection goes on, the slot's channels go to its master.
+			if err := r.movedSlot(sh, gen, slot, addr); err != nil {
+				return err
+			}
+			continue
+		}
 		if err != nil {
 			return err
 		}
@@ -707,6 +757,18 @@ func (r *Redis) confirm(sh *shard, gen uint64, kind, channel string) error {
 		return errStale
 	}
 	s := r.subs[channel]
+	if r.cluster && kind == "sunsubscribe" && s != nil && s.shard == sh && s.outstanding == 0 && s.sent && s.wanted {
+		// The master let go of the channel's slot (a slot migration):
+		// subscribe again, which the master answers with MOVED to the
+		// slot's new master if it has one.
+		s.sent = false
+		s.resync = s.resync || s.confirmed
+		r.markDirty(s)
+		r.mu.Unlock()
+		sh.kickRun()
+		r.reloadSoon()
+		return nil
+	}
 	if s == nil || s.shard != sh || s.outstanding == 0 {
 		r.mu.Unlock()
 		return fmt.Errorf("unexpected %s of %q", kind, channel)
@@ -716,10 +778,7 @@ func (r *Redis) confirm(sh *shard, gen uint64, kind, channel string) error {
 	if s.initial {
 		s.initial = false
 		sh.initial--
-		if sh.initial == 0 {
-			sh.ready = true
-			nowReady = true
-		}
+		nowReady = sh.initial == 0
 	}
 	if s.outstanding == 0 {
 		switch {
@@ -736,12 +795,6 @@ func (r *Redis) confirm(sh *shard, gen uint64, kind, channel string) error {
 			r.forgetLocked(s)
 		}
 	}
-	busReady, again := false, false
-	if nowReady {
-		busReady = r.updateReadyLocked()
-		again = sh.everConnected
-		sh.everConnected = true
-	}
 	r.mu.Unlock()
 
 	if resync != nil {
@@ -752,15 +805,96 @@ func (r *Redis) confirm(sh *shard, gen uint64, kind, channel string) error {
 		resync.deliver.Unlock()
 	}
 	if nowReady {
-		r.connected(sh, again, busReady)
+		r.shardReady(sh, gen)
 	}
 	return nil
+}
+
+// shardReady marks sh ready: connection gen has every subscription.
+func (r *Redis) shardReady(sh *shard, gen uint64) {
+	r.mu.Lock()
+	if gen != sh.gen || sh.ready {
+		r.mu.Unlock()
+		return
+	}
+	sh.ready, sh.down = true, false
+	busReady := r.updateReadyLocked()
+	again := sh.everConnected
+	sh.everConnected = true
+	r.mu.Unlock()
+	r.connected(again, busReady)
+}
+
+// movedSlot takes Redis's MOVED answer to a (un)subscription on sh's
+// connection gen: slot is served by the master at addr. The channels of the
+// slot that sh holds move to that master's shard (those no longer wanted
+// are forgotten), and the slot map is read again.
+func (r *Redis) movedSlot(sh *shard, gen uint64, slot int, addr string) error {
+	r.mu.Lock()
+	if gen != sh.gen {
+		r.mu.Unlock()
+		return errStale
+	}
+	if addr == sh.addr {
+		r.mu.Unlock()
+		return fmt.Errorf("MOVED %d to this very master", slot)
+	}
+	if r.slots != nil {
+		r.slots[slot] = addr
+	}
+	to := r.shardAtLocked(addr)
+	if to == nil {
+		r.mu.Unlock()
+		return ErrClosed
+	}
+	nowReady := false
+	for _, s := range r.subs {
+		if s.shard != sh || s.slot != slot {
+			continue
+		}
+		if s.initial && sh.initial == 1 {
+			nowReady = true
+		}
+		if !s.wanted {
+			if s.initial {
+				s.initial = false
+				sh.initial--
+			}
+			r.forgetLocked(s)
+			continue
+		}
+		r.moveLocked(s, to)
+	}
+	r.mu.Unlock()
+	r.reloadSoon()
+	if nowReady {
+		r.shardReady(sh, gen)
+	}
+	return nil
+}
+
+// movedError reports whether err is a MOVED answer, and its slot and
+// address.
+func movedError(err error) (slot int, addr string, ok bool) {
+	var rerr redis.Error
+	if err == nil || !errors.As(err, &rerr) {
+		return 0, "", false
+	}
+	f := strings.Fields(rerr.Error())
+	if len(f) != 3 || f[0] != "MOVED" {
+		return 0, "", false
+	}
+	slot, aerr := strconv.Atoi(f[1])
+	if aerr != nil || slot < 0 || slot >= slotCount {
+		return 0, "", false
+	}
+	return slot, f[2], true
 }
 
 // connected takes a shard's connection that has every subscription: again
 // when the shard had been connected before, busReady when the bus is Ready
 // now.
-func (r *Redis) connected(sh *shard, again, busReady bool) {
+func (r *Redis) connected(again, busReady bool) {
 	if again {
 		r.reconnects.Add(1)
 		r.metrics.reconnects.Inc()
@@ -771,6 +905,11 @@ func (r *Redis) connected(sh *shard, again, busReady bool) {
 		r.log.Info("redis connection recovered")
 	default:
 		r.log.Info("redis connected")
+	}
+	if !again && !busReady {
+		// A shard's first connection, to a master that had no channel
+		// of this node: nothing was lost.
+		return
 	}
 	// Redis may have come back empty (or a replica that took over may have
 	// lacked the latest writes): renew the leases now, and reap none until
