@@ -163,6 +163,9 @@ type Redis struct {
 	// until read).
 	cluster bool
 	slots   slotMap
+	// clusterChecked is set once a single Redis has said whether it is a
+	// cluster's node (checkNotCluster).
+	clusterChecked atomic.Bool
 	// reload asks reloadLoop to read the slot map again.
 	reload chan struct{}
 	// nodeOpt are the options of a cluster's pub/sub connections.

@@ -1,10 +1,13 @@
 package fanout
 
 import (
+	"bytes"
 	"context"
 	"fmt"
+	"log/slog"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -213,4 +216,60 @@ func BenchmarkRedisClusterPublishDeliver(b *testing.B) {
 			benchPublishDeliver(b, pub, sub, bb.perCPU)
 		})
 	}
+}
+
+// TestRedisClusterNodeAsSingle: a redis:// URL naming a node of a cluster
+// works for that node's slots, and the bus says, at error level, what the
+// URL should be.
+func TestRedisClusterNodeAsSingle(t *testing.T) {
+	c := redistest.StartCluster(t, 3, 0)
+	var logs syncBuffer
+	newTestRedis(t, RedisConfig{URL: "redis://" + c.Addrs()[0], Log: slog.New(slog.NewTextHandler(&logs, nil))})
+	waitFor(t, "the error", func() bool { return strings.Contains(logs.String(), "redis+cluster://") })
+	if !strings.Contains(logs.String(), "level=ERROR") {
+		t.Errorf("logged %q, want an error", logs.String())
+	}
+}
+
+// syncBuffer is a bytes.Buffer that a logger and a test share.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// FuzzParseRedisURL: whatever --redis holds, the bus's URL parser answers
+// one server, a cluster with seeds, or an error, and does not panic.
+func FuzzParseRedisURL(f *testing.F) {
+	for _, u := range []string{
+		"redis://127.0.0.1:6379/0", "rediss://u:p@h:6380/1?dial_timeout=3s", "unix:///tmp/redis.sock",
+		"redis+cluster://10.0.0.1:7000,10.0.0.2:7001", "rediss+cluster://u:p@a:1,b:2/0?read_timeout=1s",
+		"redis+cluster://", "redis+cluster://,,,", "redis+cluster://@@/", "redis+cluster://h:1/2",
+		"redis+cluster://h:1?addr=x:2", "redis+cluster://[::1]:7000,[::1]:7001",
+	} {
+		f.Add(u)
+	}
+	f.Fuzz(func(t *testing.T, u string) {
+		target, err := parseRedisURL(u)
+		if err != nil {
+			return
+		}
+		if (target.single == nil) == (target.cluster == nil) {
+			t.Fatalf("%q: single %v, cluster %v", u, target.single != nil, target.cluster != nil)
+		}
+		if target.cluster != nil && len(target.cluster.Addrs) == 0 {
+			t.Fatalf("%q: a cluster without seeds", u)
+		}
+	})
 }

@@ -370,6 +370,9 @@ func (r *Redis) run(ctx context.Context, sh *shard) {
 			return
 		}
 		if sh.client != nil {
+			if !r.cluster && !r.clusterChecked.Load() {
+				r.checkNotCluster(ctx)
+			}
 			lost, err = r.connection(ctx, sh)
 		} else if err == nil {
 			err = errors.New("no master serves the node's channel")
@@ -409,6 +412,22 @@ func (r *Redis) run(ctx context.Context, sh *shard) {
 			return
 		case <-t.C:
 		}
+	}
+}
+
+// checkNotCluster logs an error when the single Redis of the bus's URL is
+// a node of a Redis Cluster: it would answer MOVED for every slot it does
+// not serve, and the URL wants redis+cluster://.
+func (r *Redis) checkNotCluster(ctx context.Context) {
+	cctx, cancel := context.WithTimeout(ctx, redisTimeout)
+	defer cancel()
+	info, err := r.client.Info(cctx, "cluster").Result()
+	if err != nil {
+		return
+	}
+	r.clusterChecked.Store(true)
+	if strings.Contains(info, "cluster_enabled:1") {
+		r.log.Error("redis is a node of a Redis Cluster, but the URL names a single server: commands for the slots of other nodes fail (MOVED); use redis+cluster://host:port,... instead")
 	}
 }
 

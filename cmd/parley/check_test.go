@@ -67,6 +67,8 @@ func TestConfigErrorsNameTheSetting(t *testing.T) {
 		{"missing certificate", []string{"--tls-cert", "/nonexistent/c.pem", "--tls-key", "/nonexistent/k.pem"}, env(), "--tls-cert and --tls-key: cannot read /nonexistent/c.pem: no such file or directory"},
 		{"redis URL not shown", nil, env("PARLEY_REDIS", "redis://:hunter2@127.0.0.1:bad/0"), "PARLEY_REDIS (--redis): not a Redis URL"},
 		{"redis scheme", []string{"--redis", "http://127.0.0.1:6379"}, env(), "--redis: not a Redis URL: want redis://"},
+		{"redis cluster database", []string{"--redis", "redis+cluster://10.0.0.1:7000,10.0.0.2:7000/3"}, env(), "--redis: not a Redis URL: want redis://[user:password@]host:port/db, rediss://... or unix:///path/to/socket for one server, redis+cluster://"},
+		{"redis cluster without seeds", []string{"--redis", "rediss+cluster://:s3cret@/"}, env(), "--redis: not a Redis URL"},
 		{"presence TTL", []string{"--presence-ttl", "10ms"}, env(), "--presence-ttl 10ms: want at least 1s"},
 		{"one peer per call", []string{"--call-max-peers", "1"}, env(), "--call-max-peers 1: want 2 to 64"},
 		{"a mesh too large", nil, env("PARLEY_CALL_MAX_PEERS", "65"), "PARLEY_CALL_MAX_PEERS=65 (--call-max-peers): want 2 to 64"},
