@@ -147,25 +147,17 @@ func defaultTimeouts(dial, read, write, pool *time.Duration) {
 }
 
 // shardClient returns a client of the master at addr, for its pub/sub
-// connection.
+// connection. With TLS it checks the name the cluster client checks on
+// every node: the first seed's host (the slot map gives addresses, often
+// IPs, that certificates do not name).
 func (r *Redis) shardClient(addr string) *redis.Client {
 	opt := *r.nodeOpt
 	opt.Addr = addr
 	if opt.TLSConfig != nil {
 		opt.TLSConfig = opt.TLSConfig.Clone()
-		if opt.TLSConfig.ServerName == "" || opt.TLSConfig.ServerName == hostOf(r.nodeOpt.Addr) {
-			opt.TLSConfig.ServerName = hostOf(addr)
-		}
 	}
 	opt.PoolSize = 1
 	return redis.NewClient(&opt)
-}
-
-func hostOf(addr string) string {
-	if i := strings.LastIndexByte(addr, ':'); i >= 0 {
-		return addr[:i]
-	}
-	return addr
 }
 
 // slotCount is how many hash slots a Redis Cluster has.
