@@ -404,13 +404,17 @@ return take()
 //
 // KEYS: the session's address, its mailbox. ARGV: take's. Returns {take's
 // count, then the data the mailbox held, oldest first}.
-var claimScript = redis.NewScript(luaTake + `
+var claimScript = redis.NewScript(luaTake + luaClaim)
+
+// luaClaim is the end of the claim scripts: take's answer, then what the
+// mailbox held.
+const luaClaim = `
 local out = {take()}
 local held = redis.call('LRANGE', KEYS[2], 0, -1)
 if #held > 0 then redis.call('DEL', KEYS[2]) end
 for i = 1, #held do out[#out + 1] = held[i] end
 return out
-`)
+`
 
 // In a cluster, a node's channel is in another slot than the session's
 // address, which one script cannot both touch: the take scripts there
@@ -438,13 +442,7 @@ var (
 	registerClusterScript = redis.NewScript(luaTakeCluster + `
 return take()
 `)
-	claimClusterScript = redis.NewScript(luaTakeCluster + `
-local out = {take()}
-local held = redis.call('LRANGE', KEYS[2], 0, -1)
-if #held > 0 then redis.call('DEL', KEYS[2]) end
-for i = 1, #held do out[#out + 1] = held[i] end
-return out
-`)
+	claimClusterScript = redis.NewScript(luaTakeCluster + luaClaim)
 )
 
 // holdScript adds data to a session's mailbox, as postScript does when its
