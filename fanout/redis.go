@@ -166,6 +166,9 @@ type Redis struct {
 	// clusterChecked is set once a single Redis has said whether it is a
 	// cluster's node (checkNotCluster).
 	clusterChecked atomic.Bool
+	// wrongMode is set when a redis:// URL names a cluster's node: the bus
+	// is never Ready then.
+	wrongMode atomic.Bool
 	// reload asks reloadLoop to read the slot map again.
 	reload chan struct{}
 	// nodeOpt are the options of a cluster's pub/sub connections.
@@ -943,8 +946,9 @@ func (r *Redis) deliverHere(session string, data []byte) bool {
 }
 
 // Ready implements Bus: the pub/sub connection is up and Redis has
-// confirmed its subscriptions.
-func (r *Redis) Ready() bool { return r.ready.Load() && !r.closed.Load() }
+// confirmed its subscriptions; in a cluster, the connection of the shard
+// that holds the node's own channel (see updateReadyLocked).
+func (r *Redis) Ready() bool { return r.ready.Load() && !r.closed.Load() && !r.wrongMode.Load() }
 
 // Close implements Bus: it stops the bus's goroutines and closes its
 // connections. Members and session addresses are left to lapse.

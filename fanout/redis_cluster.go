@@ -38,8 +38,12 @@ type redisTarget struct {
 	cluster *redis.ClusterOptions
 }
 
+// errBadURL is the error of a URL that go-redis refuses: its own message
+// may quote the URL, password and all.
+var errBadURL = errors.New("malformed, or an unknown scheme or option")
+
 // CheckRedisURL reports whether u is a URL that RedisConfig takes, and why
-// not.
+// not. Its error never quotes u, which may hold a password.
 func CheckRedisURL(u string) error {
 	_, err := parseRedisURL(u)
 	return err
@@ -54,7 +58,11 @@ func parseRedisURL(u string) (redisTarget, error) {
 	if !ok || !cluster {
 		opt, err := redis.ParseURL(u)
 		if err != nil {
-			return redisTarget{}, err
+			// go-redis's message may quote the URL, password and all.
+			return redisTarget{}, errBadURL
+		}
+		if strings.Contains(opt.Addr, ",") {
+			return redisTarget{}, errors.New("several addresses: the URL of a Redis Cluster is redis+cluster://host:port,host:port,...")
 		}
 		return redisTarget{single: opt}, nil
 	}
@@ -65,7 +73,7 @@ func parseRedisURL(u string) (redisTarget, error) {
 	}
 	if i := strings.IndexByte(rest, '/'); i >= 0 {
 		if p := rest[i:]; p != "/" && p != "/0" {
-			return redisTarget{}, fmt.Errorf("a Redis Cluster has only database 0, not %q", p)
+			return redisTarget{}, errors.New("a Redis Cluster has only database 0")
 		}
 		rest = rest[:i]
 	}
@@ -84,14 +92,14 @@ func parseRedisURL(u string) (redisTarget, error) {
 	}
 	q, err := url.ParseQuery(query)
 	if err != nil {
-		return redisTarget{}, fmt.Errorf("query: %w", err)
+		return redisTarget{}, errors.New("the options after ? are not a query string")
 	}
 	for _, a := range seeds[1:] {
 		q.Add("addr", a)
 	}
 	opt, err := redis.ParseClusterURL(base + "://" + userinfo + seeds[0] + "?" + q.Encode())
 	if err != nil {
-		return redisTarget{}, err
+		return redisTarget{}, errBadURL
 	}
 	return redisTarget{cluster: opt}, nil
 }
@@ -160,6 +168,10 @@ func (r *Redis) shardClient(addr string) *redis.Client {
 	return redis.NewClient(&opt)
 }
 
+// errNotCluster is the error of a cluster URL that names a Redis that is
+// not a cluster's node.
+var errNotCluster = errors.New("not a Redis Cluster")
+
 // slotCount is how many hash slots a Redis Cluster has.
 const slotCount = 16384
 
@@ -202,6 +214,9 @@ func (r *Redis) loadSlots(ctx context.Context) (slotMap, error) {
 		var slots []redis.ClusterSlot
 		slots, err = cc.ClusterSlots(cctx).Result()
 		cancel()
+		if err != nil && strings.Contains(err.Error(), "cluster support disabled") {
+			return nil, fmt.Errorf("%w: %w", errNotCluster, err)
+		}
 		if err != nil {
 			continue
 		}
@@ -227,8 +242,27 @@ func (r *Redis) loadSlots(ctx context.Context) (slotMap, error) {
 }
 
 // reloadInterval is the least time between two reloads of the slot map
-// that failed commands ask for.
-const reloadInterval = 200 * time.Millisecond
+// that failed commands ask for; slotsRefresh is how often it is reloaded
+// when nothing asks, for what changes without a failure that the bus would
+// see (a manual failover: the former master, a replica now, goes on
+// delivering, until it replicates another master).
+const (
+	reloadInterval = 200 * time.Millisecond
+	slotsRefresh   = 5 * time.Second
+)
+
+// restartStaleLocked ends the connection of every shard that holds,
+// subscribed, a channel whose slot r.slots gives to another master: the
+// shard then moves it there (rebalance). A channel with a command in
+// flight is left to its answer (MOVED moves it alone). r.mu is held.
+func (r *Redis) restartStaleLocked() {
+	for _, s := range r.subs {
+		if sh := s.shard; sh.addr != "" && !sh.stale && s.wanted && s.sent && s.outstanding == 0 && r.slots[s.slot] != sh.addr {
+			sh.stale = true
+			sh.kickRun()
+		}
+	}
+}
 
 // reloadHook asks for a reload of the slot map when a command fails in a
 // way that says the map may be stale: MOVED or ASK (the bus follows no
@@ -292,11 +326,14 @@ func (r *Redis) reloadSoon() {
 // subscriptions do.
 func (r *Redis) reloadLoop(ctx context.Context) {
 	defer r.wg.Done()
+	refresh := time.NewTicker(slotsRefresh)
+	defer refresh.Stop()
 	for {
 		select {
 		case <-r.stop:
 			return
 		case <-r.reload:
+		case <-refresh.C:
 		}
 		m, err := r.loadSlots(ctx)
 		// What loadSlots's own failures asked for is this very reload.
@@ -307,6 +344,7 @@ func (r *Redis) reloadLoop(ctx context.Context) {
 		if err == nil {
 			r.mu.Lock()
 			r.slots = m
+			r.restartStaleLocked()
 			r.mu.Unlock()
 		} else if !r.closed.Load() {
 			r.log.Debug("reloading the cluster's slot map failed", "err", err)

@@ -447,7 +447,7 @@ func TestClusterReviewCloseNoLeak(t *testing.T) {
 	}
 	victim := (owners[keySlot(bus.nodeTopic)] + 1) % 3
 	c.Nodes[victim].Kill()
-	reviewWait(t, "unready", waitTimeout, func() bool { return !bus.Ready() })
+	reviewWait(t, "parley_redis_connected 0", waitTimeout, func() bool { return metricValue(t, bus.metrics.connected) == 0 })
 	time.Sleep(1500 * time.Millisecond) // reconnect attempts, renewals
 	bus.Close()
 	if err := goleak.Find(ignore...); err != nil {

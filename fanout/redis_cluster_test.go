@@ -5,9 +5,11 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"net"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -120,6 +122,9 @@ func TestRedisClusterOneConnectionPerMaster(t *testing.T) {
 // HandleResync and go on, the rooms of the other masters see nothing.
 func TestRedisClusterFailover(t *testing.T) {
 	c := redistest.StartCluster(t, 3, 1)
+	// As docs/OPERATIONS.md says to: with Redis's default (yes) every
+	// master refuses every command while one shard has no master.
+	c.ConfigSet("cluster-require-full-coverage", "no")
 	url := clusterURL(c, 3)
 	pub := newTestRedis(t, RedisConfig{URL: url, NodeID: "pub"})
 	sub := newTestRedis(t, RedisConfig{URL: url, NodeID: "sub"})
@@ -170,10 +175,45 @@ func TestRedisClusterFailover(t *testing.T) {
 		}
 	}()
 	time.Sleep(300 * time.Millisecond)
+	// A bus whose own channel is on another master stays Ready throughout:
+	// a failed master takes out of a load balancer's pool only the nodes
+	// whose channel it held.
+	buses := map[string]*Redis{"pub": pub, "sub": sub}
+	channelOn := map[string]int{"pub": c.MasterOf(pub.nodeTopic), "sub": c.MasterOf(sub.nodeTopic)}
+	unready := map[string]*atomic.Int32{"pub": {}, "sub": {}}
+	watching := make(chan struct{})
+	var watchers sync.WaitGroup
+	for name, bus := range buses {
+		watchers.Go(func() {
+			for {
+				select {
+				case <-watching:
+					return
+				case <-time.After(5 * time.Millisecond):
+				}
+				if !bus.Ready() {
+					unready[name].Add(1)
+				}
+			}
+		})
+	}
 	c.Nodes[victim].Kill()
 	killed := time.Now()
+	waitFor(t, "parley_redis_connected 0 on the subscribing bus", func() bool { return metricValue(t, sub.metrics.connected) == 0 })
 	c.WaitFailover(victim, 30*time.Second)
+	c.WaitMasterOf(roomChannel(rooms[0]), 30*time.Second)
 	waitFor(t, "the bus ready again", func() bool { return pub.Ready() && sub.Ready() })
+	waitFor(t, "every shard connected again", func() bool { return metricValue(t, sub.metrics.connected) == 1 })
+	close(watching)
+	watchers.Wait()
+	for name := range buses {
+		if channelOn[name] != victim && unready[name].Load() > 0 {
+			t.Errorf("bus %s, whose channel is not on the killed master, was not Ready %d times", name, unready[name].Load())
+		}
+	}
+	if sub.Stats().Reconnects == 0 {
+		t.Errorf("the subscribing bus counted no reconnection after its rooms' master failed over")
+	}
 	t.Logf("failover after %v", time.Since(killed).Round(time.Millisecond))
 	time.Sleep(500 * time.Millisecond)
 	close(stop)
@@ -224,10 +264,40 @@ func BenchmarkRedisClusterPublishDeliver(b *testing.B) {
 func TestRedisClusterNodeAsSingle(t *testing.T) {
 	c := redistest.StartCluster(t, 3, 0)
 	var logs syncBuffer
-	newTestRedis(t, RedisConfig{URL: "redis://" + c.Addrs()[0], Log: slog.New(slog.NewTextHandler(&logs, nil))})
+	bus, err := NewRedis(RedisConfig{URL: "redis://" + c.Addrs()[0], NodeID: "single", Log: slog.New(slog.NewTextHandler(&logs, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer bus.Close()
 	waitFor(t, "the error", func() bool { return strings.Contains(logs.String(), "redis+cluster://") })
 	if !strings.Contains(logs.String(), "level=ERROR") {
 		t.Errorf("logged %q, want an error", logs.String())
+	}
+	time.Sleep(200 * time.Millisecond)
+	if bus.Ready() {
+		t.Errorf("the bus of a single-server URL naming a cluster's node is Ready")
+	}
+}
+
+// TestRedisClusterURLToSingle: a redis+cluster:// URL naming a Redis that is
+// not a cluster's node: the bus stays unready and says why, at error level.
+func TestRedisClusterURLToSingle(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := strconv.Itoa(ln.Addr().(*net.TCPAddr).Port)
+	ln.Close()
+	redistest.Start(t, "--port", port, "--bind", "127.0.0.1")
+	var logs syncBuffer
+	bus, err := NewRedis(RedisConfig{URL: "redis+cluster://127.0.0.1:" + port, NodeID: "cl", Log: slog.New(slog.NewTextHandler(&logs, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer bus.Close()
+	waitFor(t, "the error", func() bool { return strings.Contains(logs.String(), "not a cluster's node") })
+	if !strings.Contains(logs.String(), "level=ERROR") || bus.Ready() {
+		t.Errorf("Ready %v, logged %q; want unready, and an error", bus.Ready(), logs.String())
 	}
 }
 

@@ -67,6 +67,14 @@ type shard struct {
 	initial       int
 	ready         bool
 	everConnected bool
+	// stale is set when the slot map gives a slot of one of the shard's
+	// channels to another master: its connection ends, and the next one
+	// starts with a rebalance.
+	stale bool
+	// takeover is set on a shard that took channels over from one whose
+	// connection was lost (a failover): its first connection counts as a
+	// reconnection.
+	takeover bool
 	// down is set while the shard's connection is lost or cannot be made,
 	// from the failure to the next connection that has every
 	// subscription: Subscribe refuses at once then, rather than wait.
@@ -121,8 +129,9 @@ type handlerRef struct{ Handler }
 // errStale ends a reader whose connection is no longer current, and
 // errRetired a shard left with no channel.
 var (
-	errStale   = errors.New("fanout: stale pub/sub connection")
-	errRetired = errors.New("fanout: shard has no channel left")
+	errStale      = errors.New("fanout: stale pub/sub connection")
+	errSlotsMoved = errors.New("fanout: the master no longer serves all of the shard's slots")
+	errRetired    = errors.New("fanout: shard has no channel left")
 )
 
 // Subscribe implements Bus. It returns once Redis has confirmed the
@@ -315,6 +324,9 @@ func (r *Redis) moveLocked(s *subscription, to *shard) {
 	from.n--
 	to.n++
 	s.shard = to
+	if from.down {
+		to.takeover = true
+	}
 	s.resync = s.resync || s.confirmed
 	s.sent, s.outstanding = false, 0
 	// An entry in from's queue is now stale (see clearDirtyLocked).
@@ -385,6 +397,13 @@ func (r *Redis) run(ctx context.Context, sh *shard) {
 		case lost:
 			log.Warn("redis connection lost; reconnecting", "err", err)
 			attempt, downSince, warnedAt = 0, now, now
+		case errors.Is(err, errNotCluster) && (downSince.IsZero() || now.Sub(warnedAt) >= stillDownWarning):
+			r.errors.Add(1)
+			log.Error("the redis+cluster:// URL names a Redis that is not a cluster's node; use redis:// for a single server", "err", err)
+			if downSince.IsZero() {
+				downSince = now
+			}
+			warnedAt = now
 		case downSince.IsZero():
 			r.errors.Add(1)
 			log.Warn("redis unreachable; retrying", "err", err)
@@ -427,7 +446,8 @@ func (r *Redis) checkNotCluster(ctx context.Context) {
 	}
 	r.clusterChecked.Store(true)
 	if strings.Contains(info, "cluster_enabled:1") {
-		r.log.Error("redis is a node of a Redis Cluster, but the URL names a single server: commands for the slots of other nodes fail (MOVED); use redis+cluster://host:port,... instead")
+		r.wrongMode.Store(true)
+		r.log.Error("redis is a node of a Redis Cluster, but the URL names a single server: commands for the slots of other nodes would fail (MOVED), and this node would miss what the other nodes publish; it stays unready. Use redis+cluster://host:port,... instead")
 	}
 }
 
@@ -467,8 +487,9 @@ func (r *Redis) rebalance(ctx context.Context, sh *shard) error {
 		return err
 	}
 	// What was queued for the connection that ended is moot: the next one
-	// subscribes everything wanted.
+	// subscribes everything wanted, where the slot map says.
 	r.clearDirtyLocked(sh)
+	sh.stale = false
 	for _, s := range r.subs {
 		if s.shard != sh {
 			continue
@@ -491,8 +512,14 @@ func (r *Redis) rebalance(ctx context.Context, sh *shard) error {
 	return err
 }
 
-// updateReadyLocked sets Ready: every shard is connected and subscribed.
-// r.mu is held. It reports whether Ready became true.
+// updateReadyLocked sets Ready and parley_redis_connected. On a single
+// Redis both say that its connection is up and subscribed. In a cluster,
+// parley_redis_connected says so of every shard, and Ready of the shard
+// that holds the node's own channel (what Send and Post to its sessions
+// need): a failed master takes out of the load balancer's pool only the
+// nodes whose channel it held, not every node with rooms on it, while the
+// other shards' rooms go on. r.mu is held. It reports whether Ready became
+// true.
 func (r *Redis) updateReadyLocked() (nowReady bool) {
 	all := len(r.shards) > 0
 	for _, sh := range r.shards {
@@ -501,18 +528,22 @@ func (r *Redis) updateReadyLocked() (nowReady bool) {
 			break
 		}
 	}
-	return !r.setReady(all) && all
-}
-
-// setReady sets Ready and reports whether it was true.
-func (r *Redis) setReady(ready bool) (wasReady bool) {
-	wasReady = r.ready.Swap(ready)
-	if ready {
+	if all {
 		r.metrics.connected.Set(1)
 	} else {
 		r.metrics.connected.Set(0)
 	}
-	return wasReady
+	ready := all
+	if r.cluster {
+		node := r.subs[r.nodeTopic]
+		ready = node != nil && node.shard.ready
+	}
+	return !r.setReady(ready) && ready
+}
+
+// setReady sets Ready and reports whether it was true.
+func (r *Redis) setReady(ready bool) (wasReady bool) {
+	return r.ready.Swap(ready)
 }
 
 // connection makes one pub/sub connection of sh and serves it until it
@@ -584,6 +615,13 @@ func (r *Redis) connection(ctx context.Context, sh *shard) (lost bool, err error
 			reading = false
 			return end(err)
 		case <-sh.kick:
+			r.mu.Lock()
+			stale := sh.stale
+			sh.stale = false
+			r.mu.Unlock()
+			if stale {
+				return end(errSlotsMoved)
+			}
 			if time.Since(lastSync) < syncWindow {
 				// A burst: let it gather into one command.
 				time.Sleep(syncWindow)
@@ -759,7 +797,7 @@ func (r *Redis) read(ctx context.Context, ps *redis.PubSub, sh *shard, gen uint6
 				return err
 			}
 		case *redis.Message:
-			r.dispatch(v)
+			r.dispatch(sh, v)
 		}
 	}
 }
@@ -838,10 +876,10 @@ func (r *Redis) shardReady(sh *shard, gen uint64) {
 	}
 	sh.ready, sh.down = true, false
 	busReady := r.updateReadyLocked()
-	again := sh.everConnected
-	sh.everConnected = true
+	again := sh.everConnected || sh.takeover
+	sh.everConnected, sh.takeover = true, false
 	r.mu.Unlock()
-	r.connected(again, busReady)
+	r.connected(sh, again, busReady)
 }
 
 // movedSlot takes Redis's MOVED answer to a (un)subscription on sh's
@@ -913,17 +951,24 @@ func movedError(err error) (slot int, addr string, ok bool) {
 // connected takes a shard's connection that has every subscription: again
 // when the shard had been connected before, busReady when the bus is Ready
 // now.
-func (r *Redis) connected(again, busReady bool) {
+func (r *Redis) connected(sh *shard, again, busReady bool) {
+	log := r.log
+	if r.cluster {
+		log = log.With("shard", sh.addr)
+	}
 	if again {
 		r.reconnects.Add(1)
 		r.metrics.reconnects.Inc()
+		if !busReady {
+			log.Info("redis connection recovered")
+		}
 	}
 	switch {
 	case !busReady:
 	case r.everConnected.Swap(true):
-		r.log.Info("redis connection recovered")
+		log.Info("redis connection recovered")
 	default:
-		r.log.Info("redis connected")
+		log.Info("redis connected")
 	}
 	if !again && !busReady {
 		// A shard's first connection, to a master that had no channel
@@ -941,15 +986,21 @@ func (r *Redis) connected(again, busReady bool) {
 }
 
 // dispatch hands a published payload to its handler or session.
-func (r *Redis) dispatch(msg *redis.Message) {
+func (r *Redis) dispatch(sh *shard, msg *redis.Message) {
+	r.mu.Lock()
+	s := r.subs[msg.Channel]
+	// What a shard's connection brings for a channel that has moved to
+	// another shard comes there too.
+	mine := s != nil && s.shard == sh
+	r.mu.Unlock()
+	if !mine {
+		return
+	}
 	if msg.Channel == r.nodeTopic {
 		r.nodePayload(msg.Payload)
 		return
 	}
-	r.mu.Lock()
-	s := r.subs[msg.Channel]
-	r.mu.Unlock()
-	if s == nil || s.room == "" || s.h.Load() == nil {
+	if s.room == "" || s.h.Load() == nil {
 		return
 	}
 	var m *Message

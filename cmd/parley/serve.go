@@ -175,9 +175,9 @@ func parseSettings(fs *envFlags, args []string, environ []string) (*serveConfig,
 	}
 	if c.redisURL != "" {
 		if err := fanout.CheckRedisURL(c.redisURL); err != nil {
-			// The URL may carry a password: neither it nor the parser's
-			// message, which can quote it, is shown.
-			bad(fs.badFlag("redis", "not a Redis URL: want redis://[user:password@]host:port/db, rediss://... or unix:///path/to/socket for one server, redis+cluster://[user:password@]host:port,host:port,... (or rediss+cluster://) for a Redis Cluster"))
+			// The URL may carry a password: it is not shown (nor does the
+			// reason quote it).
+			bad(fs.badFlag("redis", "not a Redis URL (%s): want redis://[user:password@]host:port/db, rediss://... or unix:///path/to/socket for one server, redis+cluster://[user:password@]host:port,host:port,... (or rediss+cluster://) for a Redis Cluster", err))
 		}
 	}
 	if c.presenceTTL < time.Second {
