@@ -251,16 +251,25 @@ const (
 	slotsRefresh   = 5 * time.Second
 )
 
-// restartStaleLocked ends the connection of every shard that holds,
-// subscribed, a channel whose slot r.slots gives to another master: the
-// shard then moves it there (rebalance). A channel with a command in
-// flight is left to its answer (MOVED moves it alone). r.mu is held.
-func (r *Redis) restartStaleLocked() {
+// moveStaleLocked moves every channel subscribed on a shard whose slot
+// r.slots gives to another master to that master's shard, which subscribes
+// it (with HandleResync). The former master may still deliver it (a
+// replica now, after a manual failover, or until a migration lets go of
+// the slot): dispatch drops what a shard brings for a channel it no longer
+// holds, and confirm ignores the former master's SUNSUBSCRIBE of it; the
+// shard retires once it has no channel left. A channel with a command in
+// flight is left to its answer (MOVED moves it). r.mu is held.
+func (r *Redis) moveStaleLocked() {
 	for _, s := range r.subs {
-		if sh := s.shard; sh.addr != "" && !sh.stale && s.wanted && s.sent && s.outstanding == 0 && r.slots[s.slot] != sh.addr {
-			sh.stale = true
-			sh.kickRun()
+		sh := s.shard
+		if sh.addr == "" || !s.wanted || !s.sent || s.outstanding() > 0 || r.slots[s.slot] == sh.addr {
+			continue
 		}
+		to := r.shardAtLocked(r.slots[s.slot])
+		if to == nil { // closed
+			return
+		}
+		r.moveLocked(s, to)
 	}
 }
 
@@ -344,7 +353,7 @@ func (r *Redis) reloadLoop(ctx context.Context) {
 		if err == nil {
 			r.mu.Lock()
 			r.slots = m
-			r.restartStaleLocked()
+			r.moveStaleLocked()
 			r.mu.Unlock()
 		} else if !r.closed.Load() {
 			r.log.Debug("reloading the cluster's slot map failed", "err", err)

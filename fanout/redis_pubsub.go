@@ -67,10 +67,6 @@ type shard struct {
 	initial       int
 	ready         bool
 	everConnected bool
-	// stale is set when the slot map gives a slot of one of the shard's
-	// channels to another master: its connection ends, and the next one
-	// starts with a rebalance.
-	stale bool
 	// takeover is set on a shard that took channels over from one whose
 	// connection was lost (a failover): its first connection counts as a
 	// reconnection.
@@ -113,10 +109,11 @@ type subscription struct {
 	confirmed bool
 	ready     chan struct{}
 	// sent is whether the last command for the channel on this connection
-	// was SUBSCRIBE, and outstanding how many replies to such commands are
-	// still due. With none due, Redis's state is sent.
-	sent        bool
-	outstanding int
+	// was SUBSCRIBE; pendSub and pendUnsub count the replies to its
+	// SUBSCRIBE and UNSUBSCRIBE commands still due. With none due, Redis's
+	// state is sent.
+	sent               bool
+	pendSub, pendUnsub int
 	// initial marks a subscription of the connection's first SUBSCRIBE not
 	// yet confirmed; resync, one whose handler gets HandleResync then.
 	initial bool
@@ -124,14 +121,17 @@ type subscription struct {
 	dirty   bool
 }
 
+// outstanding is how many replies to the channel's commands are due; r.mu
+// is held.
+func (s *subscription) outstanding() int { return s.pendSub + s.pendUnsub }
+
 type handlerRef struct{ Handler }
 
 // errStale ends a reader whose connection is no longer current, and
 // errRetired a shard left with no channel.
 var (
-	errStale      = errors.New("fanout: stale pub/sub connection")
-	errSlotsMoved = errors.New("fanout: the master no longer serves all of the shard's slots")
-	errRetired    = errors.New("fanout: shard has no channel left")
+	errStale   = errors.New("fanout: stale pub/sub connection")
+	errRetired = errors.New("fanout: shard has no channel left")
 )
 
 // Subscribe implements Bus. It returns once Redis has confirmed the
@@ -328,7 +328,7 @@ func (r *Redis) moveLocked(s *subscription, to *shard) {
 		to.takeover = true
 	}
 	s.resync = s.resync || s.confirmed
-	s.sent, s.outstanding = false, 0
+	s.sent, s.pendSub, s.pendUnsub = false, 0, 0
 	// An entry in from's queue is now stale (see clearDirtyLocked).
 	s.dirty = false
 	r.markDirty(s)
@@ -489,7 +489,6 @@ func (r *Redis) rebalance(ctx context.Context, sh *shard) error {
 	// What was queued for the connection that ended is moot: the next one
 	// subscribes everything wanted, where the slot map says.
 	r.clearDirtyLocked(sh)
-	sh.stale = false
 	for _, s := range r.subs {
 		if s.shard != sh {
 			continue
@@ -615,13 +614,6 @@ func (r *Redis) connection(ctx context.Context, sh *shard) (lost bool, err error
 			reading = false
 			return end(err)
 		case <-sh.kick:
-			r.mu.Lock()
-			stale := sh.stale
-			sh.stale = false
-			r.mu.Unlock()
-			if stale {
-				return end(errSlotsMoved)
-			}
 			if time.Since(lastSync) < syncWindow {
 				// A burst: let it gather into one command.
 				time.Sleep(syncWindow)
@@ -704,7 +696,7 @@ func (r *Redis) startGeneration(sh *shard) (gen uint64, channels []string) {
 		if s.shard != sh {
 			continue
 		}
-		s.sent, s.outstanding, s.initial = false, 0, false
+		s.sent, s.pendSub, s.pendUnsub, s.initial = false, 0, 0, false
 		if !s.wanted {
 			r.forgetLocked(s)
 			continue
@@ -714,11 +706,11 @@ func (r *Redis) startGeneration(sh *shard) (gen uint64, channels []string) {
 			continue
 		}
 		s.resync = s.resync || s.confirmed
-		s.sent, s.outstanding, s.initial = true, 1, true
+		s.sent, s.pendSub, s.initial = true, 1, true
 		channels = append(channels, s.channel)
 	}
 	if node != nil {
-		node.sent, node.outstanding, node.initial = true, 1, true
+		node.sent, node.pendSub, node.initial = true, 1, true
 		channels = append(channels, r.nodeTopic)
 	}
 	sh.initial = len(channels)
@@ -740,18 +732,18 @@ func (r *Redis) sync(ctx context.Context, ps *redis.PubSub, sh *shard) error {
 		switch {
 		case s.wanted && !s.sent:
 			s.sent = true
-			s.outstanding++
+			s.pendSub++
 			sub = append(sub, s.channel)
 		case !s.wanted && s.sent:
 			s.sent = false
-			s.outstanding++
+			s.pendUnsub++
 			unsub = append(unsub, s.channel)
-		case s.wanted && s.outstanding == 0 && !s.confirmed:
+		case s.wanted && s.outstanding() == 0 && !s.confirmed:
 			// Unsubscribed and subscribed again before any command went
 			// out: Redis never stopped delivering.
 			s.confirmed = true
 			close(s.ready)
-		case !s.wanted && s.outstanding == 0:
+		case !s.wanted && s.outstanding() == 0:
 			r.forgetLocked(s)
 		}
 	}
@@ -814,30 +806,54 @@ func (r *Redis) confirm(sh *shard, gen uint64, kind, channel string) error {
 		return errStale
 	}
 	s := r.subs[channel]
-	if r.cluster && kind == "sunsubscribe" && s != nil && s.shard == sh && s.outstanding == 0 && s.sent && s.wanted {
-		// The master let go of the channel's slot (a slot migration):
-		// subscribe again, which the master answers with MOVED to the
-		// slot's new master if it has one.
-		s.sent = false
-		s.resync = s.resync || s.confirmed
-		r.markDirty(s)
+	unsub := kind == "unsubscribe" || kind == "sunsubscribe"
+	if s == nil || s.shard != sh {
 		r.mu.Unlock()
-		sh.kickRun()
-		r.reloadSoon()
-		return nil
+		if r.cluster && unsub {
+			// A former master letting go of a channel that moved, or
+			// answering for one forgotten since (see below).
+			return nil
+		}
+		return fmt.Errorf("unexpected %s of %q", kind, channel)
 	}
-	if s == nil || s.shard != sh || s.outstanding == 0 {
+	switch {
+	case !unsub && s.pendSub > 0:
+		s.pendSub--
+	case unsub && s.pendUnsub > 0:
+		s.pendUnsub--
+	case unsub && r.cluster:
+		// The master's own: it let go of the channel's slot (a slot
+		// migration; a reply of ours that it came before is taken for
+		// it, and that reply then for this). A channel subscribed, with
+		// nothing in flight, is subscribed again, which the master
+		// answers with MOVED to the slot's new master if it has one.
+		again := s.pendSub == 0 && s.sent && s.wanted
+		if again {
+			s.sent = false
+			r.markDirty(s)
+		}
+		// An SSUBSCRIBE in flight answers for itself (MOVED, or
+		// subscribed again); what was published meanwhile is filled in.
+		if s.wanted {
+			s.resync = s.resync || s.confirmed
+		}
+		r.mu.Unlock()
+		if again {
+			sh.kickRun()
+			r.reloadSoon()
+		}
+		return nil
+	default:
 		r.mu.Unlock()
 		return fmt.Errorf("unexpected %s of %q", kind, channel)
 	}
-	s.outstanding--
 	nowReady := false
 	if s.initial {
 		s.initial = false
 		sh.initial--
 		nowReady = sh.initial == 0
 	}
-	if s.outstanding == 0 {
+	if s.outstanding() == 0 {
 		switch {
 		case s.sent && s.wanted:
 			if !s.confirmed {
