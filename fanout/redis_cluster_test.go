@@ -224,7 +224,8 @@ func TestRedisClusterFailover(t *testing.T) {
 		onVictim := before[room] == victim
 		waitFor(t, "the last message of "+room, func() bool {
 			m := rec.messages()
-			return len(m) > 0 && m[len(m)-1].Offset == uint64(sent[room])
+			// At or past it: a publish that timed out may have landed.
+			return len(m) > 0 && m[len(m)-1].Offset >= uint64(sent[room])
 		})
 		resyncs := rec.resyncs.Load()
 		t.Logf("room %s on the killed master: %v; %d published, %d delivered live, %d resyncs, %d gaps", room, onVictim, sent[room], len(rec.messages()), resyncs, rec.gaps.Load())
@@ -234,8 +235,9 @@ func TestRedisClusterFailover(t *testing.T) {
 			}
 			continue
 		}
-		if resyncs != 0 || rec.gaps.Load() != 0 || len(rec.messages()) != sent[room] {
-			t.Errorf("room %s of a surviving master: %d resyncs, %d gaps, %d of %d delivered", room, resyncs, rec.gaps.Load(), len(rec.messages()), sent[room])
+		msgs := rec.messages()
+		if last := msgs[len(msgs)-1].Offset; resyncs != 0 || rec.gaps.Load() != 0 || uint64(len(msgs)) != last {
+			t.Errorf("room %s of a surviving master: %d resyncs, %d gaps, %d of %d delivered", room, resyncs, rec.gaps.Load(), len(msgs), last)
 		}
 	}
 	st := sub.Stats()

@@ -25,7 +25,7 @@ func newRedisMetrics(shards func(connected bool) float64) *redisMetrics {
 		},
 		connected: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "parley_redis_connected",
-			Help: "1 while every pub/sub connection of the bus to Redis is up and subscribed (the node is ready), else 0.",
+			Help: "1 while every pub/sub connection of the bus to Redis is up and subscribed, else 0. On a single Redis the node is ready then; in a Redis Cluster readiness follows only the connection to the master of the node's own channel.",
 		}),
 		reconnects: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "parley_redis_reconnects_total",

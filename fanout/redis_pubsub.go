@@ -25,14 +25,18 @@ import (
 // reply at a time, so a room's calls never overlap and keep Redis's order.
 //
 // Each connection is a generation: a fresh go-redis PubSub. Any error ends
-// it, and so does a confirmation nobody asked for (a cluster's master sends
-// SUNSUBSCRIBE when it loses a slot: a failover or a resharding); the next
-// one subscribes to everything wanted, and the handler of every room that
-// had been subscribed gets HandleResync once Redis confirms it again. In a
-// cluster the shard reads the slot map before each connection, and the
-// channels whose slots another master serves now move to that master's
-// shard, which subscribes them (with HandleResync) on its own connection:
-// the rooms of the other shards see nothing of it. A shard left with no
+// it; the next one subscribes to everything wanted, and the handler of every
+// room that had been subscribed gets HandleResync once Redis confirms it
+// again. In a cluster the shard reads the slot map before each connection,
+// and the channels whose slots another master serves now move to that
+// master's shard, which subscribes them (with HandleResync) on its own
+// connection: the rooms of the other shards see nothing of it. Slots that
+// move while the connection lives move their channels alone: a master that
+// lets go of a slot sends a SUNSUBSCRIBE nobody asked for, and the shard
+// subscribes the channel again, which the master answers with MOVED if
+// another master serves the slot now; a MOVED answer moves the slot's
+// channels to that master's shard; and the slot map, read every 5 s, moves
+// what changed without a word (a manual failover). A shard left with no
 // channel ends.
 
 // maxClusterBackoff bounds the backoff of a cluster's shard.
@@ -329,6 +333,10 @@ func (r *Redis) moveLocked(s *subscription, to *shard) {
 	}
 	s.resync = s.resync || s.confirmed
 	s.sent, s.pendSub, s.pendUnsub = false, 0, 0
+	if s.channel == r.nodeTopic {
+		// Ready follows the node's channel, which to has yet to subscribe.
+		r.updateReadyLocked()
+	}
 	// An entry in from's queue is now stale (see clearDirtyLocked).
 	s.dirty = false
 	r.markDirty(s)
@@ -535,7 +543,7 @@ func (r *Redis) updateReadyLocked() (nowReady bool) {
 	ready := all
 	if r.cluster {
 		node := r.subs[r.nodeTopic]
-		ready = node != nil && node.shard.ready
+		ready = node != nil && node.shard.ready && node.sent && node.outstanding() == 0
 	}
 	return !r.setReady(ready) && ready
 }
@@ -680,7 +688,8 @@ func (r *Redis) batches(channels []string) [][]string {
 }
 
 // startGeneration starts a connection of sh: every channel it wants is to
-// be subscribed, the node topic last, and the rooms that were confirmed
+// be subscribed, the node topic last (on a single Redis; a cluster's
+// commands go in slot order), and the rooms that were confirmed
 // before get HandleResync once confirmed again. Channels no longer wanted
 // are forgotten: the new connection has none.
 func (r *Redis) startGeneration(sh *shard) (gen uint64, channels []string) {
@@ -795,9 +804,11 @@ func (r *Redis) read(ctx context.Context, ps *redis.PubSub, sh *shard, gen uint6
 }
 
 // confirm takes Redis's reply to a SUBSCRIBE or UNSUBSCRIBE of channel on
-// sh. Replies come in the order of the commands, one per channel each; one
-// that no command asked for (a cluster's master letting go of a slot) ends
-// the connection.
+// sh. Replies come in the order of the commands, one per channel each. In a
+// cluster, an UNSUBSCRIBE that no command asked for is the master letting
+// go of the channel's slot: the channel is subscribed again (see above);
+// and a former master's UNSUBSCRIBE of a channel that moved is ignored. Any
+// other reply nobody asked for ends the connection.
 func (r *Redis) confirm(sh *shard, gen uint64, kind, channel string) error {
 	var resync *subscription
 	r.mu.Lock()
@@ -827,10 +838,17 @@ func (r *Redis) confirm(sh *shard, gen uint64, kind, channel string) error {
 		// it, and that reply then for this). A channel subscribed, with
 		// nothing in flight, is subscribed again, which the master
 		// answers with MOVED to the slot's new master if it has one.
-		again := s.pendSub == 0 && s.sent && s.wanted
-		if again {
+		// With no SSUBSCRIBE in flight, Redis has the channel no more:
+		// the next sync subscribes it again if it is wanted (even if it
+		// was wanted no more and is again meanwhile), or forgets it.
+		again := false
+		if s.pendSub == 0 && s.sent {
 			s.sent = false
+			again = s.wanted
 			r.markDirty(s)
+			if s.channel == r.nodeTopic {
+				r.updateReadyLocked()
+			}
 		}
 		// An SSUBSCRIBE in flight answers for itself (MOVED, or
 		// subscribed again); what was published meanwhile is filled in.
@@ -838,8 +856,8 @@ func (r *Redis) confirm(sh *shard, gen uint64, kind, channel string) error {
 			s.resync = s.resync || s.confirmed
 		}
 		r.mu.Unlock()
+		sh.kickRun()
 		if again {
-			sh.kickRun()
 			r.reloadSoon()
 		}
 		return nil
@@ -859,6 +877,10 @@ func (r *Redis) confirm(sh *shard, gen uint64, kind, channel string) error {
 			if !s.confirmed {
 				s.confirmed = true
 				close(s.ready)
+			}
+			if s.channel == r.nodeTopic && !nowReady {
+				// The node's channel, moved here: Ready may follow.
+				r.updateReadyLocked()
 			}
 			if s.resync {
 				s.resync = false
