@@ -835,12 +835,11 @@ func (r *Redis) confirm(sh *shard, gen uint64, kind, channel string) error {
 	case unsub && r.cluster:
 		// The master's own: it let go of the channel's slot (a slot
 		// migration; a reply of ours that it came before is taken for
-		// it, and that reply then for this). A channel subscribed, with
-		// nothing in flight, is subscribed again, which the master
-		// answers with MOVED to the slot's new master if it has one.
-		// With no SSUBSCRIBE in flight, Redis has the channel no more:
-		// the next sync subscribes it again if it is wanted (even if it
-		// was wanted no more and is again meanwhile), or forgets it.
+		// it, and that reply then for this). With no SSUBSCRIBE in
+		// flight, Redis has the channel no more: the next sync subscribes
+		// it again if it is wanted (even if it was unwanted meanwhile),
+		// which the master answers with MOVED to the slot's new master if
+		// it has one, or forgets it.
 		again := false
 		if s.pendSub == 0 && s.sent {
 			s.sent = false
