@@ -345,3 +345,55 @@ func FuzzParseRedisURL(f *testing.F) {
 		}
 	})
 }
+
+// TestRedisClusterMasterRestartedEmpty: a master without a replica comes
+// back empty (no persistence). Its rooms are subscribed again, with
+// HandleResync; the fill from what the node delivered finds the history
+// lost and moves the room to a new epoch (Recovered false), which the next
+// publication takes. A room of another master keeps its epoch and its
+// history, and sees nothing.
+func TestRedisClusterMasterRestartedEmpty(t *testing.T) {
+	c := redistest.StartCluster(t, 3, 0)
+	c.ConfigSet("cluster-require-full-coverage", "no")
+	bus := newTestRedis(t, RedisConfig{URL: clusterURL(c, 3), NodeID: "empty"})
+	owners := crOwners(t, c)
+	// Not the master of the node's own channel: the bus stays Ready.
+	victim := (owners[keySlot(bus.nodeTopic)] + 1) % 3
+	lost := crRoomsOn(owners, victim, 1, "lost")[0]
+	kept := crRoomsOn(owners, (victim+1)%3, 1, "kept")[0]
+	lostRec, keptRec := &recorder{}, &recorder{}
+	subscribe(t, bus, lost, lostRec)
+	subscribe(t, bus, kept, keptRec)
+	lostEpoch := publishN(t, bus, lost, 3)[0].Epoch
+	keptEpoch := publishN(t, bus, kept, 3)[0].Epoch
+	lostRec.waitMessages(t, 3)
+	keptRec.waitMessages(t, 3)
+
+	c.Nodes[victim].Restart()
+	waitFor(t, "the lost room's resync", func() bool { return lostRec.resyncs.Load() > 0 })
+
+	// The restarted master answers CLUSTERDOWN until it has rejoined the
+	// cluster: the fill is tried again, as the gateway's is.
+	delivered := Position{Epoch: lostEpoch, Offset: 3}
+	var h History
+	waitFor(t, "the fill of the lost room", func() bool {
+		var err error
+		h, err = bus.History(context.Background(), lost, HistoryQuery{Since: &delivered, Delivered: true})
+		return err == nil
+	})
+	if h.Recovered || h.Top.Epoch == lostEpoch {
+		t.Fatalf("the fill of the emptied master's room: recovered %v at %v, want not recovered, in a new epoch", h.Recovered, h.Top)
+	}
+	if res := publish(t, bus, lost, Publication{Data: data(4)}); res.Epoch != h.Top.Epoch || res.Offset != 1 {
+		t.Errorf("publish after the restart: %v, want offset 1 of %s", res.Position, h.Top.Epoch)
+	}
+	lostRec.waitMessages(t, 4)
+
+	k := history(t, bus, kept, HistoryQuery{Since: &Position{Epoch: keptEpoch, Offset: 3}, Delivered: true})
+	if !k.Recovered || k.Top != (Position{Epoch: keptEpoch, Offset: 3}) {
+		t.Errorf("the other master's room: recovered %v at %v, want recovered at offset 3 of %s", k.Recovered, k.Top, keptEpoch)
+	}
+	if n := keptRec.resyncs.Load(); n != 0 {
+		t.Errorf("the other master's room got %d resyncs", n)
+	}
+}
