@@ -364,6 +364,36 @@ func TestRedisClusterMasterKilled(t *testing.T) {
 		close(pubDone)
 	}()
 
+	// Which master holds each node's own channel: /readyz follows that
+	// master only, so a node whose channel is elsewhere stays ready.
+	channelOn := map[*clusterNode]int{}
+	for i := range 3 {
+		for _, ch := range strings.Fields(c.Nodes[i].Command("PUBSUB", "SHARDCHANNELS", "parley:node:*")) {
+			for _, n := range []*clusterNode{a, b} {
+				if strings.HasPrefix(ch, "parley:node:{"+n.id+"#") {
+					channelOn[n] = i
+				}
+			}
+		}
+	}
+	unready := map[*clusterNode]*atomic.Int32{a: {}, b: {}}
+	stopWatch := make(chan struct{})
+	var watchers sync.WaitGroup
+	for n, count := range unready {
+		watchers.Go(func() {
+			for {
+				select {
+				case <-stopWatch:
+					return
+				case <-time.After(20 * time.Millisecond):
+				}
+				if !n.ready() {
+					count.Add(1)
+				}
+			}
+		})
+	}
+
 	waitUntil(t, 20*time.Second, "a third of the first room's messages", func() bool { return runs[0].published.Load() >= total/3 })
 	killed := time.Now()
 	c.Nodes[victim].Kill()
@@ -375,6 +405,16 @@ func TestRedisClusterMasterKilled(t *testing.T) {
 	failover := time.Since(killed)
 	if promoted == victim {
 		t.Fatalf("the killed master %d still serves its slots", victim)
+	}
+	waitUntil(t, 20*time.Second, "both nodes ready", func() bool { return a.ready() && b.ready() })
+	close(stopWatch)
+	watchers.Wait()
+	for n, count := range unready {
+		on, known := channelOn[n]
+		t.Logf("node %s: own channel on master %d (known %v), /readyz not 200 in %d samples during the failover", n.id, on, known, count.Load())
+		if known && on != victim && count.Load() > 0 {
+			t.Errorf("node %s, whose channel is on a surviving master, was not ready in %d samples", n.id, count.Load())
+		}
 	}
 	t.Logf("killed master %d (%s) %s after the first publish; marked failed %s later, its slots served by node %d (%s) %s after the kill",
 		victim, c.Addrs()[victim], killed.Sub(start).Round(time.Millisecond), markedFailed.Round(time.Millisecond),
