@@ -366,10 +366,19 @@ func (s *Service) attach(ctx context.Context, c Conn, p *localPeer, others []fan
 		return JoinResult{}, s.busError("join", err)
 	}
 	if !resumed && len(held) > 0 {
-		// A new peer has no past: what its identity's mailbox held was
-		// on its way to an earlier peer of the same connection.
-		s.metrics.dropped.Add(float64(len(held)))
-		held = nil
+		// A new peer has no past: what its identity's mailbox held for
+		// another key was on its way to an earlier peer of the same
+		// connection. What a peer sent it once it saw it enter (before
+		// this claim) carries its key, and is its.
+		kept := held[:0]
+		for _, b := range held {
+			if key, _, ok := cutSignal(b); ok && key == p.key {
+				kept = append(kept, b)
+			} else {
+				s.metrics.dropped.Inc()
+			}
+		}
+		held = kept
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()

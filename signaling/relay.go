@@ -28,7 +28,11 @@ func (s *Service) Signal(ctx context.Context, c Conn, call, to string, data []by
 		s.metrics.rejected.WithLabelValues(rejectRate).Inc()
 		return errorf(CodeRateLimited, "signal rate limit exceeded")
 	}
-	_, there := p.call.view[to]
+	v, there := p.call.view[to]
+	key := ""
+	if there {
+		key = peerKey(v)
+	}
 	self := to == p.id
 	s.mu.Unlock()
 	if self {
@@ -52,8 +56,9 @@ func (s *Service) Signal(ctx context.Context, c Conn, call, to string, data []by
 		env = envAnswer
 		s.answered(p)
 	}
-	b := make([]byte, 0, len(out)+len(call)+len(p.id)+48)
-	b = append(b, byte(env))
+	b := make([]byte, 0, len(out)+len(call)+len(p.id)+len(key)+48)
+	b = append(b, byte(env), byte(len(key)))
+	b = append(b, key...)
 	b = appendSignalFrame(b, call, p.id, out)
 	err := s.bus.Post(ctx, peerAddr(call, to), b, s.cfg.HeldSignals, s.cfg.HoldFor)
 	switch {
@@ -119,11 +124,12 @@ func (s *Service) deliverWith(p *localPeer, b []byte, held bool) {
 			}
 			return
 		}
+		_, frame, _ := cutSignal(b)
 		ok := p.conn != nil
 		if ok && held {
-			ok = p.conn.Answer(b[1:])
+			ok = p.conn.Answer(frame)
 		} else if ok {
-			ok = p.conn.Deliver(b[1:])
+			ok = p.conn.Deliver(frame)
 		}
 		if !ok {
 			// The peer went away as this was on its way: it goes to the
@@ -153,6 +159,32 @@ func (s *Service) deliverWith(p *localPeer, b []byte, held bool) {
 			s.sendPeerLocked(p, "resume", peer, user)
 		}
 	}
+}
+
+// peerKey is the key of the peer v, as its incarnations tell, or "" when
+// they tell two (an earlier peer of the same identity that is leaving, and
+// a new one); the caller holds s.mu.
+func peerKey(v *viewPeer) string {
+	key := ""
+	for inc := range v.incs {
+		k, _, _ := strings.Cut(inc, ".")
+		if key != "" && k != key {
+			return ""
+		}
+		key = k
+	}
+	return key
+}
+
+// cutSignal splits a signal's payload (envSignal or envAnswer, the key of
+// the peer it was sent to as the sender knew it, or "", then the frame for
+// the client) into key and frame.
+func cutSignal(b []byte) (key string, frame []byte, ok bool) {
+	if len(b) < 2 || len(b) < 2+int(b[1]) {
+		return "", nil, false
+	}
+	n := int(b[1])
+	return string(b[2 : 2+n]), b[2+n:], true
 }
 
 // repost puts a signal that reached this node after its peer left it back

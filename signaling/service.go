@@ -278,8 +278,8 @@ func isIncarnationOf(inc, key string) bool {
 
 // Payloads on peer and incarnation addresses start with one of these.
 const (
-	envSignal = 's' // then a signal frame for the client
-	envAnswer = 'S' // a signal frame that carries an SDP answer
+	envSignal = 's' // then the recipient's key (see cutSignal) and a signal frame for the client
+	envAnswer = 'S' // the same, for a signal that carries an SDP answer
 	envResume = 'r' // then "<peer>\n<user>": that peer of the call resumed
 	envTaken  = 't' // to an incarnation: the peer rejoined elsewhere
 )
