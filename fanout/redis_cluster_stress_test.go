@@ -340,9 +340,6 @@ func (st *csTest) oddf(format string, args ...any) {
 // nodes, pauses), not the timing of Redis or of the bus: a rerun with the
 // same seed is the same workload, not the same interleaving.
 func TestRedisClusterStress(t *testing.T) {
-	if testing.Short() {
-		t.Skip("stress test")
-	}
 	seed := clusterStressSeed(t)
 	run := clusterStressRun(t)
 	t.Logf("seed %d, chaos for %v (rerun with PARLEY_STRESS_SEED=%d, or -args -stress.seed=%d; PARLEY_STRESS_SECONDS sets the duration)", seed, run, seed, seed)
