@@ -202,25 +202,25 @@ func keySlot(key string) int {
 // none serves.
 type slotMap []string
 
-// loadSlots reads the cluster's slot map from a node that answers, and
-// makes the cluster client reload its own, so that the bus's commands go
-// where the channels are. It tries a few nodes: one of them may be the
-// master that just died.
-func (r *Redis) loadSlots(ctx context.Context) (slotMap, error) {
+// loadSlots reads the cluster's slot map from a node that answers, and,
+// when asked to (force) or when the map is not the bus's any more, makes the
+// cluster client reload its own, so that the bus's commands go where the
+// channels are. It tries a few nodes: one of them may be the master that
+// just died. changed reports whether the map differs from the bus's.
+func (r *Redis) loadSlots(ctx context.Context, force bool) (m slotMap, changed bool, err error) {
 	cc := r.client.(*redis.ClusterClient)
-	var err error
 	for range 3 {
 		cctx, cancel := context.WithTimeout(ctx, redisTimeout)
 		var slots []redis.ClusterSlot
 		slots, err = cc.ClusterSlots(cctx).Result()
 		cancel()
 		if err != nil && strings.Contains(err.Error(), "cluster support disabled") {
-			return nil, fmt.Errorf("%w: %w", errNotCluster, err)
+			return nil, false, fmt.Errorf("%w: %w", errNotCluster, err)
 		}
 		if err != nil {
 			continue
 		}
-		m := make(slotMap, slotCount)
+		m = make(slotMap, slotCount)
 		for _, s := range slots {
 			if len(s.Nodes) == 0 || s.Start < 0 || s.End >= slotCount || s.Start > s.End {
 				continue
@@ -233,12 +233,17 @@ func (r *Redis) loadSlots(ctx context.Context) (slotMap, error) {
 			err = errors.New("the cluster does not serve every slot")
 			continue
 		}
-		rctx, cancel := context.WithTimeout(ctx, redisTimeout)
-		cc.ReloadState(rctx)
-		cancel()
-		return m, nil
+		r.mu.Lock()
+		changed = !slices.Equal(m, r.slots)
+		r.mu.Unlock()
+		if force || changed {
+			rctx, cancel := context.WithTimeout(ctx, redisTimeout)
+			cc.ReloadState(rctx)
+			cancel()
+		}
+		return m, changed, nil
 	}
-	return nil, fmt.Errorf("cluster slots: %w", err)
+	return nil, false, fmt.Errorf("cluster slots: %w", err)
 }
 
 // reloadInterval is the least time between two reloads of the slot map
@@ -338,24 +343,28 @@ func (r *Redis) reloadLoop(ctx context.Context) {
 	refresh := time.NewTicker(slotsRefresh)
 	defer refresh.Stop()
 	for {
+		asked := false
 		select {
 		case <-r.stop:
 			return
 		case <-r.reload:
+			asked = true
 		case <-refresh.C:
 		}
-		m, err := r.loadSlots(ctx)
+		m, changed, err := r.loadSlots(ctx, asked)
 		// What loadSlots's own failures asked for is this very reload.
 		select {
 		case <-r.reload:
 		default:
 		}
-		if err == nil {
+		if err == nil && changed {
 			r.mu.Lock()
-			r.slots = m
-			r.moveStaleLocked()
+			if !slices.Equal(m, r.slots) {
+				r.slots = m
+				r.moveStaleLocked()
+			}
 			r.mu.Unlock()
-		} else if !r.closed.Load() {
+		} else if err != nil && !r.closed.Load() {
 			r.log.Debug("reloading the cluster's slot map failed", "err", err)
 		}
 		t := time.NewTimer(reloadInterval)

@@ -485,10 +485,11 @@ func (r *Redis) retireIfEmptyLocked(sh *shard) bool {
 // subscribes them. Channels sh no longer wants are forgotten: its next
 // connection has none. A shard left with no channel is retired.
 func (r *Redis) rebalance(ctx context.Context, sh *shard) error {
-	m, err := r.loadSlots(ctx)
+	m, _, err := r.loadSlots(ctx, false)
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if err == nil {
+	changed := err == nil && !slices.Equal(m, r.slots)
+	if changed {
 		r.slots = m
 	}
 	if r.slots == nil {
@@ -514,6 +515,10 @@ func (r *Redis) rebalance(ctx context.Context, sh *shard) error {
 			break
 		}
 		r.moveLocked(s, to)
+	}
+	if changed {
+		// Other shards' channels may have moved too (a manual failover).
+		r.moveStaleLocked()
 	}
 	r.retireIfEmptyLocked(sh)
 	return err
@@ -674,11 +679,22 @@ func (r *Redis) batches(channels []string) [][]string {
 	if !r.cluster {
 		return chunk(channels, maxBatch)
 	}
-	slices.SortFunc(channels, func(a, b string) int { return keySlot(a) - keySlot(b) })
+	type slotted struct {
+		slot    int
+		channel string
+	}
+	by := make([]slotted, len(channels))
+	for i, ch := range channels {
+		by[i] = slotted{keySlot(ch), ch}
+	}
+	slices.SortFunc(by, func(a, b slotted) int { return a.slot - b.slot })
+	for i, c := range by {
+		channels[i] = c.channel
+	}
 	var out [][]string
-	for i := 0; i < len(channels); {
-		slot, j := keySlot(channels[i]), i+1
-		for j < len(channels) && j-i < maxBatch && keySlot(channels[j]) == slot {
+	for i := 0; i < len(by); {
+		j := i + 1
+		for j < len(by) && j-i < maxBatch && by[j].slot == by[i].slot {
 			j++
 		}
 		out = append(out, channels[i:j:j])
