@@ -163,6 +163,8 @@ type Redis struct {
 	// until read).
 	cluster bool
 	slots   slotMap
+	// staleLeft: see moveStaleLocked.
+	staleLeft bool
 	// clusterChecked is set once a single Redis has said whether it is a
 	// cluster's node (checkNotCluster).
 	clusterChecked atomic.Bool

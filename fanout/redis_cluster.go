@@ -264,10 +264,20 @@ const (
 // holds, and confirm ignores the former master's SUNSUBSCRIBE of it; the
 // shard retires once it has no channel left. A channel with a command in
 // flight is left to its answer (MOVED moves it). r.mu is held.
+//
+// It sets r.staleLeft when it left such a channel to its answer (which a
+// former master, a replica now, may give by subscribing it), so that the
+// next read of the slot map walks the channels again although the map did
+// not change.
 func (r *Redis) moveStaleLocked() {
+	r.staleLeft = false
 	for _, s := range r.subs {
 		sh := s.shard
-		if sh.addr == "" || !s.wanted || !s.sent || s.outstanding() > 0 || r.slots[s.slot] == sh.addr {
+		if sh.addr == "" || !s.wanted || r.slots[s.slot] == sh.addr {
+			continue
+		}
+		if !s.sent || s.outstanding() > 0 {
+			r.staleLeft = true
 			continue
 		}
 		to := r.shardAtLocked(r.slots[s.slot])
@@ -357,14 +367,14 @@ func (r *Redis) reloadLoop(ctx context.Context) {
 		case <-r.reload:
 		default:
 		}
-		if err == nil && changed {
+		if err == nil {
 			r.mu.Lock()
-			if !slices.Equal(m, r.slots) {
+			if changed = !slices.Equal(m, r.slots); changed || r.staleLeft {
 				r.slots = m
 				r.moveStaleLocked()
 			}
 			r.mu.Unlock()
-		} else if err != nil && !r.closed.Load() {
+		} else if !r.closed.Load() {
 			r.log.Debug("reloading the cluster's slot map failed", "err", err)
 		}
 		t := time.NewTimer(reloadInterval)

@@ -516,7 +516,7 @@ func (r *Redis) rebalance(ctx context.Context, sh *shard) error {
 		}
 		r.moveLocked(s, to)
 	}
-	if changed {
+	if changed || r.staleLeft {
 		// Other shards' channels may have moved too (a manual failover).
 		r.moveStaleLocked()
 	}
