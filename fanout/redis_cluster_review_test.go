@@ -255,9 +255,7 @@ func TestClusterReviewManualFailover(t *testing.T) {
 	rec.waitMessages(t, 1)
 
 	rep := crReplicaOf(t, c, m)
-	if out := c.Nodes[rep].Command("CLUSTER", "FAILOVER"); !strings.HasPrefix(out, "OK") {
-		t.Fatalf("CLUSTER FAILOVER: %q", out)
-	}
+	c.ManualFailover(rep, 20*time.Second)
 	reviewWait(t, "the replica to take the slot", 20*time.Second, func() bool { return crOwners(t, c)[keySlot(roomChannel(room))] == rep })
 	c.WaitHealthy(waitTimeout)
 

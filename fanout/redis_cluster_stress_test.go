@@ -971,18 +971,22 @@ func (st *csTest) manualFailover(rng *rand.Rand) {
 	rep := synced[m][rng.IntN(len(synced[m]))]
 	expect := slices.Sorted(slices.Values(append(slices.DeleteFunc(slices.Clone(masters), func(i int) bool { return i == m }), rep)))
 	st.window(fmt.Sprintf("manual failover of node %d to node %d", m, rep), false, expect, func() error {
-		if _, err := st.do(rep, "CLUSTER", "FAILOVER"); err != nil {
-			return fmt.Errorf("CLUSTER FAILOVER: %w", err)
-		}
 		deadline := time.Now().Add(csSettle)
 		for {
-			if v, err := st.view(rep); err == nil && v.master[rep] {
-				return nil
+			// Redis drops a manual failover that has not completed
+			// within two cluster-node-timeouts: ask again then.
+			if _, err := st.do(rep, "CLUSTER", "FAILOVER"); err != nil {
+				return fmt.Errorf("CLUSTER FAILOVER: %w", err)
 			}
-			if time.Now().After(deadline) {
-				return fmt.Errorf("node %d not a master after %v", rep, csSettle)
+			for asked := time.Now(); time.Since(asked) < 3*time.Second; {
+				if v, err := st.view(rep); err == nil && v.master[rep] {
+					return nil
+				}
+				if time.Now().After(deadline) {
+					return fmt.Errorf("node %d not a master after %v", rep, csSettle)
+				}
+				time.Sleep(20 * time.Millisecond)
 			}
-			time.Sleep(20 * time.Millisecond)
 		}
 	})
 }
@@ -1311,9 +1315,7 @@ func TestRedisClusterShardLeftOnReplica(t *testing.T) {
 
 	old := c.Addrs()[m]
 	rep := crReplicaOf(t, c, m)
-	if out := c.Nodes[rep].Command("CLUSTER", "FAILOVER"); !strings.HasPrefix(out, "OK") {
-		t.Fatalf("CLUSTER FAILOVER: %q", out)
-	}
+	c.ManualFailover(rep, 20*time.Second)
 	reviewWait(t, "the replica to take the slot", 20*time.Second, func() bool { return crOwners(t, c)[keySlot(roomChannel(room))] == rep })
 	c.WaitHealthy(waitTimeout)
 	// The room goes on receiving (through the replica, as it turns out).
@@ -1509,9 +1511,7 @@ func TestRedisClusterUnsubscribeWhileSlotMoves(t *testing.T) {
 				info := c.Nodes[to].Command("INFO", "replication")
 				return strings.Contains(info, "master_link_status:up") && strings.Contains(info, "master_sync_in_progress:0")
 			})
-			if out := c.Nodes[to].Command("CLUSTER", "FAILOVER"); !strings.HasPrefix(out, "OK") {
-				t.Fatalf("CLUSTER FAILOVER: %q", out)
-			}
+			c.ManualFailover(to, 20*time.Second)
 			reviewWait(t, "the failover", 20*time.Second, func() bool { return crOwners(t, c)[slot] == to })
 			c.WaitHealthy(waitTimeout)
 			failovers++
@@ -1552,9 +1552,7 @@ func TestRedisClusterSubscribeDuringHandover(t *testing.T) {
 	subscribe(t, sub, rooms[1], &recorder{})
 	old := c.Addrs()[m]
 	rep := crReplicaOf(t, c, m)
-	if out := c.Nodes[rep].Command("CLUSTER", "FAILOVER"); !strings.HasPrefix(out, "OK") {
-		t.Fatalf("CLUSTER FAILOVER: %q", out)
-	}
+	c.ManualFailover(rep, 20*time.Second)
 	deadline := time.Now().Add(slotsRefresh + 3*time.Second)
 	for {
 		var sh *RedisShard

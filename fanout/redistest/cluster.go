@@ -295,3 +295,33 @@ func (c *Cluster) WaitMasterOf(key string, d time.Duration) int {
 		time.Sleep(20 * time.Millisecond)
 	}
 }
+
+// manualFailoverRetry is how long ManualFailover waits for a CLUSTER
+// FAILOVER before it asks again: Redis drops a manual failover that has
+// not completed within twice the cluster-node-timeout (2 s here), which a
+// busy machine can make it miss.
+const manualFailoverRetry = 3 * time.Second
+
+// ManualFailover makes the replica at index i of Nodes take its master's
+// place with CLUSTER FAILOVER, asking again when Redis dropped the
+// failover, and waits until the replica says it is a master, failing the
+// test after d.
+func (c *Cluster) ManualFailover(i int, d time.Duration) {
+	c.t.Helper()
+	deadline := time.Now().Add(d)
+	for {
+		if out := c.Nodes[i].Command("CLUSTER", "FAILOVER"); !strings.HasPrefix(out, "OK") {
+			c.t.Fatalf("CLUSTER FAILOVER on node %d: %q", i, out)
+		}
+		asked := time.Now()
+		for time.Since(asked) < manualFailoverRetry {
+			if strings.Contains(c.Nodes[i].Command("INFO", "replication"), "role:master") {
+				return
+			}
+			if time.Now().After(deadline) {
+				c.t.Fatalf("node %d is not a master %v after CLUSTER FAILOVER", i, d)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+}
