@@ -817,8 +817,10 @@ func (r *Redis) Unregister(ctx context.Context, session string) error {
 	return nil
 }
 
-// Send implements Bus. A session registered on this node gets data in the
-// caller's goroutine; any other goes through its node's channel. A
+// Send implements Bus. data goes through the channel of the node that holds
+// session's address, this node's included: a shortcut to a registration
+// here would overtake what an earlier Send or Post, made just before the
+// registration, has still on its way through that channel. A
 // registration here that another has replaced is dropped before that
 // Register returns (see Register), or at the next renewal when this node
 // missed the word, so a Send made here after a session moved goes to its
@@ -829,9 +831,6 @@ func (r *Redis) Unregister(ctx context.Context, session string) error {
 func (r *Redis) Send(ctx context.Context, session string, data []byte) error {
 	if err := r.check(ctx); err != nil {
 		return err
-	}
-	if r.deliverHere(session, data) {
-		return nil
 	}
 	var n int64
 	var err error
@@ -857,9 +856,6 @@ func (r *Redis) Send(ctx context.Context, session string, data []byte) error {
 func (r *Redis) Post(ctx context.Context, session string, data []byte, max int, ttl time.Duration) error {
 	if err := r.check(ctx); err != nil {
 		return err
-	}
-	if r.deliverHere(session, data) {
-		return nil
 	}
 	// Redis keeps whole milliseconds: a part of one counts as one, and a
 	// mailbox that expires at once keeps nothing.
@@ -932,19 +928,6 @@ func (r *Redis) postCluster(ctx context.Context, session string, data []byte, ma
 		}
 	}
 	return 0, errors.New("the session's address kept changing")
-}
-
-// deliverHere gives data to session's registration on this node, in the
-// caller's goroutine, and reports whether there was one.
-func (r *Redis) deliverHere(session string, data []byte) bool {
-	r.smu.RLock()
-	e := r.sessions[session]
-	r.smu.RUnlock()
-	if e == nil {
-		return false
-	}
-	e.deliver(data)
-	return true
 }
 
 // Ready implements Bus: the pub/sub connection is up and Redis has
