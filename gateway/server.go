@@ -175,7 +175,9 @@ func (srv *Server) Handler() http.Handler { return srv.mux }
 
 // Serve accepts connections on ln until Shutdown; it returns
 // http.ErrServerClosed after a Shutdown. A plain listener serves HTTP/1.1 and
-// h2c.
+// h2c. A listener whose connections are *tls.Conn with TLS already set up
+// (turn.TLSSplit's HTTP listener) serves HTTPS as ServeTLS does: HTTP/2 or
+// HTTP/1.1 by the ALPN their handshake negotiated, with Request.TLS set.
 func (srv *Server) Serve(ln net.Listener) error {
 	return srv.http.Serve(ln)
 }

@@ -29,8 +29,9 @@ const (
 const pionMaxLifetime = time.Hour - time.Second
 
 // Config configures a Server. Sockets are injected: the caller opens them
-// (Listen and ListenTLS do it for an address) and the Server owns them from
-// NewServer on, closing them in Close. At least one socket is required.
+// (Listen does it for an address, SplitTLS shares a port with HTTPS) and the
+// Server owns them from NewServer on, closing them in Close. At least one
+// socket is required.
 type Config struct {
 	// Logger receives the server's logs; nil discards them. No log line
 	// carries a secret, a credential or a user name.
@@ -57,6 +58,11 @@ type Config struct {
 	// TLSConfig holds the certificate for TLSListener; required with it.
 	// Versions below TLS 1.2 are always refused.
 	TLSConfig *tls.Config
+	// TLSStreams yields TURN-over-TLS connections whose TLS is already
+	// terminated, such as TLSSplit.TURN of a port shared with HTTPS; they
+	// are served as TLSListener's are, without TLSConfig, and count as tls
+	// in the metrics. nil disables it.
+	TLSStreams net.Listener
 
 	// PublicIP is the address put in relay candidates (XOR-RELAYED-ADDRESS);
 	// zero means the listeners' IP. Required when the listeners are bound to
@@ -128,8 +134,8 @@ func (c Config) validate() error {
 	switch {
 	case c.Secret == "":
 		return configErr("Secret", "required")
-	case len(c.UDPConns) == 0 && c.TCPListener == nil && c.TLSListener == nil:
-		return configErr("UDPConns", "no UDP socket, TCP listener or TLS listener")
+	case len(c.UDPConns) == 0 && c.TCPListener == nil && c.TLSListener == nil && c.TLSStreams == nil:
+		return configErr("UDPConns", "no UDP socket, TCP listener, TLS listener or TLS streams")
 	case c.TLSListener != nil && c.TLSConfig == nil:
 		return configErr("TLSConfig", "required with TLSListener")
 	case c.TLSConfig != nil && c.TLSConfig.MaxVersion != 0 && c.TLSConfig.MaxVersion < tls.VersionTLS12:

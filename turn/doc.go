@@ -6,6 +6,13 @@
 // Close stops it. Credentials mints the REST username and credential pair
 // that clients present, in the scheme of coturn's use-auth-secret.
 //
+// SplitTLS shares one TCP port, such as 443, between HTTPS and TURN over
+// TLS, for clients behind firewalls that let only TCP to 443 out: it
+// terminates TLS and tells the two apart by ALPN (h2 and http/1.1, or
+// stun.turn of RFC 7443) or, without ALPN, by whether the first bytes are a
+// STUN message. Its HTTP listener goes to http.Server.Serve, its TURN
+// listener to Config.TLSStreams.
+//
 // The package closes the edges pion/turn leaves to its users, so that the
 // relay is safe on the open internet (docs/TURN.md has the details):
 //   - a credential's expiry is checked when an allocation is created, not on

@@ -39,6 +39,8 @@ type Server struct {
 
 	udp      []*packetConn
 	tcp, tls *streamListener
+	// tlsStreams serves Config.TLSStreams, TLS terminated by its owner.
+	tlsStreams *streamListener
 
 	closeOnce sync.Once
 	closeErr  error
@@ -164,6 +166,14 @@ func newServer(cfg Config, now func() time.Time) (*Server, error) {
 			PermissionHandler:     permission,
 		})
 	}
+	if cfg.TLSStreams != nil {
+		s.tlsStreams = s.newStreamListener(cfg.TLSStreams, g, idleAuthd, maxConns)
+		lcs = append(lcs, pionturn.ListenerConfig{
+			Listener:              s.tlsStreams,
+			RelayAddressGenerator: s.relays.generator(s.m.relayCounters(transportTLS)),
+			PermissionHandler:     permission,
+		})
+	}
 
 	p, err := pionturn.NewServer(pionturn.ServerConfig{
 		PacketConnConfigs: pcs,
@@ -186,7 +196,7 @@ func newServer(cfg Config, now func() time.Time) (*Server, error) {
 	}
 	s.pion = p
 	log.Info("turn server started",
-		"udp", s.UDPAddr(), "tcp", s.TCPAddr(), "tls", s.TLSAddr(), "udp_sockets", len(s.udp),
+		"udp", s.UDPAddr(), "tcp", s.TCPAddr(), "tls", addrOrNil(s.tls), "tls_streams", addrOrNil(s.tlsStreams), "udp_sockets", len(s.udp),
 		"relay_ip", relayIP, "relay_ports", fmt.Sprintf("%d-%d", cfg.RelayPortMin, cfg.RelayPortMax))
 	return s, nil
 }
@@ -215,8 +225,10 @@ func listenerIP(cfg Config) netip.Addr {
 		a = cfg.UDPConns[0].LocalAddr()
 	case cfg.TCPListener != nil:
 		a = cfg.TCPListener.Addr()
-	default:
+	case cfg.TLSListener != nil:
 		a = cfg.TLSListener.Addr()
+	default:
+		a = cfg.TLSStreams.Addr()
 	}
 	return addrIP(a)
 }
@@ -321,12 +333,24 @@ func (s *Server) TCPAddr() net.Addr {
 	return s.tcp.Addr()
 }
 
-// TLSAddr returns the address of the TLS listener, or nil.
+// TLSAddr returns the address of the TLS listener, else that of
+// Config.TLSStreams (for a TLSSplit, the port shared with HTTPS), or nil.
 func (s *Server) TLSAddr() net.Addr {
-	if s.tls == nil {
+	switch {
+	case s.tls != nil:
+		return s.tls.Addr()
+	case s.tlsStreams != nil:
+		return s.tlsStreams.Addr()
+	}
+	return nil
+}
+
+// addrOrNil is the address of l, or nil, for logging.
+func addrOrNil(l *streamListener) net.Addr {
+	if l == nil {
 		return nil
 	}
-	return s.tls.Addr()
+	return l.Addr()
 }
 
 // AllocationCount returns the number of live allocations.
@@ -340,7 +364,7 @@ func (s *Server) AllocationCount() int {
 func (s *Server) Close() error {
 	s.closeOnce.Do(func() {
 		err := s.pion.Close()
-		for _, l := range []*streamListener{s.tcp, s.tls} {
+		for _, l := range []*streamListener{s.tcp, s.tls, s.tlsStreams} {
 			if l != nil {
 				l.closeConns()
 			}

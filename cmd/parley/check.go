@@ -74,7 +74,10 @@ func (c *serveConfig) checkTURN(publicIP, ports, allowPeers string, bad func(err
 		if _, _, err := net.SplitHostPort(c.turn.tlsAddr); err != nil {
 			bad(fs.badValue("turn-tls-addr", "want host:port"))
 		}
-		if c.tlsCert == "" {
+		switch {
+		case c.tlsCert == "" && c.turnsOnAddr():
+			bad(fmt.Errorf("%s is also %s: sharing the port with HTTPS needs --tls-cert and --tls-key", fs.setting("turn-tls-addr"), fs.label("addr")))
+		case c.tlsCert == "":
 			bad(fmt.Errorf("%s needs --tls-cert and --tls-key", fs.label("turn-tls-addr")))
 		}
 		if c.turn.addr == "off" {
@@ -109,6 +112,19 @@ func (c *serveConfig) checkTURN(publicIP, ports, allowPeers string, bad func(err
 	case listen.IsValid() && !listen.IsUnspecified() && pub.IsValid() && listen.Is4() != pub.Is4():
 		bad(fmt.Errorf("%s and %s are not of one address family", fs.setting("turn-addr"), fs.setting("turn-public-ip")))
 	}
+}
+
+// turnsOnAddr reports whether --turn-tls-addr names the listener of
+// --addr, which then serves HTTPS and TURN over TLS on one socket: the same
+// host as written (both empty for every address) and the same port. Port 0
+// picks a port for each flag, so it is never shared.
+func (c *serveConfig) turnsOnAddr() bool {
+	if c.turn.tlsAddr == "" {
+		return false
+	}
+	host, port, err := net.SplitHostPort(c.addr)
+	thost, tport, terr := net.SplitHostPort(c.turn.tlsAddr)
+	return err == nil && terr == nil && host == thost && port == tport && port != "0"
 }
 
 // readPublicKey reads a --jwt-public-key file as the gateway takes it.

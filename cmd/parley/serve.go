@@ -135,7 +135,7 @@ func parseSettings(fs *envFlags, args []string, environ []string) (*serveConfig,
 	fs.StringVar(&c.tlsKey, "tls-key", "", "PEM private key `file` matching --tls-cert")
 	fs.StringVar(&c.turn.addr, "turn-addr", "localhost:3478", "TURN and STUN listener on UDP and TCP; off disables them")
 	fs.StringVar(&c.stunAddr, "stun-addr", "off", "an extra STUN-only listener on UDP, such as :19302, with per-source rate limits (the TURN ports answer STUN too); off disables it")
-	fs.StringVar(&c.turn.tlsAddr, "turn-tls-addr", "", "TURN over TLS listener, such as :5349 (needs --tls-cert and --tls-key)")
+	fs.StringVar(&c.turn.tlsAddr, "turn-tls-addr", "", "TURN over TLS listener, such as :5349 (needs --tls-cert and --tls-key); may be the same as --addr, e.g. :443, to share HTTPS's port")
 	turnPublicIP := fs.String("turn-public-ip", "", "the address put in relay candidates and ICE server URLs (default the TURN listener's IP; required when --turn-addr listens on every address)")
 	turnPorts := fs.String("turn-ports", "49152-65535", "relay port range")
 	fs.StringVar(&c.turn.secret, "turn-secret", "", "TURN REST shared secret (default the JWT secret, else random)")
@@ -391,6 +391,20 @@ func serveCmd(ctx context.Context, stop func(), args []string, getenv func(strin
 	if err != nil {
 		return listenErr(c, "addr", err)
 	}
+	// With --turn-tls-addr on --addr, one listener serves HTTPS and TURN
+	// over TLS: the split terminates TLS and hands each connection to the
+	// gateway or to the relay. It closes once both have closed their part;
+	// the deferred Close covers the paths that start neither.
+	var split *turn.TLSSplit
+	if c.tlsConf != nil && c.turnsOnAddr() && c.turn.addr != "off" {
+		split, err = turn.SplitTLS(ln, turn.SplitConfig{TLSConfig: c.tlsConf, Logger: log, Registerer: reg})
+		if err != nil {
+			ln.Close()
+			return err
+		}
+		defer split.Close()
+		ln = split.HTTP()
+	}
 	var adminLn net.Listener
 	if c.adminAddr != "off" {
 		if adminLn, err = net.Listen("tcp", c.adminAddr); err != nil {
@@ -399,7 +413,11 @@ func serveCmd(ctx context.Context, stop func(), args []string, getenv func(strin
 		}
 	}
 
-	relay, err := startTURN(ctx, c, log, reg)
+	var tlsStreams net.Listener
+	if split != nil {
+		tlsStreams = split.TURN()
+	}
+	relay, err := startTURNWith(ctx, c, log, reg, tlsStreams)
 	if err != nil {
 		ln.Close()
 		if adminLn != nil {
@@ -449,11 +467,13 @@ func serveCmd(ctx context.Context, stop func(), args []string, getenv func(strin
 
 	errc := make(chan error, 2)
 	go func() {
-		if c.tlsConf != nil {
+		if c.tlsConf != nil && split == nil {
 			// HTTPS with HTTP/2 by ALPN; TURN over TLS keeps c.tlsConf as it is.
 			errc <- gw.ServeTLS(ln, c.tlsConf)
 			return
 		}
+		// Plain HTTP, or the split's TLS connections: HTTPS with HTTP/2 by
+		// the ALPN of their handshake.
 		errc <- gw.Serve(ln)
 	}()
 	var admin *http.Server
@@ -491,7 +511,11 @@ func serveCmd(ctx context.Context, stop func(), args []string, getenv func(strin
 	if relay != nil {
 		fmt.Fprintf(stdout, "  STUN/TURN  %s (UDP and TCP)\n", shownAddr(c.turn.addr, relay.UDPAddr()))
 		if a := relay.TLSAddr(); a != nil {
-			fmt.Fprintf(stdout, "  TURNS      %s\n", a)
+			shared := ""
+			if split != nil {
+				shared = " (shared with HTTPS)"
+			}
+			fmt.Fprintf(stdout, "  TURNS      %s%s\n", a, shared)
 		}
 	}
 	if stunConn != nil {
@@ -550,6 +574,14 @@ func randSuffix() string {
 // startTURN opens the TURN and STUN sockets and starts the relay; nil when
 // --turn-addr is off.
 func startTURN(ctx context.Context, c *serveConfig, log *slog.Logger, reg prometheus.Registerer) (*turn.Server, error) {
+	return startTURNWith(ctx, c, log, reg, nil)
+}
+
+// startTURNWith is startTURN with, when tlsStreams is not nil, the TURN
+// listener of the port --turn-tls-addr shares with HTTPS (a TLSSplit's) in
+// place of a listener of its own; tlsStreams is left to the caller if it
+// fails.
+func startTURNWith(ctx context.Context, c *serveConfig, log *slog.Logger, reg prometheus.Registerer, tlsStreams net.Listener) (*turn.Server, error) {
 	if c.turn.addr == "off" {
 		return nil, nil
 	}
@@ -580,7 +612,10 @@ func startTURN(ctx context.Context, c *serveConfig, log *slog.Logger, reg promet
 			cfg.TLSListener.Close()
 		}
 	}
-	if c.turn.tlsAddr != "" {
+	switch {
+	case tlsStreams != nil:
+		cfg.TLSStreams = tlsStreams
+	case c.turn.tlsAddr != "":
 		if cfg.TLSListener, err = net.Listen("tcp", c.turn.tlsAddr); err != nil {
 			closeAll()
 			return nil, listenErr(c, "turn-tls-addr", err)
