@@ -27,6 +27,10 @@ import (
 )
 
 func TestMain(m *testing.M) {
+	if os.Getenv("PARLEY_LAB_PEER") != "" {
+		// A NAT lab peer, run by natlab_test.go in a client's namespace.
+		os.Exit(labPeerMain())
+	}
 	code := m.Run()
 	if clusterBinary.dir != "" {
 		os.RemoveAll(clusterBinary.dir)

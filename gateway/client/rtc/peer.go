@@ -36,6 +36,10 @@ type Options struct {
 	API *webrtc.API
 	// SettingEngine configures the API made when API is nil; nil means
 	// pion's defaults. When its LoggerFactory is nil, pion logs to Logger.
+	// The Peer sets the candidate acceptance waits on its copy (a pair
+	// through a NAT is taken after 50 ms of checks, a relay after 500 ms,
+	// instead of pion's 0.5-2 s); an application that wants others passes
+	// an API.
 	SettingEngine *webrtc.SettingEngine
 	// ICEServers, when not nil, are used instead of the join ack's.
 	ICEServers []webrtc.ICEServer
@@ -57,6 +61,18 @@ type Options struct {
 	// must not block.
 	OnEvent func(client.CallEvent)
 }
+
+// directAcceptanceWait and relayAcceptanceWait are how long ICE must have
+// been checking before this peer, when it controls the ICE session, takes a
+// working candidate pair through a NAT mapping (server- or peer-reflexive)
+// or through a TURN relay. A pair of host candidates is taken at once. The
+// relay's wait is the time direct paths get to work before a relay, which
+// costs the operator bandwidth, is chosen; docs/BENCHMARKS.md has the setup
+// times they give in the NAT lab.
+const (
+	directAcceptanceWait = 50 * time.Millisecond
+	relayAcceptanceWait  = 500 * time.Millisecond
+)
 
 // iceRestartDelay is how long a PeerConnection's ICE may stay disconnected
 // before the impolite peer of the pair restarts it; the polite one waits
@@ -109,6 +125,15 @@ func New(call *client.Call, opts Options) *Peer {
 		if se.LoggerFactory == nil {
 			se.LoggerFactory = pionLogger{log}
 		}
+		// pion waits 500 ms before it nominates a pair with a server-
+		// reflexive candidate, 1 s for a peer-reflexive one and 2 s for a
+		// relay: every call through a NAT took a second or more to open.
+		// The waits below nominate a direct path as soon as it works, and
+		// give direct paths half a second before a relay is taken.
+		se.SetHostAcceptanceMinWait(0)
+		se.SetSrflxAcceptanceMinWait(directAcceptanceWait)
+		se.SetPrflxAcceptanceMinWait(directAcceptanceWait)
+		se.SetRelayAcceptanceMinWait(relayAcceptanceWait)
 		api = webrtc.NewAPI(webrtc.WithSettingEngine(se))
 	}
 	p := &Peer{
@@ -377,9 +402,25 @@ type Pair struct {
 	Local, Remote webrtc.ICECandidateType
 	// LocalAddress and RemoteAddress are the candidates' host:port.
 	LocalAddress, RemoteAddress string
+	// RelayProtocol is how this client reaches the TURN server of a local
+	// relay candidate: udp, tcp or tls; empty for other candidates.
+	RelayProtocol string
 	// RTT is the pair's latest round-trip time from its STUN checks; zero
 	// before the first.
 	RTT time.Duration
+}
+
+// Stats returns the statistics of the PeerConnection toward remote (its
+// candidates, candidate pairs, transports, data channels); false when there
+// is no PeerConnection toward remote.
+func (p *Peer) Stats(remote string) (webrtc.StatsReport, bool) {
+	l := p.link(remote)
+	if l == nil {
+		return nil, false
+	}
+	l.cfgMu.Lock()
+	defer l.cfgMu.Unlock()
+	return l.pc.GetStats(), true
 }
 
 // SelectedPair returns the candidate pair the PeerConnection toward remote
@@ -410,6 +451,7 @@ func (p *Peer) SelectedPair(remote string) (Pair, bool) {
 		Remote:        remoteC.CandidateType,
 		LocalAddress:  fmt.Sprintf("%s:%d", local.IP, local.Port),
 		RemoteAddress: fmt.Sprintf("%s:%d", remoteC.IP, remoteC.Port),
+		RelayProtocol: local.RelayProtocol,
 		RTT:           time.Duration(ps.CurrentRoundTripTime * float64(time.Second)),
 	}, true
 }

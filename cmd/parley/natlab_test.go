@@ -1,0 +1,586 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/json"
+	"encoding/pem"
+	"fmt"
+	"math/big"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/golang-jwt/jwt/v5"
+
+	"github.com/parley-rt/parley/gateway"
+)
+
+// The NAT lab: two clients, each behind its own NAT router, call each other
+// through a gateway on a "public" segment, all in network namespaces that
+// the test makes and removes. Nothing in the lab is connected to the host's
+// namespace or to any real network:
+//
+//	                 pub (203.0.113.0/24, TEST-NET-3, on bridge br0)
+//	   gateway 203.0.113.1 (WSS and TURNS on 443, STUN/TURN on 3478)
+//	   gateway 203.0.113.2 (no TURN: STUN only, the negative control)
+//	        |                                   |
+//	  r1 wan 203.0.113.11                 r2 wan 203.0.113.12
+//	  r1 lan 10.0.1.1  (NAT)              r2 lan 10.0.2.1  (NAT)
+//	        |                                   |
+//	  c1 10.0.1.2                         c2 10.0.2.2
+//
+// Each router's behaviour is set per case with iptables (natRules), and its
+// connection tracking is emptied between cases, so that no mapping outlives
+// its case. The peers are this test binary run again in c1 and c2 (see
+// natlab_peer_test.go).
+
+// natMode is a router's behaviour.
+type natMode string
+
+const (
+	// natCone maps endpoint-independently and filters nothing: a full cone
+	// (the source port is kept, and any host may send to a mapping).
+	natCone natMode = "cone"
+	// natRestricted maps endpoint-independently and filters by address and
+	// port: only a host:port the client sent to may answer (Linux
+	// MASQUERADE, as most home routers).
+	natRestricted natMode = "restricted"
+	// natSymmetric maps each destination to a new random port
+	// (MASQUERADE --random-fully): the STUN server sees another port than
+	// the peer would.
+	natSymmetric natMode = "symmetric"
+	// natNoUDP lets only TCP out.
+	natNoUDP natMode = "udp-blocked"
+	// natOnly443 lets only TCP to port 443 out: the corporate firewall.
+	natOnly443 natMode = "tcp-443-only"
+)
+
+// natRules are the iptables commands (arguments of iptables) that give a
+// router mode m; wan and lan name its interfaces, pub its public address and
+// client its client's address.
+func natRules(m natMode, pub, client string) [][]string {
+	return append([][]string{routerFirewall}, natModeRules(m, pub, client)...)
+}
+
+// routerFirewall is every router's own firewall: what reaches the router
+// itself from outside, unasked, is dropped, as home routers do. Without it
+// the kernel answers with an ICMP error, and the conntrack entry the packet
+// leaves behind takes the very mapping that the client's answer to the same
+// peer would get: the router's MASQUERADE then picks another port, a
+// restricted NAT behaves as a symmetric one for that peer, and hole
+// punching fails. (A dropped packet's entry is never confirmed.)
+var routerFirewall = []string{"-A", "INPUT", "-i", "wan", "-m", "conntrack", "--ctstate", "NEW,INVALID", "-j", "DROP"}
+
+func natModeRules(m natMode, pub, client string) [][]string {
+	masq := []string{"-t", "nat", "-A", "POSTROUTING", "-o", "wan", "-j", "MASQUERADE"}
+	switch m {
+	case natCone:
+		return [][]string{
+			{"-t", "nat", "-A", "POSTROUTING", "-o", "wan", "-j", "SNAT", "--to-source", pub},
+			// Whatever reaches the public address over UDP goes to the
+			// client, on the port it came to: endpoint-independent
+			// filtering.
+			{"-t", "nat", "-A", "PREROUTING", "-i", "wan", "-p", "udp", "-j", "DNAT", "--to-destination", client},
+		}
+	case natRestricted:
+		return [][]string{masq}
+	case natSymmetric:
+		return [][]string{{"-t", "nat", "-A", "POSTROUTING", "-o", "wan", "-j", "MASQUERADE", "--random-fully"}}
+	case natNoUDP:
+		return [][]string{masq,
+			{"-A", "FORWARD", "-i", "lan", "-p", "udp", "-j", "DROP"},
+		}
+	case natOnly443:
+		return [][]string{masq,
+			{"-A", "FORWARD", "-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED", "-j", "ACCEPT"},
+			{"-A", "FORWARD", "-i", "lan", "-p", "tcp", "--dport", "443", "-j", "ACCEPT"},
+			{"-A", "FORWARD", "-i", "lan", "-j", "DROP"},
+		}
+	}
+	panic("unknown NAT mode " + string(m))
+}
+
+// natLab is a lab made by startNATLab; its namespaces are removed when the
+// test ends.
+type natLab struct {
+	t      *testing.T
+	ns     map[string]string // role (pub, r1, c1, r2, c2) -> namespace name
+	bin    string            // the parley binary
+	dir    string
+	caFile string // the gateway certificate's authority, for SSL_CERT_FILE
+	secret string // the gateways' JWT secret
+}
+
+// labGateway and labNoTURN are the lab's gateways' addresses.
+const (
+	labGateway = "203.0.113.1"
+	labNoTURN  = "203.0.113.2"
+)
+
+// requireNATLab skips the test where the lab cannot run (not Linux, not
+// root, no ip or iptables), except under CI=true, where it fails.
+func requireNATLab(t *testing.T) {
+	t.Helper()
+	var missing []string
+	if runtime.GOOS != "linux" {
+		missing = append(missing, "Linux")
+	}
+	if os.Geteuid() != 0 {
+		missing = append(missing, "root")
+	}
+	for _, tool := range []string{"ip", "iptables", "conntrack"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			missing = append(missing, tool)
+		}
+	}
+	if len(missing) == 0 {
+		return
+	}
+	msg := "the NAT lab needs " + strings.Join(missing, ", ") + " (make deps installs the tools; the lab runs as root on Linux)"
+	if os.Getenv("CI") == "true" {
+		t.Fatal(msg)
+	}
+	t.Skip(msg)
+}
+
+// run runs a command and fails the test if it fails.
+func (l *natLab) run(args ...string) {
+	l.t.Helper()
+	out, err := exec.Command(args[0], args[1:]...).CombinedOutput()
+	if err != nil {
+		l.t.Fatalf("%s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+}
+
+// in runs a command inside the namespace of role.
+func (l *natLab) in(role string, args ...string) {
+	l.t.Helper()
+	l.run(append([]string{"ip", "netns", "exec", l.ns[role]}, args...)...)
+}
+
+// startNATLab builds the lab and starts its two gateways.
+func startNATLab(t *testing.T) *natLab {
+	t.Helper()
+	requireNATLab(t)
+	l := &natLab{t: t, ns: make(map[string]string), bin: parleyBinary(t), dir: t.TempDir(), secret: "natlab-" + randSuffix()}
+	// Names unique to this process, so that a lab left over by a killed
+	// run, or another run's, is never touched.
+	prefix := fmt.Sprintf("plab%d-", os.Getpid())
+	for _, role := range []string{"pub", "r1", "c1", "r2", "c2"} {
+		l.ns[role] = prefix + role
+	}
+	t.Cleanup(func() {
+		for _, ns := range l.ns {
+			exec.Command("ip", "netns", "del", ns).Run()
+		}
+	})
+	for _, role := range []string{"pub", "r1", "c1", "r2", "c2"} {
+		l.run("ip", "netns", "add", l.ns[role])
+		l.run("ip", "-n", l.ns[role], "link", "set", "lo", "up")
+		// IPv4 only: no IPv6 link-local candidates to wait on.
+		l.in(role, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1")
+	}
+	pub := l.ns["pub"]
+	l.run("ip", "-n", pub, "link", "add", "br0", "type", "bridge")
+	l.run("ip", "-n", pub, "addr", "add", labGateway+"/24", "dev", "br0")
+	l.run("ip", "-n", pub, "addr", "add", labNoTURN+"/24", "dev", "br0")
+	l.run("ip", "-n", pub, "link", "set", "br0", "up")
+	for i := 1; i <= 2; i++ {
+		r, c := l.ns[fmt.Sprintf("r%d", i)], l.ns[fmt.Sprintf("c%d", i)]
+		port := fmt.Sprintf("p%d", i)
+		l.run("ip", "link", "add", "name", "wan", "netns", r, "type", "veth", "peer", "name", port, "netns", pub)
+		l.run("ip", "-n", pub, "link", "set", port, "master", "br0")
+		l.run("ip", "-n", pub, "link", "set", port, "up")
+		l.run("ip", "-n", r, "addr", "add", fmt.Sprintf("203.0.113.1%d/24", i), "dev", "wan")
+		l.run("ip", "-n", r, "link", "set", "wan", "up")
+		l.run("ip", "link", "add", "name", "lan", "netns", r, "type", "veth", "peer", "name", "eth0", "netns", c)
+		l.run("ip", "-n", r, "addr", "add", fmt.Sprintf("10.0.%d.1/24", i), "dev", "lan")
+		l.run("ip", "-n", r, "link", "set", "lan", "up")
+		l.run("ip", "-n", c, "addr", "add", fmt.Sprintf("10.0.%d.2/24", i), "dev", "eth0")
+		l.run("ip", "-n", c, "link", "set", "eth0", "up")
+		l.run("ip", "-n", c, "route", "add", "default", "via", fmt.Sprintf("10.0.%d.1", i))
+		l.in(fmt.Sprintf("r%d", i), "sysctl", "-qw", "net.ipv4.ip_forward=1")
+	}
+
+	certFile, keyFile := l.writeCert()
+	common := []string{"serve", "--admin-addr", "off", "--jwt-secret", l.secret,
+		"--tls-cert", certFile, "--tls-key", keyFile, "--log-level", "debug"}
+	l.startGateway("gateway", append(common,
+		"--addr", labGateway+":443",
+		"--turn-addr", labGateway+":3478",
+		"--turn-tls-addr", labGateway+":443",
+		"--turn-ports", "50000-50999",
+		// The lab's public segment is TEST-NET-3, which the relay refuses
+		// as a peer unless told.
+		"--turn-allow-peers", "203.0.113.0/24"))
+	l.startGateway("gateway without TURN", append(common,
+		"--addr", labNoTURN+":443",
+		"--turn-addr", "off",
+		"--stun-addr", labNoTURN+":3478"))
+	return l
+}
+
+// writeCert writes a self-signed certificate for the gateways' addresses,
+// which is its own authority, and returns its files.
+func (l *natLab) writeCert() (certFile, keyFile string) {
+	t := l.t
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber:          big.NewInt(1),
+		Subject:               pkix.Name{CommonName: "parley NAT lab"},
+		NotBefore:             time.Now().Add(-time.Hour),
+		NotAfter:              time.Now().Add(24 * time.Hour),
+		IPAddresses:           []net.IP{net.ParseIP(labGateway), net.ParseIP(labNoTURN)},
+		KeyUsage:              x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
+		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		BasicConstraintsValid: true,
+		IsCA:                  true,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyDER, err := x509.MarshalECPrivateKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	certFile, keyFile = filepath.Join(l.dir, "cert.pem"), filepath.Join(l.dir, "key.pem")
+	if err := os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	l.caFile = certFile
+	return certFile, keyFile
+}
+
+// startGateway runs parley serve in the public namespace until the test
+// ends, and waits for its listener.
+func (l *natLab) startGateway(name string, args []string) {
+	t := l.t
+	t.Helper()
+	logs := &syncBuffer{}
+	cmd := exec.Command("ip", append([]string{"netns", "exec", l.ns["pub"], l.bin}, args...)...)
+	cmd.Stdout, cmd.Stderr = logs, logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan struct{})
+	go func() {
+		cmd.Wait()
+		close(exited)
+	}()
+	t.Cleanup(func() {
+		cmd.Process.Signal(os.Interrupt)
+		select {
+		case <-exited:
+		case <-time.After(10 * time.Second):
+			cmd.Process.Kill()
+			<-exited
+		}
+		if t.Failed() {
+			t.Logf("%s's log:\n%s", name, logs.String())
+		}
+	})
+	deadline := time.Now().Add(20 * time.Second)
+	for !strings.Contains(logs.String(), "parley node started") {
+		select {
+		case <-exited:
+			t.Fatalf("%s exited:\n%s", name, logs.String())
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s did not start:\n%s", name, logs.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// setNAT gives router i (1 or 2) mode m, in place of its former rules, and
+// empties its connection tracking.
+func (l *natLab) setNAT(i int, m natMode) {
+	l.t.Helper()
+	r := fmt.Sprintf("r%d", i)
+	for _, table := range []string{"filter", "nat"} {
+		l.in(r, "iptables", "-t", table, "-F")
+	}
+	for _, rule := range natRules(m, fmt.Sprintf("203.0.113.1%d", i), fmt.Sprintf("10.0.%d.2", i)) {
+		l.in(r, append([]string{"iptables"}, rule...)...)
+	}
+	// conntrack -F exits 1 on an empty table with some versions: not an
+	// error here.
+	exec.Command("ip", "netns", "exec", l.ns[r], "conntrack", "-F").Run()
+}
+
+// token mints a token for user.
+func (l *natLab) token(user string) string {
+	l.t.Helper()
+	now := time.Now()
+	tok, err := gateway.Claims{RegisteredClaims: jwt.RegisteredClaims{
+		Subject: user, IssuedAt: jwt.NewNumericDate(now), ExpiresAt: jwt.NewNumericDate(now.Add(time.Hour)),
+	}}.Sign([]byte(l.secret))
+	if err != nil {
+		l.t.Fatal(err)
+	}
+	return tok
+}
+
+// labPeer is a running peer process.
+type labPeer struct {
+	name   string
+	cmd    *exec.Cmd
+	lines  chan string
+	stderr *syncBuffer
+	done   chan struct{}
+}
+
+// startPeer runs a peer in client namespace role.
+func (l *natLab) startPeer(role, gw, call, peerRole string, timeout time.Duration) *labPeer {
+	l.t.Helper()
+	self, err := os.Executable()
+	if err != nil {
+		l.t.Fatal(err)
+	}
+	p := &labPeer{name: role, lines: make(chan string, 16), stderr: &syncBuffer{}, done: make(chan struct{})}
+	p.cmd = exec.Command("ip", "netns", "exec", l.ns[role], self)
+	p.cmd.Env = append(os.Environ(),
+		"PARLEY_LAB_PEER=1",
+		"PARLEY_LAB_URL=wss://"+gw+":443/v1/ws",
+		"PARLEY_LAB_TOKEN="+l.token(role),
+		"PARLEY_LAB_CALL="+call,
+		"PARLEY_LAB_ROLE="+peerRole,
+		"PARLEY_LAB_TIMEOUT="+timeout.String(),
+		"SSL_CERT_FILE="+l.caFile,
+	)
+	out, err := p.cmd.StdoutPipe()
+	if err != nil {
+		l.t.Fatal(err)
+	}
+	p.cmd.Stderr = p.stderr
+	if err := p.cmd.Start(); err != nil {
+		l.t.Fatal(err)
+	}
+	go func() {
+		defer close(p.done)
+		sc := bufio.NewScanner(out)
+		sc.Buffer(make([]byte, 64<<10), 1<<20)
+		for sc.Scan() {
+			p.lines <- sc.Text()
+		}
+		close(p.lines)
+		p.cmd.Wait()
+	}()
+	l.t.Cleanup(func() {
+		p.cmd.Process.Kill()
+		<-p.done
+	})
+	return p
+}
+
+// next returns the peer's next line of output, or fails the test.
+func (p *labPeer) next(t *testing.T, d time.Duration) string {
+	t.Helper()
+	select {
+	case line, ok := <-p.lines:
+		if !ok {
+			t.Fatalf("peer in %s exited without a result:\n%s", p.name, p.stderr.String())
+		}
+		return line
+	case <-time.After(d):
+		t.Fatalf("peer in %s said nothing for %v:\n%s", p.name, d, p.stderr.String())
+	}
+	return ""
+}
+
+// result waits for the peer's result.
+func (p *labPeer) result(t *testing.T, d time.Duration) labResult {
+	t.Helper()
+	line := p.next(t, d)
+	var r labResult
+	if err := json.Unmarshal([]byte(line), &r); err != nil {
+		t.Fatalf("peer in %s: %q is not a result: %v\n%s", p.name, line, err, p.stderr.String())
+	}
+	return r
+}
+
+// labCall runs one call between c1 (offering) and c2 through gateway gw and
+// returns both results.
+func (l *natLab) labCall(call, gw string, timeout time.Duration) (c1, c2 labResult) {
+	l.t.Helper()
+	answer := l.startPeer("c2", gw, call, "answer", timeout)
+	if line := answer.next(l.t, 20*time.Second); !strings.Contains(line, `"joined"`) {
+		var r labResult
+		json.Unmarshal([]byte(line), &r)
+		l.t.Fatalf("answering peer did not join: %s\n%s", line, answer.stderr.String())
+	}
+	offer := l.startPeer("c1", gw, call, "offer", timeout)
+	c1 = offer.result(l.t, timeout+30*time.Second)
+	c2 = answer.result(l.t, timeout+30*time.Second)
+	return c1, c2
+}
+
+// natCase is one pair of router modes and what the call must use.
+type natCase struct {
+	r1, r2 natMode
+	// check says what is wrong with the two peers' selected pairs, if
+	// anything.
+	check func(c1, c2 labResult) string
+}
+
+// direct wants a path through the NAT mappings: no relay on either end,
+// and the remote end a server- or peer-reflexive address (the other
+// client's private address does not reach it). The local end is the
+// client's own address or its mapping, as its agent learnt it.
+func direct(c1, c2 labResult) string {
+	for _, r := range []labResult{c1, c2} {
+		if r.Local == "relay" || (r.Remote != "srflx" && r.Remote != "prflx") {
+			return fmt.Sprintf("pair %s -> %s, want a path through the NAT mappings: no relay, and a server- or peer-reflexive remote", r.Local, r.Remote)
+		}
+	}
+	return ""
+}
+
+// relayed wants the media through the TURN relay: a relay candidate on at
+// least one end of each side's pair. Which of a client's relay candidates
+// (over UDP, TCP or TLS) carries it is the first that works once relays may
+// be taken; the summary reports it.
+func relayed(c1, c2 labResult) string {
+	for _, r := range []labResult{c1, c2} {
+		if r.Local != "relay" && r.Remote != "relay" {
+			return fmt.Sprintf("pair %s -> %s, want a relay candidate", r.Local, r.Remote)
+		}
+	}
+	return ""
+}
+
+// relayedOver wants c1's own candidate to be a relay reached over proto.
+func relayedOver(proto string) func(c1, c2 labResult) string {
+	return func(c1, c2 labResult) string {
+		if c1.Local != "relay" || c1.RelayProtocol != proto {
+			return fmt.Sprintf("c1's pair %s (relay protocol %q) -> %s, want its own relay candidate over %s", c1.Local, c1.RelayProtocol, c1.Remote, proto)
+		}
+		return ""
+	}
+}
+
+// natCases are the lab's calls, in the order of the fallback they prove:
+// through NAT mappings, then TURN over UDP, TCP and TLS on 443.
+var natCases = []natCase{
+	{natCone, natCone, direct},
+	{natRestricted, natRestricted, direct},
+	{natCone, natSymmetric, direct},
+	{natRestricted, natSymmetric, relayed},
+	{natSymmetric, natSymmetric, relayed},
+	{natNoUDP, natCone, relayedOver("tcp")},
+	{natOnly443, natCone, relayedOver("tls")},
+}
+
+// pairText is a peer's selected pair: local -> remote candidate type, with
+// the relay protocol of a local relay.
+func pairText(r labResult) string {
+	local := r.Local
+	if r.RelayProtocol != "" {
+		local += "/" + r.RelayProtocol
+	}
+	return local + "->" + r.Remote
+}
+
+// countPairs says how often each pair was selected.
+func countPairs(pairs []string) string {
+	n := make(map[string]int)
+	for _, p := range pairs {
+		n[p]++
+	}
+	var out []string
+	for p, k := range n {
+		out = append(out, fmt.Sprintf("%s ×%d", p, k))
+	}
+	slices.Sort(out)
+	return strings.Join(out, ", ")
+}
+
+// TestNATLab makes a call for each pair of router modes, asserts the
+// candidate pair each must use and that 20 data-channel messages go each
+// way, and logs the setup times (join to data channel open) that
+// docs/BENCHMARKS.md records. PARLEY_LAB_RUNS sets the calls per case (1 by
+// default).
+func TestNATLab(t *testing.T) {
+	l := startNATLab(t)
+	runs := 1
+	if v := os.Getenv("PARLEY_LAB_RUNS"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 {
+			t.Fatalf("PARLEY_LAB_RUNS=%q: want a positive whole number", v)
+		}
+		runs = n
+	}
+	var summary bytes.Buffer
+	for _, tc := range natCases {
+		name := string(tc.r1) + "/" + string(tc.r2)
+		t.Run(name, func(t *testing.T) {
+			l.t = t
+			defer func() { l.t = nil }()
+			var setups []float64
+			var pairs []string
+			for run := range runs {
+				l.setNAT(1, tc.r1)
+				l.setNAT(2, tc.r2)
+				c1, c2 := l.labCall(fmt.Sprintf("lab-%s-%s-%d", tc.r1, tc.r2, run), labGateway, 15*time.Second)
+				for _, r := range []labResult{c1, c2} {
+					if r.Error != "" {
+						t.Fatalf("run %d: c1 %+v\nc2 %+v", run, c1, c2)
+					}
+				}
+				if problem := tc.check(c1, c2); problem != "" {
+					t.Fatalf("run %d: %s\nc1 %+v\nc2 %+v", run, problem, c1, c2)
+				}
+				setups = append(setups, c1.SetupMS)
+				pairs = append(pairs, pairText(c1)+" | "+pairText(c2))
+			}
+			slices.Sort(setups)
+			line := fmt.Sprintf("%-26s runs %3d  setup p50 %5.0f ms  max %5.0f ms  pairs (c1 | c2): %s", name, runs, setups[len(setups)/2], setups[len(setups)-1], countPairs(pairs))
+			t.Log(line)
+			fmt.Fprintln(&summary, line)
+		})
+	}
+	l.t = t
+	t.Logf("setup times (join to data channel open):\n%s", summary.String())
+}
+
+// TestNATLabNoTURN is the negative control: without TURN (the gateway
+// offers STUN only), two clients behind symmetric NATs cannot connect,
+// which shows that the lab's NATs are real.
+func TestNATLabNoTURN(t *testing.T) {
+	l := startNATLab(t)
+	l.setNAT(1, natSymmetric)
+	l.setNAT(2, natSymmetric)
+	c1, c2 := l.labCall("lab-no-turn", labNoTURN, 8*time.Second)
+	if c1.Error == "" || c2.Error == "" {
+		t.Fatalf("symmetric/symmetric without TURN connected:\nc1 %+v\nc2 %+v", c1, c2)
+	}
+	for _, r := range []labResult{c1, c2} {
+		for _, c := range r.Candidates {
+			if strings.HasPrefix(c, "relay") {
+				t.Errorf("a relay candidate without TURN: %v", r.Candidates)
+			}
+		}
+	}
+	t.Logf("as it must, the call failed: c1: %s; c2: %s", c1.Error, c2.Error)
+}
