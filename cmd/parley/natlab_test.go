@@ -548,6 +548,11 @@ func TestNATLab(t *testing.T) {
 						t.Fatalf("run %d: c1 %+v\nc2 %+v", run, c1, c2)
 					}
 				}
+				for _, r := range []labResult{c1, c2} {
+					if r.StopMS > 1000 {
+						t.Errorf("run %d: a peer took %.0f ms to stop after the call, want under a second", run, r.StopMS)
+					}
+				}
 				if problem := tc.check(c1, c2); problem != "" {
 					t.Fatalf("run %d: %s\nc1 %+v\nc2 %+v", run, problem, c1, c2)
 				}

@@ -38,8 +38,10 @@ type Options struct {
 	// pion's defaults. When its LoggerFactory is nil, pion logs to Logger.
 	// The Peer sets the candidate acceptance waits on its copy (a pair
 	// through a NAT is taken after 50 ms of checks, a relay after 500 ms,
-	// instead of pion's 0.5-2 s); an application that wants others passes
-	// an API.
+	// instead of pion's 0.5-2 s), and its ICE proxy dialer: TURN servers
+	// over TCP and TLS are dialled with a 5 s deadline that Run's end cuts
+	// short (pion's own dial has none). An application that wants other
+	// waits, or a proxy of its own, passes an API.
 	SettingEngine *webrtc.SettingEngine
 	// ICEServers, when not nil, are used instead of the join ack's.
 	ICEServers []webrtc.ICEServer
@@ -108,6 +110,10 @@ type Peer struct {
 	// iceServers and relay come from the last join ack, or Options.
 	iceServers []webrtc.ICEServer
 	relay      bool
+
+	// dialCtx ends TURN dials in progress (turnDialer) when Run ends.
+	dialCtx    context.Context
+	dialCancel context.CancelFunc
 }
 
 // New returns a Peer for call. Nothing happens until Run.
@@ -116,8 +122,20 @@ func New(call *client.Call, opts Options) *Peer {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
 	log := opts.Logger.With("component", "rtc", "call", call.Name())
-	api := opts.API
-	if api == nil {
+	p := &Peer{
+		call:    call,
+		opts:    opts,
+		api:     opts.API,
+		log:     log,
+		inbox:   mailbox{wake: make(chan struct{}, 1)},
+		out:     outbox{wake: make(chan struct{}, 1)},
+		stop:    make(chan struct{}),
+		done:    make(chan struct{}),
+		links:   make(map[string]*link),
+		changed: make(chan struct{}),
+	}
+	p.dialCtx, p.dialCancel = context.WithCancel(context.Background())
+	if p.api == nil {
 		var se webrtc.SettingEngine
 		if opts.SettingEngine != nil {
 			se = *opts.SettingEngine
@@ -125,6 +143,7 @@ func New(call *client.Call, opts Options) *Peer {
 		if se.LoggerFactory == nil {
 			se.LoggerFactory = pionLogger{log}
 		}
+		se.SetICEProxyDialer(turnDialer{p})
 		// pion waits 500 ms before it nominates a pair with a server-
 		// reflexive candidate, 1 s for a peer-reflexive one and 2 s for a
 		// relay: every call through a NAT took a second or more to open.
@@ -134,19 +153,7 @@ func New(call *client.Call, opts Options) *Peer {
 		se.SetSrflxAcceptanceMinWait(directAcceptanceWait)
 		se.SetPrflxAcceptanceMinWait(directAcceptanceWait)
 		se.SetRelayAcceptanceMinWait(relayAcceptanceWait)
-		api = webrtc.NewAPI(webrtc.WithSettingEngine(se))
-	}
-	p := &Peer{
-		call:    call,
-		opts:    opts,
-		api:     api,
-		log:     log,
-		inbox:   mailbox{wake: make(chan struct{}, 1)},
-		out:     outbox{wake: make(chan struct{}, 1)},
-		stop:    make(chan struct{}),
-		done:    make(chan struct{}),
-		links:   make(map[string]*link),
-		changed: make(chan struct{}),
+		p.api = webrtc.NewAPI(webrtc.WithSettingEngine(se))
 	}
 	p.setICE(call.Ack())
 	return p
@@ -199,6 +206,7 @@ func (p *Peer) Run(ctx context.Context) error {
 		cancel()
 		senders.Wait()
 		p.inbox.close()
+		p.dialCancel()
 		p.closeAll()
 	}()
 
@@ -238,7 +246,10 @@ func (p *Peer) Run(ctx context.Context) error {
 // once, and before Run (which then returns at once), but not from OnChannel
 // or OnEvent, which run on Run's goroutine.
 func (p *Peer) Close() error {
-	p.closeOnce.Do(func() { close(p.stop) })
+	p.closeOnce.Do(func() {
+		close(p.stop)
+		p.dialCancel()
+	})
 	p.mu.Lock()
 	running := p.running
 	p.mu.Unlock()
