@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"strconv"
 	"strings"
@@ -110,8 +111,13 @@ func runLabPeer(url, token, callName string, offer bool, timeout time.Duration) 
 	var candidates []string
 	remote := make(chan string, 1)
 	var p *rtc.Peer
+	var plog *slog.Logger
+	if os.Getenv("PARLEY_LAB_DEBUG") != "" {
+		plog = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
 	p = rtc.New(call, rtc.Options{
 		SettingEngine: &se,
+		Logger:        plog,
 		OnChannel: func(_ string, dc *webrtc.DataChannel) {
 			dc.OnMessage(func(m webrtc.DataChannelMessage) {
 				mu.Lock()
