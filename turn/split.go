@@ -84,10 +84,9 @@ type SplitConfig struct {
 //     HTTP clients with a TLSClientConfig of their own), by the first bytes
 //     of plaintext: TURN for a STUN message, HTTP for anything else. The
 //     bytes read are replayed, from a wrapper of the *tls.Conn that is not
-//     a *tls.Conn itself: http.Server serves it as it serves a plain
-//     connection (HTTP/1.1, or HTTP/2 with prior knowledge where its
-//     Protocols enable unencrypted HTTP/2), and takes Request.TLS from the
-//     wrapper's ConnectionState method, so handlers see it set as usual.
+//     a *tls.Conn itself: http.Server serves it as HTTP/1.1 (HTTP/2 over
+//     TLS needs ALPN, RFC 9113), and takes Request.TLS from the wrapper's
+//     ConnectionState method, so handlers see it set as usual.
 //     Code that asks for a *tls.Conn (a type assertion on the conn of
 //     http.Server.ConnContext, say) does not find one.
 //

@@ -6,6 +6,8 @@ import (
 	"crypto/ecdsa"
 	"crypto/ed25519"
 	"crypto/rsa"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"net"
@@ -39,8 +41,9 @@ const (
 const originRule = "want host patterns such as app.example.com or *.example.com, or scheme://host patterns such as https://app.example.com, with * and ? as wildcards"
 
 // checkTURN checks the TURN flags as turn.NewServer would, before its
-// sockets are open.
-func (c *serveConfig) checkTURN(publicIP, ports, allowPeers string, bad func(error)) {
+// sockets are open, and picks the host of the turns: URLs (tlsHost is
+// --turn-tls-host as written).
+func (c *serveConfig) checkTURN(publicIP, ports, allowPeers, tlsHost string, bad func(error)) {
 	fs := c.flags
 	if publicIP != "" {
 		ip, err := netip.ParseAddr(publicIP)
@@ -75,6 +78,8 @@ func (c *serveConfig) checkTURN(publicIP, ports, allowPeers string, bad func(err
 			bad(fs.badValue("turn-tls-addr", "want host:port"))
 		}
 		switch {
+		case c.turnsOnAddrOtherwise():
+			bad(fmt.Errorf("%s has the port of %s: write its host as %s does to share the port with HTTPS", fs.setting("turn-tls-addr"), fs.setting("addr"), fs.label("addr")))
 		case c.tlsCert == "" && c.turnsOnAddr():
 			bad(fmt.Errorf("%s is also %s: sharing the port with HTTPS needs --tls-cert and --tls-key", fs.setting("turn-tls-addr"), fs.label("addr")))
 		case c.tlsCert == "":
@@ -83,6 +88,8 @@ func (c *serveConfig) checkTURN(publicIP, ports, allowPeers string, bad func(err
 		if c.turn.addr == "off" {
 			bad(fmt.Errorf("%s needs TURN on: %s is off", fs.label("turn-tls-addr"), fs.label("turn-addr")))
 		}
+	} else if tlsHost != "" {
+		bad(fmt.Errorf("%s needs %s: it names the host of turns: URLs", fs.label("turn-tls-host"), fs.label("turn-tls-addr")))
 	}
 	if c.turn.addr == "off" {
 		return
@@ -112,6 +119,124 @@ func (c *serveConfig) checkTURN(publicIP, ports, allowPeers string, bad func(err
 	case listen.IsValid() && !listen.IsUnspecified() && pub.IsValid() && listen.Is4() != pub.Is4():
 		bad(fmt.Errorf("%s and %s are not of one address family", fs.setting("turn-addr"), fs.setting("turn-public-ip")))
 	}
+	if c.turn.tlsAddr != "" {
+		c.checkTURNSHost(tlsHost, listen, bad)
+	}
+}
+
+// checkTURNSHost picks the host of the turns: URLs and checks that the
+// certificate of --tls-cert is valid for it: browsers, pion and package rtc
+// verify the certificate against the URL's host. The host is tlsHost
+// (--turn-tls-host) when set; else the address of the turn: URLs
+// (--turn-public-ip, else listen, the IP of --turn-addr) when the
+// certificate is valid for it; else the certificate's first DNS name without
+// a wildcard. When listen is not known before TURN listens (--turn-addr
+// names a host) and the certificate has no such name, the address is checked
+// once it is known (checkTURNSHostOf).
+func (c *serveConfig) checkTURNSHost(tlsHost string, listen netip.Addr, bad func(error)) {
+	fs := c.flags
+	leaf := leafOf(c.tlsConf)
+	if tlsHost != "" {
+		host := tlsHost
+		if ip, err := netip.ParseAddr(strings.TrimSuffix(strings.TrimPrefix(host, "["), "]")); err == nil {
+			host = ip.String()
+		} else if host == "" || strings.ContainsAny(host, ":/[]@ ") {
+			bad(fs.badValue("turn-tls-host", "want a host name or an IP address, without a port"))
+			return
+		}
+		if leaf == nil {
+			return // no certificate: reported with --tls-cert
+		}
+		if err := leaf.VerifyHostname(host); err != nil {
+			bad(fs.badValue("turn-tls-host", "the certificate of %s is not valid for it (it is for %s)", fs.label("tls-cert"), certHosts(leaf)))
+			return
+		}
+		c.turn.tlsHost = host
+		return
+	}
+	if leaf == nil {
+		return
+	}
+	ip, from := c.turn.publicIP, fs.label("turn-public-ip")
+	if !ip.IsValid() && listen.IsValid() && !listen.IsUnspecified() {
+		ip, from = listen, "the address of "+fs.label("turn-addr")
+	}
+	if ip.IsValid() && leaf.VerifyHostname(ip.String()) == nil {
+		return // the address of the turn: URLs
+	}
+	if name := certName(leaf); name != "" {
+		c.turn.tlsHost = name
+		return
+	}
+	if !ip.IsValid() {
+		return // known once TURN listens, or --turn-addr is refused already
+	}
+	bad(fmt.Errorf("%s: the certificate is not valid for %s (%s), the host that turns: URLs would name, and has no DNS name without a wildcard to name instead (it is for %s): set %s to a name it is valid for",
+		fs.label("tls-cert"), ip, from, certHosts(leaf), fs.label("turn-tls-host")))
+}
+
+// checkTURNSHostOf checks, once the relay listens, the address that the
+// turns: URLs name when parseServe could not: --turn-addr named a host, and
+// the certificate has no DNS name to name instead.
+func (c *serveConfig) checkTURNSHostOf(relay *turn.Server) error {
+	leaf := leafOf(c.tlsConf)
+	if leaf == nil || relay.TLSAddr() == nil || c.turn.tlsHost != "" || c.turn.publicIP.IsValid() {
+		return nil
+	}
+	host, _, _ := net.SplitHostPort(relay.UDPAddr().String())
+	if leaf.VerifyHostname(host) == nil {
+		return nil
+	}
+	return fmt.Errorf("%s: the certificate is not valid for %s, the address of %s that turns: URLs would name (it is for %s): set %s to a name it is valid for",
+		c.flags.label("tls-cert"), host, c.flags.setting("turn-addr"), certHosts(leaf), c.flags.label("turn-tls-host"))
+}
+
+// leafOf is the parsed leaf certificate of conf, nil without one.
+func leafOf(conf *tls.Config) *x509.Certificate {
+	if conf == nil || len(conf.Certificates) == 0 {
+		return nil
+	}
+	cert := conf.Certificates[0]
+	if cert.Leaf != nil {
+		return cert.Leaf
+	}
+	if len(cert.Certificate) == 0 {
+		return nil
+	}
+	leaf, err := x509.ParseCertificate(cert.Certificate[0])
+	if err != nil {
+		return nil
+	}
+	return leaf
+}
+
+// certName is the first DNS name of a certificate that is no wildcard and
+// that the certificate verifies for; empty when there is none.
+func certName(leaf *x509.Certificate) string {
+	for _, name := range leaf.DNSNames {
+		if !strings.Contains(name, "*") && leaf.VerifyHostname(name) == nil {
+			return name
+		}
+	}
+	return ""
+}
+
+// certHosts lists the names and addresses a certificate is for, the first
+// few of them: "gw.example.com, 203.0.113.7 and 3 more".
+func certHosts(leaf *x509.Certificate) string {
+	var hosts []string
+	hosts = append(hosts, leaf.DNSNames...)
+	for _, ip := range leaf.IPAddresses {
+		hosts = append(hosts, ip.String())
+	}
+	const shown = 4
+	switch {
+	case len(hosts) == 0:
+		return "no host name or IP address"
+	case len(hosts) > shown:
+		return strings.Join(hosts[:shown], ", ") + fmt.Sprintf(" and %d more", len(hosts)-shown)
+	}
+	return strings.Join(hosts, ", ")
 }
 
 // turnsOnAddr reports whether --turn-tls-addr names the listener of
@@ -125,6 +250,26 @@ func (c *serveConfig) turnsOnAddr() bool {
 	host, port, err := net.SplitHostPort(c.addr)
 	thost, tport, terr := net.SplitHostPort(c.turn.tlsAddr)
 	return err == nil && terr == nil && host == thost && port == tport && port != "0"
+}
+
+// turnsOnAddrOtherwise reports whether --turn-tls-addr has the port of
+// --addr with the host written otherwise, so that the two listeners would
+// clash rather than share the port: ":443" next to "0.0.0.0:443", or a name
+// next to its address. Two distinct IP addresses, neither of them every
+// address, take the same port without a clash.
+func (c *serveConfig) turnsOnAddrOtherwise() bool {
+	if c.turn.tlsAddr == "" {
+		return false
+	}
+	host, port, err := net.SplitHostPort(c.addr)
+	thost, tport, terr := net.SplitHostPort(c.turn.tlsAddr)
+	if err != nil || terr != nil || port != tport || port == "0" || host == thost {
+		return false
+	}
+	ip, err := netip.ParseAddr(host)
+	tip, terr := netip.ParseAddr(thost)
+	distinct := err == nil && terr == nil && !ip.IsUnspecified() && !tip.IsUnspecified() && ip.Unmap() != tip.Unmap()
+	return !distinct
 }
 
 // readPublicKey reads a --jwt-public-key file as the gateway takes it.

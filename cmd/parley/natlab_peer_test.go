@@ -53,8 +53,9 @@ type labResult struct {
 // labPeerMain is a lab peer's whole life; it returns the process's exit code.
 // Its settings come from the environment: PARLEY_LAB_URL (the gateway's
 // WebSocket endpoint), PARLEY_LAB_TOKEN, PARLEY_LAB_CALL, PARLEY_LAB_ROLE
-// (offer or answer) and PARLEY_LAB_TIMEOUT (how long the data channel may
-// take to open). The gateway's certificate authority comes from
+// (offer or answer), PARLEY_LAB_TIMEOUT (how long the data channel may
+// take to open) and PARLEY_LAB_STUN (a STUN URL to use alone, instead of
+// the ICE servers of the join ack). The gateway's certificate authority comes from
 // SSL_CERT_FILE.
 func labPeerMain() int {
 	timeout, err := time.ParseDuration(os.Getenv("PARLEY_LAB_TIMEOUT"))
@@ -62,7 +63,7 @@ func labPeerMain() int {
 		timeout = 15 * time.Second
 	}
 	res := runLabPeer(os.Getenv("PARLEY_LAB_URL"), os.Getenv("PARLEY_LAB_TOKEN"), os.Getenv("PARLEY_LAB_CALL"),
-		os.Getenv("PARLEY_LAB_ROLE") == "offer", timeout)
+		os.Getenv("PARLEY_LAB_STUN"), os.Getenv("PARLEY_LAB_ROLE") == "offer", timeout)
 	b, _ := json.Marshal(res)
 	fmt.Println(string(b))
 	if res.Error != "" {
@@ -71,7 +72,9 @@ func labPeerMain() int {
 	return 0
 }
 
-func runLabPeer(url, token, callName string, offer bool, timeout time.Duration) (res labResult) {
+// runLabPeer joins callName at url and makes the call. stunURL, when set,
+// is the only ICE server, in place of the join ack's.
+func runLabPeer(url, token, callName, stunURL string, offer bool, timeout time.Duration) (res labResult) {
 	fail := func(format string, a ...any) labResult {
 		res.Error = fmt.Sprintf(format, a...)
 		return res
@@ -115,7 +118,12 @@ func runLabPeer(url, token, callName string, offer bool, timeout time.Duration) 
 	if os.Getenv("PARLEY_LAB_DEBUG") != "" {
 		plog = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	}
+	var iceServers []webrtc.ICEServer
+	if stunURL != "" {
+		iceServers = []webrtc.ICEServer{{URLs: []string{stunURL}}}
+	}
 	p = rtc.New(call, rtc.Options{
+		ICEServers:    iceServers,
 		SettingEngine: &se,
 		Logger:        plog,
 		OnChannel: func(_ string, dc *webrtc.DataChannel) {

@@ -10,6 +10,7 @@ import (
 	"crypto/x509/pkix"
 	"encoding/json"
 	"encoding/pem"
+	"errors"
 	"fmt"
 	"math/big"
 	"net"
@@ -20,6 +21,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -166,6 +168,43 @@ func requireNATLab(t *testing.T) {
 	t.Skip(msg)
 }
 
+// sweepNATLabs removes the labs of test processes that are gone: a run
+// killed, or ended by go test's -timeout, runs no cleanup. Its processes
+// died with it (labProcAttr); its namespaces stay until this sweep.
+func sweepNATLabs(t *testing.T) {
+	t.Helper()
+	list, err := exec.Command("ip", "netns", "list").Output()
+	if err != nil {
+		t.Fatalf("ip netns list: %v", err)
+	}
+	for line := range strings.Lines(string(list)) {
+		name, _, _ := strings.Cut(strings.TrimSpace(line), " ")
+		rest, ok := strings.CutPrefix(name, "plab")
+		if !ok {
+			continue
+		}
+		pidText, _, ok := strings.Cut(rest, "-")
+		pid, err := strconv.Atoi(pidText)
+		if !ok || err != nil || pid == os.Getpid() {
+			continue
+		}
+		if err := syscall.Kill(pid, 0); !errors.Is(err, syscall.ESRCH) {
+			continue // its run is still going
+		}
+		pids, _ := exec.Command("ip", "netns", "pids", name).Output()
+		for f := range strings.FieldsSeq(string(pids)) {
+			if p, err := strconv.Atoi(f); err == nil {
+				syscall.Kill(p, syscall.SIGKILL)
+			}
+		}
+		if out, err := exec.Command("ip", "netns", "del", name).CombinedOutput(); err != nil {
+			t.Logf("removing the stale lab namespace %s: %v %s", name, err, out)
+		} else {
+			t.Logf("removed the stale lab namespace %s", name)
+		}
+	}
+}
+
 // run runs a command and fails the test if it fails.
 func (l *natLab) run(args ...string) {
 	l.t.Helper()
@@ -186,8 +225,9 @@ func startNATLab(t *testing.T) *natLab {
 	t.Helper()
 	requireNATLab(t)
 	l := &natLab{t: t, ns: make(map[string]string), bin: parleyBinary(t), dir: t.TempDir(), secret: "natlab-" + randSuffix()}
-	// Names unique to this process, so that a lab left over by a killed
-	// run, or another run's, is never touched.
+	sweepNATLabs(t)
+	// Names unique to this process: another run's lab is never touched,
+	// and one left over by a run that was killed is swept by the next.
 	prefix := fmt.Sprintf("plab%d-", os.Getpid())
 	for _, role := range labRoles {
 		l.ns[role] = prefix + role
@@ -314,6 +354,10 @@ func (l *natLab) startGateway(role, name string, args []string) {
 	logs := &syncBuffer{}
 	cmd := exec.Command("ip", append([]string{"netns", "exec", l.ns[role], l.bin}, args...)...)
 	cmd.Stdout, cmd.Stderr = logs, logs
+	// Only the flags configure the gateway: no PARLEY_ variable of the
+	// test's environment leaks in.
+	cmd.Env = []string{"PATH=" + os.Getenv("PATH")}
+	cmd.SysProcAttr = labProcAttr()
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -388,6 +432,12 @@ type labPeer struct {
 
 // startPeer runs a peer in client namespace role.
 func (l *natLab) startPeer(role, gw, call, peerRole string, timeout time.Duration) *labPeer {
+	return l.startPeerWith(role, gw, call, peerRole, "", timeout)
+}
+
+// startPeerWith is startPeer with stunURL as the peer's only ICE server,
+// when set.
+func (l *natLab) startPeerWith(role, gw, call, peerRole, stunURL string, timeout time.Duration) *labPeer {
 	l.t.Helper()
 	self, err := os.Executable()
 	if err != nil {
@@ -403,12 +453,14 @@ func (l *natLab) startPeer(role, gw, call, peerRole string, timeout time.Duratio
 		"PARLEY_LAB_ROLE="+peerRole,
 		"PARLEY_LAB_TIMEOUT="+timeout.String(),
 		"SSL_CERT_FILE="+l.caFile,
+		"PARLEY_LAB_STUN="+stunURL,
 	)
 	out, err := p.cmd.StdoutPipe()
 	if err != nil {
 		l.t.Fatal(err)
 	}
 	p.cmd.Stderr = p.stderr
+	p.cmd.SysProcAttr = labProcAttr()
 	if err := p.cmd.Start(); err != nil {
 		l.t.Fatal(err)
 	}
@@ -458,14 +510,20 @@ func (p *labPeer) result(t *testing.T, d time.Duration) labResult {
 // labCall runs one call between c1 (offering) and c2 through gateway gw and
 // returns both results.
 func (l *natLab) labCall(call, gw string, timeout time.Duration) (c1, c2 labResult) {
+	return l.labCallWith(call, gw, "", timeout)
+}
+
+// labCallWith is labCall with stunURL as the peers' only ICE server, when
+// set.
+func (l *natLab) labCallWith(call, gw, stunURL string, timeout time.Duration) (c1, c2 labResult) {
 	l.t.Helper()
-	answer := l.startPeer("c2", gw, call, "answer", timeout)
+	answer := l.startPeerWith("c2", gw, call, "answer", stunURL, timeout)
 	if line := answer.next(l.t, 20*time.Second); !strings.Contains(line, `"joined"`) {
 		var r labResult
 		json.Unmarshal([]byte(line), &r)
 		l.t.Fatalf("answering peer did not join: %s\n%s", line, answer.stderr.String())
 	}
-	offer := l.startPeer("c1", gw, call, "offer", timeout)
+	offer := l.startPeerWith("c1", gw, call, "offer", stunURL, timeout)
 	c1 = offer.result(l.t, timeout+30*time.Second)
 	c2 = answer.result(l.t, timeout+30*time.Second)
 	if os.Getenv("PARLEY_LAB_DEBUG") != "" {
@@ -679,22 +737,34 @@ func TestNATLabCloudNAT(t *testing.T) {
 	l.t = t
 }
 
-// TestNATLabNoTURN is the negative control: without TURN (the gateway
-// offers STUN only), two clients behind symmetric NATs cannot connect,
-// which shows that the lab's NATs are real.
+// TestNATLabNoTURN is the negative control: without TURN (STUN only, from
+// a gateway with --turn-addr off and a STUN listener), two clients behind
+// symmetric NATs cannot connect, which shows that the lab's NATs are real.
 func TestNATLabNoTURN(t *testing.T) {
 	l := startNATLab(t)
 	l.setNAT(1, natSymmetric)
 	l.setNAT(2, natSymmetric)
-	c1, c2 := l.labCall("lab-no-turn", labNoTURN, 8*time.Second)
+	// The gateway without TURN lists no ICE servers in its acks: the peers
+	// use its STUN-only listener, as a client configured with STUN alone.
+	c1, c2 := l.labCallWith("lab-no-turn", labNoTURN, "stun:"+labNoTURN+":3478", 8*time.Second)
 	if c1.Error == "" || c2.Error == "" {
 		t.Fatalf("symmetric/symmetric without TURN connected:\nc1 %+v\nc2 %+v", c1, c2)
 	}
+	// The call must fail for the reason the lab makes: both peers joined
+	// and gathered their mappings through STUN, and no pair of them works.
 	for _, r := range []labResult{c1, c2} {
+		if !strings.Contains(r.Error, "not open after") {
+			t.Errorf("the call failed before ICE could: %s", r.Error)
+		}
+		srflx := false
 		for _, c := range r.Candidates {
 			if strings.HasPrefix(c, "relay") {
 				t.Errorf("a relay candidate without TURN: %v", r.Candidates)
 			}
+			srflx = srflx || strings.HasPrefix(c, "srflx")
+		}
+		if !srflx {
+			t.Errorf("no server-reflexive candidate (STUN did not answer): %v", r.Candidates)
 		}
 	}
 	t.Logf("as it must, the call failed: c1: %s; c2: %s", c1.Error, c2.Error)

@@ -84,6 +84,9 @@ type turnFlags struct {
 	userQuota      int
 	maxAllocations int
 	credentialTTL  time.Duration
+	// tlsHost is the host of turns: URLs, a name or an IP address the
+	// certificate is valid for; empty means the address of the turn: URLs.
+	tlsHost string
 }
 
 const serveSummary = `Run a Parley node: the public listener (WebSocket /v1/ws, SSE /v1/sse, the
@@ -135,7 +138,8 @@ func parseSettings(fs *envFlags, args []string, environ []string) (*serveConfig,
 	fs.StringVar(&c.tlsKey, "tls-key", "", "PEM private key `file` matching --tls-cert")
 	fs.StringVar(&c.turn.addr, "turn-addr", "localhost:3478", "TURN and STUN listener on UDP and TCP; off disables them")
 	fs.StringVar(&c.stunAddr, "stun-addr", "off", "an extra STUN-only listener on UDP, such as :19302, with per-source rate limits (the TURN ports answer STUN too); off disables it")
-	fs.StringVar(&c.turn.tlsAddr, "turn-tls-addr", "", "TURN over TLS listener, such as :5349 (needs --tls-cert and --tls-key); may be the same as --addr, e.g. :443, to share HTTPS's port")
+	fs.StringVar(&c.turn.tlsAddr, "turn-tls-addr", "", "TURN over TLS listener, such as :5349 (needs --tls-cert and --tls-key); may be the same as --addr, host written as --addr writes it (e.g. :443 for both), to share HTTPS's port")
+	turnTLSHost := fs.String("turn-tls-host", "", "the host name put in turns: URLs; it must be a name (or IP) the --tls-cert certificate is valid for (default the address of the turn: URLs when the certificate is valid for it, else the certificate's first DNS name without a wildcard)")
 	turnPublicIP := fs.String("turn-public-ip", "", "the address put in relay candidates and ICE server URLs (default the TURN listener's IP; required when --turn-addr listens on every address)")
 	turnPorts := fs.String("turn-ports", "49152-65535", "relay port range")
 	fs.StringVar(&c.turn.secret, "turn-secret", "", "TURN REST shared secret (default the JWT secret, else random)")
@@ -277,7 +281,7 @@ func parseSettings(fs *envFlags, args []string, environ []string) (*serveConfig,
 			c.tlsConf = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
 		}
 	}
-	c.checkTURN(*turnPublicIP, *turnPorts, *turnAllow, bad)
+	c.checkTURN(*turnPublicIP, *turnPorts, *turnAllow, *turnTLSHost, bad)
 	if c.stunAddr != "off" {
 		if _, _, err := net.SplitHostPort(c.stunAddr); err != nil {
 			bad(fs.badValue("stun-addr", "want host:port or off"))
@@ -418,6 +422,11 @@ func serveCmd(ctx context.Context, stop func(), args []string, getenv func(strin
 		tlsStreams = split.TURN()
 	}
 	relay, err := startTURNWith(ctx, c, log, reg, tlsStreams)
+	if err == nil && relay != nil {
+		if err = c.checkTURNSHostOf(relay); err != nil {
+			relay.Close()
+		}
+	}
 	if err != nil {
 		ln.Close()
 		if adminLn != nil {
@@ -633,6 +642,9 @@ func startTURNWith(ctx context.Context, c *serveConfig, log *slog.Logger, reg pr
 
 // iceConfig is what clients are told of this node's relay: its STUN and
 // TURN URLs, and the secret and TTL of the credentials minted for them.
+// The turns: URL names the host of --turn-tls-host (chosen by parseServe
+// when the flag is not set), which clients verify the certificate against;
+// the others name the relay's address.
 func iceConfig(c *serveConfig, relay *turn.Server) *gateway.ICE {
 	host := c.turn.publicIP.String()
 	if !c.turn.publicIP.IsValid() {
@@ -647,7 +659,11 @@ func iceConfig(c *serveConfig, relay *turn.Server) *gateway.ICE {
 	}
 	if a := relay.TLSAddr(); a != nil {
 		_, tport, _ := net.SplitHostPort(a.String())
-		turnURLs = append(turnURLs, "turns:"+net.JoinHostPort(host, tport)+"?transport=tcp")
+		thost := host
+		if c.turn.tlsHost != "" {
+			thost = c.turn.tlsHost
+		}
+		turnURLs = append(turnURLs, "turns:"+net.JoinHostPort(thost, tport)+"?transport=tcp")
 	}
 	return &gateway.ICE{STUN: []string{"stun:" + hp}, TURN: turnURLs, Secret: c.turn.secret, TTL: c.turn.credentialTTL}
 }

@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"fmt"
 	"net"
+	"net/netip"
 	"net/url"
 	"strconv"
 	"strings"
@@ -47,20 +48,38 @@ func (d turnDialer) Dial(network, addr string) (net.Conn, error) {
 	return tc, nil
 }
 
-// turnsHost reports whether addr, as pion gives it to the dialer, is the
-// server of one of the Peer's turns: URLs, and that URL's host.
+// turnsHost reports whether addr, as pion gives it to the dialer
+// (net.JoinHostPort of the URL's host and port), is the server of one of
+// the Peer's turns: URLs, and that URL's host.
 func (p *Peer) turnsHost(addr string) (string, bool) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	for _, s := range p.iceServers {
 		for _, u := range s.URLs {
 			host, port, ok := turnsServer(u)
-			if ok && host+":"+strconv.Itoa(port) == addr {
+			if ok && sameAddr(net.JoinHostPort(host, strconv.Itoa(port)), addr) {
 				return host, true
 			}
 		}
 	}
 	return "", false
+}
+
+// sameAddr reports whether two host:port addresses are the same: equal as
+// written, or the same IP address and port however the IP is written
+// (pion brackets an IPv6 host: [2001:db8::1]:443).
+func sameAddr(a, b string) bool {
+	if a == b {
+		return true
+	}
+	ha, pa, errA := net.SplitHostPort(a)
+	hb, pb, errB := net.SplitHostPort(b)
+	if errA != nil || errB != nil || pa != pb {
+		return false
+	}
+	ia, errA := netip.ParseAddr(ha)
+	ib, errB := netip.ParseAddr(hb)
+	return errA == nil && errB == nil && ia.Unmap() == ib.Unmap()
 }
 
 // turnsServer parses a turns: URL (RFC 7065: turns:host[:port][?transport=

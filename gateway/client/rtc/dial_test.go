@@ -25,3 +25,23 @@ func TestTURNSServer(t *testing.T) {
 		}
 	}
 }
+
+func TestSameAddr(t *testing.T) {
+	tests := []struct {
+		a, b string
+		want bool
+	}{
+		{"203.0.113.1:443", "203.0.113.1:443", true},
+		{"[2001:db8::1]:443", "[2001:db8::1]:443", true},
+		{"[2001:db8::1]:443", "[2001:db8:0::1]:443", true},
+		{"[::ffff:203.0.113.1]:443", "203.0.113.1:443", true},
+		{"203.0.113.1:443", "203.0.113.1:5349", false},
+		{"turn.example.com:443", "turn.example.com:443", true},
+		{"turn.example.com:443", "203.0.113.1:443", false},
+	}
+	for _, tt := range tests {
+		if got := sameAddr(tt.a, tt.b); got != tt.want {
+			t.Errorf("sameAddr(%q, %q) = %v, want %v", tt.a, tt.b, got, tt.want)
+		}
+	}
+}
