@@ -792,7 +792,9 @@ func (st *csTest) consensus() (*csView, string) {
 // after csSettle.
 func (st *csTest) settle(what string) *csView {
 	st.t.Helper()
-	deadline := time.Now().Add(csSettle)
+	start := time.Now()
+	deadline := start.Add(csSettle)
+	repaired := time.Time{}
 	for {
 		v, why := st.consensus()
 		if v != nil {
@@ -801,7 +803,56 @@ func (st *csTest) settle(what string) *csView {
 		if time.Now().After(deadline) {
 			st.t.Fatalf("%s: the cluster has not settled after %v: %s", what, csSettle, why)
 		}
+		if time.Since(start) > csSettle/2 && time.Since(repaired) > time.Second {
+			st.repairSlots(what)
+			repaired = time.Now()
+		}
 		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// repairSlots does what an operator's redis-cli --cluster fix would, for a
+// cluster whose nodes stay in disagreement on which master owns a slot: it
+// tells each live master that differs from most nodes the owner most nodes
+// see. Redis can leave a master that a replica turned into, shortly after a
+// migration into its former master, without a slot that every other node
+// gives it; nothing in its gossip ever hands it back.
+func (st *csTest) repairSlots(what string) {
+	var views []*csView
+	var idx []int
+	for i := range st.admin {
+		if !st.alive[i] {
+			continue
+		}
+		if v, err := st.view(i); err == nil {
+			views = append(views, v)
+			idx = append(idx, i)
+		}
+	}
+	for slot := range slotCount {
+		votes := map[int]int{}
+		for _, v := range views {
+			votes[v.owner[slot]]++
+		}
+		owner, most := -1, 0
+		for o, n := range votes {
+			if n > most {
+				owner, most = o, n
+			}
+		}
+		if owner < 0 || most <= len(views)/2 {
+			continue
+		}
+		id, err := st.do(owner, "CLUSTER", "MYID")
+		if err != nil {
+			continue
+		}
+		for k, v := range views {
+			if i := idx[k]; v.owner[slot] != owner && v.master[i] {
+				st.do(i, "CLUSTER", "SETSLOT", slot, "NODE", id)
+				st.logf("%s: node %d saw slot %d served by %d, most nodes by %d: told it so", what, i, slot, v.owner[slot], owner)
+			}
+		}
 	}
 }
 
