@@ -5,13 +5,16 @@
 run:
 	go run ./cmd/parley serve
 
-# Every test, with the race detector, and the heap-bound tests once more
-# without it (its bookkeeping skews heap figures). Installs what the tests
-# need first, and checks the script that does so.
+# Every test, with the race detector; the gateway's once more with a reader
+# goroutine per WebSocket session instead of the poller; and the heap-bound
+# tests once more without the race detector (its bookkeeping skews heap
+# figures). Installs what the tests need first, and checks the script that
+# does so.
 test: deps
 	bash .ci/deps-test
 	go vet ./...
 	go test -race -count=1 -timeout 20m ./...
+	PARLEY_NOPOLLER=1 go test -race -count=1 ./gateway/
 	go test -count=1 -run Heap ./gateway/
 
 # Installs the test tools that are missing: redis-server, coturn's TURN utilities,

@@ -84,6 +84,22 @@ type Config struct {
 	// have no bits set past their mask (ParseTrustedProxies builds them).
 	TrustedProxies []netip.Prefix
 
+	// NoPoller gives every WebSocket session a reader goroutine for its
+	// whole life, instead of the poller that holds idle connections without
+	// one (epoll, on Linux; see poll.go). Other systems have no poller.
+	NoPoller bool
+	// MaxReaders bounds the poller's readers running at once, each reading
+	// and handling the frames of one connection that has something to say;
+	// connections that become readable past it wait for one. Zero means
+	// 4096.
+	MaxReaders int
+	// FrameTimeout bounds the wait for the rest of a client frame that has
+	// begun to arrive (and, with the poller, for a data frame after a
+	// client's WebSocket ping): past it the session is closed. Zero means
+	// PingInterval plus PongTimeout: a client that answers the heartbeat
+	// sends a data frame within that time, so no healthy one is cut.
+	FrameTimeout time.Duration
+
 	// ICE is what clients are told of STUN and TURN, by GET
 	// /v1/ice-servers and in join acks; nil means the endpoint answers 404
 	// and join acks carry no iceServers.
@@ -153,6 +169,9 @@ func (c *Config) setDefaults() error {
 			return err
 		}
 	}
+	if err := def(&c.FrameTimeout, c.PingInterval+c.PongTimeout, "FrameTimeout"); err != nil {
+		return err
+	}
 	if c.MaxFrameSize == 0 {
 		c.MaxFrameSize = 64 << 10
 	}
@@ -174,6 +193,9 @@ func (c *Config) setDefaults() error {
 	if c.MaxConnsPerIP == 0 {
 		c.MaxConnsPerIP = 1000
 	}
+	if c.MaxReaders == 0 {
+		c.MaxReaders = 4096
+	}
 	switch {
 	case c.MaxFrameSize < 0:
 		return errors.New("gateway: Config.MaxFrameSize is negative")
@@ -187,6 +209,8 @@ func (c *Config) setDefaults() error {
 		return errors.New("gateway: Config.MaxRoomsPerSession is negative")
 	case c.MaxConnsPerIP < 0:
 		return errors.New("gateway: Config.MaxConnsPerIP is negative")
+	case c.MaxReaders < 0:
+		return errors.New("gateway: Config.MaxReaders is negative")
 	case c.PingInterval < 10*time.Millisecond:
 		return fmt.Errorf("gateway: Config.PingInterval %s is below 10ms", c.PingInterval)
 	}

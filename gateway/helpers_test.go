@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -46,6 +47,9 @@ func startServerWith(t testing.TB, mc fanout.MemoryConfig, mod func(*Config)) *t
 	t.Helper()
 	bus := fanout.NewMemory(mc)
 	cfg := Config{Bus: bus, NodeID: "test-node", DrainTimeout: 200 * time.Millisecond, APIKey: testAPIKey}
+	// PARLEY_NOPOLLER=1 runs the suite with a reader goroutine per
+	// WebSocket session instead of the poller (make test runs both).
+	cfg.NoPoller = os.Getenv("PARLEY_NOPOLLER") != ""
 	if mod != nil {
 		mod(&cfg)
 	}

@@ -24,6 +24,9 @@ type metrics struct {
 	gapMessages      prometheus.Counter
 	continuityBreaks prometheus.Counter
 	duplicates       prometheus.Counter
+	// The poller's (poll.go).
+	polled  prometheus.Gauge
+	readers prometheus.Gauge
 
 	// out is messagesOut resolved per transport, for the write path.
 	out [2]prometheus.Counter
@@ -83,6 +86,12 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		duplicates: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "parley_duplicates_dropped_total", Help: "Room messages the bus delivered at or below the room's position on this node, dropped.",
 		}),
+		polled: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "parley_ws_polled", Help: "WebSocket sessions served by the poller (no goroutine of their own while idle).",
+		}),
+		readers: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "parley_ws_readers", Help: "The poller's readers running: WebSocket sessions reading or handling frames right now.",
+		}),
 	}
 	// Every transport's series exists from the start, at zero.
 	for _, t := range []transportKind{transportWS, transportSSE} {
@@ -100,7 +109,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	if reg != nil {
 		reg.MustRegister(m.connections, m.connsTotal, m.rejected, m.messagesIn, m.messagesOut,
 			m.deliveryLatency, m.publishLatency, m.slowConsumers, m.replayRefused, m.errorsSent, m.heartbeatClose, m.draining,
-			m.gapFills, m.gapMessages, m.continuityBreaks, m.duplicates)
+			m.gapFills, m.gapMessages, m.continuityBreaks, m.duplicates, m.polled, m.readers)
 	}
 	return m
 }

@@ -48,6 +48,9 @@ type Server struct {
 	perIP    map[string]int
 	idle     chan struct{} // closed when draining and the last session left
 
+	// poller holds idle WebSocket connections (poll.go); nil without one.
+	poller poller
+
 	hbStop chan struct{}
 	// ticks is closed and replaced at every heartbeat tick; idle writers
 	// use it as a shared clock.
@@ -95,6 +98,13 @@ func New(cfg Config) (*Server, error) {
 		MaxHeaderBytes:    16 << 10,
 		ErrorLog:          slog.NewLogLogger(srv.log.Handler(), slog.LevelDebug),
 		Protocols:         serverProtocols(),
+	}
+	if !cfg.NoPoller {
+		if p, err := newPoller(srv); err != nil {
+			srv.log.Info("every WebSocket session keeps a reader goroutine", "reason", err.Error())
+		} else {
+			srv.poller = p
+		}
 	}
 	srv.goroutines.Add(1)
 	go srv.heartbeatLoop()
@@ -423,6 +433,9 @@ func (srv *Server) Shutdown(ctx context.Context) error {
 	close(srv.hbStop)
 	srv.cancel()
 	srv.hub.stop()
+	if srv.poller != nil {
+		srv.poller.close()
+	}
 	srv.goroutines.Wait()
 	srv.calls.Close()
 	srv.log.Info("drained", "took", time.Since(start).Round(time.Millisecond))

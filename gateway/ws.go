@@ -32,10 +32,13 @@ const smallBuf = 512
 
 // hijackWriter re-buffers a hijacked connection with small buffers, keeping
 // any bytes net/http had already read, and remembers the net.Conn so the
-// session can set write deadlines.
+// session can set write deadlines. With pollable set, a plain TCP
+// connection is made ready for the poller (poll).
 type hijackWriter struct {
 	http.ResponseWriter
-	conn net.Conn
+	conn     net.Conn
+	pollable bool
+	poll     *pollState
 }
 
 func (h *hijackWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
@@ -45,14 +48,27 @@ func (h *hijackWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	}
 	h.conn = c
 	var rc net.Conn = c
+	var prefix *prefixConn
 	if n := brw.Reader.Buffered(); n > 0 {
 		// The bytes travel inside the connection, not in the new reader's
 		// buffer: coder/websocket re-seats the reader on the connection
 		// after Hijack, keeping only what that reader has buffered.
 		b, _ := brw.Reader.Peek(n)
-		rc = &prefixConn{Conn: c, prefix: bytes.Clone(b)}
+		prefix = &prefixConn{Conn: c, prefix: bytes.Clone(b)}
+		rc = prefix
 	}
-	return rc, bufio.NewReadWriter(bufio.NewReaderSize(rc, smallBuf), bufio.NewWriterSize(c, smallBuf)), nil
+	var ps *pollState
+	if tcp, ok := c.(*net.TCPConn); ok && h.pollable {
+		pc := &pollConn{Conn: rc}
+		rc, h.conn = pc, pc
+		ps = &pollState{tcp: tcp, prefix: prefix}
+	}
+	br := bufio.NewReaderSize(rc, smallBuf)
+	if ps != nil {
+		ps.br = br
+		h.poll = ps
+	}
+	return rc, bufio.NewReadWriter(br, bufio.NewWriterSize(c, smallBuf)), nil
 }
 
 // prefixConn is a connection whose first reads return bytes that were read
@@ -98,7 +114,7 @@ func (srv *Server) handleWS(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	ident, authErr := srv.auth.authenticate(r, false)
-	hw := &hijackWriter{ResponseWriter: w}
+	hw := &hijackWriter{ResponseWriter: w, pollable: srv.poller != nil}
 	conn, err := websocket.Accept(hw, r, &websocket.AcceptOptions{
 		Subprotocols: []string{Subprotocol},
 		// The origin was checked above, with the same rules as SSE and
@@ -148,7 +164,7 @@ func (srv *Server) handleWS(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.kick()
-	go s.readLoop()
+	s.startReading(hw.poll)
 }
 
 // checkHandshake checks what coder/websocket's Accept checks of a handshake

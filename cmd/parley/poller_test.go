@@ -1,0 +1,130 @@
+package main
+
+import (
+	"bufio"
+	"net/http"
+	"os"
+	"os/exec"
+	"regexp"
+	"runtime"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// nodeMetric reads one unlabelled metric (or the first series of it) from a
+// node's /metrics.
+func nodeMetric(t *testing.T, url, name string) float64 {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatalf("GET %s: %v", url, err)
+	}
+	defer resp.Body.Close()
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		line := sc.Text()
+		if !strings.HasPrefix(line, name) {
+			continue
+		}
+		rest := line[len(name):]
+		if rest == "" || (rest[0] != ' ' && rest[0] != '{') {
+			continue
+		}
+		f := strings.Fields(line)
+		v, err := strconv.ParseFloat(f[len(f)-1], 64)
+		if err != nil {
+			t.Fatalf("metric line %q: %v", line, err)
+		}
+		return v
+	}
+	t.Fatalf("no metric %s at %s", name, url)
+	return 0
+}
+
+var adminRE = regexp.MustCompile(`metrics +http://(127\.0\.0\.1:\d+)/metrics`)
+
+// TestPollerGoroutinesWithTenThousandIdle starts a node and holds 10,000
+// idle, subscribed WebSocket connections on it from `parley loadtest`, past
+// a heartbeat cycle, and reads from the node's own metrics that its
+// goroutines stay at the idle floor, not one or more per connection.
+func TestPollerGoroutinesWithTenThousandIdle(t *testing.T) {
+	if runtime.GOOS != "linux" {
+		t.Skip("the poller is Linux's epoll")
+	}
+	const conns = 10000
+	var lim syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err == nil && lim.Cur < conns+1000 {
+		lim.Cur = min(lim.Max, conns+1000)
+		syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim)
+		if lim.Cur < conns+1000 {
+			t.Fatalf("open files limited to %d: %d connections need more", lim.Cur, conns)
+		}
+	}
+	bin := parleyBinary(t)
+	logs := &syncBuffer{}
+	node := exec.Command(bin, "serve", "--addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0", "--turn-addr", "off",
+		"--max-conns-per-ip", "20000", "--ping", "2s", "--log-level", "warn")
+	node.Env = []string{"PATH=" + os.Getenv("PATH")}
+	node.Stdout, node.Stderr = logs, logs
+	if err := node.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		node.Process.Kill()
+		node.Wait()
+	})
+	addr := strings.TrimPrefix(waitListening(t, logs), "http://")
+	var admin string
+	for deadline := time.Now().Add(10 * time.Second); admin == ""; time.Sleep(20 * time.Millisecond) {
+		if m := adminRE.FindStringSubmatch(logs.String()); m != nil {
+			admin = m[1]
+		} else if time.Now().After(deadline) {
+			t.Fatalf("no admin address in the node's log:\n%s", logs.String())
+		}
+	}
+	metrics := "http://" + admin + "/metrics"
+	floor := nodeMetric(t, metrics, "go_goroutines")
+
+	load := exec.Command(bin, "loadtest", "--url", "ws://"+addr+"/v1/ws", "--scenario", "idle",
+		"--conns", strconv.Itoa(conns), "--rooms", "100", "--duration", "30s", "--ramp", "5000")
+	load.Env = []string{"PATH=" + os.Getenv("PATH")}
+	loadOut := &syncBuffer{}
+	load.Stdout, load.Stderr = loadOut, loadOut
+	if err := load.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		load.Process.Kill()
+		load.Wait()
+	})
+	deadline := time.Now().Add(60 * time.Second)
+	for nodeMetric(t, metrics, "parley_ws_polled") < conns {
+		if time.Now().After(deadline) {
+			t.Fatalf("not all %d connections are in the poller after 60 s: %v polled; loadtest said:\n%s",
+				conns, nodeMetric(t, metrics, "parley_ws_polled"), loadOut.String())
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	// One heartbeat cycle (--ping 2s, each ping answered by a frame that
+	// wakes a reader), and the writers' linger after it.
+	time.Sleep(5 * time.Second)
+	goroutines := nodeMetric(t, metrics, "go_goroutines")
+	polled := nodeMetric(t, metrics, "parley_ws_polled")
+	readers := nodeMetric(t, metrics, "parley_ws_readers")
+	timeouts := nodeMetric(t, metrics, "parley_heartbeat_timeouts_total")
+	t.Logf("%v connections in the poller: %v goroutines (%v with none), %v readers running, %v heartbeat timeouts",
+		polled, goroutines, floor, readers, timeouts)
+	if polled != conns || timeouts != 0 {
+		t.Errorf("%v of %d connections polled and %v heartbeat timeouts, want all and none", polled, conns, timeouts)
+	}
+	// O(the poller's readers), not O(connections): the floor, a few
+	// readers and writers busy with a heartbeat at that moment.
+	if goroutines > floor+200 {
+		t.Errorf("%v goroutines with %d idle connections (%v with none), want no more than %v: a goroutine per connection?",
+			goroutines, conns, floor, floor+200)
+	}
+}
