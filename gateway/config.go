@@ -88,10 +88,12 @@ type Config struct {
 	// whole life, instead of the poller that holds idle connections without
 	// one (epoll, on Linux; see poll.go). Other systems have no poller.
 	NoPoller bool
-	// MaxReaders bounds the poller's readers running at once, each reading
+	// MaxReaders bounds the poller's readers started at once, each reading
 	// and handling the frames of one connection that has something to say;
-	// connections that become readable past it wait for one. Zero means
-	// 4096.
+	// connections that become readable past it wait for one. A reader busy
+	// for more than 100 ms (a command waiting on the bus, half a frame)
+	// leaves the bound, so slow sessions never stall the others. Zero
+	// means 4096.
 	MaxReaders int
 	// FrameTimeout bounds the wait for the rest of a client frame that has
 	// begun to arrive (and, with the poller, for a data frame after a

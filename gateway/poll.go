@@ -103,6 +103,20 @@ func (p *pollState) buffered() bool {
 	return p.br.Buffered() > 0 || (p.prefix != nil && len(p.prefix.prefix) > 0)
 }
 
+// moreToRead reports whether bytes of the connection wait in user space,
+// and whether the session is closed. It looks under s.mu: every close of a
+// session marks it closed under s.mu before coder/websocket's close
+// handshake reads the connection through the same bufio.Reader, so the two
+// never look at that reader at once.
+func (s *session) moreToRead() (more, closed bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return false, true
+	}
+	return s.poll.buffered(), false
+}
+
 // startReading makes the session's reader: the poller's, or a goroutine of
 // its own. register counted the session's owner in srv.goroutines.
 func (s *session) startReading(ps *pollState) {
@@ -111,13 +125,15 @@ func (s *session) startReading(ps *pollState) {
 		return
 	}
 	s.poll = ps
+	// Running until it is placed: a close meanwhile (readerClosed) then
+	// leaves the session to this function, which finishes it once.
+	ps.state.Store(readerRunning)
 	f := s.readerClosed
 	s.srv.poller.add(s)
 	s.pollConn().onClose.Store(&f)
-	if ps.buffered() {
+	if more, _ := s.moreToRead(); more {
 		// The client sent its first frames with the handshake, and
 		// net/http read them: no poller would see them.
-		ps.state.Store(readerRunning)
 		s.srv.goroutines.Add(1)
 		go func() {
 			defer s.srv.goroutines.Done()
@@ -132,9 +148,21 @@ func (s *session) startReading(ps *pollState) {
 		s.srv.goroutines.Add(1)
 		go func() {
 			defer s.srv.goroutines.Done()
-			s.finishPolled()
+			s.armFailed(err)
 		}()
 	}
+}
+
+// armFailed ends a session the poller could not take: its connection closed
+// meanwhile, or epoll refused it (past fs.epoll.max_user_watches, out of
+// memory, the poller stopped). The connection is closed in any case, so no
+// client stays connected to a session the node no longer serves.
+func (s *session) armFailed(err error) {
+	if !s.isClosed() {
+		s.srv.log.Warn("the poller could not take a WebSocket connection; closing it", "session", s.id, "err", err)
+	}
+	s.closeNow(websocket.StatusInternalError, "")
+	s.finishPolled()
 }
 
 // pollConn returns the session's pollConn.
@@ -166,16 +194,23 @@ func (s *session) readBurst() {
 		}
 		s.pongDeadline.Store(0) // any frame shows the client is alive
 		s.handle(b)
-		if !ps.buffered() {
+		more, closed := s.moreToRead()
+		if closed {
+			// The close handshake reads the connection now; the session is
+			// done with.
+			s.endReading()
+			return
+		}
+		if !more {
 			break
 		}
 	}
 	ps.state.Store(readerPolled)
 	if err := s.srv.poller.arm(s); err != nil {
-		// The connection closed meanwhile: whoever moves the state on
-		// first finishes the session.
+		// Whoever moves the state on first finishes the session: this
+		// reader, or the connection's close.
 		if ps.state.CompareAndSwap(readerPolled, readerFinished) {
-			s.finishPolled()
+			s.armFailed(err)
 		}
 	}
 }

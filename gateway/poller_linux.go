@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -29,6 +30,9 @@ type epollPoller struct {
 	slots chan struct{}
 	done  chan struct{} // closed when wait has returned
 }
+
+// readerDetach is how long a reader counts against Config.MaxReaders.
+const readerDetach = 100 * time.Millisecond
 
 // wakeToken is the epoll data of the eventfd; sessions' tokens start at 1.
 const wakeToken = 0
@@ -108,9 +112,18 @@ func (p *epollPoller) wait() {
 			p.srv.goroutines.Add(1)
 			go func() {
 				defer p.srv.goroutines.Done()
+				var once sync.Once
+				free := func() { once.Do(func() { <-p.slots }) }
+				// A reader still busy after readerDetach (a command
+				// waiting on the bus, a client that does not read its
+				// replies, half a frame) leaves the bound, so that no
+				// number of slow sessions stalls the reading of the
+				// others.
+				detach := time.AfterFunc(readerDetach, free)
 				defer func() {
+					detach.Stop()
+					free()
 					p.srv.metrics.readers.Dec()
-					<-p.slots
 				}()
 				s.readBurst()
 			}()

@@ -71,6 +71,13 @@ func (h *hijackWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	return rc, bufio.NewReadWriter(br, bufio.NewWriterSize(c, smallBuf)), nil
 }
 
+// clearReadDeadline lifts the frame timeout of a polled connection.
+func (h *hijackWriter) clearReadDeadline() {
+	if h.poll != nil {
+		h.conn.SetReadDeadline(time.Time{})
+	}
+}
+
 // prefixConn is a connection whose first reads return bytes that were read
 // from it before the hijack.
 type prefixConn struct {
@@ -121,6 +128,14 @@ func (srv *Server) handleWS(w http.ResponseWriter, r *http.Request) {
 		// the API; this skips only coder/websocket's own origin check.
 		InsecureSkipVerify: true,
 		CompressionMode:    websocket.CompressionDisabled,
+		// A WebSocket ping or pong of the client's is handled inside the
+		// read that waits for a data frame: the wait after it is an idle
+		// one, which no frame timeout may cut (see poll.go).
+		OnPingReceived: func(context.Context, []byte) bool {
+			hw.clearReadDeadline()
+			return true
+		},
+		OnPongReceived: func(context.Context, []byte) { hw.clearReadDeadline() },
 	})
 	if err != nil {
 		srv.releaseIP(ip)
