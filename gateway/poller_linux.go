@@ -24,7 +24,11 @@ type epollPoller struct {
 	mu       sync.Mutex
 	sessions map[uint64]*session
 	next     uint64
-	closed   bool
+
+	// epMu orders arm's use of epfd with close: arm holds it to read,
+	// close to write.
+	epMu     sync.RWMutex
+	epClosed bool
 
 	// slots bounds the readers running at once (Config.MaxReaders).
 	slots chan struct{}
@@ -144,10 +148,11 @@ func (p *epollPoller) add(s *session) {
 // arm gives s's connection to the poller until it becomes readable once. It
 // fails when the connection is closed.
 func (p *epollPoller) arm(s *session) error {
-	p.mu.Lock()
-	closed := p.closed
-	p.mu.Unlock()
-	if closed {
+	// Held across epoll_ctl, so that close cannot release the epoll
+	// descriptor (whose number another epoll set could then take) under it.
+	p.epMu.RLock()
+	defer p.epMu.RUnlock()
+	if p.epClosed {
 		return errors.New("poller closed")
 	}
 	t := s.poll.token
@@ -186,16 +191,19 @@ func (p *epollPoller) forget(s *session) {
 // close stops the poller's goroutine and releases its descriptors. Sessions
 // still in it must have been closed first: Shutdown closes them all.
 func (p *epollPoller) close() {
-	p.mu.Lock()
-	if p.closed {
-		p.mu.Unlock()
+	p.epMu.Lock()
+	if p.epClosed {
+		p.epMu.Unlock()
 		return
 	}
-	p.closed = true
-	p.mu.Unlock()
+	p.epClosed = true // arm no longer touches epfd
+	p.epMu.Unlock()
 	var one = [8]byte{1}
 	unix.Write(p.wake, one[:])
 	<-p.done
+	// Arms under way when epClosed was set hold epMu to read.
+	p.epMu.Lock()
 	unix.Close(p.wake)
 	unix.Close(p.epfd)
+	p.epMu.Unlock()
 }
