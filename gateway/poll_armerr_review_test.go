@@ -3,7 +3,6 @@ package gateway
 import (
 	"context"
 	"net/http/httptest"
-	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -24,9 +23,7 @@ func (failingArm) arm(*session) error { return unix.ENOSPC }
 // the descriptor stays open. (A risk: only epoll_ctl's ENOSPC or ENOMEM get
 // there; the error is injected.)
 func TestPollerReviewArmErrorLeavesConnectionOpen(t *testing.T) {
-	if runtime.GOOS != "linux" {
-		t.Skip("the poller is Linux's")
-	}
+	requirePoller(t)
 	srv, err := New(Config{Bus: newReviewBus(t), NodeID: "review", DrainTimeout: 100 * time.Millisecond, PingInterval: 100 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)

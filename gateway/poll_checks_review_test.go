@@ -8,7 +8,6 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
-	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -22,9 +21,7 @@ import (
 // with the request: the prefix), are all answered; and so is a frame whose
 // first half came with the handshake and whose rest comes later.
 func TestPollerReviewPipelinedAfterHandshake(t *testing.T) {
-	if runtime.GOOS != "linux" {
-		t.Skip("the poller is Linux's")
-	}
+	requirePoller(t)
 	ts, _ := startPolled(t, nil)
 	addr := strings.TrimPrefix(ts.url, "http://")
 	for _, tc := range []struct {
@@ -74,9 +71,7 @@ func TestPollerReviewPipelinedAfterHandshake(t *testing.T) {
 // A WebSocket over TLS is served by a reader goroutine of its own, not by
 // the poller, and works.
 func TestPollerReviewTLSFallsBack(t *testing.T) {
-	if runtime.GOOS != "linux" {
-		t.Skip("the poller is Linux's")
-	}
+	requirePoller(t)
 	bus := fanout.NewMemory(fanout.MemoryConfig{})
 	defer bus.Close()
 	srv, err := New(Config{Bus: bus, NodeID: "review", DrainTimeout: 100 * time.Millisecond})
@@ -120,9 +115,7 @@ func TestPollerReviewTLSFallsBack(t *testing.T) {
 // that ends it is the client (close frame, FIN, RST) or the node (a slow
 // consumer close from the hub).
 func TestPollerReviewEveryCloseFinishes(t *testing.T) {
-	if runtime.GOOS != "linux" {
-		t.Skip("the poller is Linux's")
-	}
+	requirePoller(t)
 	for _, tc := range []struct {
 		name string
 		end  func(t *testing.T, ts *testServer, idle *wsConn, raw net.Conn)
@@ -209,9 +202,7 @@ func TestPollerReviewEveryCloseFinishes(t *testing.T) {
 // Shutdown with many idle sessions in the poller returns within the drain
 // window and a little, as without the poller.
 func TestPollerReviewShutdownManyIdle(t *testing.T) {
-	if runtime.GOOS != "linux" {
-		t.Skip("the poller is Linux's")
-	}
+	requirePoller(t)
 	for _, noPoller := range []bool{false, true} {
 		t.Run(fmt.Sprintf("nopoller=%v", noPoller), func(t *testing.T) {
 			ts := startServer(t, func(c *Config) { c.NoPoller = noPoller; c.DrainTimeout = 500 * time.Millisecond })
@@ -256,9 +247,7 @@ func TestPollerReviewShutdownManyIdle(t *testing.T) {
 // is written while handle runs): the level-triggered re-arm reports it, and
 // no command waits. Thousands of round trips, each bounded.
 func TestPollerReviewRoundTripsRaceReArm(t *testing.T) {
-	if runtime.GOOS != "linux" {
-		t.Skip("the poller is Linux's")
-	}
+	requirePoller(t)
 	ts, _ := startPolled(t, nil)
 	c := dialWS(t, ts.ws, nil)
 	c.expect("welcome")

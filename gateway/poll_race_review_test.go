@@ -21,9 +21,7 @@ import (
 // asks that reader how much it holds (pollState.buffered): the two
 // goroutines touch the bufio.Reader without a common lock. Run with -race.
 func TestPollerReviewBufferedRacesCloseHandshake(t *testing.T) {
-	if runtime.GOOS != "linux" {
-		t.Skip("the poller is Linux's")
-	}
+	requirePoller(t)
 	ts, _ := startPolled(t, nil)
 	var clients []net.Conn
 	for range 4 {
@@ -106,9 +104,7 @@ func (p *reviewPoller) count(s *session) int {
 // and the close as handleWS does, many times, with the close timed around
 // startReading.
 func TestPollerReviewStartReadingCloseFinishesTwice(t *testing.T) {
-	if runtime.GOOS != "linux" {
-		t.Skip("the poller is Linux's")
-	}
+	requirePoller(t)
 	srv, err := New(Config{Bus: newReviewBus(t), NodeID: "review", DrainTimeout: 100 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)

@@ -8,7 +8,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -134,8 +133,8 @@ func TestPollerReviewHalfFramesStallHeartbeats(t *testing.T) {
 		{"nopoller", true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			if runtime.GOOS != "linux" && !tc.noPoller {
-				t.Skip("the poller is Linux's")
+			if !tc.noPoller {
+				requirePoller(t)
 			}
 			ts := startServer(t, func(c *Config) {
 				c.NoPoller = tc.noPoller
@@ -176,8 +175,8 @@ func TestPollerReviewSlowBusStallsHeartbeats(t *testing.T) {
 		{"nopoller", true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			if runtime.GOOS != "linux" && !tc.noPoller {
-				t.Skip("the poller is Linux's")
+			if !tc.noPoller {
+				requirePoller(t)
 			}
 			ts := startServer(t, func(c *Config) {
 				c.Bus = slowBus{fanout.NewMemory(fanout.MemoryConfig{})}
@@ -231,8 +230,8 @@ func TestPollerReviewClientPingOnBusyRoomCut(t *testing.T) {
 		{"nopoller", true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			if runtime.GOOS != "linux" && !tc.noPoller {
-				t.Skip("the poller is Linux's")
+			if !tc.noPoller {
+				requirePoller(t)
 			}
 			ts := startServer(t, func(c *Config) {
 				c.NoPoller = tc.noPoller

@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
 	"runtime"
 	"strings"
 	"testing"
@@ -25,13 +26,27 @@ func valueOf(g prometheus.Gauge) float64 {
 	return m.GetGauge().GetValue()
 }
 
+// requirePoller skips a test of the poller where there is none (not Linux:
+// other systems keep a reader goroutine per session), except under
+// CI=true, where it fails: CI runs on Linux, and a poller test that does
+// not run there proves nothing.
+func requirePoller(t testing.TB) {
+	t.Helper()
+	if runtime.GOOS == "linux" {
+		return
+	}
+	const msg = "the poller is Linux's epoll; other systems keep a reader goroutine per session"
+	if os.Getenv("CI") == "true" {
+		t.Fatal(msg)
+	}
+	t.Skip(msg)
+}
+
 // startPolled starts a server with the poller (whatever PARLEY_NOPOLLER
 // says) and a registry, and skips where there is no poller.
 func startPolled(t *testing.T, mod func(*Config)) (*testServer, *prometheus.Registry) {
 	t.Helper()
-	if runtime.GOOS != "linux" {
-		t.Skip("the poller is Linux's epoll; other systems keep a reader goroutine per session")
-	}
+	requirePoller(t)
 	reg := prometheus.NewRegistry()
 	ts := startServer(t, func(c *Config) {
 		c.NoPoller = false

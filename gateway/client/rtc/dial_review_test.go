@@ -3,6 +3,7 @@ package rtc
 import (
 	"context"
 	"net"
+	"os"
 	"testing"
 	"time"
 
@@ -16,6 +17,11 @@ func firstByteServer(t *testing.T, network, addr string) (port string, first <-c
 	t.Helper()
 	ln, err := net.Listen(network, addr)
 	if err != nil {
+		// A machine without IPv6 loopback cannot run the IPv6 case; CI's
+		// has it, and there the case must run.
+		if os.Getenv("CI") == "true" {
+			t.Fatalf("listen %s %s: %v", network, addr, err)
+		}
 		t.Skipf("listen %s %s: %v", network, addr, err)
 	}
 	ch := make(chan int, 4)
