@@ -3,20 +3,11 @@ package main
 import (
 	"bufio"
 	"bytes"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/json"
-	"encoding/pem"
 	"errors"
 	"fmt"
-	"math/big"
-	"net"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"runtime"
 	"slices"
 	"strconv"
@@ -283,7 +274,10 @@ func startNATLab(t *testing.T) *natLab {
 	l.in("edge", "iptables", "-t", "nat", "-A", "PREROUTING", "-i", "wan", "-d", labCloud, "-j", "DNAT", "--to-destination", labCloudPrivate)
 	l.in("edge", "iptables", "-t", "nat", "-A", "POSTROUTING", "-o", "wan", "-s", labCloudPrivate, "-j", "SNAT", "--to-source", labCloud)
 
-	certFile, keyFile := l.writeCert()
+	// One certificate for the gateways' addresses, its own authority: the
+	// peers trust it through SSL_CERT_FILE.
+	certFile, keyFile, _ := writeCertFor(t, l.dir, labGateway, labNoTURN, labCloud)
+	l.caFile = certFile
 	common := []string{"serve", "--admin-addr", "off", "--jwt-secret", l.secret,
 		"--tls-cert", certFile, "--tls-key", keyFile, "--log-level", "debug"}
 	l.startGateway("pub", "gateway", append(common,
@@ -306,44 +300,6 @@ func startNATLab(t *testing.T) *natLab {
 		"--turn-addr", "off",
 		"--stun-addr", labNoTURN+":3478"))
 	return l
-}
-
-// writeCert writes a self-signed certificate for the gateways' addresses,
-// which is its own authority, and returns its files.
-func (l *natLab) writeCert() (certFile, keyFile string) {
-	t := l.t
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber:          big.NewInt(1),
-		Subject:               pkix.Name{CommonName: "parley NAT lab"},
-		NotBefore:             time.Now().Add(-time.Hour),
-		NotAfter:              time.Now().Add(24 * time.Hour),
-		IPAddresses:           []net.IP{net.ParseIP(labGateway), net.ParseIP(labNoTURN), net.ParseIP(labCloud)},
-		KeyUsage:              x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
-		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-		BasicConstraintsValid: true,
-		IsCA:                  true,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	keyDER, err := x509.MarshalECPrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	certFile, keyFile = filepath.Join(l.dir, "cert.pem"), filepath.Join(l.dir, "key.pem")
-	if err := os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER}), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	l.caFile = certFile
-	return certFile, keyFile
 }
 
 // startGateway runs parley serve in the namespace of role until the test

@@ -22,9 +22,17 @@ import (
 	"github.com/coder/websocket"
 )
 
-// writeCert writes a self-signed certificate for 127.0.0.1 and its key to
-// dir and returns their files and a pool that trusts the certificate.
+// writeCert writes a self-signed certificate for 127.0.0.1, which is its
+// own authority, and its key to dir; pool trusts it.
 func writeCert(t *testing.T, dir string) (certFile, keyFile string, pool *x509.CertPool) {
+	t.Helper()
+	return writeCertFor(t, dir, "127.0.0.1")
+}
+
+// writeCertFor is writeCert for hosts, each an IP address or a DNS name
+// (wildcards allowed): a certificate for names only is what a public CA
+// issues for a node's domain.
+func writeCertFor(t *testing.T, dir string, hosts ...string) (certFile, keyFile string, pool *x509.CertPool) {
 	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
@@ -35,11 +43,17 @@ func writeCert(t *testing.T, dir string) (certFile, keyFile string, pool *x509.C
 		Subject:               pkix.Name{CommonName: "parley serve test"},
 		NotBefore:             time.Now().Add(-time.Hour),
 		NotAfter:              time.Now().Add(24 * time.Hour),
-		IPAddresses:           []net.IP{net.IPv4(127, 0, 0, 1)},
 		KeyUsage:              x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
 		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
 		BasicConstraintsValid: true,
 		IsCA:                  true,
+	}
+	for _, h := range hosts {
+		if ip := net.ParseIP(h); ip != nil {
+			tmpl.IPAddresses = append(tmpl.IPAddresses, ip)
+		} else {
+			tmpl.DNSNames = append(tmpl.DNSNames, h)
+		}
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
 	if err != nil {

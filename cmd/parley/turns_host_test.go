@@ -3,60 +3,12 @@ package main
 import (
 	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"io"
-	"math/big"
 	"net"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 )
-
-// writeHostCert writes a self-signed certificate for hosts, each a DNS name
-// (wildcards allowed) or an IP address, and its key to dir.
-func writeHostCert(t *testing.T, dir string, hosts ...string) (certFile, keyFile string) {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "parley turns host test"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
-		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-	}
-	for _, h := range hosts {
-		if ip := net.ParseIP(h); ip != nil {
-			tmpl.IPAddresses = append(tmpl.IPAddresses, ip)
-		} else {
-			tmpl.DNSNames = append(tmpl.DNSNames, h)
-		}
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	keyDER, err := x509.MarshalECPrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	certFile, keyFile = filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
-	if err := os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER}), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	return certFile, keyFile
-}
 
 // startRelayURLs parses serve's flags as serve does, starts the relay they
 // configure and returns the STUN and TURN URLs that clients would get.
@@ -100,7 +52,7 @@ func TestTURNSHost(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			certFile, keyFile := writeHostCert(t, t.TempDir(), tt.hosts...)
+			certFile, keyFile, _ := writeCertFor(t, t.TempDir(), tt.hosts...)
 			getenv := tt.env
 			if getenv == nil {
 				getenv = env()
@@ -167,7 +119,7 @@ func TestTURNSHostRefused(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			certFile, keyFile := writeHostCert(t, t.TempDir(), tt.hosts...)
+			certFile, keyFile, _ := writeCertFor(t, t.TempDir(), tt.hosts...)
 			getenv := tt.env
 			if getenv == nil {
 				getenv = env()
@@ -189,14 +141,14 @@ func TestTURNSHostRefused(t *testing.T) {
 // When --turn-addr names a host, its address is known once TURN listens:
 // serve checks it then against a certificate without a DNS name.
 func TestTURNSHostCheckedOnceListening(t *testing.T) {
-	certFile, keyFile := writeHostCert(t, t.TempDir(), "127.0.0.1")
+	certFile, keyFile, _ := writeCertFor(t, t.TempDir(), "127.0.0.1")
 	c, err := parseServe([]string{"--turn-addr", "127.0.0.1:0", "--turn-tls-addr", "127.0.0.1:0", "--tls-cert", certFile, "--tls-key", keyFile}, env(), nil, io.Discard)
 	if err != nil {
 		t.Fatal(err)
 	}
 	// As if --turn-addr had named a host that resolved to 127.0.0.1, with a
 	// certificate for another address.
-	otherCert, otherKey := writeHostCert(t, t.TempDir(), "127.0.0.2")
+	otherCert, otherKey, _ := writeCertFor(t, t.TempDir(), "127.0.0.2")
 	cert, err := tls.LoadX509KeyPair(otherCert, otherKey)
 	if err != nil {
 		t.Fatal(err)
