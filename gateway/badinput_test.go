@@ -16,6 +16,7 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -645,12 +646,24 @@ func TestBadSlowConsumer(t *testing.T) {
 	const room = "bad:slow"
 
 	// The slow client has a small receive buffer, so the server's socket
-	// fills soon after it stops reading.
+	// fills soon after it stops reading. It is set before connect: shrunk
+	// afterwards, the buffer could no longer hold the window the client had
+	// already offered, the kernel would drop what the server sent into it,
+	// and the server would resend only on its retransmission timer, which
+	// backs off to seconds while the client does not read.
 	var slowTCP *net.TCPConn
+	dialer := &net.Dialer{Control: func(_, _ string, rc syscall.RawConn) error {
+		var serr error
+		if err := rc.Control(func(fd uintptr) {
+			serr = setRcvbuf(fd, 4<<10)
+		}); err != nil {
+			return err
+		}
+		return serr
+	}}
 	tr := &http.Transport{DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
-		c, err := (&net.Dialer{}).DialContext(ctx, network, addr)
+		c, err := dialer.DialContext(ctx, network, addr)
 		if tc, ok := c.(*net.TCPConn); ok {
-			tc.SetReadBuffer(4 << 10)
 			slowTCP = tc
 		}
 		return c, err
