@@ -29,6 +29,16 @@ func Collisions(p *Peer, remote string) (rollbacks, ignored int) {
 	return int(l.rollbacks.Load()), int(l.ignored.Load())
 }
 
+// Sent returns how many signals toward remote the gateway took on the
+// current link.
+func Sent(p *Peer, remote string) int {
+	l := p.link(remote)
+	if l == nil {
+		return 0
+	}
+	return int(l.sent.Load())
+}
+
 // LocalUfrag returns the ICE username fragment of the current local
 // description toward remote.
 func LocalUfrag(p *Peer, remote string) string {

@@ -56,6 +56,8 @@ type link struct {
 	// rollbacks and ignored count offers that crossed this peer's own:
 	// rolled back (polite) or ignored (impolite).
 	rollbacks, ignored atomic.Int32
+	// sent counts the signals of this link the gateway took.
+	sent atomic.Int32
 }
 
 // newLink makes the PeerConnection toward remote, with its data channel,

@@ -234,17 +234,21 @@ func TestGlareDataChannelAndRestart(t *testing.T) {
 	a, b := startPeer(t, ca), startPeer(t, cb)
 	idA, idB := ca.ID(), cb.ID()
 
-	// Each makes its offer before it can read the other's.
+	// Each makes its offer, and the gateway takes it, before either can
+	// read the other's. (An offer still in the outbox when the polite peer
+	// rolls back is dropped with the PeerConnection it was made on, and the
+	// impolite peer would then have none to ignore.)
 	if err := a.Connect(idB); err != nil {
 		t.Fatalf("Connect: %v", err)
 	}
 	if err := b.Connect(idA); err != nil {
 		t.Fatalf("Connect: %v", err)
 	}
-	waitFor(t, "both offers made", func() bool {
+	waitFor(t, "both offers sent", func() bool {
 		sa, _ := rtc.States(a.Peer, idB)
 		sb, _ := rtc.States(b.Peer, idA)
-		return sa == webrtc.SignalingStateHaveLocalOffer && sb == webrtc.SignalingStateHaveLocalOffer
+		return sa == webrtc.SignalingStateHaveLocalOffer && sb == webrtc.SignalingStateHaveLocalOffer &&
+			rtc.Sent(a.Peer, idB) > 0 && rtc.Sent(b.Peer, idA) > 0
 	})
 	a.release()
 	b.release()

@@ -116,6 +116,7 @@ func (p *Peer) sendLoop(ctx context.Context) {
 			var serr *client.ServerError
 			switch {
 			case err == nil:
+				s.l.sent.Add(1)
 			case ctx.Err() != nil, errors.Is(err, client.ErrClosed), p.call.Err() != nil:
 				return
 			case errors.As(err, &serr):
