@@ -85,8 +85,10 @@ type Config struct {
 	TrustedProxies []netip.Prefix
 
 	// NoPoller gives every WebSocket session a reader goroutine for its
-	// whole life, instead of the poller that holds idle connections without
-	// one (epoll, on Linux; see poll.go). Other systems have no poller.
+	// whole life, and every SSE stream a goroutine that waits for its client
+	// to go away, instead of the poller that holds idle connections without
+	// one (epoll, on Linux; see poll.go and sse_stream.go). Other systems
+	// have no poller.
 	NoPoller bool
 	// MaxReaders bounds the poller's readers started at once, each reading
 	// and handling the frames of one connection that has something to say;

@@ -24,9 +24,10 @@ type metrics struct {
 	gapMessages      prometheus.Counter
 	continuityBreaks prometheus.Counter
 	duplicates       prometheus.Counter
-	// The poller's (poll.go).
-	polled  prometheus.Gauge
-	readers prometheus.Gauge
+	// The poller's (poll.go): polledVec resolved per transport, readers.
+	polledVec *prometheus.GaugeVec
+	polled    [2]prometheus.Gauge
+	readers   prometheus.Gauge
 
 	// out is messagesOut resolved per transport, for the write path.
 	out [2]prometheus.Counter
@@ -86,11 +87,11 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		duplicates: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "parley_duplicates_dropped_total", Help: "Room messages the bus delivered at or below the room's position on this node, dropped.",
 		}),
-		polled: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "parley_ws_polled", Help: "WebSocket sessions served by the poller (no goroutine of their own while idle).",
-		}),
+		polledVec: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "parley_polled_sessions", Help: "Sessions served by the poller (no goroutine of their own while idle), by transport.",
+		}, []string{"transport"}),
 		readers: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "parley_ws_readers", Help: "The poller's readers running: WebSocket sessions reading or handling frames right now.",
+			Name: "parley_poll_readers", Help: "The poller's readers running: sessions reading or handling frames right now.",
 		}),
 	}
 	// Every transport's series exists from the start, at zero.
@@ -106,10 +107,12 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	}
 	m.out[transportWS] = m.messagesOut.WithLabelValues(transportWS.String())
 	m.out[transportSSE] = m.messagesOut.WithLabelValues(transportSSE.String())
+	m.polled[transportWS] = m.polledVec.WithLabelValues(transportWS.String())
+	m.polled[transportSSE] = m.polledVec.WithLabelValues(transportSSE.String())
 	if reg != nil {
 		reg.MustRegister(m.connections, m.connsTotal, m.rejected, m.messagesIn, m.messagesOut,
 			m.deliveryLatency, m.publishLatency, m.slowConsumers, m.replayRefused, m.errorsSent, m.heartbeatClose, m.draining,
-			m.gapFills, m.gapMessages, m.continuityBreaks, m.duplicates, m.polled, m.readers)
+			m.gapFills, m.gapMessages, m.continuityBreaks, m.duplicates, m.polledVec, m.readers)
 	}
 	return m
 }

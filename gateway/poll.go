@@ -143,8 +143,15 @@ func (s *session) startReading(ps *pollState) {
 	}
 	// Read is called only when bytes are at hand: a session that says
 	// nothing waits in the poller from the start.
-	ps.state.Store(readerPolled)
-	if err := s.srv.poller.arm(s); err != nil && ps.state.CompareAndSwap(readerPolled, readerFinished) {
+	s.place()
+}
+
+// place gives a new session's connection to the poller, in which it waits
+// from then on; if the poller cannot take it, the session is ended (on a
+// goroutine of its own: the caller is its handler).
+func (s *session) place() {
+	s.poll.state.Store(readerPolled)
+	if err := s.srv.poller.arm(s); err != nil && s.poll.state.CompareAndSwap(readerPolled, readerFinished) {
 		s.srv.goroutines.Add(1)
 		go func() {
 			defer s.srv.goroutines.Done()
@@ -167,6 +174,16 @@ func (s *session) armFailed(err error) {
 
 // pollConn returns the session's pollConn.
 func (s *session) pollConn() *pollConn { return s.netConn.(*pollConn) }
+
+// readable runs on a poller's reader when the session's connection has
+// become readable.
+func (s *session) readable() {
+	if s.sse != nil {
+		s.streamReadable()
+		return
+	}
+	s.readBurst()
+}
 
 // readBurst reads and handles the session's frames while any are at hand,
 // then gives the connection back to the poller. It runs on a reader the

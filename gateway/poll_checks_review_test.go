@@ -105,8 +105,8 @@ func TestPollerReviewTLSFallsBack(t *testing.T) {
 	w.expect("welcome")
 	w.send(map[string]any{"type": "subscribe", "id": "t", "room": "review:tls"})
 	w.expect("ack")
-	if got := valueOf(srv.metrics.polled); got != 0 {
-		t.Errorf("parley_ws_polled with one TLS session: %v, want 0", got)
+	if got := valueOf(srv.metrics.polled[transportWS]); got != 0 {
+		t.Errorf(`parley_polled_sessions{transport="ws"} with one TLS session: %v, want 0`, got)
 	}
 	_ = tls.VersionTLS13
 }
@@ -141,7 +141,7 @@ func TestPollerReviewEveryCloseFinishes(t *testing.T) {
 		for _, noPoller := range []bool{false, true} {
 			t.Run(fmt.Sprintf("%s/nopoller=%v", tc.name, noPoller), func(t *testing.T) {
 				ts := startServer(t, func(c *Config) { c.QueueLimit = 64 << 10; c.NoPoller = noPoller })
-				polled := func(n float64) bool { return noPoller || valueOf(ts.srv.metrics.polled) == n }
+				polled := func(n float64) bool { return noPoller || valueOf(ts.srv.metrics.polled[transportWS]) == n }
 				watcher := dialWS(t, ts.ws, nil)
 				watcher.expect("welcome")
 				watcher.send(map[string]any{"type": "subscribe", "id": "w", "room": "review:close-watch", "presence": true})
@@ -222,7 +222,7 @@ func TestPollerReviewShutdownManyIdle(t *testing.T) {
 				}()
 			}
 			if !noPoller {
-				waitFor(t, "every session in the poller", func() bool { return valueOf(ts.srv.metrics.polled) == n })
+				waitFor(t, "every session in the poller", func() bool { return valueOf(ts.srv.metrics.polled[transportWS]) == n })
 			}
 			start := time.Now()
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)

@@ -78,7 +78,7 @@ func TestPollerIdleSessionsHoldNoGoroutine(t *testing.T) {
 		conns[i] = c
 	}
 	waitFor(t, "the sessions to be polled, with no reader running", func() bool {
-		return valueOf(ts.srv.metrics.polled) == n && valueOf(ts.srv.metrics.readers) == 0
+		return valueOf(ts.srv.metrics.polled[transportWS]) == n && valueOf(ts.srv.metrics.readers) == 0
 	})
 	// Writers linger for up to two heartbeat ticks after their last frame.
 	time.Sleep(3 * time.Second / 4)
@@ -180,7 +180,7 @@ func TestPollerHeartbeat(t *testing.T) {
 	if got := counterValue(t, reg, "parley_heartbeat_timeouts_total"); got != 1 {
 		t.Errorf("heartbeat timeouts after the answering client's 0.5 s more: %v, want still 1", got)
 	}
-	waitFor(t, "both sessions to be released", func() bool { return valueOf(ts.srv.metrics.polled) == 0 })
+	waitFor(t, "both sessions to be released", func() bool { return valueOf(ts.srv.metrics.polled[transportWS]) == 0 })
 }
 
 // rawWS is a WebSocket client on a bare TCP connection, to send frames as a
@@ -190,7 +190,9 @@ type rawWS struct {
 	br *bufio.Reader
 }
 
-func dialRawWS(t *testing.T, ts *testServer) *rawWS {
+// dialRaw opens a TCP connection to ts, closed when the test ends, and
+// returns it with the address it dialled.
+func dialRaw(t *testing.T, ts *testServer) (net.Conn, string) {
 	t.Helper()
 	addr := strings.TrimPrefix(ts.url, "http://")
 	c, err := net.Dial("tcp", addr)
@@ -198,6 +200,12 @@ func dialRawWS(t *testing.T, ts *testServer) *rawWS {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { c.Close() })
+	return c, addr
+}
+
+func dialRawWS(t *testing.T, ts *testServer) *rawWS {
+	t.Helper()
+	c, addr := dialRaw(t, ts)
 	fmt.Fprintf(c, "GET /v1/ws HTTP/1.1\r\nHost: %s\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"+
 		"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: parley.v1\r\n\r\n", addr)
 	br := bufio.NewReader(c)
@@ -330,7 +338,7 @@ func TestPollerHalfFrame(t *testing.T) {
 	if took < timeout-50*time.Millisecond || took > timeout+2*time.Second {
 		t.Errorf("half a frame was cut after %v, want about %v", took, timeout)
 	}
-	waitFor(t, "the half-frame session to be released", func() bool { return valueOf(ts.srv.metrics.polled) == 1 })
+	waitFor(t, "the half-frame session to be released", func() bool { return valueOf(ts.srv.metrics.polled[transportWS]) == 1 })
 }
 
 // A session closed while it waits in the poller (by the node: a drain) is
@@ -352,7 +360,7 @@ func TestPollerCloseWhileIdle(t *testing.T) {
 		}
 	}
 	waitFor(t, "both sessions in the poller", func() bool {
-		return valueOf(ts.srv.metrics.polled) == 2 && valueOf(ts.srv.metrics.readers) == 0
+		return valueOf(ts.srv.metrics.polled[transportWS]) == 2 && valueOf(ts.srv.metrics.readers) == 0
 	})
 	idle.c.CloseNow()
 	for {
@@ -371,8 +379,8 @@ func TestPollerCloseWhileIdle(t *testing.T) {
 	if err := ts.srv.Shutdown(ctx); err != nil {
 		t.Fatalf("Shutdown with a session in the poller: %v", err)
 	}
-	if got := valueOf(ts.srv.metrics.polled); got != 0 {
-		t.Errorf("parley_ws_polled after Shutdown: %v", got)
+	if got := valueOf(ts.srv.metrics.polled[transportWS]); got != 0 {
+		t.Errorf(`parley_polled_sessions{transport="ws"} after Shutdown: %v`, got)
 	}
 }
 

@@ -129,7 +129,7 @@ func (p *epollPoller) wait() {
 					free()
 					p.srv.metrics.readers.Dec()
 				}()
-				s.readBurst()
+				s.readable()
 			}()
 		}
 	}
@@ -142,7 +142,7 @@ func (p *epollPoller) add(s *session) {
 	p.next++
 	s.poll.token = p.next
 	p.sessions[s.poll.token] = s
-	p.srv.metrics.polled.Inc()
+	p.srv.metrics.polled[s.transport].Inc()
 }
 
 // arm gives s's connection to the poller until it becomes readable once. It
@@ -184,7 +184,7 @@ func (p *epollPoller) forget(s *session) {
 	defer p.mu.Unlock()
 	if _, ok := p.sessions[s.poll.token]; ok {
 		delete(p.sessions, s.poll.token)
-		p.srv.metrics.polled.Dec()
+		p.srv.metrics.polled[s.transport].Dec()
 	}
 }
 

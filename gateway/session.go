@@ -66,11 +66,17 @@ type session struct {
 	transport transportKind
 	ip        string
 
-	conn    *websocket.Conn // WebSocket only
-	netConn net.Conn        // WebSocket only: for write deadlines
-	// poll is the poller's state of a WebSocket session it serves; nil
-	// for one with a reader goroutine of its own.
+	conn *websocket.Conn // WebSocket only
+	// netConn is the session's connection: WebSocket, and an SSE stream
+	// the node took over from net/http (sse set); nil for an SSE stream
+	// that net/http still serves (HTTP/2).
+	netConn net.Conn
+	// poll is the poller's state of a session it serves; nil for one with
+	// a reader goroutine of its own.
 	poll *pollState
+	// sse is the writer's state of an SSE stream the node took over from
+	// net/http; it is set, under mu, once the stream's head is written.
+	sse *sseStream
 
 	wake    chan struct{} // capacity 1: frames are waiting
 	drained chan struct{} // capacity 1: the writer took the queue
@@ -197,7 +203,7 @@ func (s *session) push(f *frame, class queueClass) bool {
 			return false
 		}
 	}
-	if s.transport == transportWS && !s.writing {
+	if (s.transport == transportWS || s.sse != nil) && !s.writing {
 		s.writing = true
 		s.mu.Unlock()
 		s.srv.goroutines.Add(1)
@@ -344,8 +350,9 @@ func (s *session) isClosed() bool {
 	}
 }
 
-// writeLoop drains a WebSocket session's queue, batching a backlog into
-// newline-separated frames, and exits after writerLinger without work.
+// writeLoop drains the queue of a WebSocket session (batching a backlog into
+// newline-separated frames) or of an SSE stream the node took over, and
+// exits after writerLinger without work.
 func (s *session) writeLoop() {
 	defer s.srv.goroutines.Done()
 	heartbeat := false // the last batch was heartbeat pings alone
@@ -358,7 +365,12 @@ func (s *session) writeLoop() {
 			continue
 		}
 		heartbeat = !slices.ContainsFunc(batch, func(f *frame) bool { return f.kind != kindPing })
-		closing := s.writeWS(batch)
+		var closing *frame
+		if s.sse != nil {
+			closing = s.writeStream(batch)
+		} else {
+			closing = s.writeWS(batch)
+		}
 		s.release(batch)
 		if closing != nil {
 			s.mu.Lock()
@@ -371,7 +383,11 @@ func (s *session) writeLoop() {
 			s.mu.Unlock()
 			if !already {
 				close(s.done)
-				s.conn.Close(closing.code, closing.reason)
+				if s.conn != nil {
+					s.conn.Close(closing.code, closing.reason)
+				} else {
+					s.netConn.Close()
+				}
 			}
 			return
 		}

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"encoding/base64"
 	"errors"
+	"net"
 	"net/http"
 	"slices"
 	"sort"
@@ -206,14 +207,21 @@ func (srv *Server) handleSSE(w http.ResponseWriter, r *http.Request) {
 	s := newSession(srv, ident, transportSSE, ip)
 	rc := http.NewResponseController(w)
 	// Closing the session (Shutdown, a slow consumer) ends a write that a
-	// client which stopped reading holds up. Not once the handler is done:
-	// the connection may serve another request by then.
-	var abortMu sync.Mutex
-	handling := true
+	// client which stopped reading holds up: net/http's, while the handler
+	// runs (not after: the connection may serve another request by then),
+	// or the connection itself once the node took the stream over.
+	var (
+		abortMu  sync.Mutex
+		handling = true
+		taken    net.Conn
+	)
 	s.abort = func() {
 		abortMu.Lock()
 		defer abortMu.Unlock()
-		if handling {
+		switch {
+		case taken != nil:
+			taken.Close()
+		case handling:
 			rc.SetWriteDeadline(time.Unix(1, 0))
 		}
 	}
@@ -222,13 +230,20 @@ func (srv *Server) handleSSE(w http.ResponseWriter, r *http.Request) {
 		srv.writeError(w, errDraining())
 		return
 	}
-	defer srv.goroutines.Done() // register counted the handler as the session's owner
-	defer s.finish()
-	defer s.closeNow(closeNormal, "")
-	defer func() { // runs first: the handler's own close leaves its answer alone
+	// register counted the handler as the session's owner; the poller owns
+	// a stream handed to it (polled).
+	polled := false
+	defer func() {
+		// The handler's own close leaves its answer alone.
 		abortMu.Lock()
 		handling = false
 		abortMu.Unlock()
+		if polled {
+			return
+		}
+		s.closeNow(closeNormal, "")
+		s.finish()
+		srv.goroutines.Done()
 	}()
 
 	// Every room is subscribed before the answer starts, so that a refusal
@@ -249,17 +264,61 @@ func (srv *Server) handleSSE(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
+	// The welcome event carries the stream's starting cursor, so a client that
+	// drops before any message still resumes from here.
+	welcomeFrame := &frame{kind: kindControl, b: mustJSON(welcome)}
+
+	if r.ProtoMajor == 1 {
+		if c, _, err := rc.Hijack(); err == nil {
+			// Taken over (sse_stream.go). What the client may have sent
+			// after its request is left unread: it never sends anything.
+			var pc *pollConn
+			tcp, pollable := c.(*net.TCPConn)
+			pollable = pollable && srv.poller != nil
+			if pollable {
+				pc = &pollConn{Conn: c}
+				c = pc
+			}
+			// The abort no longer holds net/http's response (and through
+			// it the connection's buffers): the stream's only reference to
+			// them.
+			abortMu.Lock()
+			taken, rc = c, nil
+			abortMu.Unlock()
+			if s.isClosed() {
+				// Closed meanwhile, when the abort could not reach it.
+				c.Close()
+				return
+			}
+			if err := srv.writeStreamHead(c, w.Header()); err != nil {
+				return
+			}
+			s.enqueue(welcomeFrame)
+			s.mu.Lock()
+			s.netConn = c
+			s.sse = &sseStream{pos: cursor{}}
+			s.mu.Unlock()
+			if pollable {
+				polled = true
+				s.pollStream(tcp, pc)
+				s.kick()
+				return
+			}
+			s.kick()
+			awaitStreamEnd(c)
+			return
+		}
+	}
+
 	h := w.Header()
 	h.Set("Content-Type", "text/event-stream")
 	h.Set("Cache-Control", "no-cache")
 	h.Set("X-Accel-Buffering", "no")
 	w.WriteHeader(http.StatusOK)
 	bw := bufio.NewWriterSize(w, smallBuf)
-	bw.WriteString("retry: 3000\n\n")
+	bw.WriteString(sseRetry)
 	pos := cursor{}
-	// The welcome event carries the stream's starting cursor, so a client that
-	// drops before any message still resumes from here.
-	s.enqueue(&frame{kind: kindControl, b: mustJSON(welcome)})
+	s.enqueue(welcomeFrame)
 
 	for first := true; ; first = false {
 		batch := s.take()

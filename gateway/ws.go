@@ -143,6 +143,10 @@ func (srv *Server) handleWS(w http.ResponseWriter, r *http.Request) {
 		srv.log.Debug("websocket handshake refused", "remote", r.RemoteAddr, "client", ip, "err", err)
 		return
 	}
+	// The ping and pong callbacks above keep hw for the connection's life:
+	// it must not keep net/http's response, and through it the request and
+	// net/http's 4 KiB buffers, which the hijack left behind.
+	hw.ResponseWriter = nil
 	conn.SetReadLimit(srv.cfg.MaxFrameSize)
 	if authErr != nil {
 		// A browser cannot read an HTTP status from a failed handshake, so

@@ -11,6 +11,10 @@
 //     rate; the report gives end-to-end delivery latency (publish to receipt)
 //     and deliveries per second, and counts gaps and duplicates.
 //
+// Subscribers connect over WebSocket, or over Server-Sent Events (one GET of
+// the node's /v1/sse per subscriber) with Config.Transport "sse"; the fanout
+// publishers always use WebSocket.
+//
 // On Linux, connections to an IPv4 loopback target come from 127.0.0.1 to
 // 127.0.0.254 in turn, so the node's limit on connections per client address
 // (1000 by default) applies to each source address and the default run, 1000

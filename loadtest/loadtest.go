@@ -38,6 +38,10 @@ type Config struct {
 	Token string
 	// Scenario is "idle" or "fanout"; zero means "fanout".
 	Scenario string
+	// Transport is how the subscribers connect: "ws" (WebSocket) or "sse"
+	// (a GET of the node's SSE endpoint, URL with /ws replaced by /sse);
+	// zero means "ws". The fanout publishers always use WebSocket.
+	Transport string
 	// Conns is the number of subscriber connections; zero means 1000.
 	Conns int
 	// Rooms spreads the subscribers over this many rooms; zero means 10.
@@ -73,6 +77,12 @@ func (c *Config) setDefaults() error {
 	}
 	if c.Scenario != "fanout" && c.Scenario != "idle" {
 		return fmt.Errorf("loadtest: scenario %q: want idle or fanout", c.Scenario)
+	}
+	if c.Transport == "" {
+		c.Transport = "ws"
+	}
+	if c.Transport != "ws" && c.Transport != "sse" {
+		return fmt.Errorf("loadtest: transport %q: want ws or sse", c.Transport)
 	}
 	if c.Conns == 0 {
 		c.Conns = 1000
@@ -137,6 +147,7 @@ func requireLoopback(raw string) error {
 // Report is the outcome of a run.
 type Report struct {
 	Scenario  string        `json:"scenario"`
+	Transport string        `json:"transport"`
 	Conns     int           `json:"conns"`
 	Rooms     int           `json:"rooms"`
 	ConnectIn time.Duration `json:"connect_time"`
@@ -170,7 +181,7 @@ func (r Report) String() string {
 	if r.Sources > 1 {
 		from = strconv.Itoa(r.Sources) + " source addresses"
 	}
-	fmt.Fprintf(&b, "scenario %s: %d connections over %d rooms from %s, opened in %s (%d failed)\n", r.Scenario, r.Conns, r.Rooms, from, r.ConnectIn.Round(time.Millisecond), r.ConnectErrors)
+	fmt.Fprintf(&b, "scenario %s over %s: %d connections over %d rooms from %s, opened in %s (%d failed)\n", r.Scenario, r.Transport, r.Conns, r.Rooms, from, r.ConnectIn.Round(time.Millisecond), r.ConnectErrors)
 	if r.RSSAfter > 0 {
 		fmt.Fprintf(&b, "node memory: %.1f MiB before, %.1f MiB with all connections: %.1f KiB per connection\n",
 			float64(r.RSSBefore)/(1<<20), float64(r.RSSAfter)/(1<<20), float64(r.PerConn)/1024)
@@ -196,7 +207,14 @@ func Run(ctx context.Context, cfg Config) (Report, error) {
 	}
 	ctx, cancel := context.WithTimeout(ctx, cfg.Duration+maxDuration)
 	defer cancel()
-	rep := Report{Scenario: cfg.Scenario, Conns: cfg.Conns, Rooms: cfg.Rooms, Sources: 1}
+	var endpoint string // of SSE
+	if cfg.Transport == "sse" {
+		var err error
+		if endpoint, err = sseEndpoint(cfg.URL); err != nil {
+			return Report{}, err
+		}
+	}
+	rep := Report{Scenario: cfg.Scenario, Transport: cfg.Transport, Conns: cfg.Conns, Rooms: cfg.Rooms, Sources: 1}
 	srcs := sourceAddrs(cfg.URL)
 	if len(srcs) > 0 {
 		rep.Sources = len(srcs)
@@ -205,6 +223,9 @@ func Run(ctx context.Context, cfg Config) (Report, error) {
 	if hc != http.DefaultClient {
 		defer hc.CloseIdleConnections()
 	}
+	// An SSE stream is one response that lasts the whole run.
+	sseClient := *hc
+	sseClient.Timeout = 0
 	if cfg.MetricsURL != "" {
 		rss, err := readRSS(ctx, cfg.MetricsURL)
 		if err != nil {
@@ -225,10 +246,26 @@ func Run(ctx context.Context, cfg Config) (Report, error) {
 		}
 		samplesMu.Unlock()
 	}
+	// message counts a room message at offset with data, for a subscriber
+	// whose previous one was at last (0 for none); it returns offset.
+	message := func(last, offset uint64, data []byte) uint64 {
+		if last != 0 && offset > last+1 {
+			gaps.Add(int64(offset - last - 1))
+		}
+		if offset <= last {
+			dups.Add(1)
+		}
+		delivered.Add(1)
+		var p payload
+		if json.Unmarshal(data, &p) == nil && p.Sent > 0 {
+			record(time.Duration(time.Now().UnixNano() - p.Sent))
+		}
+		return offset
+	}
 
 	// Open subscribers at the ramp rate.
 	start := time.Now()
-	clients := make([]*client.Client, 0, cfg.Conns)
+	clients := make([]io.Closer, 0, cfg.Conns) // WebSocket clients or SSE streams
 	defer func() {
 		for _, c := range clients {
 			c.Close()
@@ -262,6 +299,23 @@ func Run(ctx context.Context, cfg Config) (Report, error) {
 		case <-tick.C:
 		}
 		room := "load-" + strconv.Itoa(i%cfg.Rooms)
+		if cfg.Transport == "sse" {
+			s, err := dialSSE(ctx, &sseClient, endpoint, room, cfg.Token)
+			if err != nil {
+				if err := failed(err); err != nil {
+					return rep, err
+				}
+				continue
+			}
+			clients = append(clients, s)
+			readers.Add(1)
+			go func() {
+				defer readers.Done()
+				var last uint64
+				s.read(func(offset uint64, data []byte) { last = message(last, offset, data) })
+			}()
+			continue
+		}
 		c, err := client.Dial(ctx, client.Options{URL: cfg.URL, Token: cfg.Token, EventBuffer: 16, HTTPClient: hc})
 		if err != nil {
 			if err := failed(err); err != nil {
@@ -284,18 +338,7 @@ func Run(ctx context.Context, cfg Config) (Report, error) {
 			for e := range c.Events() {
 				switch e.Kind {
 				case client.EventMessage:
-					if last != 0 && e.Message.Offset > last+1 {
-						gaps.Add(int64(e.Message.Offset - last - 1))
-					}
-					if e.Message.Offset <= last {
-						dups.Add(1)
-					}
-					last = e.Message.Offset
-					delivered.Add(1)
-					var p payload
-					if json.Unmarshal(e.Message.Data, &p) == nil && p.Sent > 0 {
-						record(time.Duration(time.Now().UnixNano() - p.Sent))
-					}
+					last = message(last, e.Message.Offset, e.Message.Data)
 				case client.EventLost:
 					lost.Add(1)
 				}

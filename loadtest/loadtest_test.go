@@ -3,6 +3,7 @@ package loadtest
 import (
 	"context"
 	"net"
+	"net/http"
 	"net/http/httptest"
 	"runtime"
 	"strings"
@@ -89,6 +90,8 @@ func TestConfigRefusals(t *testing.T) {
 		{"too long", Config{URL: "ws://127.0.0.1:1/v1/ws", Duration: time.Hour}, "bound"},
 		{"too long with few conns", Config{URL: "ws://127.0.0.1:1/v1/ws", Conns: 5, Duration: time.Hour}, "bound"},
 		{"no url", Config{}, "URL is required"},
+		{"unknown transport", Config{URL: "ws://127.0.0.1:1/v1/ws", Transport: "quic"}, "transport"},
+		{"sse from another path", Config{URL: "ws://127.0.0.1:1/v1/socket", Transport: "sse"}, `cannot derive the SSE endpoint: the path "/v1/socket" does not end in /v1/ws`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -142,5 +145,69 @@ func TestNoConnectionSaysWhy(t *testing.T) {
 	}
 	if took := time.Since(start); took > 10*time.Second {
 		t.Errorf("took %v to give up, want a few tries", took)
+	}
+}
+
+// Subscribers over SSE get what WebSocket subscribers get: every message of
+// their room, in order, once, with its latency.
+func TestSSE(t *testing.T) {
+	url := startNode(t)
+	t.Run("idle", func(t *testing.T) {
+		rep, err := Run(context.Background(), Config{URL: url, Transport: "sse", Scenario: "idle", Conns: 20, Rooms: 2, Duration: time.Second})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if rep.ConnectErrors != 0 || rep.Conns != 20 || rep.Transport != "sse" {
+			t.Errorf("got %+v, want 20 SSE connections and no errors", rep)
+		}
+		if !strings.Contains(rep.String(), "scenario idle over sse: 20 connections") {
+			t.Errorf("report does not name the transport: %s", rep)
+		}
+	})
+	t.Run("fanout", func(t *testing.T) {
+		rep, err := Run(context.Background(), Config{URL: url, Transport: "sse", Scenario: "fanout", Conns: 20, Rooms: 2, Rate: 20, Duration: 2 * time.Second})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if rep.ConnectErrors != 0 {
+			t.Errorf("got %d connect errors, want 0", rep.ConnectErrors)
+		}
+		if rep.Published == 0 {
+			t.Fatal("nothing was published")
+		}
+		if want := rep.Published * 20 / 2; rep.Delivered != want {
+			t.Errorf("got %d deliveries, want %d (published %d to 2 rooms of 10)", rep.Delivered, want, rep.Published)
+		}
+		if rep.Gaps != 0 || rep.Duplicates != 0 || rep.Lost != 0 {
+			t.Errorf("got %d gaps, %d duplicates and %d lost, want none", rep.Gaps, rep.Duplicates, rep.Lost)
+		}
+		if rep.P50 <= 0 || rep.P90 < rep.P50 || rep.P99 < rep.P90 || rep.Max < rep.P99 {
+			t.Errorf("latency percentiles out of order or zero: %+v", rep)
+		}
+	})
+}
+
+// An SSE answer other than 200 is a failed connection; the error gives the
+// status and the start of the body. Subscribers send the token.
+func TestSSERefused(t *testing.T) {
+	auth := make(chan string, 100)
+	hs := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case auth <- r.URL.Path + "?" + r.URL.RawQuery + " " + r.Header.Get("Authorization"):
+		default:
+		}
+		http.Error(w, `{"code":"unauthorized","message":"bad token"}`, http.StatusUnauthorized)
+	}))
+	defer hs.Close()
+	url := "ws" + strings.TrimPrefix(hs.URL, "http") + "/v1/ws"
+	rep, err := Run(context.Background(), Config{URL: url, Token: "t0k", Transport: "sse", Scenario: "idle", Conns: 20, Rooms: 2, Duration: time.Second})
+	if err == nil || !strings.Contains(err.Error(), "401 Unauthorized") || !strings.Contains(err.Error(), "bad token") {
+		t.Fatalf("got %v, want an error with the status and the body", err)
+	}
+	if rep.ConnectErrors != 10 {
+		t.Errorf("got %d connect errors, want the 10 tries before giving up", rep.ConnectErrors)
+	}
+	if got, want := <-auth, "/v1/sse?rooms=load-0 Bearer t0k"; got != want {
+		t.Errorf("got request %q, want %q", got, want)
 	}
 }

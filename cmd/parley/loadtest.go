@@ -13,7 +13,9 @@ import (
 const loadtestSummary = `Load a node with protocol clients for a bounded time and report what they saw.
 Scenarios: idle (hold connections; with --metrics, the node's memory per
 connection) and fanout (one publisher per room at --rate; delivery latency
-percentiles and throughput). Targets must be loopback addresses unless
+percentiles and throughput). Subscribers connect over WebSocket or, with
+--transport sse, to the node's SSE endpoint (--url with /ws replaced by /sse);
+publishers always use WebSocket. Targets must be loopback addresses unless
 --allow-remote. On Linux, connections to an IPv4 loopback --url (or
 localhost) come from 127.0.0.1 to 127.0.0.254 in turn, so a node's limit on
 connections per client address (1000 by default) applies to each source
@@ -29,6 +31,7 @@ func loadtestCmd(ctx context.Context, args []string, getenv func(string) string,
 	fs.StringVar(&cfg.MetricsURL, "metrics", "", "the node's metrics endpoint, such as http://127.0.0.1:9090/metrics, for memory per connection")
 	fs.StringVar(&cfg.Token, "token", "", "JWT for every client (a node in dev mode needs none)")
 	fs.StringVar(&cfg.Scenario, "scenario", "fanout", "idle or fanout")
+	fs.StringVar(&cfg.Transport, "transport", "ws", "ws or sse: how the subscribers connect")
 	fs.IntVar(&cfg.Conns, "conns", 1000, "subscriber connections")
 	fs.IntVar(&cfg.Rooms, "rooms", 10, "rooms the subscribers are spread over (fanout adds a publisher connection per room)")
 	fs.Float64Var(&cfg.Rate, "rate", 10, "publishes per second into each room (fanout)")
@@ -43,6 +46,9 @@ func loadtestCmd(ctx context.Context, args []string, getenv func(string) string,
 	var errs []error
 	if cfg.Scenario != "idle" && cfg.Scenario != "fanout" {
 		errs = append(errs, fs.badValue("scenario", "want idle or fanout"))
+	}
+	if cfg.Transport != "ws" && cfg.Transport != "sse" {
+		errs = append(errs, fs.badValue("transport", "want ws or sse"))
 	}
 	for name, v := range map[string]int{"conns": cfg.Conns, "rooms": cfg.Rooms, "size": cfg.Size, "ramp": cfg.Ramp} {
 		if v <= 0 {

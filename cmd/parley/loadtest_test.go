@@ -65,3 +65,29 @@ func TestLoadtestDefaultsFitServeDefaults(t *testing.T) {
 		t.Errorf("published %d, delivered %d: want every message to each of a room's 100 subscribers", rep.Published, rep.Delivered)
 	}
 }
+
+// loadtest names a bad --transport or --scenario before it dials anything.
+func TestLoadtestRefusesBadChoices(t *testing.T) {
+	tests := []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"transport", []string{"--transport", "quic"}, "--transport quic: want ws or sse"},
+		{"transport from the environment", []string{}, "PARLEY_TRANSPORT=carrier-pigeon (--transport): want ws or sse"},
+		{"scenario", []string{"--scenario", "storm"}, "--scenario storm: want idle or fanout"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			getenv := env()
+			if len(tt.args) == 0 {
+				getenv = env("PARLEY_TRANSPORT", "carrier-pigeon")
+			}
+			var out bytes.Buffer
+			err := run(context.Background(), func() {}, append([]string{"loadtest", "--url", "ws://127.0.0.1:1/v1/ws"}, tt.args...), getenv, nil, &out, &out)
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("got %v (output %q), want an error mentioning %q", err, out.String(), tt.want)
+			}
+		})
+	}
+}
