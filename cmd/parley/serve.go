@@ -129,7 +129,7 @@ func parseSettings(fs *envFlags, args []string, environ []string) (*serveConfig,
 	publishRate := fs.Float64("publish-rate", 50, "publishes per second allowed to one session, and to one user on the HTTP API (burst twice that); the API key is not limited")
 	maxRooms := fs.Int("max-rooms", 100, "rooms one session may subscribe to")
 	maxConns := fs.Int("max-conns-per-ip", 1000, "concurrent WebSocket and SSE connections from one client address")
-	fs.BoolVar(&c.poller, "poller", true, "hold idle WebSocket connections and SSE streams in one epoll poller, with no goroutine each (Linux; per idle connection about 9 KiB of memory instead of 19 on WebSocket, 6 instead of 34 on SSE); false gives every WebSocket session and SSE stream a goroutine of its own")
+	fs.BoolVar(&c.poller, "poller", true, "hold idle WebSocket connections and SSE streams in one epoll poller, with no goroutine each (Linux; per idle connection about 9 KiB of memory instead of 19 on WebSocket, 5 instead of 34 on SSE); false gives every WebSocket session and SSE stream a goroutine of its own")
 	replayLimit := fs.Int("replay-limit", 4<<20, "bytes of history one resume may replay; a resume that would replay more is answered recovered: false and the client reloads")
 	presenceRooms := fs.String("presence-rooms", "", "room patterns whose every subscriber is in presence, comma-separated, a trailing * as wildcard (elsewhere only subscriptions that ask for presence are)")
 	nodeRooms := fs.Int("max-node-rooms", 100000, "rooms this node holds at once; past it, a room it does not hold yet is refused with over_capacity (in-memory bus; with --redis, Redis holds the rooms)")
