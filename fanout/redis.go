@@ -219,6 +219,11 @@ type Redis struct {
 type sessionEntry struct {
 	deliver func([]byte)
 	addr    string
+	// taken says that the script of its Register or Claim has set addr in
+	// Redis (guarded by smu): only then may a renewal judge it. Before, the
+	// address is still the one it replaces, and a renewal that read it
+	// would drop a registration that is about to hold it.
+	taken bool
 }
 
 // NewRedis returns a Redis bus. It fails only on a bad config; it connects
@@ -652,12 +657,13 @@ func (r *Redis) take(ctx context.Context, op, session string, deliver func([]byt
 		r.smu.Unlock()
 	}()
 	told, held, err := r.takeAddr(ctx, session, e.addr, claim)
+	r.smu.Lock()
+	if err != nil && r.sessions[session] == e {
+		delete(r.sessions, session)
+	}
+	e.taken = err == nil
+	r.smu.Unlock()
 	if err != nil {
-		r.smu.Lock()
-		if r.sessions[session] == e {
-			delete(r.sessions, session)
-		}
-		r.smu.Unlock()
 		return nil, r.fail(ctx, op, err)
 	}
 	if told > 0 {

@@ -158,14 +158,16 @@ func (r *Redis) renewRooms(ctx context.Context, rooms []roomLease, reap bool) {
 }
 
 // renewSessions renews the addresses of sessions that are still registered,
-// and drops the registrations that no longer hold theirs.
+// and drops the registrations that no longer hold theirs. A registration
+// whose Register or Claim has not taken its address yet is left to the next
+// pass (see sessionEntry.taken).
 func (r *Redis) renewSessions(ctx context.Context, sessions []string) {
 	done := make(chan struct{})
 	held := make([]string, 0, len(sessions))
 	addrs := make([]string, 0, len(sessions))
 	r.smu.Lock()
 	for _, s := range sessions {
-		if e := r.sessions[s]; e != nil {
+		if e := r.sessions[s]; e != nil && e.taken {
 			held = append(held, s)
 			addrs = append(addrs, e.addr)
 			r.sessRenewals[s] = done

@@ -514,7 +514,15 @@ func (s *Service) releaseAddr(ctx context.Context, p *localPeer) {
 const releaseRetry = time.Second
 
 // postAll posts signals that reached this node for a peer that has left it.
+// They are no longer held anywhere else, so they get a context of their own:
+// the caller's may be spent by now (Disconnect's, after its release waited
+// for the call's ops, or a release's, after its other bus calls).
 func (s *Service) postAll(ctx context.Context, p *localPeer, bs [][]byte) {
+	if len(bs) == 0 {
+		return
+	}
+	ctx, cancel := undoing(ctx)
+	defer cancel()
 	for _, b := range bs {
 		if err := s.bus.Post(ctx, peerAddr(p.call.name, p.id), b, s.cfg.HeldSignals, s.cfg.HoldFor); err != nil {
 			s.metrics.dropped.Inc()
