@@ -378,7 +378,7 @@ func (srv *Server) Shutdown(ctx context.Context) error {
 	// schedule, so reconnects arrive at the next node spread over the window.
 	window := srv.cfg.DrainTimeout
 	if dl, ok := ctx.Deadline(); ok {
-		window = min(window, time.Until(dl)*9/10)
+		window = max(0, min(window, time.Until(dl)*9/10))
 	}
 	after := make([]time.Duration, len(sessions))
 	for i, s := range sessions {

@@ -386,7 +386,7 @@ func (s *session) writeLoop() {
 				if s.conn != nil {
 					s.conn.Close(closing.code, closing.reason)
 				} else {
-					s.netConn.Close()
+					closeStreamConn(s.netConn, closing == writeFailed)
 				}
 			}
 			return

@@ -197,6 +197,15 @@ func (srv *Server) handleSSE(w http.ResponseWriter, r *http.Request) {
 		}
 		since = c
 	}
+	if r.Method == http.MethodHead {
+		// The head a GET would get, and no body (RFC 9110, 9.3.2): no
+		// stream to serve.
+		h := w.Header()
+		h.Set("Content-Type", "text/event-stream")
+		h.Set("Cache-Control", "no-cache")
+		w.WriteHeader(http.StatusOK)
+		return
+	}
 	ip := srv.clientIP(r)
 	if !srv.acquireIP(ip) {
 		srv.metrics.rejected.WithLabelValues("ip_limit").Inc()
@@ -220,7 +229,7 @@ func (srv *Server) handleSSE(w http.ResponseWriter, r *http.Request) {
 		defer abortMu.Unlock()
 		switch {
 		case taken != nil:
-			taken.Close()
+			closeStreamConn(taken, true)
 		case handling:
 			rc.SetWriteDeadline(time.Unix(1, 0))
 		}
@@ -269,9 +278,14 @@ func (srv *Server) handleSSE(w http.ResponseWriter, r *http.Request) {
 	welcomeFrame := &frame{kind: kindControl, b: mustJSON(welcome)}
 
 	if r.ProtoMajor == 1 {
-		if c, _, err := rc.Hijack(); err == nil {
-			// Taken over (sse_stream.go). What the client may have sent
-			// after its request is left unread: it never sends anything.
+		if c, brw, err := rc.Hijack(); err == nil {
+			// Taken over (sse_stream.go).
+			if brw.Reader.Buffered() > 0 {
+				// Bytes after the request (net/http read them already)
+				// end the stream, as later ones do.
+				c.Close()
+				return
+			}
 			var pc *pollConn
 			tcp, pollable := c.(*net.TCPConn)
 			pollable = pollable && srv.poller != nil

@@ -3,6 +3,7 @@ package gateway
 import (
 	"bufio"
 	"bytes"
+	"crypto/tls"
 	"net"
 	"net/http"
 	"slices"
@@ -80,6 +81,21 @@ func (srv *Server) writeStreamHead(c net.Conn, h http.Header) error {
 	_, err := c.Write(b.Bytes())
 	c.SetWriteDeadline(time.Time{})
 	return err
+}
+
+// closeStreamConn closes a taken-over stream's connection. Over TLS, after
+// a failed write (broken) or to end a write in progress, it closes the
+// connection under TLS: crypto/tls's Close first writes a close_notify alert,
+// with a deadline of its own of 5 s, which a client that stopped reading
+// holds for that long, and the session with it. A stream that ends cleanly
+// (drain, an expired token) sends the alert, so that its client can tell the
+// end from a cut.
+func closeStreamConn(c net.Conn, broken bool) {
+	if tc, ok := c.(*tls.Conn); ok && broken {
+		tc.NetConn().Close()
+		return
+	}
+	c.Close()
 }
 
 // sseRetry is the first line of every stream: the client's reconnection
