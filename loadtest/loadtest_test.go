@@ -58,7 +58,7 @@ func TestFanout(t *testing.T) {
 	if rep.Gaps != 0 || rep.Duplicates != 0 {
 		t.Errorf("got %d gaps and %d duplicates, want none", rep.Gaps, rep.Duplicates)
 	}
-	if rep.P50 <= 0 || rep.Max < rep.P99 || rep.P99 < rep.P50 {
+	if rep.P50 <= 0 || rep.P99 < rep.P50 || rep.P999 < rep.P99 || rep.Max < rep.P999 {
 		t.Errorf("latency percentiles out of order: %+v", rep)
 	}
 	if !strings.Contains(rep.String(), "delivery latency") {
@@ -181,7 +181,7 @@ func TestSSE(t *testing.T) {
 		if rep.Gaps != 0 || rep.Duplicates != 0 || rep.Lost != 0 {
 			t.Errorf("got %d gaps, %d duplicates and %d lost, want none", rep.Gaps, rep.Duplicates, rep.Lost)
 		}
-		if rep.P50 <= 0 || rep.P90 < rep.P50 || rep.P99 < rep.P90 || rep.Max < rep.P99 {
+		if rep.P50 <= 0 || rep.P90 < rep.P50 || rep.P99 < rep.P90 || rep.P999 < rep.P99 || rep.Max < rep.P999 {
 			t.Errorf("latency percentiles out of order or zero: %+v", rep)
 		}
 	})
@@ -209,5 +209,35 @@ func TestSSERefused(t *testing.T) {
 	}
 	if got, want := <-auth, "/v1/sse?rooms=load-0 Bearer t0k"; got != want {
 		t.Errorf("got request %q, want %q", got, want)
+	}
+}
+
+// The latency histogram gives each percentile within its 0.1% precision,
+// whatever the number of samples, and clamps what lies outside its range.
+func TestLatencyHistogram(t *testing.T) {
+	h := newLatencies()
+	for ms := 1; ms <= 10000; ms++ {
+		recordLatency(h, time.Duration(ms)*time.Millisecond/10) // 0.1 ms to 1 s
+	}
+	for _, tt := range []struct {
+		q    float64
+		want time.Duration
+	}{{50, 500 * time.Millisecond}, {90, 900 * time.Millisecond}, {99, 990 * time.Millisecond}, {99.9, 999 * time.Millisecond}, {100, time.Second}} {
+		got := latencyAt(h, tt.q)
+		if diff := got - tt.want; diff < -tt.want/1000 || diff > tt.want/1000 {
+			t.Errorf("p%v: got %v, want %v within 0.1%%", tt.q, got, tt.want)
+		}
+	}
+	h = newLatencies()
+	recordLatency(h, 0)
+	recordLatency(h, time.Hour)
+	if got := latencyAt(h, 0); got != time.Microsecond {
+		t.Errorf("a zero latency counts as %v, want 1µs", got)
+	}
+	if got, want := time.Duration(h.Max())*time.Microsecond, maxLatency; got < want || got > want+want/1000 {
+		t.Errorf("an hour counts as %v, want %v", got, want)
+	}
+	if h.TotalCount() != 2 {
+		t.Errorf("recorded %d, want 2: a value out of range was lost", h.TotalCount())
 	}
 }
