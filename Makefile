@@ -5,16 +5,24 @@
 run:
 	go run ./cmd/parley serve
 
-# Every test, with the race detector; the gateway's once more with a reader
-# goroutine per WebSocket session instead of the poller; and the heap-bound
+# Every test, with the race detector; the gateway's once more with a
+# goroutine per WebSocket session and SSE stream instead of the poller
+# (without the race detector, beside the first pass: it mostly waits, and the
+# first pass runs the poller tests on both paths with it); and the heap-bound
 # tests once more without the race detector (its bookkeeping skews heap
 # figures). Installs what the tests need first, and checks the script that
 # does so.
 test: deps
 	bash .ci/deps-test
 	go vet ./...
-	go test -race -count=1 -timeout 20m ./...
-	PARLEY_NOPOLLER=1 go test -race -count=1 ./gateway/
+	@out=$$(mktemp); \
+	echo "PARLEY_NOPOLLER=1 go test -count=1 ./gateway/ (beside the next)"; \
+	PARLEY_NOPOLLER=1 go test -count=1 ./gateway/ > $$out 2>&1 & pid=$$!; \
+	echo "go test -race -count=1 -timeout 20m ./..."; \
+	go test -race -count=1 -timeout 20m ./...; rc=$$?; \
+	wait $$pid; nrc=$$?; \
+	echo "PARLEY_NOPOLLER=1 go test -count=1 ./gateway/:"; cat $$out; rm -f $$out; \
+	[ $$rc -eq 0 ] && [ $$nrc -eq 0 ]
 	go test -count=1 -run Heap ./gateway/
 
 # Installs the test tools that are missing: redis-server, coturn's TURN utilities,
