@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"net/url"
@@ -37,7 +38,9 @@ type Config struct {
 	MetricsURL string
 	// Token is sent by every client; empty in dev mode.
 	Token string
-	// Scenario is "idle" or "fanout"; zero means "fanout".
+	// Scenario is "idle", "fanout" or "rooms"; zero means "fanout". In
+	// rooms, every subscriber also publishes into its room over its own
+	// connection (WebSocket only): many small chatty rooms.
 	Scenario string
 	// Transport is how the subscribers connect: "ws" (WebSocket) or "sse"
 	// (a GET of the node's SSE endpoint, URL with /ws replaced by /sse);
@@ -47,7 +50,9 @@ type Config struct {
 	Conns int
 	// Rooms spreads the subscribers over this many rooms; zero means 10.
 	Rooms int
-	// Rate is publishes per second into each room (fanout); zero means 10.
+	// Rate is publishes per second into each room (fanout), or by each
+	// subscriber (rooms); zero means 10. A node limits each session's
+	// publishes (--publish-rate, 50 a second by default).
 	Rate float64
 	// Size is the payload size in bytes of each published message; zero
 	// means 64.
@@ -97,14 +102,17 @@ func (c *Config) setDefaults() error {
 	if c.Scenario == "" {
 		c.Scenario = "fanout"
 	}
-	if c.Scenario != "fanout" && c.Scenario != "idle" {
-		return fmt.Errorf("loadtest: scenario %q: want idle or fanout", c.Scenario)
+	if c.Scenario != "fanout" && c.Scenario != "idle" && c.Scenario != "rooms" {
+		return fmt.Errorf("loadtest: scenario %q: want idle, fanout or rooms", c.Scenario)
 	}
 	if c.Transport == "" {
 		c.Transport = "ws"
 	}
 	if c.Transport != "ws" && c.Transport != "sse" {
 		return fmt.Errorf("loadtest: transport %q: want ws or sse", c.Transport)
+	}
+	if c.Scenario == "rooms" && c.Transport != "ws" {
+		return errors.New("loadtest: the rooms scenario publishes over the subscribers' own connections: WebSocket only")
 	}
 	if c.Conns == 0 {
 		c.Conns = 1000
@@ -210,12 +218,18 @@ func (r Report) String() string {
 		fmt.Fprintf(&b, "node memory: %.1f MiB before, %.1f MiB with all connections: %.1f KiB per connection\n",
 			float64(r.RSSBefore)/(1<<20), float64(r.RSSAfter)/(1<<20), float64(r.PerConn)/1024)
 	}
-	if r.Scenario == "fanout" {
+	if r.Scenario != "idle" {
 		fmt.Fprintf(&b, "published %d, delivered %d in %s: %.0f deliveries/s; gaps %d, duplicates %d, lost-recovery events %d\n",
 			r.Published, r.Delivered, r.Duration.Round(time.Millisecond), r.PerSecond, r.Gaps, r.Duplicates, r.Lost)
 		fmt.Fprintf(&b, "delivery latency: p50 %s  p90 %s  p99 %s  p99.9 %s  max %s\n", r.P50, r.P90, r.P99, r.P999, r.Max)
 	}
 	return b.String()
+}
+
+// publisher publishes into room number room over c.
+type publisher struct {
+	c    *client.Client
+	room int
 }
 
 // payload is what the fanout publishers send: the send time for latency.
@@ -288,6 +302,10 @@ func Run(ctx context.Context, cfg Config) (Report, error) {
 	// Open subscribers at the ramp rate.
 	start := time.Now()
 	clients := make([]io.Closer, 0, cfg.Conns) // WebSocket clients or SSE streams
+	// members counts the subscribers of each room; in rooms, each WebSocket
+	// subscriber publishes too.
+	members := make([]int64, cfg.Rooms)
+	var pubs []publisher
 	defer func() {
 		for _, c := range clients {
 			c.Close()
@@ -320,7 +338,8 @@ func Run(ctx context.Context, cfg Config) (Report, error) {
 			fmt.Fprintf(cfg.Progress, "connecting: %d/%d\n", i, cfg.Conns)
 		case <-tick.C:
 		}
-		room := "load-" + strconv.Itoa(i%cfg.Rooms)
+		r := i % cfg.Rooms
+		room := "load-" + strconv.Itoa(r)
 		if cfg.Transport == "sse" {
 			s, err := dialSSE(ctx, &sseClient, endpoint, room, cfg.Token)
 			if err != nil {
@@ -330,6 +349,7 @@ func Run(ctx context.Context, cfg Config) (Report, error) {
 				continue
 			}
 			clients = append(clients, s)
+			members[r]++
 			readers.Add(1)
 			go func() {
 				defer readers.Done()
@@ -353,6 +373,10 @@ func Run(ctx context.Context, cfg Config) (Report, error) {
 			continue
 		}
 		clients = append(clients, c)
+		members[r]++
+		if cfg.Scenario == "rooms" {
+			pubs = append(pubs, publisher{c, r})
+		}
 		readers.Add(1)
 		go func() {
 			defer readers.Done()
@@ -372,43 +396,57 @@ func Run(ctx context.Context, cfg Config) (Report, error) {
 	fmt.Fprintf(cfg.Progress, "connected: %d in %s (%d failed)\n", len(clients), rep.ConnectIn.Round(time.Millisecond), rep.ConnectErrors)
 
 	var published atomic.Int64
+	perRoom := make([]atomic.Int64, cfg.Rooms) // publishes accepted, by room
 	runStart := time.Now()
-	if cfg.Scenario == "fanout" && len(clients) > 0 {
-		// One publisher connection per room, so the node's per-session
-		// publish rate limit (--publish-rate) is not what the run measures.
-		pubs := make([]*client.Client, cfg.Rooms)
-		for r := range pubs {
-			pubURL := cfg.URL
-			if cfg.PublishURL != "" {
-				pubURL = cfg.PublishURL
+	if cfg.Scenario != "idle" && len(clients) > 0 {
+		if cfg.Scenario == "fanout" {
+			// One publisher connection per room, so the node's
+			// per-session publish rate limit (--publish-rate) is not what
+			// the run measures.
+			for r := range cfg.Rooms {
+				pubURL := cfg.URL
+				if cfg.PublishURL != "" {
+					pubURL = cfg.PublishURL
+				}
+				pub, err := client.Dial(ctx, client.Options{URL: pubURL, Token: cfg.Token, HTTPClient: hc})
+				if err != nil {
+					return rep, fmt.Errorf("loadtest: publisher: %w", err)
+				}
+				defer pub.Close()
+				pubs = append(pubs, publisher{pub, r})
 			}
-			pub, err := client.Dial(ctx, client.Options{URL: pubURL, Token: cfg.Token, HTTPClient: hc})
-			if err != nil {
-				return rep, fmt.Errorf("loadtest: publisher: %w", err)
-			}
-			defer pub.Close()
-			pubs[r] = pub
 		}
 		pad := strings.Repeat("x", max(0, cfg.Size-24))
 		var publishers sync.WaitGroup
 		runCtx, stop := context.WithTimeout(ctx, cfg.Duration)
-		for r := 0; r < cfg.Rooms; r++ {
-			pub := pubs[r]
+		for _, pub := range pubs {
 			publishers.Add(1)
 			go func() {
 				defer publishers.Done()
-				room := "load-" + strconv.Itoa(r)
-				t := time.NewTicker(time.Duration(float64(time.Second) / cfg.Rate))
+				room := "load-" + strconv.Itoa(pub.room)
+				period := time.Duration(float64(time.Second) / cfg.Rate)
+				// Publishers start spread over one period, not all at
+				// once: thousands of them (rooms) would otherwise publish
+				// in bursts.
+				first := time.NewTimer(rand.N(period))
+				select {
+				case <-runCtx.Done():
+					first.Stop()
+					return
+				case <-first.C:
+				}
+				t := time.NewTicker(period)
 				defer t.Stop()
 				for {
+					data, _ := json.Marshal(payload{Sent: time.Now().UnixNano(), Pad: pad})
+					if _, err := pub.c.Publish(ctx, room, json.RawMessage(data), ""); err == nil {
+						published.Add(1)
+						perRoom[pub.room].Add(1)
+					}
 					select {
 					case <-runCtx.Done():
 						return
 					case <-t.C:
-					}
-					data, _ := json.Marshal(payload{Sent: time.Now().UnixNano(), Pad: pad})
-					if _, err := pub.Publish(ctx, room, json.RawMessage(data), ""); err == nil {
-						published.Add(1)
 					}
 				}
 			}()
@@ -426,8 +464,12 @@ func Run(ctx context.Context, cfg Config) (Report, error) {
 		report.Stop()
 		stop()
 		publishers.Wait()
-		// Let the last messages arrive.
-		want := published.Load() * int64(len(clients)) / int64(cfg.Rooms)
+		// Let the last messages arrive: every member of a room gets each
+		// of its messages.
+		var want int64
+		for r := range perRoom {
+			want += perRoom[r].Load() * members[r]
+		}
 		deadline := time.Now().Add(5 * time.Second)
 		for delivered.Load() < want && time.Now().Before(deadline) {
 			time.Sleep(50 * time.Millisecond)

@@ -212,6 +212,39 @@ func TestSSERefused(t *testing.T) {
 	}
 }
 
+// In the rooms scenario every member publishes into its small room over its
+// own connection, and every member of a room gets each of its messages, in
+// order, with their latencies.
+func TestRooms(t *testing.T) {
+	url := startNode(t)
+	rep, err := Run(context.Background(), Config{URL: url, Scenario: "rooms", Conns: 40, Rooms: 10, Rate: 5, Duration: 2 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.ConnectErrors != 0 {
+		t.Errorf("got %d connect errors, want 0", rep.ConnectErrors)
+	}
+	// 40 members publishing 5 a second for 2 seconds.
+	if rep.Published < 40*5 {
+		t.Fatalf("published %d, want about %d", rep.Published, 40*5*2)
+	}
+	if want := rep.Published * 4; rep.Delivered != want {
+		t.Errorf("delivered %d, want %d (each of %d messages to the 4 members of its room)", rep.Delivered, want, rep.Published)
+	}
+	if rep.Gaps != 0 || rep.Duplicates != 0 || rep.Lost != 0 {
+		t.Errorf("got %d gaps, %d duplicates and %d lost-recovery events, want none", rep.Gaps, rep.Duplicates, rep.Lost)
+	}
+	if rep.P50 <= 0 || rep.P99 < rep.P50 || rep.Max < rep.P99 {
+		t.Errorf("latency percentiles out of order: %+v", rep)
+	}
+	if !strings.Contains(rep.String(), "scenario rooms over ws") || !strings.Contains(rep.String(), "delivery latency") {
+		t.Errorf("report %q lacks the scenario or the latencies", rep.String())
+	}
+	if _, err := Run(context.Background(), Config{URL: url, Scenario: "rooms", Transport: "sse"}); err == nil || !strings.Contains(err.Error(), "WebSocket only") {
+		t.Errorf("rooms over SSE: got %v, want a refusal", err)
+	}
+}
+
 // The latency histogram gives each percentile within its 0.1% precision,
 // whatever the number of samples, and clamps what lies outside its range.
 func TestLatencyHistogram(t *testing.T) {

@@ -12,8 +12,10 @@ import (
 
 const loadtestSummary = `Load a node with protocol clients for a bounded time and report what they saw.
 Scenarios: idle (hold connections; with --metrics, the node's memory per
-connection) and fanout (one publisher per room at --rate; delivery latency
-percentiles and throughput). Subscribers connect over WebSocket or, with
+connection), fanout (one publisher per room at --rate; delivery latency
+percentiles and throughput) and rooms (every subscriber publishes into its
+room at --rate over its own connection: many small chatty rooms; WebSocket
+only). Subscribers connect over WebSocket or, with
 --transport sse, to the node's SSE endpoint (--url with /ws replaced by /sse);
 publishers always use WebSocket. Targets must be loopback addresses unless
 --allow-remote. On Linux, connections to an IPv4 loopback --url (or
@@ -30,11 +32,11 @@ func loadtestCmd(ctx context.Context, args []string, getenv func(string) string,
 	fs.StringVar(&cfg.PublishURL, "publish-url", "", "fanout: the WebSocket endpoint the publishers use, another node of the same cluster, to measure delivery between nodes (default --url)")
 	fs.StringVar(&cfg.MetricsURL, "metrics", "", "the node's metrics endpoint, such as http://127.0.0.1:9090/metrics, for memory per connection")
 	fs.StringVar(&cfg.Token, "token", "", "JWT for every client (a node in dev mode needs none)")
-	fs.StringVar(&cfg.Scenario, "scenario", "fanout", "idle or fanout")
+	fs.StringVar(&cfg.Scenario, "scenario", "fanout", "idle, fanout or rooms")
 	fs.StringVar(&cfg.Transport, "transport", "ws", "ws or sse: how the subscribers connect")
 	fs.IntVar(&cfg.Conns, "conns", 1000, "subscriber connections")
 	fs.IntVar(&cfg.Rooms, "rooms", 10, "rooms the subscribers are spread over (fanout adds a publisher connection per room)")
-	fs.Float64Var(&cfg.Rate, "rate", 10, "publishes per second into each room (fanout)")
+	fs.Float64Var(&cfg.Rate, "rate", 10, "publishes per second into each room (fanout), or by each subscriber (rooms; a node allows 50 a session by default)")
 	fs.IntVar(&cfg.Size, "size", 64, "bytes per published message")
 	fs.DurationVar(&cfg.Duration, "duration", 10e9, "how long the scenario runs once connected (at most 10m)")
 	fs.IntVar(&cfg.Ramp, "ramp", 2000, "connections opened per second")
@@ -44,8 +46,8 @@ func loadtestCmd(ctx context.Context, args []string, getenv func(string) string,
 		return err
 	}
 	var errs []error
-	if cfg.Scenario != "idle" && cfg.Scenario != "fanout" {
-		errs = append(errs, fs.badValue("scenario", "want idle or fanout"))
+	if cfg.Scenario != "idle" && cfg.Scenario != "fanout" && cfg.Scenario != "rooms" {
+		errs = append(errs, fs.badValue("scenario", "want idle, fanout or rooms"))
 	}
 	if cfg.Transport != "ws" && cfg.Transport != "sse" {
 		errs = append(errs, fs.badValue("transport", "want ws or sse"))

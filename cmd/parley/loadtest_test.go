@@ -75,7 +75,7 @@ func TestLoadtestRefusesBadChoices(t *testing.T) {
 	}{
 		{"transport", []string{"--transport", "quic"}, "--transport quic: want ws or sse"},
 		{"transport from the environment", []string{}, "PARLEY_TRANSPORT=carrier-pigeon (--transport): want ws or sse"},
-		{"scenario", []string{"--scenario", "storm"}, "--scenario storm: want idle or fanout"},
+		{"scenario", []string{"--scenario", "storm"}, "--scenario storm: want idle, fanout or rooms"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
