@@ -146,17 +146,36 @@ func (s *session) startReading(ps *pollState) {
 	s.place()
 }
 
+// toPoller gives the session's connection to the poller. It returns an
+// error only when the poller could not take it and the caller, not the
+// connection's close, is the one to end the session (armFailed): whoever
+// moves the state on first finishes it.
+func (s *session) toPoller() error {
+	s.poll.state.Store(readerPolled)
+	if err := s.srv.poller.arm(s); err != nil && s.poll.state.CompareAndSwap(readerPolled, readerFinished) {
+		return err
+	}
+	return nil
+}
+
 // place gives a new session's connection to the poller, in which it waits
 // from then on; if the poller cannot take it, the session is ended (on a
 // goroutine of its own: the caller is its handler).
 func (s *session) place() {
-	s.poll.state.Store(readerPolled)
-	if err := s.srv.poller.arm(s); err != nil && s.poll.state.CompareAndSwap(readerPolled, readerFinished) {
+	if err := s.toPoller(); err != nil {
 		s.srv.goroutines.Add(1)
 		go func() {
 			defer s.srv.goroutines.Done()
 			s.armFailed(err)
 		}()
+	}
+}
+
+// rearm gives the connection back to the poller at the end of a reader's
+// turn; if the poller cannot take it, the reader ends the session.
+func (s *session) rearm() {
+	if err := s.toPoller(); err != nil {
+		s.armFailed(err)
 	}
 }
 
@@ -190,7 +209,6 @@ func (s *session) readable() {
 // poller started (holding one of Config.MaxReaders) or that startReading
 // started.
 func (s *session) readBurst() {
-	ps := s.poll
 	for {
 		if !s.awaitDrain() {
 			s.endReading()
@@ -222,14 +240,7 @@ func (s *session) readBurst() {
 			break
 		}
 	}
-	ps.state.Store(readerPolled)
-	if err := s.srv.poller.arm(s); err != nil {
-		// Whoever moves the state on first finishes the session: this
-		// reader, or the connection's close.
-		if ps.state.CompareAndSwap(readerPolled, readerFinished) {
-			s.armFailed(err)
-		}
-	}
+	s.rearm()
 }
 
 // endReading finishes the session from its reader, once.

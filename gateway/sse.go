@@ -200,9 +200,7 @@ func (srv *Server) handleSSE(w http.ResponseWriter, r *http.Request) {
 	if r.Method == http.MethodHead {
 		// The head a GET would get, and no body (RFC 9110, 9.3.2): no
 		// stream to serve.
-		h := w.Header()
-		h.Set("Content-Type", "text/event-stream")
-		h.Set("Cache-Control", "no-cache")
+		setStreamHeaders(w.Header())
 		w.WriteHeader(http.StatusOK)
 		return
 	}
@@ -324,10 +322,7 @@ func (srv *Server) handleSSE(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 
-	h := w.Header()
-	h.Set("Content-Type", "text/event-stream")
-	h.Set("Cache-Control", "no-cache")
-	h.Set("X-Accel-Buffering", "no")
+	setStreamHeaders(w.Header())
 	w.WriteHeader(http.StatusOK)
 	bw := bufio.NewWriterSize(w, smallBuf)
 	bw.WriteString(sseRetry)

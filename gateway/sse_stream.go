@@ -68,9 +68,7 @@ func (s *session) writeStream(batch []*frame) *frame {
 // writeStreamHead writes the response head of a taken-over SSE stream and
 // the client's reconnection delay. h holds the headers set so far (CORS).
 func (srv *Server) writeStreamHead(c net.Conn, h http.Header) error {
-	h.Set("Content-Type", "text/event-stream")
-	h.Set("Cache-Control", "no-cache")
-	h.Set("X-Accel-Buffering", "no")
+	setStreamHeaders(h)
 	h.Set("Connection", "close")
 	h.Set("Date", srv.cfg.now().UTC().Format(http.TimeFormat))
 	var b bytes.Buffer
@@ -98,6 +96,14 @@ func closeStreamConn(c net.Conn, broken bool) {
 	c.Close()
 }
 
+// setStreamHeaders sets the headers of every SSE answer: its type, and no
+// caching or buffering on the way (X-Accel-Buffering: nginx's).
+func setStreamHeaders(h http.Header) {
+	h.Set("Content-Type", "text/event-stream")
+	h.Set("Cache-Control", "no-cache")
+	h.Set("X-Accel-Buffering", "no")
+}
+
 // sseRetry is the first line of every stream: the client's reconnection
 // delay.
 const sseRetry = "retry: 3000\n\n"
@@ -123,16 +129,11 @@ func (s *session) streamReadable() {
 	var b [64]byte
 	s.poll.tcp.SetReadDeadline(time.Now().Add(time.Second))
 	n, err := s.poll.tcp.Read(b[:])
-	if n == 0 && err != nil {
-		if ne, ok := err.(net.Error); ok && ne.Timeout() {
-			// Nothing after all: back to the poller.
-			s.poll.tcp.SetReadDeadline(time.Time{})
-			s.poll.state.Store(readerPolled)
-			if err := s.srv.poller.arm(s); err != nil && s.poll.state.CompareAndSwap(readerPolled, readerFinished) {
-				s.armFailed(err)
-			}
-			return
-		}
+	if ne, ok := err.(net.Error); ok && n == 0 && ne.Timeout() {
+		// Nothing after all: back to the poller.
+		s.poll.tcp.SetReadDeadline(time.Time{})
+		s.rearm()
+		return
 	}
 	if n > 0 {
 		s.srv.log.Debug("sse client sent bytes after its request; closing the stream", "session", s.id)
