@@ -170,13 +170,8 @@ func TestSSEOverCapacityIsAnHTTPError(t *testing.T) {
 // buffer and never reads it.
 func rawSSE(t *testing.T, ts *testServer, path string, header string) net.Conn {
 	t.Helper()
-	addr := strings.TrimPrefix(ts.url, "http://")
-	c, err := net.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
+	c, addr := dialRaw(t, ts)
 	c.(*net.TCPConn).SetReadBuffer(4 << 10)
-	t.Cleanup(func() { c.Close() })
 	fmt.Fprintf(c, "GET %s HTTP/1.1\r\nHost: %s\r\n%s\r\n", path, addr, header)
 	return c
 }

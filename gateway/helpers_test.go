@@ -138,6 +138,19 @@ func (w *wsConn) nextErr(timeout time.Duration) (map[string]any, error) {
 	return m, nil
 }
 
+// nextAnswering returns the next server frame that is not a heartbeat ping,
+// answering the pings before it as a client does.
+func (w *wsConn) nextAnswering() map[string]any {
+	w.t.Helper()
+	for {
+		m := w.next()
+		if m["type"] != "ping" {
+			return m
+		}
+		w.send(map[string]any{"type": "pong"})
+	}
+}
+
 // expect reads the next frame and checks its type.
 func (w *wsConn) expect(typ string) map[string]any {
 	w.t.Helper()

@@ -94,33 +94,17 @@ func TestPollerIdleSessionsHoldNoGoroutine(t *testing.T) {
 
 	publishAPI(t, ts, "poll:idle", `{"n":1}`)
 	for i, c := range conns {
-		// Heartbeat pings may come first: answer them, as clients do.
-		for {
-			m := c.next()
-			if m["type"] == "ping" {
-				c.send(map[string]any{"type": "pong"})
-				continue
-			}
-			if m["type"] != "message" {
-				t.Fatalf("conn %d: got %v, want the message", i, m)
-			}
-			break
+		// Heartbeat pings may come first: answered, as clients do.
+		if m := c.nextAnswering(); m["type"] != "message" {
+			t.Fatalf("conn %d: got %v, want the message", i, m)
 		}
 	}
 	for _, c := range conns {
 		c.send(map[string]any{"type": "unsubscribe", "id": "u", "room": "poll:idle"})
 	}
 	for i, c := range conns {
-		for {
-			m := c.next()
-			if m["type"] == "ping" {
-				c.send(map[string]any{"type": "pong"})
-				continue
-			}
-			if m["type"] != "ack" || m["id"] != "u" {
-				t.Fatalf("conn %d: got %v, want the unsubscribe's ack", i, m)
-			}
-			break
+		if m := c.nextAnswering(); m["type"] != "ack" || m["id"] != "u" {
+			t.Fatalf("conn %d: got %v, want the unsubscribe's ack", i, m)
 		}
 	}
 	if got := counterValue(t, reg, "parley_heartbeat_timeouts_total"); got != 0 {
