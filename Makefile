@@ -1,4 +1,4 @@
-.PHONY: run test build bench fuzz lint fmt deps
+.PHONY: run test build bench bench-go fuzz lint fmt deps
 
 # A node with the embedded defaults: in-memory fan-out, STUN/TURN on 3478,
 # the web demo and API on http://localhost:8080, metrics on 127.0.0.1:9090.
@@ -34,7 +34,13 @@ deps:
 build:
 	go install ./cmd/parley
 
+# Load profiles against fresh nodes on loopback (.ci/bench lists them):
+# "short", under two minutes, unless PROFILE names others.
 bench:
+	bash .ci/bench $(or $(PROFILE),short)
+
+# The Go benchmarks of the delivery path and the bus.
+bench-go:
 	go test -run '^$$' -bench . -benchmem ./gateway/ ./fanout/
 
 fuzz:

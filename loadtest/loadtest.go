@@ -3,23 +3,16 @@ package loadtest
 import (
 	"bufio"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
-	"math/rand/v2"
 	"net"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"strconv"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"time"
-
-	"github.com/HdrHistogram/hdrhistogram-go"
-
-	"github.com/parley-rt/parley/gateway/client"
 )
 
 // Config describes one load test run. Zero values take the documented defaults.
@@ -29,81 +22,90 @@ type Config struct {
 	// 127.0.0.1 to 127.0.0.254 in turn, so a node's limit on connections per
 	// client address applies to each of them.
 	URL string
+	// URLs are more nodes of the same cluster. Subscribers are spread over
+	// URL and URLs in turn, publishers use URL, and the report gives the
+	// delivery latency of each node's subscribers: the latency a message
+	// adds crossing from one node to another.
+	URLs []string
 	// PublishURL, when set, is the endpoint the fanout publishers connect
-	// to instead of URL: another node of the same cluster, so that the
-	// latencies include the trip between nodes.
+	// to instead of URL.
 	PublishURL string
-	// MetricsURL is the node's /metrics, read for its resident memory; empty
-	// skips the memory figures.
-	MetricsURL string
+	// Metrics are the nodes' /metrics endpoints, read for their resident
+	// memory and CPU time (summed over the nodes); empty skips those figures.
+	Metrics []string
 	// Token is sent by every client; empty in dev mode.
 	Token string
-	// Scenario is "idle", "fanout" or "rooms"; zero means "fanout". In
-	// rooms, every subscriber also publishes into its room over its own
-	// connection (WebSocket only): many small chatty rooms.
+	// Scenario is one of Scenarios; zero means "fanout".
 	Scenario string
 	// Transport is how the subscribers connect: "ws" (WebSocket) or "sse"
 	// (a GET of the node's SSE endpoint, URL with /ws replaced by /sse);
-	// zero means "ws". The fanout publishers always use WebSocket.
+	// zero means "ws". The fanout publishers always use WebSocket, and the
+	// rooms and resume scenarios are WebSocket only.
 	Transport string
 	// Conns is the number of subscriber connections; zero means 1000.
 	Conns int
 	// Rooms spreads the subscribers over this many rooms; zero means 10.
 	Rooms int
-	// Rate is publishes per second into each room (fanout), or by each
-	// subscriber (rooms); zero means 10. A node limits each session's
-	// publishes (--publish-rate, 50 a second by default).
+	// Rate is publishes per second into each room (fanout, resume), or by
+	// each subscriber (rooms), call setups per second (calls), or TURN
+	// allocations per second (turn); zero means 10 (calls: 5, turn: 100). A
+	// node limits each session's publishes (--publish-rate, 50 a second by
+	// default).
 	Rate float64
-	// Size is the payload size in bytes of each published message; zero
-	// means 64.
+	// Size is the payload size in bytes of each published message, or of
+	// each packet relayed through TURN; zero means 64 (turn: 1000).
 	Size int
 	// Duration is how long the scenario runs after every connection is up;
 	// zero means 10s. It is capped at 10 minutes.
 	Duration time.Duration
 	// Ramp is how many connections are opened per second; zero means 2000.
 	Ramp int
+	// Drop is the share of the subscribers the resume scenario drops at
+	// once, halfway through the run; zero means 0.1.
+	Drop float64
+	// Calls is how many calls the calls scenario sets up, each between two
+	// peers of their own; zero means 20.
+	Calls int
+	// Relay makes the calls relay-only, through the node's TURN server.
+	Relay bool
+	// Allocations is how many TURN allocations the turn scenario makes;
+	// zero means 100.
+	Allocations int
+	// PacketRate is how many packets a second each pair of allocations
+	// relays to each other in the turn scenario; zero means 100.
+	PacketRate int
 	// AllowRemote permits a target that is not a loopback address.
 	AllowRemote bool
-	// Progress receives a line a second while the run goes on; nil discards.
+	// Progress receives the run's progress; nil discards it.
 	Progress io.Writer
+	// Bar makes the progress one line redrawn with a bar (for a terminal)
+	// instead of a line a second.
+	Bar bool
 }
+
+// Scenarios are the scenarios Run knows. "idle" is the former name of
+// "connect".
+var Scenarios = []string{"connect", "fanout", "rooms", "resume", "calls", "turn"}
 
 // maxDuration bounds every run.
 const maxDuration = 10 * time.Minute
-
-// Latencies are recorded in an HDR histogram of microseconds from 1 µs to
-// maxLatency, to 3 significant digits (0.1%): a fixed amount of memory,
-// whatever the number of deliveries. A latency past maxLatency counts as
-// maxLatency.
-const (
-	maxLatency    = time.Minute
-	latencyDigits = 3
-)
-
-// newLatencies returns an empty latency histogram.
-func newLatencies() *hdrhistogram.Histogram {
-	return hdrhistogram.New(1, maxLatency.Microseconds(), latencyDigits)
-}
-
-// recordLatency adds d to h, clamped to the histogram's range.
-func recordLatency(h *hdrhistogram.Histogram, d time.Duration) {
-	h.RecordValue(min(max(d.Microseconds(), 1), maxLatency.Microseconds()))
-}
-
-// latencyAt returns the latency at quantile q (0 to 100) of h.
-func latencyAt(h *hdrhistogram.Histogram, q float64) time.Duration {
-	return time.Duration(h.ValueAtQuantile(q)) * time.Microsecond
-}
 
 func (c *Config) setDefaults() error {
 	if c.URL == "" {
 		return errors.New("loadtest: URL is required")
 	}
-	if c.Scenario == "" {
+	switch c.Scenario {
+	case "":
 		c.Scenario = "fanout"
+	case "idle":
+		c.Scenario = "connect"
 	}
-	if c.Scenario != "fanout" && c.Scenario != "idle" && c.Scenario != "rooms" {
-		return fmt.Errorf("loadtest: scenario %q: want idle, fanout or rooms", c.Scenario)
+	known := false
+	for _, s := range Scenarios {
+		known = known || s == c.Scenario
+	}
+	if !known {
+		return fmt.Errorf("loadtest: scenario %q: want one of %s", c.Scenario, strings.Join(Scenarios, ", "))
 	}
 	if c.Transport == "" {
 		c.Transport = "ws"
@@ -111,8 +113,8 @@ func (c *Config) setDefaults() error {
 	if c.Transport != "ws" && c.Transport != "sse" {
 		return fmt.Errorf("loadtest: transport %q: want ws or sse", c.Transport)
 	}
-	if c.Scenario == "rooms" && c.Transport != "ws" {
-		return errors.New("loadtest: the rooms scenario publishes over the subscribers' own connections: WebSocket only")
+	if (c.Scenario == "rooms" || c.Scenario == "resume") && c.Transport != "ws" {
+		return fmt.Errorf("loadtest: the %s scenario is WebSocket only", c.Scenario)
 	}
 	if c.Conns == 0 {
 		c.Conns = 1000
@@ -121,10 +123,20 @@ func (c *Config) setDefaults() error {
 		c.Rooms = 10
 	}
 	if c.Rate == 0 {
-		c.Rate = 10
+		switch c.Scenario {
+		case "calls":
+			c.Rate = 5
+		case "turn":
+			c.Rate = 100
+		default:
+			c.Rate = 10
+		}
 	}
 	if c.Size == 0 {
 		c.Size = 64
+		if c.Scenario == "turn" {
+			c.Size = 1000
+		}
 	}
 	if c.Duration == 0 {
 		c.Duration = 10 * time.Second
@@ -132,20 +144,34 @@ func (c *Config) setDefaults() error {
 	if c.Ramp == 0 {
 		c.Ramp = 2000
 	}
+	if c.Drop == 0 {
+		c.Drop = 0.1
+	}
+	if c.Calls == 0 {
+		c.Calls = 20
+	}
+	if c.Allocations == 0 {
+		c.Allocations = 100
+	}
+	if c.PacketRate == 0 {
+		c.PacketRate = 100
+	}
 	switch {
-	case c.Conns < 0 || c.Rooms < 0 || c.Size < 0 || c.Ramp < 0 || !(c.Rate >= 0) || c.Duration < 0:
+	case c.Conns < 0 || c.Rooms < 0 || c.Size < 0 || c.Ramp < 0 || !(c.Rate >= 0) || c.Duration < 0 ||
+		c.Calls < 0 || c.Allocations < 0 || c.PacketRate < 0:
 		return errors.New("loadtest: counts, rates and durations must not be negative")
 	case c.Duration > maxDuration:
 		return fmt.Errorf("loadtest: duration %s is over the %s bound", c.Duration, maxDuration)
-	case c.Ramp > 1_000_000 || c.Rate > 1_000_000:
-		return errors.New("loadtest: --ramp and --rate are at most 1000000 a second")
+	case c.Ramp > 1_000_000 || c.Rate > 1_000_000 || c.PacketRate > 1_000_000:
+		return errors.New("loadtest: rates are at most 1000000 a second")
+	case !(c.Drop > 0 && c.Drop <= 1):
+		return errors.New("loadtest: the share of connections to drop must be above 0 and at most 1")
+	case c.Size > 1<<20:
+		return errors.New("loadtest: size is at most 1 MiB")
 	}
 	c.Rooms = min(c.Rooms, c.Conns)
-	if c.Progress == nil {
-		c.Progress = io.Discard
-	}
 	if !c.AllowRemote {
-		for _, raw := range []string{c.URL, c.PublishURL, c.MetricsURL} {
+		for _, raw := range append(append([]string{c.URL, c.PublishURL}, c.URLs...), c.Metrics...) {
 			if raw == "" {
 				continue
 			}
@@ -176,14 +202,21 @@ func requireLoopback(raw string) error {
 
 // Report is the outcome of a run.
 type Report struct {
+	// Started is when the run started.
+	Started   time.Time     `json:"started"`
 	Scenario  string        `json:"scenario"`
 	Transport string        `json:"transport"`
+	Nodes     int           `json:"nodes"`
 	Conns     int           `json:"conns"`
 	Rooms     int           `json:"rooms"`
 	ConnectIn time.Duration `json:"connect_time"`
-	Duration  time.Duration `json:"duration"`
+	// ConnectRate is connections opened a second while opening them.
+	ConnectRate float64       `json:"connects_per_second"`
+	Duration    time.Duration `json:"duration"`
 	// ConnectErrors counts connections that could not be opened.
 	ConnectErrors int `json:"connect_errors"`
+	// FirstError is why the first connection that failed did.
+	FirstError string `json:"first_error,omitempty"`
 	// Sources is how many source addresses the connections came from: 254
 	// on Linux for an IPv4 loopback target, else 1.
 	Sources int `json:"source_addresses"`
@@ -195,15 +228,40 @@ type Report struct {
 	Duplicates int64   `json:"duplicates"`
 	Lost       int64   `json:"lost_events"`
 
-	// Delivery latency percentiles (fanout), from an HDR histogram: each
-	// within 0.1% of the true value.
+	// Delivery latency percentiles (fanout, rooms, resume), from an HDR
+	// histogram: each within 0.1% of the true value. Distributions holds
+	// them with the whole spectrum.
 	P50, P90, P99, P999, Max time.Duration
 
-	// RSSBefore and RSSAfter are the node's resident memory before the
+	// RSSBefore and RSSAfter are the nodes' resident memory before the
 	// connections opened and with all of them open; PerConn is the
-	// difference divided by Conns.
+	// difference divided by the connections open.
 	RSSBefore, RSSAfter int64
 	PerConn             int64
+
+	// NodeCPU is the CPU time the nodes used while the scenario ran (after
+	// the connections were open), from their metrics; CPUPerMillion is
+	// that per million deliveries.
+	NodeCPU       float64 `json:"node_cpu_seconds,omitempty"`
+	CPUPerMillion float64 `json:"node_cpu_seconds_per_million_deliveries,omitempty"`
+
+	// Distributions are the run's latencies: delivery, and each scenario's
+	// own (recovery, call setup, allocation, ...).
+	Distributions []Distribution `json:"distributions,omitempty"`
+	// ByNode gives the delivery latency of each node's subscribers when
+	// there are several nodes.
+	ByNode []NodeLatency `json:"by_node,omitempty"`
+
+	Resume *ResumeReport `json:"resume,omitempty"`
+	Calls  *CallsReport  `json:"calls,omitempty"`
+	TURN   *TURNReport   `json:"turn,omitempty"`
+}
+
+// NodeLatency is the delivery latency of the subscribers of one node.
+type NodeLatency struct {
+	URL     string       `json:"url"`
+	Conns   int          `json:"conns"`
+	Latency Distribution `json:"latency"`
 }
 
 // String renders the report for people.
@@ -213,29 +271,68 @@ func (r Report) String() string {
 	if r.Sources > 1 {
 		from = strconv.Itoa(r.Sources) + " source addresses"
 	}
-	fmt.Fprintf(&b, "scenario %s over %s: %d connections over %d rooms from %s, opened in %s (%d failed)\n", r.Scenario, r.Transport, r.Conns, r.Rooms, from, r.ConnectIn.Round(time.Millisecond), r.ConnectErrors)
+	nodes := ""
+	if r.Nodes > 1 {
+		nodes = " on " + strconv.Itoa(r.Nodes) + " nodes"
+	}
+	switch r.Scenario {
+	case "calls", "turn":
+		fmt.Fprintf(&b, "scenario %s%s\n", r.Scenario, nodes)
+	default:
+		fmt.Fprintf(&b, "scenario %s over %s%s: %d connections over %d rooms from %s, opened in %s (%.0f a second, %d failed)\n",
+			r.Scenario, r.Transport, nodes, r.Conns, r.Rooms, from, r.ConnectIn.Round(time.Millisecond), r.ConnectRate, r.ConnectErrors)
+	}
+	if r.FirstError != "" {
+		fmt.Fprintf(&b, "first failure: %s\n", r.FirstError)
+	}
 	if r.RSSAfter > 0 {
 		fmt.Fprintf(&b, "node memory: %.1f MiB before, %.1f MiB with all connections: %.1f KiB per connection\n",
 			float64(r.RSSBefore)/(1<<20), float64(r.RSSAfter)/(1<<20), float64(r.PerConn)/1024)
 	}
-	if r.Scenario != "idle" {
+	switch r.Scenario {
+	case "fanout", "rooms", "resume":
 		fmt.Fprintf(&b, "published %d, delivered %d in %s: %.0f deliveries/s; gaps %d, duplicates %d, lost-recovery events %d\n",
 			r.Published, r.Delivered, r.Duration.Round(time.Millisecond), r.PerSecond, r.Gaps, r.Duplicates, r.Lost)
-		fmt.Fprintf(&b, "delivery latency: p50 %s  p90 %s  p99 %s  p99.9 %s  max %s\n", r.P50, r.P90, r.P99, r.P999, r.Max)
+		fmt.Fprintf(&b, "delivery latency: p50 %s  p90 %s  p99 %s  p99.9 %s  max %s\n", round(r.P50), round(r.P90), round(r.P99), round(r.P999), round(r.Max))
+		for _, n := range r.ByNode {
+			fmt.Fprintf(&b, "  subscribers of %s (%d): p50 %s  p99 %s  p99.9 %s  max %s\n", n.URL, n.Conns, round(n.Latency.P50), round(n.Latency.P99), round(n.Latency.P999), round(n.Latency.Max))
+		}
+	}
+	if r.NodeCPU > 0 {
+		fmt.Fprintf(&b, "node CPU: %.2f s while running", r.NodeCPU)
+		if r.CPUPerMillion > 0 {
+			fmt.Fprintf(&b, ", %.1f s per million deliveries", r.CPUPerMillion)
+		}
+		b.WriteByte('\n')
+	}
+	if r.Resume != nil {
+		b.WriteString(r.Resume.String())
+	}
+	if r.Calls != nil {
+		b.WriteString(r.Calls.String())
+	}
+	if r.TURN != nil {
+		b.WriteString(r.TURN.String())
 	}
 	return b.String()
 }
 
-// publisher publishes into room number room over c.
-type publisher struct {
-	c    *client.Client
-	room int
+// run is what a scenario works with.
+type run struct {
+	cfg  *Config
+	rep  *Report
+	prog *progress
+	// hc dials the nodes' HTTP and WebSocket endpoints from the source
+	// addresses.
+	hc   *http.Client
+	srcs []netip.Addr
+	// cpu is the nodes' CPU seconds when measuring started.
+	cpu float64
 }
 
-// payload is what the fanout publishers send: the send time for latency.
-type payload struct {
-	Sent int64  `json:"sent"`
-	Pad  string `json:"pad,omitempty"`
+// urls returns the nodes' WebSocket endpoints: URL, then URLs.
+func (r *run) urls() []string {
+	return append([]string{r.cfg.URL}, r.cfg.URLs...)
 }
 
 // Run executes one load test; it stops when the scenario ends or ctx is done.
@@ -245,273 +342,70 @@ func Run(ctx context.Context, cfg Config) (Report, error) {
 	}
 	ctx, cancel := context.WithTimeout(ctx, cfg.Duration+maxDuration)
 	defer cancel()
-	var endpoint string // of SSE
-	if cfg.Transport == "sse" {
-		var err error
-		if endpoint, err = sseEndpoint(cfg.URL); err != nil {
-			return Report{}, err
-		}
+	rep := Report{Started: time.Now(), Scenario: cfg.Scenario, Transport: cfg.Transport, Nodes: 1 + len(cfg.URLs), Sources: 1}
+	r := &run{cfg: &cfg, rep: &rep, prog: newProgress(cfg.Progress, cfg.Bar)}
+	defer r.prog.end()
+	r.srcs = sourceAddrs(cfg.URL)
+	if len(r.srcs) > 0 {
+		rep.Sources = len(r.srcs)
 	}
-	rep := Report{Scenario: cfg.Scenario, Transport: cfg.Transport, Conns: cfg.Conns, Rooms: cfg.Rooms, Sources: 1}
-	srcs := sourceAddrs(cfg.URL)
-	if len(srcs) > 0 {
-		rep.Sources = len(srcs)
+	r.hc = httpClient(r.srcs)
+	if r.hc != http.DefaultClient {
+		defer r.hc.CloseIdleConnections()
 	}
-	hc := httpClient(srcs)
-	if hc != http.DefaultClient {
-		defer hc.CloseIdleConnections()
+	var err error
+	switch cfg.Scenario {
+	case "calls":
+		err = runCalls(ctx, r)
+	case "turn":
+		err = runTURN(ctx, r)
+	default:
+		err = runRooms(ctx, r)
 	}
-	// An SSE stream is one response that lasts the whole run.
-	sseClient := *hc
-	sseClient.Timeout = 0
-	if cfg.MetricsURL != "" {
-		rss, err := readRSS(ctx, cfg.MetricsURL)
-		if err != nil {
-			return rep, err
-		}
-		rep.RSSBefore = rss
-	}
-
-	var (
-		delivered, gaps, dups, lost atomic.Int64
-		samplesMu                   sync.Mutex
-		samples                     = newLatencies()
-	)
-	record := func(d time.Duration) {
-		samplesMu.Lock()
-		recordLatency(samples, d)
-		samplesMu.Unlock()
-	}
-	// message counts a room message at offset with data, for a subscriber
-	// whose previous one was at last (0 for none); it returns offset.
-	message := func(last, offset uint64, data []byte) uint64 {
-		if last != 0 && offset > last+1 {
-			gaps.Add(int64(offset - last - 1))
-		}
-		if offset <= last {
-			dups.Add(1)
-		}
-		delivered.Add(1)
-		var p payload
-		if json.Unmarshal(data, &p) == nil && p.Sent > 0 {
-			record(time.Duration(time.Now().UnixNano() - p.Sent))
-		}
-		return offset
-	}
-
-	// Open subscribers at the ramp rate.
-	start := time.Now()
-	clients := make([]io.Closer, 0, cfg.Conns) // WebSocket clients or SSE streams
-	// members counts the subscribers of each room; in rooms, each WebSocket
-	// subscriber publishes too.
-	members := make([]int64, cfg.Rooms)
-	var pubs []publisher
-	defer func() {
-		for _, c := range clients {
-			c.Close()
-		}
-	}()
-	var (
-		readers  sync.WaitGroup
-		firstErr error // why the first connection that failed did
-	)
-	// failed counts a connection that could not be set up; when none has
-	// been, the run stops after a few, saying why, instead of measuring
-	// nothing for its whole duration.
-	failed := func(err error) error {
-		rep.ConnectErrors++
-		if firstErr == nil {
-			firstErr = err
-		}
-		if len(clients) == 0 && rep.ConnectErrors >= 10 {
-			return fmt.Errorf("loadtest: no connection to %s succeeded (%d tried): %w", cfg.URL, rep.ConnectErrors, firstErr)
-		}
-		return nil
-	}
-	tick := time.NewTicker(time.Second / time.Duration(max(1, cfg.Ramp)))
-	progress := time.NewTicker(time.Second)
-	for i := 0; i < cfg.Conns; i++ {
-		select {
-		case <-ctx.Done():
-			return rep, ctx.Err()
-		case <-progress.C:
-			fmt.Fprintf(cfg.Progress, "connecting: %d/%d\n", i, cfg.Conns)
-		case <-tick.C:
-		}
-		r := i % cfg.Rooms
-		room := "load-" + strconv.Itoa(r)
-		if cfg.Transport == "sse" {
-			s, err := dialSSE(ctx, &sseClient, endpoint, room, cfg.Token)
-			if err != nil {
-				if err := failed(err); err != nil {
-					return rep, err
-				}
-				continue
-			}
-			clients = append(clients, s)
-			members[r]++
-			readers.Add(1)
-			go func() {
-				defer readers.Done()
-				var last uint64
-				s.read(func(offset uint64, data []byte) { last = message(last, offset, data) })
-			}()
-			continue
-		}
-		c, err := client.Dial(ctx, client.Options{URL: cfg.URL, Token: cfg.Token, EventBuffer: 16, HTTPClient: hc})
-		if err != nil {
-			if err := failed(err); err != nil {
-				return rep, err
-			}
-			continue
-		}
-		if _, err := c.Subscribe(ctx, room, client.SubscribeOptions{}); err != nil {
-			c.Close()
-			if err := failed(err); err != nil {
-				return rep, err
-			}
-			continue
-		}
-		clients = append(clients, c)
-		members[r]++
-		if cfg.Scenario == "rooms" {
-			pubs = append(pubs, publisher{c, r})
-		}
-		readers.Add(1)
-		go func() {
-			defer readers.Done()
-			var last uint64
-			for e := range c.Events() {
-				switch e.Kind {
-				case client.EventMessage:
-					last = message(last, e.Message.Offset, e.Message.Data)
-				case client.EventLost:
-					lost.Add(1)
-				}
-			}
-		}()
-	}
-	tick.Stop()
-	rep.ConnectIn = time.Since(start)
-	fmt.Fprintf(cfg.Progress, "connected: %d in %s (%d failed)\n", len(clients), rep.ConnectIn.Round(time.Millisecond), rep.ConnectErrors)
-
-	var published atomic.Int64
-	perRoom := make([]atomic.Int64, cfg.Rooms) // publishes accepted, by room
-	runStart := time.Now()
-	if cfg.Scenario != "idle" && len(clients) > 0 {
-		if cfg.Scenario == "fanout" {
-			// One publisher connection per room, so the node's
-			// per-session publish rate limit (--publish-rate) is not what
-			// the run measures.
-			for r := range cfg.Rooms {
-				pubURL := cfg.URL
-				if cfg.PublishURL != "" {
-					pubURL = cfg.PublishURL
-				}
-				pub, err := client.Dial(ctx, client.Options{URL: pubURL, Token: cfg.Token, HTTPClient: hc})
-				if err != nil {
-					return rep, fmt.Errorf("loadtest: publisher: %w", err)
-				}
-				defer pub.Close()
-				pubs = append(pubs, publisher{pub, r})
-			}
-		}
-		pad := strings.Repeat("x", max(0, cfg.Size-24))
-		var publishers sync.WaitGroup
-		runCtx, stop := context.WithTimeout(ctx, cfg.Duration)
-		for _, pub := range pubs {
-			publishers.Add(1)
-			go func() {
-				defer publishers.Done()
-				room := "load-" + strconv.Itoa(pub.room)
-				period := time.Duration(float64(time.Second) / cfg.Rate)
-				// Publishers start spread over one period, not all at
-				// once: thousands of them (rooms) would otherwise publish
-				// in bursts.
-				first := time.NewTimer(rand.N(period))
-				select {
-				case <-runCtx.Done():
-					first.Stop()
-					return
-				case <-first.C:
-				}
-				t := time.NewTicker(period)
-				defer t.Stop()
-				for {
-					data, _ := json.Marshal(payload{Sent: time.Now().UnixNano(), Pad: pad})
-					if _, err := pub.c.Publish(ctx, room, json.RawMessage(data), ""); err == nil {
-						published.Add(1)
-						perRoom[pub.room].Add(1)
-					}
-					select {
-					case <-runCtx.Done():
-						return
-					case <-t.C:
-					}
-				}
-			}()
-		}
-		report := time.NewTicker(time.Second)
-	wait:
-		for {
-			select {
-			case <-runCtx.Done():
-				break wait
-			case <-report.C:
-				fmt.Fprintf(cfg.Progress, "running: %s published %d delivered %d\n", time.Since(runStart).Round(time.Second), published.Load(), delivered.Load())
-			}
-		}
-		report.Stop()
-		stop()
-		publishers.Wait()
-		// Let the last messages arrive: every member of a room gets each
-		// of its messages.
-		var want int64
-		for r := range perRoom {
-			want += perRoom[r].Load() * members[r]
-		}
-		deadline := time.Now().Add(5 * time.Second)
-		for delivered.Load() < want && time.Now().Before(deadline) {
-			time.Sleep(50 * time.Millisecond)
-		}
-	} else {
-		t := time.NewTimer(cfg.Duration)
-		select {
-		case <-ctx.Done():
-		case <-t.C:
-		}
-		t.Stop()
-	}
-	rep.Duration = time.Since(runStart)
-	progress.Stop()
-	if cfg.MetricsURL != "" {
-		if rss, err := readRSS(ctx, cfg.MetricsURL); err == nil {
-			rep.RSSAfter = rss
-			if n := int64(len(clients)); n > 0 {
-				rep.PerConn = (rep.RSSAfter - rep.RSSBefore) / n
-			}
-		}
-	}
-	for _, c := range clients {
-		c.Close()
-	}
-	clients = nil
-	readers.Wait()
-
-	rep.Published, rep.Delivered = published.Load(), delivered.Load()
-	rep.Gaps, rep.Duplicates, rep.Lost = gaps.Load(), dups.Load(), lost.Load()
-	if rep.Duration > 0 {
-		rep.PerSecond = float64(rep.Delivered) / rep.Duration.Seconds()
-	}
-	if samples.TotalCount() > 0 {
-		rep.P50, rep.P90, rep.P99, rep.P999 = latencyAt(samples, 50), latencyAt(samples, 90), latencyAt(samples, 99), latencyAt(samples, 99.9)
-		rep.Max = time.Duration(samples.Max()) * time.Microsecond
-	}
-	return rep, nil
+	r.prog.end()
+	return rep, err
 }
 
-// readRSS reads process_resident_memory_bytes from a Prometheus endpoint.
-func readRSS(ctx context.Context, metricsURL string) (int64, error) {
+// measureStart reads the nodes' CPU time at the start of what a scenario
+// measures.
+func (r *run) measureStart(ctx context.Context) {
+	r.cpu, _ = r.readMetric(ctx, "process_cpu_seconds_total")
+}
+
+// measureEnd sets the report's NodeCPU to the nodes' CPU time since
+// measureStart, and CPUPerMillion from the deliveries counted by then.
+func (r *run) measureEnd(ctx context.Context, deliveries int64) {
+	if len(r.cfg.Metrics) == 0 {
+		return
+	}
+	cpu, err := r.readMetric(ctx, "process_cpu_seconds_total")
+	if err != nil {
+		return
+	}
+	r.rep.NodeCPU = cpu - r.cpu
+	if deliveries > 0 {
+		r.rep.CPUPerMillion = r.rep.NodeCPU / float64(deliveries) * 1e6
+	}
+}
+
+// readMetric returns the sum over the nodes of a gauge or counter without
+// labels; 0 without metrics endpoints.
+func (r *run) readMetric(ctx context.Context, name string) (float64, error) {
+	var sum float64
+	for _, u := range r.cfg.Metrics {
+		v, err := readMetric(ctx, u, name)
+		if err != nil {
+			return 0, err
+		}
+		sum += v
+	}
+	return sum, nil
+}
+
+// readMetric reads a metric without labels from a Prometheus endpoint.
+func readMetric(ctx context.Context, metricsURL, name string) (float64, error) {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, metricsURL, nil)
 	if err != nil {
 		return 0, fmt.Errorf("loadtest: metrics: %w", err)
@@ -521,16 +415,19 @@ func readRSS(ctx context.Context, metricsURL string) (int64, error) {
 		return 0, fmt.Errorf("loadtest: metrics: %w", err)
 	}
 	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return 0, fmt.Errorf("loadtest: metrics: %s answered %s", metricsURL, resp.Status)
+	}
 	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 0, 64<<10), 1<<20)
 	for sc.Scan() {
-		line := sc.Text()
-		if v, ok := strings.CutPrefix(line, "process_resident_memory_bytes "); ok {
+		if v, ok := strings.CutPrefix(sc.Text(), name+" "); ok {
 			f, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
 			if err != nil {
-				return 0, fmt.Errorf("loadtest: metrics: %w", err)
+				return 0, fmt.Errorf("loadtest: metrics: %s: %w", name, err)
 			}
-			return int64(f), nil
+			return f, nil
 		}
 	}
-	return 0, errors.New("loadtest: metrics: no process_resident_memory_bytes")
+	return 0, fmt.Errorf("loadtest: metrics: %s has no %s", metricsURL, name)
 }

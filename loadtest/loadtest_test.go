@@ -84,7 +84,7 @@ func TestConfigRefusals(t *testing.T) {
 		want string
 	}{
 		{"remote target", Config{URL: "ws://192.0.2.1:8080/v1/ws"}, "not a loopback address"},
-		{"remote metrics", Config{URL: "ws://127.0.0.1:1/v1/ws", MetricsURL: "http://198.51.100.7/metrics"}, "not a loopback address"},
+		{"remote metrics", Config{URL: "ws://127.0.0.1:1/v1/ws", Metrics: []string{"http://198.51.100.7/metrics"}}, "not a loopback address"},
 		{"remote publish URL", Config{URL: "ws://127.0.0.1:1/v1/ws", PublishURL: "ws://203.0.113.9:8080/v1/ws"}, "not a loopback address"},
 		{"unknown scenario", Config{URL: "ws://127.0.0.1:1/v1/ws", Scenario: "storm"}, "scenario"},
 		{"too long", Config{URL: "ws://127.0.0.1:1/v1/ws", Duration: time.Hour}, "bound"},
@@ -152,15 +152,15 @@ func TestNoConnectionSaysWhy(t *testing.T) {
 // their room, in order, once, with its latency.
 func TestSSE(t *testing.T) {
 	url := startNode(t)
-	t.Run("idle", func(t *testing.T) {
-		rep, err := Run(context.Background(), Config{URL: url, Transport: "sse", Scenario: "idle", Conns: 20, Rooms: 2, Duration: time.Second})
+	t.Run("connect", func(t *testing.T) {
+		rep, err := Run(context.Background(), Config{URL: url, Transport: "sse", Scenario: "connect", Conns: 20, Rooms: 2, Duration: time.Second})
 		if err != nil {
 			t.Fatal(err)
 		}
 		if rep.ConnectErrors != 0 || rep.Conns != 20 || rep.Transport != "sse" {
 			t.Errorf("got %+v, want 20 SSE connections and no errors", rep)
 		}
-		if !strings.Contains(rep.String(), "scenario idle over sse: 20 connections") {
+		if !strings.Contains(rep.String(), "scenario connect over sse: 20 connections") {
 			t.Errorf("report does not name the transport: %s", rep)
 		}
 	})
@@ -200,7 +200,7 @@ func TestSSERefused(t *testing.T) {
 	}))
 	defer hs.Close()
 	url := "ws" + strings.TrimPrefix(hs.URL, "http") + "/v1/ws"
-	rep, err := Run(context.Background(), Config{URL: url, Token: "t0k", Transport: "sse", Scenario: "idle", Conns: 20, Rooms: 2, Duration: time.Second})
+	rep, err := Run(context.Background(), Config{URL: url, Token: "t0k", Transport: "sse", Scenario: "connect", Conns: 20, Rooms: 2, Duration: time.Second})
 	if err == nil || !strings.Contains(err.Error(), "401 Unauthorized") || !strings.Contains(err.Error(), "bad token") {
 		t.Fatalf("got %v, want an error with the status and the body", err)
 	}
@@ -250,27 +250,27 @@ func TestRooms(t *testing.T) {
 func TestLatencyHistogram(t *testing.T) {
 	h := newLatencies()
 	for ms := 1; ms <= 10000; ms++ {
-		recordLatency(h, time.Duration(ms)*time.Millisecond/10) // 0.1 ms to 1 s
+		h.record(time.Duration(ms) * time.Millisecond / 10) // 0.1 ms to 1 s
 	}
 	for _, tt := range []struct {
 		q    float64
 		want time.Duration
 	}{{50, 500 * time.Millisecond}, {90, 900 * time.Millisecond}, {99, 990 * time.Millisecond}, {99.9, 999 * time.Millisecond}, {100, time.Second}} {
-		got := latencyAt(h, tt.q)
+		got := h.at(tt.q)
 		if diff := got - tt.want; diff < -tt.want/1000 || diff > tt.want/1000 {
 			t.Errorf("p%v: got %v, want %v within 0.1%%", tt.q, got, tt.want)
 		}
 	}
 	h = newLatencies()
-	recordLatency(h, 0)
-	recordLatency(h, time.Hour)
-	if got := latencyAt(h, 0); got != time.Microsecond {
+	h.record(0)
+	h.record(time.Hour)
+	if got := h.at(0); got != time.Microsecond {
 		t.Errorf("a zero latency counts as %v, want 1µs", got)
 	}
-	if got, want := time.Duration(h.Max())*time.Microsecond, maxLatency; got < want || got > want+want/1000 {
+	if got, want := h.distribution("x").Max, maxLatency; got < want || got > want+want/1000 {
 		t.Errorf("an hour counts as %v, want %v", got, want)
 	}
-	if h.TotalCount() != 2 {
-		t.Errorf("recorded %d, want 2: a value out of range was lost", h.TotalCount())
+	if h.count() != 2 {
+		t.Errorf("recorded %d, want 2: a value out of range was lost", h.count())
 	}
 }

@@ -5,63 +5,125 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"os"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/parley-rt/parley/loadtest"
 )
 
-const loadtestSummary = `Load a node with protocol clients for a bounded time and report what they saw.
-Scenarios: idle (hold connections; with --metrics, the node's memory per
-connection), fanout (one publisher per room at --rate; delivery latency
-percentiles and throughput) and rooms (every subscriber publishes into its
-room at --rate over its own connection: many small chatty rooms; WebSocket
-only). Subscribers connect over WebSocket or, with
---transport sse, to the node's SSE endpoint (--url with /ws replaced by /sse);
-publishers always use WebSocket. Targets must be loopback addresses unless
---allow-remote. On Linux, connections to an IPv4 loopback --url (or
-localhost) come from 127.0.0.1 to 127.0.0.254 in turn, so a node's limit on
-connections per client address (1000 by default) applies to each source
-address; elsewhere they share one address, and the node's limit must be above
---conns plus --rooms.`
+const loadtestSummary = `Load nodes with protocol clients for a bounded time and report what they saw.
+
+Scenarios:
+  connect  open --conns connections at --ramp a second and hold them: the
+           connect rate, failures and, with --metrics, the node's memory per
+           connection ("idle" is another name for it)
+  fanout   --conns subscribers over --rooms rooms, one publisher per room at
+           --rate: delivery latency p50 to p99.9 and max, deliveries a second,
+           gaps and duplicates, and with --metrics the node's CPU per million
+           deliveries
+  rooms    as fanout, but every subscriber publishes into its room at --rate
+           over its own connection: many small chatty rooms (WebSocket only)
+  resume   as fanout, and halfway through --drop of the connections are cut
+           at once: the time until each has caught up, with no loss
+           (WebSocket only)
+  calls    --calls calls between pion peers, set up through signaling at
+           --rate a second (with --relay, through the node's TURN relay only):
+           setup time percentiles and failures
+  turn     --allocations TURN allocations at --rate a second, then pairs of
+           them relay --size-byte packets to each other at --packet-rate: the
+           allocation rate and time, and the relayed throughput and loss
+
+Subscribers connect over WebSocket or, with --transport sse, to the node's SSE
+endpoint (--url with /ws replaced by /sse); publishers always use WebSocket.
+--url may be repeated, one per node of a cluster: subscribers are spread over
+the nodes, publishers use the first, and the report gives the latency of each
+node's subscribers. Targets must be loopback addresses unless --allow-remote.
+On Linux, connections to an IPv4 loopback --url (or localhost) come from
+127.0.0.1 to 127.0.0.254 in turn, so a node's limit on connections per client
+address (1000 by default) applies to each source address; elsewhere they
+share one address, and the node's limit must be above --conns plus --rooms.
+Every run stops by itself: --duration is at most 10m.`
+
+// listFlag is a flag that may be repeated, or given a comma-separated
+// list; the first value given replaces the default.
+type listFlag struct {
+	vals []string
+	set  bool
+}
+
+func (l *listFlag) String() string { return strings.Join(l.vals, ",") }
+
+func (l *listFlag) Set(s string) error {
+	if !l.set {
+		l.vals, l.set = nil, true
+	}
+	for v := range strings.SplitSeq(s, ",") {
+		if v = strings.TrimSpace(v); v != "" {
+			l.vals = append(l.vals, v)
+		}
+	}
+	return nil
+}
 
 func loadtestCmd(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
 	fs := newEnvFlags("loadtest", loadtestSummary, getenv, stdout)
 	fs.example = "url"
 	var cfg loadtest.Config
-	fs.StringVar(&cfg.URL, "url", "ws://127.0.0.1:8080/v1/ws", "the node's WebSocket endpoint")
-	fs.StringVar(&cfg.PublishURL, "publish-url", "", "fanout: the WebSocket endpoint the publishers use, another node of the same cluster, to measure delivery between nodes (default --url)")
-	fs.StringVar(&cfg.MetricsURL, "metrics", "", "the node's metrics endpoint, such as http://127.0.0.1:9090/metrics, for memory per connection")
+	urls := &listFlag{vals: []string{"ws://127.0.0.1:8080/v1/ws"}}
+	metrics := &listFlag{}
+	fs.Var(urls, "url", "the node's WebSocket endpoint; repeat it (or separate with commas) for the nodes of a cluster")
+	fs.StringVar(&cfg.PublishURL, "publish-url", "", "fanout and resume: the WebSocket endpoint the publishers use (default the first --url)")
+	fs.Var(metrics, "metrics", "the nodes' metrics endpoints, such as http://127.0.0.1:9090/metrics, for memory per connection and CPU per delivery; repeatable")
 	fs.StringVar(&cfg.Token, "token", "", "JWT for every client (a node in dev mode needs none)")
-	fs.StringVar(&cfg.Scenario, "scenario", "fanout", "idle, fanout or rooms")
+	fs.StringVar(&cfg.Scenario, "scenario", "fanout", strings.Join(loadtest.Scenarios, ", "))
 	fs.StringVar(&cfg.Transport, "transport", "ws", "ws or sse: how the subscribers connect")
 	fs.IntVar(&cfg.Conns, "conns", 1000, "subscriber connections")
-	fs.IntVar(&cfg.Rooms, "rooms", 10, "rooms the subscribers are spread over (fanout adds a publisher connection per room)")
-	fs.Float64Var(&cfg.Rate, "rate", 10, "publishes per second into each room (fanout), or by each subscriber (rooms; a node allows 50 a session by default)")
-	fs.IntVar(&cfg.Size, "size", 64, "bytes per published message")
-	fs.DurationVar(&cfg.Duration, "duration", 10e9, "how long the scenario runs once connected (at most 10m)")
-	fs.IntVar(&cfg.Ramp, "ramp", 2000, "connections opened per second")
+	fs.IntVar(&cfg.Rooms, "rooms", 10, "rooms the subscribers are spread over (fanout and resume add a publisher connection per room)")
+	fs.Float64Var(&cfg.Rate, "rate", 0, "publishes a second into each room (fanout, resume; default 10), or by each subscriber (rooms; default 10; a node allows 50 a session), call setups a second (calls; default 5), allocations a second (turn; default 100)")
+	fs.IntVar(&cfg.Size, "size", 0, "bytes per published message (default 64), or per relayed packet (turn; default 1000)")
+	fs.DurationVar(&cfg.Duration, "duration", 10*time.Second, "how long the scenario runs once connected (at most 10m)")
+	fs.IntVar(&cfg.Ramp, "ramp", 2000, "connections opened a second")
+	fs.Float64Var(&cfg.Drop, "drop", 0.1, "resume: the share of the connections cut at once halfway through")
+	fs.IntVar(&cfg.Calls, "calls", 20, "calls: how many calls to set up, two peers each")
+	fs.BoolVar(&cfg.Relay, "relay", false, "calls: relay only, through the node's TURN server")
+	fs.IntVar(&cfg.Allocations, "allocations", 100, "turn: how many allocations to make")
+	fs.IntVar(&cfg.PacketRate, "packet-rate", 100, "turn: packets a second each pair of allocations relays each way")
 	fs.BoolVar(&cfg.AllowRemote, "allow-remote", false, "allow a target that is not a loopback address")
 	asJSON := fs.Bool("json", false, "print the report as JSON")
+	htmlFile := fs.String("html", "", "also write the report to this file as a self-contained HTML page, latency distributions plotted")
 	if err := fs.parse(args); err != nil {
 		return err
 	}
+	cfg.URL, cfg.URLs = urls.vals[0], urls.vals[1:]
+	cfg.Metrics = metrics.vals
 	var errs []error
-	if cfg.Scenario != "idle" && cfg.Scenario != "fanout" && cfg.Scenario != "rooms" {
-		errs = append(errs, fs.badValue("scenario", "want idle, fanout or rooms"))
+	if cfg.Scenario == "idle" {
+		cfg.Scenario = "connect"
+	}
+	if !slices.Contains(loadtest.Scenarios, cfg.Scenario) {
+		errs = append(errs, fs.badValue("scenario", "want one of %s", strings.Join(loadtest.Scenarios, ", ")))
 	}
 	if cfg.Transport != "ws" && cfg.Transport != "sse" {
 		errs = append(errs, fs.badValue("transport", "want ws or sse"))
 	}
-	for name, v := range map[string]int{"conns": cfg.Conns, "rooms": cfg.Rooms, "size": cfg.Size, "ramp": cfg.Ramp} {
+	for name, v := range map[string]int{"conns": cfg.Conns, "rooms": cfg.Rooms, "ramp": cfg.Ramp, "calls": cfg.Calls, "allocations": cfg.Allocations, "packet-rate": cfg.PacketRate} {
 		if v <= 0 {
 			errs = append(errs, fs.badValue(name, "must be positive"))
 		}
 	}
-	if cfg.Ramp > 1_000_000 {
-		errs = append(errs, fs.badValue("ramp", "must be at most 1000000"))
+	if cfg.Size < 0 || cfg.Size > 1<<20 {
+		errs = append(errs, fs.badValue("size", "must be positive and at most 1048576"))
 	}
-	if !(cfg.Rate > 0 && cfg.Rate <= 1_000_000) {
+	if cfg.Ramp > 1_000_000 || cfg.PacketRate > 1_000_000 {
+		errs = append(errs, fs.badValue("ramp", "--ramp and --packet-rate must be at most 1000000"))
+	}
+	if !(cfg.Rate >= 0 && cfg.Rate <= 1_000_000) {
 		errs = append(errs, fs.badValue("rate", "must be a number above 0 and at most 1000000"))
+	}
+	if !(cfg.Drop > 0 && cfg.Drop <= 1) {
+		errs = append(errs, fs.badValue("drop", "must be above 0 and at most 1"))
 	}
 	if cfg.Duration <= 0 || cfg.Duration > 10*time.Minute {
 		errs = append(errs, fs.badValue("duration", "must be above 0 and at most 10m"))
@@ -69,10 +131,30 @@ func loadtestCmd(ctx context.Context, args []string, getenv func(string) string,
 	if err := fs.errors(errs); err != nil {
 		return err
 	}
+	// The HTML file is created first: a run of minutes should not end in
+	// a path that cannot be written.
+	var page *os.File
+	if *htmlFile != "" {
+		f, err := os.Create(*htmlFile)
+		if err != nil {
+			return fmt.Errorf("--html: %w", err)
+		}
+		defer f.Close()
+		page = f
+	}
 	cfg.Progress = stderr
+	cfg.Bar = isTerminal(stderr)
 	rep, err := loadtest.Run(ctx, cfg)
 	if err != nil {
 		return err
+	}
+	if page != nil {
+		if err := rep.WriteHTML(page); err != nil {
+			return fmt.Errorf("--html: %s: %w", *htmlFile, err)
+		}
+		if err := page.Close(); err != nil {
+			return fmt.Errorf("--html: %w", err)
+		}
 	}
 	if *asJSON {
 		enc := json.NewEncoder(stdout)
@@ -81,4 +163,15 @@ func loadtestCmd(ctx context.Context, args []string, getenv func(string) string,
 	}
 	fmt.Fprint(stdout, rep)
 	return nil
+}
+
+// isTerminal reports whether w is a terminal, where progress is drawn as a
+// bar on one line.
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	if !ok {
+		return false
+	}
+	fi, err := f.Stat()
+	return err == nil && fi.Mode()&os.ModeCharDevice != 0 && os.Getenv("TERM") != "dumb"
 }

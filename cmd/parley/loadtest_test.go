@@ -66,7 +66,8 @@ func TestLoadtestDefaultsFitServeDefaults(t *testing.T) {
 	}
 }
 
-// loadtest names a bad --transport or --scenario before it dials anything.
+// loadtest names a bad --transport, --scenario or count before it dials
+// anything; an --html file it cannot write is an error too.
 func TestLoadtestRefusesBadChoices(t *testing.T) {
 	tests := []struct {
 		name string
@@ -75,7 +76,11 @@ func TestLoadtestRefusesBadChoices(t *testing.T) {
 	}{
 		{"transport", []string{"--transport", "quic"}, "--transport quic: want ws or sse"},
 		{"transport from the environment", []string{}, "PARLEY_TRANSPORT=carrier-pigeon (--transport): want ws or sse"},
-		{"scenario", []string{"--scenario", "storm"}, "--scenario storm: want idle, fanout or rooms"},
+		{"scenario", []string{"--scenario", "storm"}, "--scenario storm: want one of connect, fanout, rooms, resume, calls, turn"},
+		{"drop", []string{"--scenario", "resume", "--drop", "1.5"}, "--drop 1.5: must be above 0 and at most 1"},
+		{"size", []string{"--size", "-1"}, "--size -1: must be positive"},
+		{"calls", []string{"--scenario", "calls", "--calls", "0"}, "--calls 0: must be positive"},
+		{"html file", []string{"--scenario", "connect", "--conns", "1", "--duration", "1ms", "--html", "/nonexistent/dir/r.html"}, "--html"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
