@@ -44,7 +44,8 @@ type Config struct {
 	// PongTimeout is how long a WebSocket client has to answer a ping; zero
 	// means 10s.
 	PongTimeout time.Duration
-	// WriteTimeout bounds one write to a client; zero means 10s.
+	// WriteTimeout bounds one write to a client; zero means 10s. A
+	// WebSocket write gets at least nine tenths of it (wire.go).
 	WriteTimeout time.Duration
 	// HandshakeTimeout bounds reading a request's headers; zero means 10s.
 	HandshakeTimeout time.Duration

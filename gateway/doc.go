@@ -20,4 +20,13 @@
 // and connections that are not plain TCP (TLS) keep a reader goroutine per
 // session instead, with the same behaviour; the test suite runs on both
 // (PARLEY_NOPOLLER=1 selects the second).
+//
+// # The write path
+//
+// A room message is encoded once per node, as the bytes of one WebSocket
+// frame, and every session that gets it writes those bytes to its
+// connection as they are; a backlog goes out as one frame of
+// newline-separated messages. coder/websocket writes only its control frames
+// (pongs, close), through the same lock. wire.go states the invariants of
+// coder/websocket's write path this rests on.
 package gateway

@@ -4,22 +4,13 @@ import (
 	"time"
 )
 
-func newTick() *chan struct{} {
-	ch := make(chan struct{})
-	return &ch
-}
-
-// tick returns a channel that the heartbeat loop closes at its next tick.
-func (srv *Server) tick() <-chan struct{} {
-	return *srv.ticks.Load()
-}
-
 // heartbeatLoop is one goroutine for every session's heartbeat: it pings
 // sessions that have been quiet for the ping interval (the first ping of each
 // jittered), closes WebSocket sessions that left a ping unanswered past the
 // pong timeout, and ends sessions whose token expired (an unauthorized error,
 // then close 1008) and was not refreshed in time. No session holds a timer of
-// its own.
+// its own: at each tick it also wakes every session, so that a writer
+// lingering without work counts the tick (linger).
 func (srv *Server) heartbeatLoop() {
 	defer srv.goroutines.Done()
 	tick := min(time.Second, srv.cfg.PingInterval/4)
@@ -32,7 +23,7 @@ func (srv *Server) heartbeatLoop() {
 			return
 		case <-t.C:
 		}
-		close(*srv.ticks.Swap(newTick()))
+		srv.ticks.Add(1)
 		srv.sessMu.Lock()
 		batch = batch[:0]
 		for s := range srv.sessions {
@@ -42,6 +33,7 @@ func (srv *Server) heartbeatLoop() {
 		now := srv.cfg.now().UnixNano()
 		ping := int64(srv.cfg.PingInterval)
 		for _, s := range batch {
+			s.wakeUp()
 			s.subOps.Store(0)
 			if e := s.expires.Load(); e != 0 && now > e && s.expires.CompareAndSwap(e, 0) {
 				// A session lasts as long as its token: the client comes

@@ -202,7 +202,8 @@ type subscribeResult struct {
 // sharedFrames are a message's frames, built once per message on the node
 // (fanout.Message.Shared) and queued to every session that gets it: live,
 // and replayed (without a time, as replay is no live delivery). They share
-// one encoding.
+// one encoding, held as one WebSocket frame whose tail is the bytes SSE
+// renders.
 type sharedFrames struct {
 	live, replay frame
 }
@@ -215,7 +216,9 @@ func (h *hub) frames(msg *fanout.Message) *sharedFrames {
 			h.srv.log.Error("encoding message", "room", m.Room, "offset", m.Offset, "err", err)
 			return (*sharedFrames)(nil)
 		}
-		sf := &sharedFrames{live: frame{b: b, kind: kindMessage, room: m.Room, epoch: m.Epoch, offset: m.Offset, time: m.Time}}
+		wire := wsTextFrame(b)
+		b = wire[len(wire)-len(b):]
+		sf := &sharedFrames{live: frame{b: b, wire: wire, kind: kindMessage, room: m.Room, epoch: m.Epoch, offset: m.Offset, time: m.Time}}
 		sf.replay = sf.live
 		sf.replay.time = 0
 		return sf

@@ -89,13 +89,13 @@ func newBenchSession(b *testing.B, srv *Server, sink *writeSink) *session {
 	req.Header.Set("Sec-WebSocket-Version", "13")
 	req.Header.Set("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ==")
 	req.Header.Set("Sec-WebSocket-Protocol", Subprotocol)
-	hw := &hijackWriter{ResponseWriter: &hijackable{ResponseWriter: httptest.NewRecorder(), conn: &discardConn{sink: sink, closed: make(chan struct{})}}}
+	hw := srv.newHijackWriter(&hijackable{ResponseWriter: httptest.NewRecorder(), conn: &discardConn{sink: sink, closed: make(chan struct{})}})
 	conn, err := websocket.Accept(hw, req, &websocket.AcceptOptions{Subprotocols: []string{Subprotocol}, CompressionMode: websocket.CompressionDisabled})
 	if err != nil {
 		b.Fatalf("Accept: %v", err)
 	}
 	s := newSession(srv, identity{user: "bench"}, transportWS, "127.0.0.1")
-	s.conn, s.netConn = conn, hw.conn
+	s.conn, s.netConn, s.wire = conn, hw.conn, &hw.wire
 	if !srv.register(s) {
 		b.Fatalf("register refused")
 	}

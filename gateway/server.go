@@ -52,9 +52,9 @@ type Server struct {
 	poller poller
 
 	hbStop chan struct{}
-	// ticks is closed and replaced at every heartbeat tick; idle writers
-	// use it as a shared clock.
-	ticks atomic.Pointer[chan struct{}]
+	// ticks counts the heartbeat loop's ticks: the shared clock by which
+	// idle writers stop lingering (linger).
+	ticks atomic.Uint64
 }
 
 // New builds a Server from cfg and starts its heartbeat loop; Shutdown stops it.
@@ -78,7 +78,6 @@ func New(cfg Config) (*Server, error) {
 		hbStop:   make(chan struct{}),
 	}
 	srv.ctx, srv.cancel = context.WithCancel(context.Background())
-	srv.ticks.Store(newTick())
 	srv.hub = newHub(srv, cfg.Bus)
 	srv.apiLimits = newLimiterSet(cfg.PublishRate, cfg.PublishBurst)
 	srv.calls, err = signaling.New(signaling.Config{
@@ -327,6 +326,11 @@ const cleanupTimeout = 5 * time.Second
 // logs why the node closed it, if it did. (The close itself may happen with a
 // room locked, where no logging belongs.)
 func (s *session) finish() {
+	// Every owner has closed its session by now, and this close does
+	// nothing then. It keeps that true whatever the path: a writer
+	// lingering on a session that is no longer registered, which the
+	// heartbeat loop no longer wakes, ends only with a close.
+	s.closeNow(closeNormal, "")
 	s.mu.Lock()
 	code, reason := s.closeCode, s.closeReason
 	s.mu.Unlock()

@@ -1,7 +1,6 @@
 package gateway
 
 import (
-	"context"
 	"math/rand/v2"
 	"net"
 	"slices"
@@ -29,7 +28,10 @@ const (
 // frame is encoded bytes plus what a transport needs to know about them. A
 // message frame is built once per node and shared by every session.
 type frame struct {
-	b      []byte
+	b []byte
+	// wire, when set, is b as one WebSocket text frame, header included,
+	// ready for the connection; b is its tail (wire.go).
+	wire   []byte
 	kind   frameKind
 	room   string
 	epoch  string
@@ -40,7 +42,7 @@ type frame struct {
 	reason string
 }
 
-var pingFrame = &frame{b: pingFrameBytes, kind: kindPing}
+var pingFrame = newWireFrame(kindPing, pingFrameBytes)
 
 type transportKind uint8
 
@@ -67,6 +69,8 @@ type session struct {
 	ip        string
 
 	conn *websocket.Conn // WebSocket only
+	// wire writes the frames of a WebSocket session (wire.go).
+	wire *wsWire
 	// netConn is the session's connection: WebSocket, and an SSE stream
 	// the node took over from net/http (sse set); nil for an SSE stream
 	// that net/http still serves (HTTP/2).
@@ -211,11 +215,18 @@ func (s *session) push(f *frame, class queueClass) bool {
 		return true
 	}
 	s.mu.Unlock()
+	s.wakeUp()
+	return true
+}
+
+// wakeUp tells whoever waits on s.wake (the session's lingering writer, or
+// the handler of an SSE stream that net/http serves) to look at the session
+// again. Waiters take a wake as a hint: it may find nothing new.
+func (s *session) wakeUp() {
 	select {
 	case s.wake <- struct{}{}:
 	default:
 	}
-	return true
 }
 
 // pendingReplay returns the bytes of replay queued and not yet taken by the
@@ -305,6 +316,7 @@ func (s *session) closeNow(code websocket.StatusCode, reason string) {
 	s.queue, s.queued, s.replies, s.replaying = nil, 0, 0, 0
 	s.mu.Unlock()
 	close(s.done)
+	s.wakeUp()
 	if s.abort != nil {
 		s.abort()
 	}
@@ -356,10 +368,11 @@ func (s *session) isClosed() bool {
 func (s *session) writeLoop() {
 	defer s.srv.goroutines.Done()
 	heartbeat := false // the last batch was heartbeat pings alone
+	idle := lingering{tick: s.srv.ticks.Load()}
 	for {
 		batch := s.take()
 		if batch == nil {
-			if !s.linger(heartbeat) {
+			if !s.linger(heartbeat, &idle) {
 				return
 			}
 			continue
@@ -372,6 +385,7 @@ func (s *session) writeLoop() {
 			closing = s.writeWS(batch)
 		}
 		s.release(batch)
+		idle = lingering{tick: s.srv.ticks.Load()}
 		if closing != nil {
 			s.mu.Lock()
 			already := s.closed
@@ -394,20 +408,33 @@ func (s *session) writeLoop() {
 	}
 }
 
+// lingering is what a writer without work counts: the heartbeat ticks it
+// has seen pass since its last write.
+type lingering struct {
+	tick  uint64 // srv.ticks when the count last moved
+	ticks int
+}
+
 // linger waits for more frames for one to two heartbeat ticks (the shared
 // clock of every session, so no session holds a timer); it reports false when
 // the writer should exit. A busy session keeps its writer goroutine, an idle
 // one holds none. After a heartbeat ping alone it does not wait: the session
 // is idle, and at 20,000 connections the writers lingering after their pings
 // were some 1,500 goroutines.
-func (s *session) linger(heartbeat bool) bool {
-	for ticks := 0; ticks < 2 && !heartbeat; ticks++ {
-		select {
-		case <-s.wake:
+//
+// The writer waits on s.wake alone, the cheapest wait there is: a push wakes
+// it, and so do closeNow and the heartbeat loop at every tick. A wake is only
+// a hint, so linger returns to look at the queue after each one, and idle
+// carries the count of ticks from one call to the next.
+func (s *session) linger(heartbeat bool, idle *lingering) bool {
+	if !heartbeat && !s.isClosed() {
+		if t := s.srv.ticks.Load(); t != idle.tick {
+			idle.tick = t
+			idle.ticks++
+		}
+		if idle.ticks < 2 {
+			<-s.wake
 			return true
-		case <-s.done:
-			ticks = 2
-		case <-s.srv.tick():
 		}
 	}
 	s.mu.Lock()
@@ -425,22 +452,19 @@ const maxBatch = 64 << 10
 // writeFailed is what writeWS returns when a write failed.
 var writeFailed = &frame{kind: kindClose, code: closeInternal, reason: "write failed"}
 
-// batchPool holds the buffers that join several queued frames into one
-// WebSocket message; a session holds one only while it writes.
+// batchPool holds the buffers that frame queued frames as one WebSocket
+// message; a session holds one only while it writes.
 var batchPool = sync.Pool{New: func() any { b := make([]byte, 0, 4<<10); return &b }}
 
 // writeWS writes a batch as few text frames as the size bound allows, each
 // one WebSocket frame of newline-separated frames. It returns the close frame
-// if the batch ends the session (or a write failed).
+// if the batch ends the session (or a write failed). The session's wire
+// bounds each write with its deadline.
 func (s *session) writeWS(batch []*frame) *frame {
 	if s.isClosed() {
 		return nil
 	}
 	now := s.srv.cfg.now()
-	s.netConn.SetWriteDeadline(now.Add(s.srv.cfg.WriteTimeout))
-	// coder/websocket's own writes (close frames, pong replies) come later
-	// and bound themselves; a stale deadline would make them fail.
-	defer s.netConn.SetWriteDeadline(time.Time{})
 	var (
 		start    int // first frame of the message being gathered
 		size     int
@@ -449,14 +473,14 @@ func (s *session) writeWS(batch []*frame) *frame {
 	)
 	for i, f := range batch {
 		if f.kind == kindClose {
-			if err := s.writeMessage(batch[start:i]); err != nil {
+			if err := s.writeMessage(batch[start:i], size, now); err != nil {
 				return writeFailed
 			}
 			s.wrote(now, messages, oldest)
 			return f
 		}
 		if i > start && size+1+len(f.b) > maxBatch {
-			if err := s.writeMessage(batch[start:i]); err != nil {
+			if err := s.writeMessage(batch[start:i], size, now); err != nil {
 				return writeFailed
 			}
 			start, size = i, 0
@@ -472,33 +496,35 @@ func (s *session) writeWS(batch []*frame) *frame {
 			}
 		}
 	}
-	if err := s.writeMessage(batch[start:]); err != nil {
+	if err := s.writeMessage(batch[start:], size, now); err != nil {
 		return writeFailed
 	}
 	s.wrote(now, messages, oldest)
 	return nil
 }
 
-// writeMessage writes frames as one WebSocket message, newline-separated.
-// The write deadline writeWS set bounds it; the context is one that cannot be
-// cancelled because coder/websocket arms a context.AfterFunc, which
-// allocates, for every frame written under a cancellable one.
-func (s *session) writeMessage(frames []*frame) error {
+// writeMessage writes frames, whose bytes joined by newlines are size
+// bytes, as one WebSocket text frame. A frame alone whose WebSocket frame is
+// built (a room message, shared by every session that gets it) is written as
+// it is; anything else is framed in a pooled buffer.
+func (s *session) writeMessage(frames []*frame, size int, now time.Time) error {
 	switch len(frames) {
 	case 0:
 		return nil
 	case 1:
-		return s.conn.Write(context.Background(), websocket.MessageText, frames[0].b)
+		if w := frames[0].wire; w != nil {
+			return s.wire.writeFrame(w, now)
+		}
 	}
 	bp := batchPool.Get().(*[]byte)
-	buf := (*bp)[:0]
+	buf := appendWSHeader((*bp)[:0], size)
 	for i, f := range frames {
 		if i > 0 {
 			buf = append(buf, '\n')
 		}
 		buf = append(buf, f.b...)
 	}
-	err := s.conn.Write(context.Background(), websocket.MessageText, buf)
+	err := s.wire.writeFrame(buf, now)
 	if cap(buf) <= 2*maxBatch {
 		*bp = buf[:0]
 		batchPool.Put(bp)

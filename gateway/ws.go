@@ -31,14 +31,26 @@ const Subprotocol = "parley.v1"
 const smallBuf = 512
 
 // hijackWriter re-buffers a hijacked connection with small buffers, keeping
-// any bytes net/http had already read, and remembers the net.Conn so the
-// session can set write deadlines. With pollable set, a plain TCP
-// connection is made ready for the poller (poll).
+// any bytes net/http had already read, and remembers the net.Conn for the
+// session. coder/websocket's writes go through wire, which the session's
+// writer shares (wire.go). With pollable set, a plain TCP connection is made
+// ready for the poller (poll).
 type hijackWriter struct {
 	http.ResponseWriter
 	conn     net.Conn
 	pollable bool
 	poll     *pollState
+	wire     wsWire
+}
+
+// newHijackWriter returns the hijackWriter that handleWS gives to
+// websocket.Accept for w.
+func (srv *Server) newHijackWriter(w http.ResponseWriter) *hijackWriter {
+	return &hijackWriter{
+		ResponseWriter: w,
+		pollable:       srv.poller != nil,
+		wire:           wsWire{timeout: srv.cfg.WriteTimeout, now: srv.cfg.now},
+	}
 }
 
 func (h *hijackWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
@@ -47,6 +59,7 @@ func (h *hijackWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 		return nil, nil, err
 	}
 	h.conn = c
+	h.wire.conn = c
 	var rc net.Conn = c
 	var prefix *prefixConn
 	if n := brw.Reader.Buffered(); n > 0 {
@@ -68,7 +81,7 @@ func (h *hijackWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 		ps.br = br
 		h.poll = ps
 	}
-	return rc, bufio.NewReadWriter(br, bufio.NewWriterSize(c, smallBuf)), nil
+	return rc, bufio.NewReadWriter(br, bufio.NewWriterSize(&h.wire, smallBuf)), nil
 }
 
 // clearReadDeadline lifts the frame timeout of a polled connection.
@@ -121,7 +134,7 @@ func (srv *Server) handleWS(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	ident, authErr := srv.auth.authenticate(r, false)
-	hw := &hijackWriter{ResponseWriter: w, pollable: srv.poller != nil}
+	hw := srv.newHijackWriter(w)
 	conn, err := websocket.Accept(hw, r, &websocket.AcceptOptions{
 		Subprotocols: []string{Subprotocol},
 		// The origin was checked above, with the same rules as SSE and
@@ -167,7 +180,7 @@ func (srv *Server) handleWS(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s := newSession(srv, ident, transportWS, ip)
-	s.conn, s.netConn = conn, hw.conn
+	s.conn, s.netConn, s.wire = conn, hw.conn, &hw.wire
 	// The welcome is queued first, so it precedes a drain's reconnect
 	// notice; its writer starts once the session is registered, so that no
 	// goroutine of the session starts while Shutdown may be waiting.
