@@ -221,12 +221,18 @@ type Report struct {
 	// on Linux for an IPv4 loopback target, else 1.
 	Sources int `json:"source_addresses"`
 
-	Published  int64   `json:"published"`
-	Delivered  int64   `json:"delivered"`
-	PerSecond  float64 `json:"deliveries_per_second"`
-	Gaps       int64   `json:"gaps"`
-	Duplicates int64   `json:"duplicates"`
-	Lost       int64   `json:"lost_events"`
+	Published int64 `json:"published"`
+	// PublishErrors counts publishes the node refused or did not
+	// acknowledge within 10 s; PublishesSkipped the publishes not sent
+	// because a publisher already had 32 waiting for their acks: the node
+	// could not keep up with the rate asked.
+	PublishErrors    int64   `json:"publish_errors"`
+	PublishesSkipped int64   `json:"publishes_skipped"`
+	Delivered        int64   `json:"delivered"`
+	PerSecond        float64 `json:"deliveries_per_second"`
+	Gaps             int64   `json:"gaps"`
+	Duplicates       int64   `json:"duplicates"`
+	Lost             int64   `json:"lost_events"`
 
 	// Delivery latency percentiles (fanout, rooms, resume), from an HDR
 	// histogram: each within 0.1% of the true value. Distributions holds
@@ -293,6 +299,9 @@ func (r Report) String() string {
 	case "fanout", "rooms", "resume":
 		fmt.Fprintf(&b, "published %d, delivered %d in %s: %.0f deliveries/s; gaps %d, duplicates %d, lost-recovery events %d\n",
 			r.Published, r.Delivered, r.Duration.Round(time.Millisecond), r.PerSecond, r.Gaps, r.Duplicates, r.Lost)
+		if r.PublishErrors > 0 || r.PublishesSkipped > 0 {
+			fmt.Fprintf(&b, "publishes refused or unanswered %d, not sent because %d were waiting for acks %d: the node did not keep up with --rate\n", r.PublishErrors, maxInFlight, r.PublishesSkipped)
+		}
 		fmt.Fprintf(&b, "delivery latency: p50 %s  p90 %s  p99 %s  p99.9 %s  max %s\n", round(r.P50), round(r.P90), round(r.P99), round(r.P999), round(r.Max))
 		for _, n := range r.ByNode {
 			fmt.Fprintf(&b, "  subscribers of %s (%d): p50 %s  p99 %s  p99.9 %s  max %s\n", n.URL, n.Conns, round(n.Latency.P50), round(n.Latency.P99), round(n.Latency.P999), round(n.Latency.Max))

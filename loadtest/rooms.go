@@ -29,6 +29,13 @@ type payload struct {
 	Pad  string `json:"pad,omitempty"`
 }
 
+// maxInFlight bounds the publishes of one publisher waiting for their
+// acks; publishTimeout bounds the wait for one.
+const (
+	maxInFlight    = 32
+	publishTimeout = 10 * time.Second
+)
+
 // subscriber is one subscriber connection of the room scenarios.
 type subscriber struct {
 	conn io.Closer // a *client.Client or an *sseSub
@@ -259,7 +266,10 @@ func runRooms(ctx context.Context, r *run) error {
 	}
 	r.prog.end()
 
-	var published atomic.Int64
+	// published counts publishes the node acknowledged; pubErrors those it
+	// refused or did not answer in time, skipped the ticks that found a
+	// publisher's maxInFlight publishes all waiting.
+	var published, pubErrors, skipped atomic.Int64
 	perRoom := make([]atomic.Int64, cfg.Rooms) // publishes accepted, by room
 	r.measureStart(ctx)
 	runStart := time.Now()
@@ -303,11 +313,31 @@ func runRooms(ctx context.Context, r *run) error {
 				}
 				t := time.NewTicker(period)
 				defer t.Stop()
+				// Publishes go out on the clock, not one after the other's
+				// ack: a node that answers slowly gets the load it was
+				// asked for, and its slowness shows in the latencies, not
+				// as a lower rate. At most maxInFlight wait for their acks;
+				// a tick that finds them all waiting is counted, not sent.
+				inFlight := make(chan struct{}, maxInFlight)
 				for {
-					data, _ := json.Marshal(payload{Sent: time.Now().UnixNano(), Pad: pad})
-					if _, err := pub.c.Publish(ctx, room, json.RawMessage(data), ""); err == nil {
-						published.Add(1)
-						perRoom[pub.room].Add(1)
+					select {
+					case inFlight <- struct{}{}:
+						publishers.Add(1)
+						go func() {
+							defer publishers.Done()
+							defer func() { <-inFlight }()
+							data, _ := json.Marshal(payload{Sent: time.Now().UnixNano(), Pad: pad})
+							pctx, cancel := context.WithTimeout(ctx, publishTimeout)
+							defer cancel()
+							if _, err := pub.c.Publish(pctx, room, json.RawMessage(data), ""); err == nil {
+								published.Add(1)
+								perRoom[pub.room].Add(1)
+							} else {
+								pubErrors.Add(1)
+							}
+						}()
+					default:
+						skipped.Add(1)
 					}
 					select {
 					case <-runCtx.Done():
@@ -386,6 +416,7 @@ func runRooms(ctx context.Context, r *run) error {
 	readers.Wait()
 
 	rep.Published, rep.Delivered = published.Load(), rr.delivered.Load()
+	rep.PublishErrors, rep.PublishesSkipped = pubErrors.Load(), skipped.Load()
 	rep.Gaps, rep.Duplicates, rep.Lost = rr.gaps.Load(), rr.dups.Load(), rr.lost.Load()
 	if rep.Duration > 0 {
 		rep.PerSecond = float64(rep.Delivered) / rep.Duration.Seconds()

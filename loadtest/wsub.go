@@ -129,7 +129,10 @@ var pong = []byte(`{"type":"pong"}`)
 // Close is called. One goroutine calls it.
 func (s *wsSub) read(message func(offset uint64, data []byte)) {
 	for {
-		b, err := s.next(s.ctx)
+		// Close ends a read under a context that cannot be cancelled: under
+		// one that can, coder/websocket arms and disarms a timer for every
+		// message, a tenth of the generator's CPU with 10,000 subscribers.
+		b, err := s.next(context.Background())
 		if err != nil {
 			return
 		}
