@@ -78,9 +78,10 @@ type CallsReport struct {
 	Failures map[string]int `json:"failures,omitempty"`
 	// FirstFailures describe the first few failures in full.
 	FirstFailures []string `json:"first_failures,omitempty"`
-	// SetupRate is calls set up a second, from the first call's start to
-	// the last setup completed: at most about Rate, and less when setups
-	// fall behind (or a few take long: Setup's tail says which).
+	// SetupRate is calls set up a second: SetUp over the time from the
+	// first call's start to the last setup completed, plus the one period
+	// of Rate the last call's start takes. At most Rate, and less when
+	// setups fall behind (or a few take long: Setup's tail says which).
 	SetupRate float64 `json:"setups_per_second"`
 	// Setup is the time from a call's first join to its second message
 	// arriving.
@@ -292,7 +293,10 @@ launch:
 	if cr.rtt.count() > 0 {
 		rep.RTT = cr.rtt.at(50)
 	}
-	if span := cr.last.Sub(start); rep.SetUp > 0 && span > 0 {
+	// n calls started one period apart take n periods of the clock (the
+	// last one's included), so the rate of calls that set up at once is
+	// the rate asked.
+	if span := cr.last.Sub(start) + time.Duration(float64(time.Second)/r.cfg.Rate); rep.SetUp > 0 && span > 0 {
 		rep.SetupRate = float64(rep.SetUp) / span.Seconds()
 	}
 	if err := ctx.Err(); err != nil {

@@ -90,6 +90,16 @@ var Scenarios = []string{"connect", "fanout", "rooms", "resume", "calls", "turn"
 // maxDuration bounds every run.
 const maxDuration = 10 * time.Minute
 
+// Bounds of a run's counts, and the least rate (one a quarter of an hour:
+// a period of at most 1000 s).
+const (
+	maxConns       = 1_000_000
+	maxRooms       = 100_000
+	maxCalls       = 10_000
+	maxAllocations = 100_000
+	minRate        = 0.001
+)
+
 func (c *Config) setDefaults() error {
 	if c.URL == "" {
 		return errors.New("loadtest: URL is required")
@@ -168,6 +178,10 @@ func (c *Config) setDefaults() error {
 		return errors.New("loadtest: the share of connections to drop must be above 0 and at most 1")
 	case c.Size > 1<<20:
 		return errors.New("loadtest: size is at most 1 MiB")
+	case c.Rate < minRate:
+		return fmt.Errorf("loadtest: a rate of %g a second is below the least, %g", c.Rate, minRate)
+	case c.Conns > maxConns || c.Rooms > maxRooms || c.Calls > maxCalls || c.Allocations > maxAllocations:
+		return fmt.Errorf("loadtest: at most %d connections, %d rooms, %d calls and %d allocations", maxConns, maxRooms, maxCalls, maxAllocations)
 	}
 	c.Rooms = min(c.Rooms, c.Conns)
 	if !c.AllowRemote {
@@ -209,10 +223,10 @@ type Report struct {
 	Nodes     int           `json:"nodes"`
 	Conns     int           `json:"conns"`
 	Rooms     int           `json:"rooms"`
-	ConnectIn time.Duration `json:"connect_time"`
+	ConnectIn time.Duration `json:"connect_time_ns"`
 	// ConnectRate is connections opened a second while opening them.
 	ConnectRate float64       `json:"connects_per_second"`
-	Duration    time.Duration `json:"duration"`
+	Duration    time.Duration `json:"duration_ns"`
 	// ConnectErrors counts connections that could not be opened.
 	ConnectErrors int `json:"connect_errors"`
 	// FirstError is why the first connection that failed did.
@@ -226,24 +240,31 @@ type Report struct {
 	// acknowledge within 10 s; PublishesSkipped the publishes not sent
 	// because a publisher already had 32 waiting for their acks: the node
 	// could not keep up with the rate asked.
-	PublishErrors    int64   `json:"publish_errors"`
-	PublishesSkipped int64   `json:"publishes_skipped"`
-	Delivered        int64   `json:"delivered"`
-	PerSecond        float64 `json:"deliveries_per_second"`
-	Gaps             int64   `json:"gaps"`
-	Duplicates       int64   `json:"duplicates"`
-	Lost             int64   `json:"lost_events"`
+	PublishErrors    int64 `json:"publish_errors"`
+	PublishesSkipped int64 `json:"publishes_skipped"`
+	// FirstPublishError is why the first publish that failed did.
+	FirstPublishError string  `json:"first_publish_error,omitempty"`
+	Delivered         int64   `json:"delivered"`
+	PerSecond         float64 `json:"deliveries_per_second"`
+	Gaps              int64   `json:"gaps"`
+	Duplicates        int64   `json:"duplicates"`
+	Lost              int64   `json:"lost_events"`
 
 	// Delivery latency percentiles (fanout, rooms, resume), from an HDR
 	// histogram: each within 0.1% of the true value. Distributions holds
 	// them with the whole spectrum.
-	P50, P90, P99, P999, Max time.Duration
+	P50  time.Duration `json:"p50_ns"`
+	P90  time.Duration `json:"p90_ns"`
+	P99  time.Duration `json:"p99_ns"`
+	P999 time.Duration `json:"p999_ns"`
+	Max  time.Duration `json:"max_ns"`
 
 	// RSSBefore and RSSAfter are the nodes' resident memory before the
 	// connections opened and with all of them open; PerConn is the
 	// difference divided by the connections open.
-	RSSBefore, RSSAfter int64
-	PerConn             int64
+	RSSBefore int64 `json:"rss_before_bytes"`
+	RSSAfter  int64 `json:"rss_after_bytes"`
+	PerConn   int64 `json:"per_conn_bytes"`
 
 	// NodeCPU is the CPU time the nodes used while the scenario ran (after
 	// the connections were open), from their metrics; CPUPerMillion is
@@ -299,8 +320,11 @@ func (r Report) String() string {
 	case "fanout", "rooms", "resume":
 		fmt.Fprintf(&b, "published %d, delivered %d in %s: %.0f deliveries/s; gaps %d, duplicates %d, lost-recovery events %d\n",
 			r.Published, r.Delivered, r.Duration.Round(time.Millisecond), r.PerSecond, r.Gaps, r.Duplicates, r.Lost)
-		if r.PublishErrors > 0 || r.PublishesSkipped > 0 {
-			fmt.Fprintf(&b, "publishes refused or unanswered %d, not sent because %d were waiting for acks %d: the node did not keep up with --rate\n", r.PublishErrors, maxInFlight, r.PublishesSkipped)
+		if r.PublishErrors > 0 {
+			fmt.Fprintf(&b, "publishes that failed: %d; the first: %s\n", r.PublishErrors, r.FirstPublishError)
+		}
+		if r.PublishesSkipped > 0 {
+			fmt.Fprintf(&b, "publishes not sent because %d were already waiting for acks: %d; the node did not keep up with --rate\n", maxInFlight, r.PublishesSkipped)
 		}
 		fmt.Fprintf(&b, "delivery latency: p50 %s  p90 %s  p99 %s  p99.9 %s  max %s\n", round(r.P50), round(r.P90), round(r.P99), round(r.P999), round(r.Max))
 		for _, n := range r.ByNode {
@@ -335,8 +359,10 @@ type run struct {
 	// addresses.
 	hc   *http.Client
 	srcs []netip.Addr
-	// cpu is the nodes' CPU seconds when measuring started.
-	cpu float64
+	// cpu is the nodes' CPU seconds when measuring started; cpuRead says
+	// whether they could be read.
+	cpu     float64
+	cpuRead bool
 }
 
 // urls returns the nodes' WebSocket endpoints: URL, then URLs.
@@ -378,13 +404,15 @@ func Run(ctx context.Context, cfg Config) (Report, error) {
 // measureStart reads the nodes' CPU time at the start of what a scenario
 // measures.
 func (r *run) measureStart(ctx context.Context) {
-	r.cpu, _ = r.readMetric(ctx, "process_cpu_seconds_total")
+	var err error
+	r.cpu, err = r.readMetric(ctx, "process_cpu_seconds_total")
+	r.cpuRead = err == nil
 }
 
 // measureEnd sets the report's NodeCPU to the nodes' CPU time since
 // measureStart, and CPUPerMillion from the deliveries counted by then.
 func (r *run) measureEnd(ctx context.Context, deliveries int64) {
-	if len(r.cfg.Metrics) == 0 {
+	if len(r.cfg.Metrics) == 0 || !r.cpuRead {
 		return
 	}
 	cpu, err := r.readMetric(ctx, "process_cpu_seconds_total")

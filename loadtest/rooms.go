@@ -29,6 +29,13 @@ type payload struct {
 	Pad  string `json:"pad,omitempty"`
 }
 
+// maxDialing bounds the connections being opened at once; subscribeTimeout
+// bounds an SDK client's subscribe.
+const (
+	maxDialing       = 256
+	subscribeTimeout = 10 * time.Second
+)
+
 // maxInFlight bounds the publishes of one publisher waiting for their
 // acks; publishTimeout bounds the wait for one.
 const (
@@ -47,6 +54,9 @@ type subscriber struct {
 	// again after it.
 	dropped, reconnected atomic.Int64
 	recovered            atomic.Bool
+	// lostAfterDrop is set when the client reported messages it could not
+	// recover after the drop (EventLost).
+	lostAfterDrop atomic.Bool
 }
 
 // roomsRun is the state the room scenarios (connect, fanout, rooms, resume)
@@ -58,6 +68,7 @@ type roomsRun struct {
 	recovery                    *latencies // resume: drop to recovery
 	reconnect                   *latencies // resume: drop to reconnected
 	recoveredN                  atomic.Int64
+	recoveredLossy              atomic.Int64 // back live, but after an EventLost
 }
 
 // message counts a room message at offset with data, for subscriber s whose
@@ -68,6 +79,7 @@ func (rr *roomsRun) message(s *subscriber, last, offset uint64, data []byte) uin
 	}
 	if offset <= last {
 		rr.dups.Add(1)
+		offset = last
 	}
 	rr.delivered.Add(1)
 	if sent := sentAt(data); sent > 0 {
@@ -79,8 +91,12 @@ func (rr *roomsRun) message(s *subscriber, last, offset uint64, data []byte) uin
 		// first, in order.
 		if rc := s.reconnected.Load(); rc != 0 && sent >= rc && !s.recovered.Load() {
 			s.recovered.Store(true)
-			rr.recovery.record(time.Duration(time.Now().UnixNano() - s.dropped.Load()))
-			rr.recoveredN.Add(1)
+			if s.lostAfterDrop.Load() {
+				rr.recoveredLossy.Add(1)
+			} else {
+				rr.recovery.record(time.Duration(time.Now().UnixNano() - s.dropped.Load()))
+				rr.recoveredN.Add(1)
+			}
 		}
 	}
 	return offset
@@ -118,6 +134,9 @@ func runRooms(ctx context.Context, r *run) error {
 	}
 	perNode := make([]int, len(urls))
 
+	// mu guards subs, members, pubs and perNode while connections open
+	// from several goroutines.
+	var mu sync.Mutex
 	subs := make([]*subscriber, 0, cfg.Conns)
 	// members counts the subscribers of each room; in rooms, each
 	// subscriber publishes too.
@@ -129,135 +148,166 @@ func runRooms(ctx context.Context, r *run) error {
 		}
 	}()
 	var readers sync.WaitGroup
-	// failed counts a connection that could not be set up; when none has
-	// been, the run stops after a few, saying why, instead of measuring
-	// nothing for its whole duration.
-	failed := func(err error) error {
-		rep.ConnectErrors++
-		if rep.FirstError == "" {
-			rep.FirstError = err.Error()
+	// A connection that could not be set up is counted; when none has
+	// been and min(10, Conns) have failed, the run stops, saying why,
+	// instead of measuring nothing for its whole duration.
+	var (
+		opened, connErrors atomic.Int64
+		firstErr           error
+		abort              error
+	)
+	connCtx, stopConnecting := context.WithCancel(ctx)
+	defer stopConnecting()
+	failed := func(err error) {
+		n := connErrors.Add(1)
+		mu.Lock()
+		defer mu.Unlock()
+		if firstErr == nil {
+			firstErr = err
 		}
-		if len(subs) == 0 && rep.ConnectErrors >= 10 {
-			return fmt.Errorf("loadtest: no connection to %s succeeded (%d tried): %w", cfg.URL, rep.ConnectErrors, err)
+		if len(subs) == 0 && n >= int64(min(10, cfg.Conns)) && abort == nil {
+			abort = fmt.Errorf("loadtest: no connection to %s succeeded (%d tried): %w", cfg.URL, n, firstErr)
+			stopConnecting()
 		}
-		return nil
 	}
-	var opened atomic.Int64
+	// add records a subscriber whose subscription is acknowledged and starts
+	// its reader.
+	add := func(s *subscriber, ri int, c *client.Client, read func()) {
+		mu.Lock()
+		subs = append(subs, s)
+		perNode[s.node]++
+		members[ri]++
+		if c != nil && cfg.Scenario == "rooms" {
+			pubs = append(pubs, publisher{c, ri})
+		}
+		readers.Add(1)
+		mu.Unlock()
+		opened.Add(1)
+		go func() {
+			defer readers.Done()
+			read()
+		}()
+	}
+	// connect opens subscriber i's connection and subscribes its room.
+	connect := func(i int) {
+		ri := i % cfg.Rooms
+		room := "load-" + strconv.Itoa(ri)
+		s := &subscriber{node: i % len(urls)}
+		switch {
+		case cfg.Transport == "sse":
+			st, err := dialSSE(ctx, &sseClient, endpoints[s.node], room, cfg.Token)
+			if err != nil {
+				failed(err)
+				return
+			}
+			s.conn = st
+			add(s, ri, nil, func() {
+				var last uint64
+				st.read(func(offset uint64, data []byte) { last = rr.message(s, last, offset, data) })
+			})
+		case cfg.Scenario == "connect" || cfg.Scenario == "fanout":
+			// Subscribers that only read: the lean client, so that the
+			// generator's share of the cores is as small as it can be.
+			ws, err := dialWS(connCtx, r.hc, urls[s.node], room, cfg.Token)
+			if err != nil {
+				failed(err)
+				return
+			}
+			s.conn = ws
+			add(s, ri, nil, func() {
+				var last uint64
+				ws.read(func(offset uint64, data []byte) { last = rr.message(s, last, offset, data) })
+			})
+		default:
+			opts := client.Options{URL: urls[s.node], Token: cfg.Token, EventBuffer: 16, HTTPClient: r.hc}
+			if cfg.Scenario == "resume" {
+				// The other nodes too, in turn, as an application would.
+				for k := 1; k < len(urls); k++ {
+					opts.URLs = append(opts.URLs, urls[(s.node+k)%len(urls)])
+				}
+				opts.HTTPClient = r.trackingClient(&s.raw)
+			}
+			c, err := client.Dial(connCtx, opts)
+			if err != nil {
+				failed(err)
+				return
+			}
+			sctx, cancel := context.WithTimeout(connCtx, subscribeTimeout)
+			_, err = c.Subscribe(sctx, room, client.SubscribeOptions{})
+			cancel()
+			if err != nil {
+				c.Close()
+				failed(err)
+				return
+			}
+			s.conn = c
+			add(s, ri, c, func() {
+				var last uint64
+				for e := range c.Events() {
+					switch e.Kind {
+					case client.EventMessage:
+						last = rr.message(s, last, e.Message.Offset, e.Message.Data)
+					case client.EventLost:
+						rr.lost.Add(1)
+						if s.dropped.Load() != 0 {
+							s.lostAfterDrop.Store(true)
+						}
+					case client.EventConnected:
+						if d := s.dropped.Load(); d != 0 && s.reconnected.Load() == 0 {
+							now := time.Now().UnixNano()
+							s.reconnected.Store(now)
+							rr.reconnect.record(time.Duration(now - d))
+						}
+					}
+				}
+			})
+		}
+	}
 	r.prog.begin("connecting", int64(cfg.Conns), opened.Load, func() string {
-		if rep.ConnectErrors > 0 {
-			return strconv.Itoa(rep.ConnectErrors) + " failed"
+		if n := connErrors.Load(); n > 0 {
+			return strconv.FormatInt(n, 10) + " failed"
 		}
 		return ""
 	})
 	start := time.Now()
+	// Connections open at the ramp rate whatever one takes: each in a
+	// goroutine of its own, at most maxDialing at once.
+	dialing := make(chan struct{}, maxDialing)
+	var connecting sync.WaitGroup
 	tick := time.NewTicker(time.Second / time.Duration(max(1, cfg.Ramp)))
+dial:
 	for i := 0; i < cfg.Conns; i++ {
 		select {
-		case <-ctx.Done():
-			tick.Stop()
-			return ctx.Err()
+		case <-connCtx.Done():
+			break dial
 		case <-tick.C:
 		}
-		ri := i % cfg.Rooms
-		room := "load-" + strconv.Itoa(ri)
-		s := &subscriber{node: i % len(urls)}
-		if cfg.Transport == "sse" {
-			st, err := dialSSE(ctx, &sseClient, endpoints[s.node], room, cfg.Token)
-			if err != nil {
-				if err := failed(err); err != nil {
-					tick.Stop()
-					return err
-				}
-				continue
-			}
-			s.conn = st
-			subs = append(subs, s)
-			perNode[s.node]++
-			members[ri]++
-			opened.Add(1)
-			readers.Add(1)
-			go func() {
-				defer readers.Done()
-				var last uint64
-				st.read(func(offset uint64, data []byte) { last = rr.message(s, last, offset, data) })
-			}()
-			continue
+		select {
+		case <-connCtx.Done():
+			break dial
+		case dialing <- struct{}{}:
 		}
-		if cfg.Scenario == "connect" || cfg.Scenario == "fanout" {
-			// Subscribers that only read: the lean client, so that the
-			// generator's share of the cores is as small as it can be.
-			ws, err := dialWS(ctx, r.hc, urls[s.node], room, cfg.Token)
-			if err != nil {
-				if err := failed(err); err != nil {
-					tick.Stop()
-					return err
-				}
-				continue
-			}
-			s.conn = ws
-			subs = append(subs, s)
-			perNode[s.node]++
-			members[ri]++
-			opened.Add(1)
-			readers.Add(1)
-			go func() {
-				defer readers.Done()
-				var last uint64
-				ws.read(func(offset uint64, data []byte) { last = rr.message(s, last, offset, data) })
-			}()
-			continue
-		}
-		opts := client.Options{URL: urls[s.node], Token: cfg.Token, EventBuffer: 16, HTTPClient: r.hc}
-		if cfg.Scenario == "resume" {
-			// The other nodes too, in turn, as an application would.
-			for k := 1; k < len(urls); k++ {
-				opts.URLs = append(opts.URLs, urls[(s.node+k)%len(urls)])
-			}
-			opts.HTTPClient = r.trackingClient(&s.raw)
-		}
-		c, err := client.Dial(ctx, opts)
-		if err != nil {
-			if err := failed(err); err != nil {
-				tick.Stop()
-				return err
-			}
-			continue
-		}
-		if _, err := c.Subscribe(ctx, room, client.SubscribeOptions{}); err != nil {
-			c.Close()
-			if err := failed(err); err != nil {
-				tick.Stop()
-				return err
-			}
-			continue
-		}
-		s.conn = c
-		subs = append(subs, s)
-		perNode[s.node]++
-		members[ri]++
-		opened.Add(1)
-		if cfg.Scenario == "rooms" {
-			pubs = append(pubs, publisher{c, ri})
-		}
-		readers.Add(1)
+		connecting.Add(1)
 		go func() {
-			defer readers.Done()
-			var last uint64
-			for e := range c.Events() {
-				switch e.Kind {
-				case client.EventMessage:
-					last = rr.message(s, last, e.Message.Offset, e.Message.Data)
-				case client.EventLost:
-					rr.lost.Add(1)
-				case client.EventConnected:
-					if d := s.dropped.Load(); d != 0 && s.reconnected.Load() == 0 {
-						now := time.Now().UnixNano()
-						s.reconnected.Store(now)
-						rr.reconnect.record(time.Duration(now - d))
-					}
-				}
-			}
+			defer connecting.Done()
+			defer func() { <-dialing }()
+			connect(i)
 		}()
+	}
+	connecting.Wait()
+	mu.Lock()
+	rep.ConnectErrors = int(connErrors.Load())
+	if firstErr != nil {
+		rep.FirstError = firstErr.Error()
+	}
+	err := abort
+	mu.Unlock()
+	if err == nil {
+		err = ctx.Err()
+	}
+	if err != nil {
+		tick.Stop()
+		return err
 	}
 	tick.Stop()
 	rep.ConnectIn = time.Since(start)
@@ -270,9 +320,11 @@ func runRooms(ctx context.Context, r *run) error {
 	// refused or did not answer in time, skipped the ticks that found a
 	// publisher's maxInFlight publishes all waiting.
 	var published, pubErrors, skipped atomic.Int64
+	var firstPubErr atomic.Value               // string
 	perRoom := make([]atomic.Int64, cfg.Rooms) // publishes accepted, by room
 	r.measureStart(ctx)
 	runStart := time.Now()
+	var runEnd time.Time // when the publishing stopped, before the last deliveries are awaited
 	if cfg.Scenario != "connect" && len(subs) > 0 {
 		if cfg.Scenario != "rooms" {
 			// One publisher connection per room, so the node's
@@ -332,8 +384,8 @@ func runRooms(ctx context.Context, r *run) error {
 							if _, err := pub.c.Publish(pctx, room, json.RawMessage(data), ""); err == nil {
 								published.Add(1)
 								perRoom[pub.room].Add(1)
-							} else {
-								pubErrors.Add(1)
+							} else if pubErrors.Add(1) == 1 {
+								firstPubErr.Store(err.Error())
 							}
 						}()
 					default:
@@ -377,6 +429,7 @@ func runRooms(ctx context.Context, r *run) error {
 			half.Stop()
 		}
 		<-runCtx.Done()
+		runEnd = time.Now()
 		stop()
 		publishers.Wait()
 		// Let the last messages arrive: every member of a room gets each
@@ -399,7 +452,10 @@ func runRooms(ctx context.Context, r *run) error {
 		t.Stop()
 	}
 	r.prog.end()
-	rep.Duration = time.Since(runStart)
+	if runEnd.IsZero() {
+		runEnd = time.Now()
+	}
+	rep.Duration = runEnd.Sub(runStart)
 	r.measureEnd(ctx, rr.delivered.Load())
 	if len(cfg.Metrics) > 0 {
 		if rss, err := r.readMetric(ctx, "process_resident_memory_bytes"); err == nil {
@@ -417,6 +473,9 @@ func runRooms(ctx context.Context, r *run) error {
 
 	rep.Published, rep.Delivered = published.Load(), rr.delivered.Load()
 	rep.PublishErrors, rep.PublishesSkipped = pubErrors.Load(), skipped.Load()
+	if e, ok := firstPubErr.Load().(string); ok {
+		rep.FirstPublishError = e
+	}
 	rep.Gaps, rep.Duplicates, rep.Lost = rr.gaps.Load(), rr.dups.Load(), rr.lost.Load()
 	if rep.Duration > 0 {
 		rep.PerSecond = float64(rep.Delivered) / rep.Duration.Seconds()
@@ -435,6 +494,7 @@ func runRooms(ctx context.Context, r *run) error {
 	if rep.Resume != nil {
 		rec := rr.recovery.distribution("recovery after a drop")
 		rep.Resume.Recovered = int(rec.Count)
+		rep.Resume.RecoveredWithLoss = int(rr.recoveredLossy.Load())
 		rep.Resume.Recovery = rec
 		rep.Resume.Reconnect = rr.reconnect.distribution("reconnect after a drop")
 		rep.Distributions = append(rep.Distributions, rec)
@@ -477,6 +537,10 @@ func (r *run) trackingClient(conn *atomic.Pointer[net.Conn]) *http.Client {
 type ResumeReport struct {
 	Dropped   int `json:"dropped"`
 	Recovered int `json:"recovered"`
+	// RecoveredWithLoss are the dropped subscribers that came back live but
+	// were told messages they missed could not be recovered (the room's
+	// history no longer held them).
+	RecoveredWithLoss int `json:"recovered_with_loss"`
 	// Reconnect is the time from the drop until the client was connected
 	// again with its rooms subscribed, before the missed messages came.
 	Reconnect Distribution `json:"reconnect"`
@@ -488,7 +552,10 @@ type ResumeReport struct {
 // String renders the resume figures for people.
 func (r *ResumeReport) String() string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "resume: dropped %d connections at once, %d recovered", r.Dropped, r.Recovered)
+	fmt.Fprintf(&b, "resume: dropped %d connections at once, %d recovered with nothing lost", r.Dropped, r.Recovered)
+	if r.RecoveredWithLoss > 0 {
+		fmt.Fprintf(&b, ", %d came back having lost messages history no longer held", r.RecoveredWithLoss)
+	}
 	if r.Recovered > 0 {
 		fmt.Fprintf(&b, ", all of them within %s", round(r.Recovery.Max))
 	}

@@ -57,6 +57,11 @@ func (r rawValue) IsBoolFlag() bool {
 	return ok && b.IsBoolFlag()
 }
 
+// envSetter is a flag.Value that is told when the environment has been
+// applied, before the command line is: a list flag then replaces the
+// environment's values with the command line's rather than adding to them.
+type envSetter interface{ envApplied() }
+
 // newEnvFlags makes the flags of `parley <name>`; --help prints summary and
 // the flags to out.
 func newEnvFlags(name, summary string, getenv func(string) string, out io.Writer) *envFlags {
@@ -110,6 +115,9 @@ func (f *envFlags) parse(args []string) error {
 			if err := fl.Value.Set(v); err != nil {
 				errs = append(errs, fmt.Errorf("%s=%s (--%s): not %s", name, quoteValue(v), fl.Name, want(fl)))
 			}
+		}
+		if e, ok := fl.Value.(envSetter); ok {
+			e.envApplied()
 		}
 	})
 	// Record what the command line says, then put the values back as they

@@ -3,9 +3,12 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
+	"net/url"
 	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"time"
@@ -47,11 +50,16 @@ share one address, and the node's limit must be above --conns plus --rooms.
 Every run stops by itself: --duration is at most 10m.`
 
 // listFlag is a flag that may be repeated, or given a comma-separated
-// list; the first value given replaces the default.
+// list; the first value given replaces the default, and the first on the
+// command line replaces the environment's.
 type listFlag struct {
 	vals []string
 	set  bool
 }
+
+// envApplied makes the next Set, from the command line, replace the values
+// the environment gave.
+func (l *listFlag) envApplied() { l.set = false }
 
 func (l *listFlag) String() string { return strings.Join(l.vals, ",") }
 
@@ -71,7 +79,7 @@ func loadtestCmd(ctx context.Context, args []string, getenv func(string) string,
 	fs := newEnvFlags("loadtest", loadtestSummary, getenv, stdout)
 	fs.example = "url"
 	var cfg loadtest.Config
-	urls := &listFlag{vals: []string{"ws://127.0.0.1:8080/v1/ws"}}
+	urls := &listFlag{vals: []string{exampleURL}}
 	metrics := &listFlag{}
 	fs.Var(urls, "url", "the node's WebSocket endpoint; repeat it (or separate with commas) for the nodes of a cluster")
 	fs.StringVar(&cfg.PublishURL, "publish-url", "", "fanout and resume: the WebSocket endpoint the publishers use (default the first --url)")
@@ -96,9 +104,26 @@ func loadtestCmd(ctx context.Context, args []string, getenv func(string) string,
 	if err := fs.parse(args); err != nil {
 		return err
 	}
-	cfg.URL, cfg.URLs = urls.vals[0], urls.vals[1:]
-	cfg.Metrics = metrics.vals
 	var errs []error
+	if len(urls.vals) == 0 {
+		errs = append(errs, fs.badValue("url", "want a WebSocket URL such as %s", exampleURL))
+	} else {
+		cfg.URL, cfg.URLs = urls.vals[0], urls.vals[1:]
+	}
+	cfg.Metrics = metrics.vals
+	for _, v := range urls.vals {
+		if !hasScheme(v, "ws", "wss") {
+			errs = append(errs, badListValue(fs, "url", v, "want a WebSocket URL such as %s", exampleURL))
+		}
+	}
+	if v := cfg.PublishURL; v != "" && !hasScheme(v, "ws", "wss") {
+		errs = append(errs, fs.badValue("publish-url", "want a WebSocket URL such as %s", exampleURL))
+	}
+	for _, v := range metrics.vals {
+		if !hasScheme(v, "http", "https") {
+			errs = append(errs, badListValue(fs, "metrics", v, "want an HTTP URL such as http://127.0.0.1:9090/metrics"))
+		}
+	}
 	if cfg.Scenario == "idle" {
 		cfg.Scenario = "connect"
 	}
@@ -108,19 +133,28 @@ func loadtestCmd(ctx context.Context, args []string, getenv func(string) string,
 	if cfg.Transport != "ws" && cfg.Transport != "sse" {
 		errs = append(errs, fs.badValue("transport", "want ws or sse"))
 	}
-	for name, v := range map[string]int{"conns": cfg.Conns, "rooms": cfg.Rooms, "ramp": cfg.Ramp, "calls": cfg.Calls, "allocations": cfg.Allocations, "packet-rate": cfg.PacketRate} {
-		if v <= 0 {
-			errs = append(errs, fs.badValue(name, "must be positive"))
+	// The bounds are loadtest.Config's: the run makes room for the
+	// counts before it dials anything.
+	for _, c := range []struct {
+		name   string
+		v, max int
+	}{
+		{"conns", cfg.Conns, 1_000_000},
+		{"rooms", cfg.Rooms, 100_000},
+		{"ramp", cfg.Ramp, 1_000_000},
+		{"calls", cfg.Calls, 10_000},
+		{"allocations", cfg.Allocations, 100_000},
+		{"packet-rate", cfg.PacketRate, 1_000_000},
+	} {
+		if c.v <= 0 || c.v > c.max {
+			errs = append(errs, fs.badValue(c.name, "must be positive and at most %d", c.max))
 		}
 	}
 	if cfg.Size < 0 || cfg.Size > 1<<20 {
 		errs = append(errs, fs.badValue("size", "must be positive and at most 1048576"))
 	}
-	if cfg.Ramp > 1_000_000 || cfg.PacketRate > 1_000_000 {
-		errs = append(errs, fs.badValue("ramp", "--ramp and --packet-rate must be at most 1000000"))
-	}
-	if !(cfg.Rate >= 0 && cfg.Rate <= 1_000_000) {
-		errs = append(errs, fs.badValue("rate", "must be a number above 0 and at most 1000000"))
+	if cfg.Rate != 0 && !(cfg.Rate >= 0.001 && cfg.Rate <= 1_000_000) {
+		errs = append(errs, fs.badValue("rate", "must be at least 0.001 and at most 1000000 (0 means the scenario's default)"))
 	}
 	if !(cfg.Drop > 0 && cfg.Drop <= 1) {
 		errs = append(errs, fs.badValue("drop", "must be above 0 and at most 1"))
@@ -131,47 +165,107 @@ func loadtestCmd(ctx context.Context, args []string, getenv func(string) string,
 	if err := fs.errors(errs); err != nil {
 		return err
 	}
-	// The HTML file is created first: a run of minutes should not end in
-	// a path that cannot be written.
+	// The HTML page is written to a temporary file beside --html, made
+	// before the run: a run of minutes should not end in a path that
+	// cannot be written, and a run that fails leaves --html as it was.
 	var page *os.File
 	if *htmlFile != "" {
-		f, err := os.Create(*htmlFile)
+		f, err := createPage(*htmlFile)
 		if err != nil {
-			return fmt.Errorf("--html: %w", err)
+			return err
 		}
-		defer f.Close()
+		defer func() {
+			if page != nil {
+				page.Close()
+				os.Remove(page.Name())
+			}
+		}()
 		page = f
 	}
 	cfg.Progress = stderr
-	cfg.Bar = isTerminal(stderr)
+	cfg.Bar = isTerminal(stderr, getenv)
 	rep, err := loadtest.Run(ctx, cfg)
 	if err != nil {
 		return err
 	}
-	if page != nil {
-		if err := rep.WriteHTML(page); err != nil {
-			return fmt.Errorf("--html: %s: %w", *htmlFile, err)
-		}
-		if err := page.Close(); err != nil {
-			return fmt.Errorf("--html: %w", err)
-		}
-	}
+	// The report is printed first, so a page that cannot be written does
+	// not lose the run.
 	if *asJSON {
 		enc := json.NewEncoder(stdout)
 		enc.SetIndent("", "  ")
-		return enc.Encode(rep)
+		if err := enc.Encode(rep); err != nil {
+			return err
+		}
+	} else {
+		fmt.Fprint(stdout, rep)
 	}
-	fmt.Fprint(stdout, rep)
+	if page != nil {
+		if err := rep.WriteHTML(page); err != nil {
+			return fmt.Errorf("--html %s: %w", *htmlFile, err)
+		}
+		if err := page.Close(); err != nil {
+			return fmt.Errorf("--html %s: %w", *htmlFile, err)
+		}
+		if err := os.Rename(page.Name(), *htmlFile); err != nil {
+			return fmt.Errorf("--html %s: %w", *htmlFile, err)
+		}
+		page = nil
+	}
 	return nil
+}
+
+// exampleURL is --url's default, and the example its errors give.
+const exampleURL = "ws://127.0.0.1:8080/v1/ws"
+
+// hasScheme reports whether v is a URL with one of schemes and a host.
+func hasScheme(v string, schemes ...string) bool {
+	u, err := url.Parse(v)
+	return err == nil && slices.Contains(schemes, u.Scheme) && u.Hostname() != ""
+}
+
+// badListValue reports v, one value of a list flag, that breaks a rule: in
+// badValue's words when v is all the flag was set to, else naming v after
+// the flag, since the setting as written may hold other values.
+func badListValue(fs *envFlags, name, v, rule string, a ...any) error {
+	if raw, ok := fs.raw[name]; ok && strings.TrimSpace(raw) == v {
+		return fs.badValue(name, rule, a...)
+	}
+	return fs.badFlag(name, "%s: %s", quoteValue(v), fmt.Sprintf(rule, a...))
+}
+
+// createPage makes the temporary file the HTML page of --html path is
+// written to, in path's directory so that it can be renamed over path.
+func createPage(path string) (*os.File, error) {
+	if fi, err := os.Stat(path); err == nil && fi.IsDir() {
+		return nil, fmt.Errorf("--html %s: is a directory", path)
+	}
+	f, err := os.CreateTemp(filepath.Dir(path), filepath.Base(path)+".*.tmp")
+	if err != nil {
+		// The temporary file's name would only puzzle: say what is wrong
+		// with the directory.
+		var pe *os.PathError
+		if errors.As(err, &pe) {
+			err = pe.Err
+		}
+		return nil, fmt.Errorf("--html %s: %w", path, err)
+	}
+	// CreateTemp makes the file readable by its owner only; the page is a
+	// report to share, as os.Create would have made it.
+	if err := f.Chmod(0o644); err != nil {
+		f.Close()
+		os.Remove(f.Name())
+		return nil, fmt.Errorf("--html %s: %w", path, err)
+	}
+	return f, nil
 }
 
 // isTerminal reports whether w is a terminal, where progress is drawn as a
 // bar on one line.
-func isTerminal(w io.Writer) bool {
+func isTerminal(w io.Writer, getenv func(string) string) bool {
 	f, ok := w.(*os.File)
 	if !ok {
 		return false
 	}
 	fi, err := f.Stat()
-	return err == nil && fi.Mode()&os.ModeCharDevice != 0 && os.Getenv("TERM") != "dumb"
+	return err == nil && fi.Mode()&os.ModeCharDevice != 0 && getenv("TERM") != "dumb"
 }
