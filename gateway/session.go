@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"crypto/tls"
 	"math/rand/v2"
 	"net"
 	"slices"
@@ -385,6 +386,7 @@ func (s *session) writeLoop() {
 			closing = s.writeWS(batch)
 		}
 		s.release(batch)
+		s.clearTLSDeadline()
 		idle = lingering{tick: s.srv.ticks.Load()}
 		if closing != nil {
 			s.mu.Lock()
@@ -444,6 +446,23 @@ func (s *session) linger(heartbeat bool, idle *lingering) bool {
 	}
 	s.writing = false
 	return false
+}
+
+// clearTLSDeadline lifts the write deadline of a connection over TLS once
+// a batch is written: crypto/tls writes from inside a Read too (its answer
+// to a client's key update), outside the session's writer, and a deadline
+// that passed while the connection was quiet would fail that write and,
+// with it, the connection. Over plain TCP only the writer writes, and the
+// wire re-arms a stale deadline before it does.
+func (s *session) clearTLSDeadline() {
+	if _, ok := s.netConn.(*tls.Conn); !ok {
+		return
+	}
+	if s.wire != nil {
+		s.wire.clearDeadline()
+	} else {
+		s.netConn.SetWriteDeadline(time.Time{})
+	}
 }
 
 // maxBatch bounds the bytes joined into one outgoing frame.

@@ -51,9 +51,12 @@ import (
 // it. So a write has between nine tenths and all of WriteTimeout to finish,
 // a connection with a steady stream of writes pays one SetWriteDeadline per
 // tenth of WriteTimeout instead of two per batch, and no write ever starts
-// under a deadline that has passed. The deadline stays armed when the writes
-// stop; its runtime timer is part of the connection's poll descriptor, so it
-// costs no memory.
+// under a deadline that has passed. The deadline is kept as a time.Time and
+// compared on the monotonic clock, as the connection enforces it: a step of
+// the wall clock neither stops the re-arming nor starts a write under an
+// expired deadline. Over TLS the session clears the deadline after each
+// batch (session.clearTLSDeadline), as crypto/tls also writes from inside a
+// Read, outside the wire.
 
 // errCloseSent is what a session's write returns once the close frame has
 // gone out: nothing may follow it on a WebSocket.
@@ -70,8 +73,8 @@ type wsWire struct {
 	conn    net.Conn // the hijacked connection
 	timeout time.Duration
 	now     func() time.Time
-	// deadline is the write deadline armed on conn (Unix ns; zero: none).
-	deadline int64
+	// deadline is the write deadline armed on conn (zero: none).
+	deadline time.Time
 	// err is the first failed write's error: the frame it wrote may be cut
 	// short, so nothing more is written after it.
 	err error
@@ -107,19 +110,31 @@ func (w *wsWire) write(p []byte, now time.Time) (int, error) {
 	if w.err != nil {
 		return 0, w.err
 	}
-	if ns := now.UnixNano(); w.deadline-ns < int64(w.timeout-w.timeout/10) {
+	if w.deadline.IsZero() || w.deadline.Sub(now) < w.timeout-w.timeout/10 {
 		d := now.Add(w.timeout)
 		if err := w.conn.SetWriteDeadline(d); err != nil {
 			w.err = err
 			return 0, err
 		}
-		w.deadline = d.UnixNano()
+		w.deadline = d
 	}
 	n, err := w.conn.Write(p)
 	if err != nil {
 		w.err = err
 	}
 	return n, err
+}
+
+// clearDeadline lifts the write deadline.
+func (w *wsWire) clearDeadline() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.deadline.IsZero() || w.err != nil {
+		return
+	}
+	if err := w.conn.SetWriteDeadline(time.Time{}); err == nil {
+		w.deadline = time.Time{}
+	}
 }
 
 // maxWSHeader is the longest header of an unmasked WebSocket frame.
