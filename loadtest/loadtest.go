@@ -87,6 +87,9 @@ type Config struct {
 // "connect".
 var Scenarios = []string{"connect", "fanout", "rooms", "resume", "calls", "turn"}
 
+// errRunBound ends a run that outlived its duration by maxDuration.
+var errRunBound = errors.New("loadtest: the run's time bound passed")
+
 // maxDuration bounds every run.
 const maxDuration = 10 * time.Minute
 
@@ -209,7 +212,7 @@ func requireLoopback(raw string) error {
 	}
 	ip := net.ParseIP(host)
 	if ip == nil || !ip.IsLoopback() {
-		return fmt.Errorf("loadtest: %s is not a loopback address; pass AllowRemote (--allow-remote) to load a remote node", host)
+		return fmt.Errorf("loadtest: %s is not a loopback address; loading a remote node takes --allow-remote", host)
 	}
 	return nil
 }
@@ -217,13 +220,18 @@ func requireLoopback(raw string) error {
 // Report is the outcome of a run.
 type Report struct {
 	// Started is when the run started.
-	Started   time.Time     `json:"started"`
-	Scenario  string        `json:"scenario"`
-	Transport string        `json:"transport"`
-	Nodes     int           `json:"nodes"`
-	Conns     int           `json:"conns"`
-	Rooms     int           `json:"rooms"`
-	ConnectIn time.Duration `json:"connect_time_ns"`
+	Started   time.Time `json:"started"`
+	Scenario  string    `json:"scenario"`
+	Transport string    `json:"transport"`
+	Nodes     int       `json:"nodes"`
+	// Conns is the connections asked for, Opened those that opened.
+	Conns  int `json:"conns"`
+	Opened int `json:"opened"`
+	// Interrupted is set when the run was stopped (its context ended)
+	// before it was over: the figures cover the part that ran.
+	Interrupted bool          `json:"interrupted,omitempty"`
+	Rooms       int           `json:"rooms"`
+	ConnectIn   time.Duration `json:"connect_time_ns"`
 	// ConnectRate is connections opened a second while opening them.
 	ConnectRate float64       `json:"connects_per_second"`
 	Duration    time.Duration `json:"duration_ns"`
@@ -306,15 +314,30 @@ func (r Report) String() string {
 	case "calls", "turn":
 		fmt.Fprintf(&b, "scenario %s%s\n", r.Scenario, nodes)
 	default:
-		fmt.Fprintf(&b, "scenario %s over %s%s: %d connections over %d rooms from %s, opened in %s (%.0f a second, %d failed)\n",
-			r.Scenario, r.Transport, nodes, r.Conns, r.Rooms, from, r.ConnectIn.Round(time.Millisecond), r.ConnectRate, r.ConnectErrors)
+		rooms := "rooms"
+		if r.Rooms == 1 {
+			rooms = "room"
+		}
+		conns := strconv.Itoa(r.Conns) + " connections"
+		if r.Opened != r.Conns {
+			conns = fmt.Sprintf("%d of %d connections", r.Opened, r.Conns)
+		}
+		fmt.Fprintf(&b, "scenario %s over %s%s: %s over %d %s from %s, opened in %s (%.0f a second, %d failed)\n",
+			r.Scenario, r.Transport, nodes, conns, r.Rooms, rooms, from, r.ConnectIn.Round(time.Millisecond), r.ConnectRate, r.ConnectErrors)
+	}
+	if r.Interrupted {
+		fmt.Fprintf(&b, "interrupted after %s: the figures cover the part that ran\n", round(r.Duration))
 	}
 	if r.FirstError != "" {
 		fmt.Fprintf(&b, "first failure: %s\n", r.FirstError)
 	}
 	if r.RSSAfter > 0 {
-		fmt.Fprintf(&b, "node memory: %.1f MiB before, %.1f MiB with all connections: %.1f KiB per connection\n",
+		fmt.Fprintf(&b, "node memory: %.1f MiB before, %.1f MiB with all connections: %.1f KiB per connection",
 			float64(r.RSSBefore)/(1<<20), float64(r.RSSAfter)/(1<<20), float64(r.PerConn)/1024)
+		if r.PerConn <= 0 {
+			b.WriteString(" (the node's memory did not grow: it was in use before; measure on a freshly started node)")
+		}
+		b.WriteByte('\n')
 	}
 	switch r.Scenario {
 	case "fanout", "rooms", "resume":
@@ -331,7 +354,7 @@ func (r Report) String() string {
 			fmt.Fprintf(&b, "  subscribers of %s (%d): p50 %s  p99 %s  p99.9 %s  max %s\n", n.URL, n.Conns, round(n.Latency.P50), round(n.Latency.P99), round(n.Latency.P999), round(n.Latency.Max))
 		}
 	}
-	if r.NodeCPU > 0 {
+	if r.NodeCPU > 0 && r.TURN == nil {
 		fmt.Fprintf(&b, "node CPU: %.2f s while running", r.NodeCPU)
 		if r.CPUPerMillion > 0 {
 			fmt.Fprintf(&b, ", %.1f s per million deliveries", r.CPUPerMillion)
@@ -375,7 +398,7 @@ func Run(ctx context.Context, cfg Config) (Report, error) {
 	if err := cfg.setDefaults(); err != nil {
 		return Report{}, err
 	}
-	ctx, cancel := context.WithTimeout(ctx, cfg.Duration+maxDuration)
+	ctx, cancel := context.WithTimeoutCause(ctx, cfg.Duration+maxDuration, errRunBound)
 	defer cancel()
 	rep := Report{Started: time.Now(), Scenario: cfg.Scenario, Transport: cfg.Transport, Nodes: 1 + len(cfg.URLs), Sources: 1}
 	r := &run{cfg: &cfg, rep: &rep, prog: newProgress(cfg.Progress, cfg.Bar)}
@@ -398,6 +421,7 @@ func Run(ctx context.Context, cfg Config) (Report, error) {
 		err = runRooms(ctx, r)
 	}
 	r.prog.end()
+	rep.Interrupted = rep.Interrupted || ctx.Err() != nil && !errors.Is(context.Cause(ctx), errRunBound)
 	return rep, err
 }
 

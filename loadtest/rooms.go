@@ -311,6 +311,7 @@ dial:
 	}
 	tick.Stop()
 	rep.ConnectIn = time.Since(start)
+	rep.Opened = len(subs)
 	if rep.ConnectIn > 0 {
 		rep.ConnectRate = float64(len(subs)) / rep.ConnectIn.Seconds()
 	}
@@ -402,7 +403,7 @@ dial:
 		var dropped []*subscriber
 		if cfg.Scenario == "resume" {
 			dropped = pick(subs, cfg.Drop)
-			rep.Resume = &ResumeReport{Dropped: len(dropped)}
+			rep.Resume = &ResumeReport{}
 		}
 		r.prog.begin("running", 0, nil, func() string {
 			d := fmt.Sprintf("published %d delivered %d", published.Load(), rr.delivered.Load())
@@ -419,6 +420,7 @@ dial:
 			case <-runCtx.Done():
 			case <-half.C:
 				now := time.Now().UnixNano()
+				rep.Resume.Dropped = len(dropped)
 				for _, s := range dropped {
 					s.dropped.Store(now)
 					if c := s.raw.Load(); c != nil {

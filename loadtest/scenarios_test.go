@@ -181,3 +181,22 @@ func TestProgress(t *testing.T) {
 		t.Errorf("bar progress: %q", got)
 	}
 }
+
+// A run stopped from outside (Ctrl-C) returns the figures of the part that
+// ran, marked as interrupted; a resume run stopped before its drop claims
+// no dropped connection.
+func TestInterrupted(t *testing.T) {
+	url := startNode(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	time.AfterFunc(1500*time.Millisecond, cancel)
+	rep, err := Run(ctx, Config{URL: url, Scenario: "resume", Conns: 10, Rooms: 1, Rate: 20, Duration: 10 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !rep.Interrupted || rep.Opened != 10 || rep.Resume == nil || rep.Resume.Dropped != 0 {
+		t.Errorf("interrupted %v, opened %d, resume %+v: want interrupted, 10 opened, nothing dropped", rep.Interrupted, rep.Opened, rep.Resume)
+	}
+	if !strings.Contains(rep.String(), "interrupted after") {
+		t.Errorf("the report does not say it was interrupted:\n%s", rep)
+	}
+}

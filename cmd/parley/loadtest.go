@@ -24,8 +24,9 @@ Scenarios:
            connection ("idle" is another name for it)
   fanout   --conns subscribers over --rooms rooms, one publisher per room at
            --rate: delivery latency p50 to p99.9 and max, deliveries a second,
-           gaps and duplicates, and with --metrics the node's CPU per million
-           deliveries
+           gaps, duplicates and lost-recovery events (a room the client could
+           not recover from history after falling behind or reconnecting),
+           and with --metrics the node's CPU per million deliveries
   rooms    as fanout, but every subscriber publishes into its room at --rate
            over its own connection: many small chatty rooms (WebSocket only)
   resume   as fanout, and halfway through --drop of the connections are cut
@@ -85,7 +86,7 @@ func loadtestCmd(ctx context.Context, args []string, getenv func(string) string,
 	fs.StringVar(&cfg.PublishURL, "publish-url", "", "fanout and resume: the WebSocket endpoint the publishers use (default the first --url)")
 	fs.Var(metrics, "metrics", "the nodes' metrics endpoints, such as http://127.0.0.1:9090/metrics, for memory per connection and CPU per delivery; repeatable")
 	fs.StringVar(&cfg.Token, "token", "", "JWT for every client (a node in dev mode needs none)")
-	fs.StringVar(&cfg.Scenario, "scenario", "fanout", strings.Join(loadtest.Scenarios, ", "))
+	fs.StringVar(&cfg.Scenario, "scenario", "fanout", strings.Join(loadtest.Scenarios, ", ")+` ("idle" is connect)`)
 	fs.StringVar(&cfg.Transport, "transport", "ws", "ws or sse: how the subscribers connect")
 	fs.IntVar(&cfg.Conns, "conns", 1000, "subscriber connections")
 	fs.IntVar(&cfg.Rooms, "rooms", 10, "rooms the subscribers are spread over (fanout and resume add a publisher connection per room)")
@@ -112,9 +113,15 @@ func loadtestCmd(ctx context.Context, args []string, getenv func(string) string,
 	}
 	cfg.Metrics = metrics.vals
 	for _, v := range urls.vals {
-		if !hasScheme(v, "ws", "wss") {
+		switch {
+		case !hasScheme(v, "ws", "wss"):
 			errs = append(errs, badListValue(fs, "url", v, "want a WebSocket URL such as %s", exampleURL))
+		case !hasPath(v):
+			errs = append(errs, badListValue(fs, "url", v, "want the node's WebSocket endpoint, with its path, such as %s", exampleURL))
 		}
+	}
+	if n := len(metrics.vals); n > 0 && n != len(urls.vals) {
+		errs = append(errs, fs.badFlag("metrics", "given for %d of %d nodes: memory per connection and CPU per delivery need every node's, one --metrics per --url", n, len(urls.vals)))
 	}
 	if v := cfg.PublishURL; v != "" && !hasScheme(v, "ws", "wss") {
 		errs = append(errs, fs.badValue("publish-url", "want a WebSocket URL such as %s", exampleURL))
@@ -218,6 +225,14 @@ func loadtestCmd(ctx context.Context, args []string, getenv func(string) string,
 const exampleURL = "ws://127.0.0.1:8080/v1/ws"
 
 // hasScheme reports whether v is a URL with one of schemes and a host.
+// hasPath reports whether URL v names a path: a node's WebSocket endpoint is
+// /v1/ws, and its root answers 200 to a handshake, which would read as a
+// refusal.
+func hasPath(v string) bool {
+	u, err := url.Parse(v)
+	return err == nil && u.Path != "" && u.Path != "/"
+}
+
 func hasScheme(v string, schemes ...string) bool {
 	u, err := url.Parse(v)
 	return err == nil && slices.Contains(schemes, u.Scheme) && u.Hostname() != ""

@@ -81,6 +81,8 @@ func TestLoadtestRefusesBadChoices(t *testing.T) {
 		{"transport from the environment", []string{}, "PARLEY_TRANSPORT=carrier-pigeon (--transport): want ws or sse"},
 		{"scenario", []string{"--scenario", "storm"}, "--scenario storm: want one of connect, fanout, rooms, resume, calls, turn"},
 		{"drop", []string{"--scenario", "resume", "--drop", "1.5"}, "--drop 1.5: must be above 0 and at most 1"},
+		{"url without its path", []string{"--url", "ws://127.0.0.1:1"}, "want the node's WebSocket endpoint, with its path"},
+		{"metrics for fewer nodes", []string{"--url", "ws://127.0.0.1:1/v1/ws", "--url", "ws://127.0.0.1:2/v1/ws", "--metrics", "http://127.0.0.1:3/metrics"}, "--metrics: given for 1 of 3 nodes"},
 		{"size", []string{"--size", "-1"}, "--size -1: must be positive"},
 		{"calls", []string{"--scenario", "calls", "--calls", "0"}, "--calls 0: must be positive"},
 		{"html file", []string{"--scenario", "connect", "--conns", "1", "--duration", "1ms", "--html", "/nonexistent/dir/r.html"}, "--html /nonexistent/dir/r.html: "},
