@@ -3,14 +3,12 @@ package loadtest
 import (
 	"context"
 	"net"
-	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/golang-jwt/jwt/v5"
 
-	"github.com/parley-rt/parley/fanout"
 	"github.com/parley-rt/parley/gateway"
 	"github.com/parley-rt/parley/turn"
 )
@@ -31,8 +29,7 @@ func startCallNode(t *testing.T, n callNode) string {
 	t.Helper()
 	// Sessions whose clients are still closing when the test ends are not
 	// drained over the default 10s.
-	cfg := gateway.Config{Bus: fanout.NewMemory(fanout.MemoryConfig{}), DrainTimeout: 100 * time.Millisecond}
-	t.Cleanup(func() { cfg.Bus.Close() })
+	cfg := gateway.Config{DrainTimeout: 100 * time.Millisecond}
 	if n.jwtSecret != "" {
 		cfg.JWTSecret = []byte(n.jwtSecret)
 	}
@@ -55,18 +52,7 @@ func startCallNode(t *testing.T, n callNode) string {
 			Secret: secret,
 		}
 	}
-	gw, err := gateway.New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	hs := httptest.NewServer(gw.Handler())
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		gw.Shutdown(ctx)
-		hs.Close()
-	})
-	return "ws" + strings.TrimPrefix(hs.URL, "http") + "/v1/ws"
+	return serveGateway(t, cfg, nil)
 }
 
 // Calls set up at the rate asked connect peer to peer on loopback, over

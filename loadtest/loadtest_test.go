@@ -24,18 +24,35 @@ func TestMain(m *testing.M) {
 // startNode serves a gateway on 127.0.0.1:0 for the test.
 func startNode(t *testing.T) string {
 	t.Helper()
-	bus := fanout.NewMemory(fanout.MemoryConfig{})
-	gw, err := gateway.New(gateway.Config{Bus: bus})
+	return serveGateway(t, gateway.Config{}, nil)
+}
+
+// serveGateway serves a gateway made with cfg on 127.0.0.1:0 for the test,
+// on a fresh in-memory bus when cfg.Bus is nil (closed with the test; a
+// bus given is the caller's), its handler wrapped by wrap when not nil, and
+// returns its WebSocket endpoint. The gateway is shut down when the test
+// ends.
+func serveGateway(t *testing.T, cfg gateway.Config, wrap func(http.Handler) http.Handler) string {
+	t.Helper()
+	if cfg.Bus == nil {
+		bus := fanout.NewMemory(fanout.MemoryConfig{})
+		t.Cleanup(func() { bus.Close() })
+		cfg.Bus = bus
+	}
+	gw, err := gateway.New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	hs := httptest.NewServer(gw.Handler())
+	h := gw.Handler()
+	if wrap != nil {
+		h = wrap(h)
+	}
+	hs := httptest.NewServer(h)
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
 		gw.Shutdown(ctx)
 		hs.Close()
-		bus.Close()
 	})
 	return "ws" + strings.TrimPrefix(hs.URL, "http") + "/v1/ws"
 }

@@ -5,7 +5,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"net/http/httptest"
 	"os"
 	"os/exec"
 	"strings"
@@ -78,19 +77,8 @@ func TestReviewLateDuplicateCountsPhantomGap(t *testing.T) {
 func startReviewNode(t *testing.T, history int) string {
 	t.Helper()
 	bus := fanout.NewMemory(fanout.MemoryConfig{HistorySize: history})
-	gw, err := gateway.New(gateway.Config{Bus: bus, DrainTimeout: 100 * time.Millisecond})
-	if err != nil {
-		t.Fatal(err)
-	}
-	hs := httptest.NewServer(gw.Handler())
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		gw.Shutdown(ctx)
-		hs.Close()
-		bus.Close()
-	})
-	return "ws" + strings.TrimPrefix(hs.URL, "http") + "/v1/ws"
+	t.Cleanup(func() { bus.Close() })
+	return serveGateway(t, gateway.Config{Bus: bus, DrainTimeout: 100 * time.Millisecond}, nil)
 }
 
 // When deliveries are lost, the run waits the whole 5s drain bound for
@@ -198,24 +186,12 @@ func TestReviewCallsSetupRateAboveRate(t *testing.T) {
 // handshake, 200 connections at 10,000 a second open in well under the 20 s
 // that one after the other would take.
 func TestReviewConnectRampNotReached(t *testing.T) {
-	bus := fanout.NewMemory(fanout.MemoryConfig{})
-	gw, err := gateway.New(gateway.Config{Bus: bus, DrainTimeout: 100 * time.Millisecond})
-	if err != nil {
-		t.Fatal(err)
-	}
-	h := gw.Handler()
-	hs := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		time.Sleep(100 * time.Millisecond)
-		h.ServeHTTP(w, r)
-	}))
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		gw.Shutdown(ctx)
-		hs.Close()
-		bus.Close()
+	url := serveGateway(t, gateway.Config{DrainTimeout: 100 * time.Millisecond}, func(h http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			time.Sleep(100 * time.Millisecond)
+			h.ServeHTTP(w, r)
+		})
 	})
-	url := "ws" + strings.TrimPrefix(hs.URL, "http") + "/v1/ws"
 	const conns = 200
 	rep, err := Run(context.Background(), Config{URL: url, Scenario: "connect", Conns: conns, Rooms: 4, Ramp: 10_000, Duration: 100 * time.Millisecond})
 	if err != nil {

@@ -37,19 +37,8 @@ func startNodes(t *testing.T, n int) []string {
 				t.Fatal("the Redis bus did not connect in 10 s")
 			}
 		}
-		gw, err := gateway.New(gateway.Config{Bus: bus})
-		if err != nil {
-			t.Fatal(err)
-		}
-		hs := httptest.NewServer(gw.Handler())
-		t.Cleanup(func() {
-			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-			defer cancel()
-			gw.Shutdown(ctx)
-			hs.Close()
-			bus.Close()
-		})
-		urls = append(urls, "ws"+strings.TrimPrefix(hs.URL, "http")+"/v1/ws")
+		t.Cleanup(func() { bus.Close() })
+		urls = append(urls, serveGateway(t, gateway.Config{Bus: bus}, nil))
 	}
 	return urls
 }

@@ -26,9 +26,21 @@ const welcomeTimeout = 10 * time.Second
 // path that does not end in /v1/ws has its last element, which must be ws,
 // replaced by sse.
 func sseEndpoint(wsURL string) (string, error) {
+	u, err := siblingEndpoint(wsURL, "sse", "SSE endpoint")
+	if err != nil {
+		return "", err
+	}
+	return u.String(), nil
+}
+
+// siblingEndpoint returns the HTTP endpoint named name beside the node's
+// WebSocket endpoint wsURL (http for ws, https for wss): the last element of
+// its path, which must be ws, replaced by name. what names the endpoint in
+// errors.
+func siblingEndpoint(wsURL, name, what string) (*url.URL, error) {
 	u, err := url.Parse(wsURL)
 	if err != nil {
-		return "", fmt.Errorf("loadtest: %q: %w", wsURL, err)
+		return nil, fmt.Errorf("loadtest: %q: %w", wsURL, err)
 	}
 	switch u.Scheme {
 	case "ws", "http":
@@ -36,14 +48,14 @@ func sseEndpoint(wsURL string) (string, error) {
 	case "wss", "https":
 		u.Scheme = "https"
 	default:
-		return "", fmt.Errorf("loadtest: %s: scheme %q: want ws or wss", wsURL, u.Scheme)
+		return nil, fmt.Errorf("loadtest: %s: scheme %q: want ws or wss", wsURL, u.Scheme)
 	}
 	dir, last, _ := cutLast(u.Path, "/")
 	if last != "ws" {
-		return "", fmt.Errorf("loadtest: %s: cannot derive the SSE endpoint: the path %q does not end in /v1/ws (or another /ws)", wsURL, u.Path)
+		return nil, fmt.Errorf("loadtest: %s: cannot derive the %s: the path %q does not end in /v1/ws (or another /ws)", wsURL, what, u.Path)
 	}
-	u.Path, u.RawPath, u.Fragment = dir+"/sse", "", ""
-	return u.String(), nil
+	u.Path, u.RawPath, u.Fragment = dir+"/"+name, "", ""
+	return u, nil
 }
 
 // cutLast slices s around the last instance of sep.

@@ -666,23 +666,11 @@ func (t *turnRun) reason(op string, err error) string {
 // iceEndpoint returns the node's ICE servers endpoint for its WebSocket
 // endpoint: ws://host:port/v1/ws gives http://host:port/v1/ice-servers.
 func iceEndpoint(wsURL string) (string, error) {
-	u, err := url.Parse(wsURL)
+	u, err := siblingEndpoint(wsURL, "ice-servers", "ICE servers endpoint")
 	if err != nil {
-		return "", fmt.Errorf("loadtest: %q: %w", wsURL, err)
+		return "", err
 	}
-	switch u.Scheme {
-	case "ws", "http":
-		u.Scheme = "http"
-	case "wss", "https":
-		u.Scheme = "https"
-	default:
-		return "", fmt.Errorf("loadtest: %s: scheme %q: want ws or wss", wsURL, u.Scheme)
-	}
-	dir, last, _ := cutLast(u.Path, "/")
-	if last != "ws" {
-		return "", fmt.Errorf("loadtest: %s: cannot derive the ICE servers endpoint: the path %q does not end in /v1/ws (or another /ws)", wsURL, u.Path)
-	}
-	u.Path, u.RawPath, u.RawQuery, u.Fragment = dir+"/ice-servers", "", "", ""
+	u.RawQuery = ""
 	return u.String(), nil
 }
 

@@ -3,12 +3,10 @@ package loadtest
 import (
 	"context"
 	"net"
-	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/parley-rt/parley/fanout"
 	"github.com/parley-rt/parley/gateway"
 	"github.com/parley-rt/parley/turn"
 )
@@ -69,27 +67,14 @@ func startTURNNode(t *testing.T, nc turnNodeConfig) *turnNode {
 	if ip := relay.UDPAddr().(*net.UDPAddr).IP; !ip.IsLoopback() {
 		t.Fatalf("got relay address %v, want a loopback address", ip)
 	}
-	bus := fanout.NewMemory(fanout.MemoryConfig{})
-	gcfg := gateway.Config{Bus: bus}
+	var gcfg gateway.Config
 	if nc.ice != nil {
 		gcfg.ICE = nc.ice(relay)
 	}
 	if nc.jwtSecret != "" {
 		gcfg.JWTSecret = []byte(nc.jwtSecret)
 	}
-	gw, err := gateway.New(gcfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	hs := httptest.NewServer(gw.Handler())
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		gw.Shutdown(ctx)
-		hs.Close()
-		bus.Close()
-	})
-	return &turnNode{relay: relay, url: "ws" + strings.TrimPrefix(hs.URL, "http") + "/v1/ws"}
+	return &turnNode{relay: relay, url: serveGateway(t, gcfg, nil)}
 }
 
 func TestTURN(t *testing.T) {

@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"net/http"
-	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
@@ -18,19 +17,8 @@ import (
 // second of silence.
 func TestLeanSubscribersAnswerPings(t *testing.T) {
 	bus := fanout.NewMemory(fanout.MemoryConfig{})
-	gw, err := gateway.New(gateway.Config{Bus: bus, PingInterval: 100 * time.Millisecond, PongTimeout: 200 * time.Millisecond})
-	if err != nil {
-		t.Fatal(err)
-	}
-	hs := httptest.NewServer(gw.Handler())
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		gw.Shutdown(ctx)
-		hs.Close()
-		bus.Close()
-	})
-	endpoint := "ws" + strings.TrimPrefix(hs.URL, "http") + "/v1/ws"
+	t.Cleanup(func() { bus.Close() })
+	endpoint := serveGateway(t, gateway.Config{Bus: bus, PingInterval: 100 * time.Millisecond, PongTimeout: 200 * time.Millisecond}, nil)
 	ctx := context.Background()
 	var subs []*wsSub
 	got := make(chan uint64, 10)
