@@ -53,7 +53,7 @@ func (l *latencies) at(q float64) time.Duration {
 // Percentile is one point of a latency distribution: Quantile (0 to 100) of
 // the samples took at most Value.
 type Percentile struct {
-	Quantile float64       `json:"quantile"`
+	Quantile float64       `json:"percentile"`
 	Value    time.Duration `json:"value_ns"`
 }
 

@@ -499,6 +499,9 @@ dial:
 		rep.Resume.RecoveredWithLoss = int(rr.recoveredLossy.Load())
 		rep.Resume.Recovery = rec
 		rep.Resume.Reconnect = rr.reconnect.distribution("reconnect after a drop")
+		if rep.Resume.Reconnect.Count > 0 {
+			rep.Distributions = append(rep.Distributions, rep.Resume.Reconnect)
+		}
 		rep.Distributions = append(rep.Distributions, rec)
 	}
 	return nil
