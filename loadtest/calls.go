@@ -135,17 +135,7 @@ func (c *CallsReport) String() string {
 		b.WriteByte('\n')
 	}
 	if len(c.Failures) > 0 {
-		reasons := make([]string, 0, len(c.Failures))
-		for r := range c.Failures {
-			reasons = append(reasons, r)
-		}
-		// The most frequent first.
-		slices.SortFunc(reasons, func(a, b string) int {
-			if d := c.Failures[b] - c.Failures[a]; d != 0 {
-				return d
-			}
-			return strings.Compare(a, b)
-		})
+		reasons := topReasons(c.Failures, len(c.Failures))
 		for i, r := range reasons {
 			reasons[i] = strconv.Itoa(c.Failures[r]) + " " + r
 		}
@@ -685,11 +675,7 @@ func (cr *callsRun) failed(i int, f callFailure) {
 		return
 	}
 	rep.Failed++
-	reason := f.reason
-	if _, ok := rep.Failures[reason]; !ok && len(rep.Failures) >= callReasons {
-		reason = "other"
-	}
-	rep.Failures[reason]++
+	countReason(rep.Failures, f.reason, callReasons)
 	if len(rep.FirstFailures) < callFailuresKept {
 		rep.FirstFailures = append(rep.FirstFailures, fmt.Sprintf("call %d: %s", i, f.detail))
 	}

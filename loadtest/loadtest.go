@@ -421,7 +421,7 @@ func Run(ctx context.Context, cfg Config) (Report, error) {
 		err = runRooms(ctx, r)
 	}
 	r.prog.end()
-	rep.Interrupted = rep.Interrupted || ctx.Err() != nil && !errors.Is(context.Cause(ctx), errRunBound)
+	rep.Interrupted = ctx.Err() != nil && !errors.Is(context.Cause(ctx), errRunBound)
 	return rep, err
 }
 

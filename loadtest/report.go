@@ -1,7 +1,10 @@
 package loadtest
 
 import (
+	"cmp"
 	"fmt"
+	"maps"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -119,6 +122,28 @@ func round(d time.Duration) time.Duration {
 		return d.Round(10 * time.Microsecond)
 	}
 	return d.Round(time.Microsecond)
+}
+
+// countReason counts one failure of reason in failures; once max distinct
+// reasons are counted, a new one counts as "other".
+func countReason(failures map[string]int, reason string, max int) {
+	if _, ok := failures[reason]; !ok && len(failures) >= max {
+		reason = "other"
+	}
+	failures[reason]++
+}
+
+// topReasons returns up to n of the reasons counted in failures, the most
+// frequent first.
+func topReasons(failures map[string]int, n int) []string {
+	rs := slices.Collect(maps.Keys(failures))
+	slices.SortFunc(rs, func(a, b string) int {
+		if c := cmp.Compare(failures[b], failures[a]); c != 0 {
+			return c
+		}
+		return strings.Compare(a, b)
+	})
+	return rs[:min(n, len(rs))]
 }
 
 // section adds a titled block of lines to a report being rendered.

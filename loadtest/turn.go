@@ -1,14 +1,12 @@
 package loadtest
 
 import (
-	"cmp"
 	"context"
 	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
-	"maps"
 	"net"
 	"net/http"
 	"net/url"
@@ -131,19 +129,6 @@ func (t *TURNReport) String() string {
 	return b.String()
 }
 
-// topReasons returns up to n of the reasons counted in failures, the most
-// frequent first.
-func topReasons(failures map[string]int, n int) []string {
-	rs := slices.Collect(maps.Keys(failures))
-	slices.SortFunc(rs, func(a, b string) int {
-		if c := cmp.Compare(failures[b], failures[a]); c != 0 {
-			return c
-		}
-		return strings.Compare(a, b)
-	})
-	return rs[:min(n, len(rs))]
-}
-
 // turnCred is a TURN server and a credential for it, from /v1/ice-servers.
 type turnCred struct {
 	url      string // as the node wrote it, such as turn:127.0.0.1:3478?transport=udp
@@ -197,10 +182,7 @@ type turnRun struct {
 func (t *turnRun) fail(reason string) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	if _, ok := t.failures[reason]; !ok && len(t.failures) >= maxReasons {
-		reason = "other"
-	}
-	t.failures[reason]++
+	countReason(t.failures, reason, maxReasons)
 }
 
 // reasons returns up to n of the failure reasons counted so far, the most
