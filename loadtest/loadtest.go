@@ -87,20 +87,22 @@ type Config struct {
 // "connect".
 var Scenarios = []string{"connect", "fanout", "rooms", "resume", "calls", "turn"}
 
-// errRunBound ends a run that outlived its duration by maxDuration.
+// errRunBound ends a run that outlived its duration by MaxDuration.
 var errRunBound = errors.New("loadtest: the run's time bound passed")
 
-// maxDuration bounds every run.
-const maxDuration = 10 * time.Minute
-
-// Bounds of a run's counts, and the least rate (one a quarter of an hour:
-// a period of at most 1000 s).
+// The bounds of a Config: MaxDuration bounds every run; the counts are
+// bounded because a run makes room for them before it dials anything;
+// MaxRate bounds Rate, Ramp and PacketRate, and MinRate is the least Rate
+// (one every 1000 s).
 const (
-	maxConns       = 1_000_000
-	maxRooms       = 100_000
-	maxCalls       = 10_000
-	maxAllocations = 100_000
-	minRate        = 0.001
+	MaxDuration    = 10 * time.Minute
+	MaxConns       = 1_000_000
+	MaxRooms       = 100_000
+	MaxCalls       = 10_000
+	MaxAllocations = 100_000
+	MaxRate        = 1_000_000
+	MinRate        = 0.001
+	MaxSize        = 1 << 20
 )
 
 func (c *Config) setDefaults() error {
@@ -173,18 +175,18 @@ func (c *Config) setDefaults() error {
 	case c.Conns < 0 || c.Rooms < 0 || c.Size < 0 || c.Ramp < 0 || !(c.Rate >= 0) || c.Duration < 0 ||
 		c.Calls < 0 || c.Allocations < 0 || c.PacketRate < 0:
 		return errors.New("loadtest: counts, rates and durations must not be negative")
-	case c.Duration > maxDuration:
-		return fmt.Errorf("loadtest: duration %s is over the %s bound", c.Duration, maxDuration)
-	case c.Ramp > 1_000_000 || c.Rate > 1_000_000 || c.PacketRate > 1_000_000:
+	case c.Duration > MaxDuration:
+		return fmt.Errorf("loadtest: duration %s is over the %s bound", c.Duration, MaxDuration)
+	case c.Ramp > MaxRate || c.Rate > MaxRate || c.PacketRate > MaxRate:
 		return errors.New("loadtest: rates are at most 1000000 a second")
 	case !(c.Drop > 0 && c.Drop <= 1):
 		return errors.New("loadtest: the share of connections to drop must be above 0 and at most 1")
-	case c.Size > 1<<20:
+	case c.Size > MaxSize:
 		return errors.New("loadtest: size is at most 1 MiB")
-	case c.Rate < minRate:
-		return fmt.Errorf("loadtest: a rate of %g a second is below the least, %g", c.Rate, minRate)
-	case c.Conns > maxConns || c.Rooms > maxRooms || c.Calls > maxCalls || c.Allocations > maxAllocations:
-		return fmt.Errorf("loadtest: at most %d connections, %d rooms, %d calls and %d allocations", maxConns, maxRooms, maxCalls, maxAllocations)
+	case c.Rate < MinRate:
+		return fmt.Errorf("loadtest: a rate of %g a second is below the least, %g", c.Rate, MinRate)
+	case c.Conns > MaxConns || c.Rooms > MaxRooms || c.Calls > MaxCalls || c.Allocations > MaxAllocations:
+		return fmt.Errorf("loadtest: at most %d connections, %d rooms, %d calls and %d allocations", MaxConns, MaxRooms, MaxCalls, MaxAllocations)
 	}
 	c.Rooms = min(c.Rooms, c.Conns)
 	if !c.AllowRemote {
@@ -398,7 +400,7 @@ func Run(ctx context.Context, cfg Config) (Report, error) {
 	if err := cfg.setDefaults(); err != nil {
 		return Report{}, err
 	}
-	ctx, cancel := context.WithTimeoutCause(ctx, cfg.Duration+maxDuration, errRunBound)
+	ctx, cancel := context.WithTimeoutCause(ctx, cfg.Duration+MaxDuration, errRunBound)
 	defer cancel()
 	rep := Report{Started: time.Now(), Scenario: cfg.Scenario, Transport: cfg.Transport, Nodes: 1 + len(cfg.URLs), Sources: 1}
 	r := &run{cfg: &cfg, rep: &rep, prog: newProgress(cfg.Progress, cfg.Bar)}

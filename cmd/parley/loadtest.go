@@ -146,28 +146,28 @@ func loadtestCmd(ctx context.Context, args []string, getenv func(string) string,
 		name   string
 		v, max int
 	}{
-		{"conns", cfg.Conns, 1_000_000},
-		{"rooms", cfg.Rooms, 100_000},
-		{"ramp", cfg.Ramp, 1_000_000},
-		{"calls", cfg.Calls, 10_000},
-		{"allocations", cfg.Allocations, 100_000},
-		{"packet-rate", cfg.PacketRate, 1_000_000},
+		{"conns", cfg.Conns, loadtest.MaxConns},
+		{"rooms", cfg.Rooms, loadtest.MaxRooms},
+		{"ramp", cfg.Ramp, loadtest.MaxRate},
+		{"calls", cfg.Calls, loadtest.MaxCalls},
+		{"allocations", cfg.Allocations, loadtest.MaxAllocations},
+		{"packet-rate", cfg.PacketRate, loadtest.MaxRate},
 	} {
 		if c.v <= 0 || c.v > c.max {
 			errs = append(errs, fs.badValue(c.name, "must be positive and at most %d", c.max))
 		}
 	}
-	if cfg.Size < 0 || cfg.Size > 1<<20 {
-		errs = append(errs, fs.badValue("size", "must be positive and at most 1048576"))
+	if cfg.Size < 0 || cfg.Size > loadtest.MaxSize {
+		errs = append(errs, fs.badValue("size", "must be positive and at most %d", loadtest.MaxSize))
 	}
-	if cfg.Rate != 0 && !(cfg.Rate >= 0.001 && cfg.Rate <= 1_000_000) {
-		errs = append(errs, fs.badValue("rate", "must be at least 0.001 and at most 1000000 (0 means the scenario's default)"))
+	if cfg.Rate != 0 && !(cfg.Rate >= loadtest.MinRate && cfg.Rate <= loadtest.MaxRate) {
+		errs = append(errs, fs.badValue("rate", "must be at least %g and at most %d (0 means the scenario's default)", loadtest.MinRate, loadtest.MaxRate))
 	}
 	if !(cfg.Drop > 0 && cfg.Drop <= 1) {
 		errs = append(errs, fs.badValue("drop", "must be above 0 and at most 1"))
 	}
-	if cfg.Duration <= 0 || cfg.Duration > 10*time.Minute {
-		errs = append(errs, fs.badValue("duration", "must be above 0 and at most 10m"))
+	if cfg.Duration <= 0 || cfg.Duration > loadtest.MaxDuration {
+		errs = append(errs, fs.badValue("duration", "must be above 0 and at most %vm", loadtest.MaxDuration.Minutes()))
 	}
 	if err := fs.errors(errs); err != nil {
 		return err
