@@ -316,22 +316,33 @@ type messageFrame struct {
 	TS     int64           `json:"ts"`
 }
 
-// encodeMessage encodes a message frame. It does not HTML-escape: the data
-// goes out as it was published, and the frame is no larger than the message
+// encodeMessage encodes a message frame, once per message on the node, and
+// returns it as one final, unmasked WebSocket text frame (wire) whose tail is
+// the frame's JSON (b), what SSE renders. It does not HTML-escape: the data
+// goes out as it was published, and the JSON is no larger than the message
 // (fanout.MessageCost counts on that).
-func encodeMessage(m *fanout.Message) ([]byte, error) {
+func encodeMessage(m *fanout.Message) (wire, b []byte, err error) {
 	var buf bytes.Buffer
-	buf.Grow(len(m.Data) + len(m.Room) + len(m.From) + len(m.Epoch) + 96)
+	buf.Grow(maxWSHeader + len(m.Data) + len(m.Room) + len(m.From) + len(m.Epoch) + 96)
+	buf.Write(make([]byte, maxWSHeader))
 	enc := json.NewEncoder(&buf)
 	enc.SetEscapeHTML(false)
-	err := enc.Encode(messageFrame{
+	err = enc.Encode(messageFrame{
 		Type: "message", Room: m.Room, Offset: m.Offset, Epoch: m.Epoch,
 		Data: m.Data, From: m.From, TS: m.Time / 1e6,
 	})
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	return bytes.TrimSuffix(buf.Bytes(), []byte("\n")), nil
+	// The JSON was written after room for the longest header; the header
+	// goes right before it, so the frame and its JSON share one array.
+	out := bytes.TrimSuffix(buf.Bytes(), []byte("\n"))
+	b = out[maxWSHeader:]
+	var h [maxWSHeader]byte
+	hdr := appendWSHeader(h[:0], len(b))
+	start := maxWSHeader - len(hdr)
+	copy(out[start:], hdr)
+	return out[start:], b, nil
 }
 
 type presenceFrame struct {

@@ -211,13 +211,11 @@ type sharedFrames struct {
 // frames returns msg's shared frames; nil if it cannot be encoded.
 func (h *hub) frames(msg *fanout.Message) *sharedFrames {
 	sf, _ := msg.Shared(func(m *fanout.Message) any {
-		b, err := encodeMessage(m)
+		wire, b, err := encodeMessage(m)
 		if err != nil {
 			h.srv.log.Error("encoding message", "room", m.Room, "offset", m.Offset, "err", err)
 			return (*sharedFrames)(nil)
 		}
-		wire := wsTextFrame(b)
-		b = wire[len(wire)-len(b):]
 		sf := &sharedFrames{live: frame{b: b, wire: wire, kind: kindMessage, room: m.Room, epoch: m.Epoch, offset: m.Offset, time: m.Time}}
 		sf.replay = sf.live
 		sf.replay.time = 0

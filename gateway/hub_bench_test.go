@@ -210,7 +210,7 @@ func BenchmarkEncodeMessage(b *testing.B) {
 	m := &fanout.Message{Room: "chat:lobby", Offset: 123456, Epoch: "f3Jc0yq5m1xD", Data: json.RawMessage(`{"text":"hello","n":1}`), From: "alice", Time: time.Now().UnixNano()}
 	b.ReportAllocs()
 	for range b.N {
-		if _, err := encodeMessage(m); err != nil {
+		if _, _, err := encodeMessage(m); err != nil {
 			b.Fatal(err)
 		}
 	}
