@@ -305,7 +305,7 @@ func runScript(t *testing.T, env []string, script string, result any) {
 	nodeBin, chromium := browserTools(t)
 	shots := os.Getenv("PARLEY_SCREENSHOT_DIR")
 	if shots == "" {
-		shots = t.TempDir()
+		shots = screenshotDir(t)
 	} else if err := os.MkdirAll(shots, 0o755); err != nil {
 		t.Fatal(err)
 	}
@@ -803,7 +803,7 @@ func TestPagesRefused(t *testing.T) {
 	if !strings.Contains(res.Expired.Notice, "Your token has expired") || res.Expired.State != "closed" {
 		t.Errorf("an expired token: notice %q, state %q; want the sentence about the expired token, closed", res.Expired.Notice, res.Expired.State)
 	}
-	if !strings.Contains(res.Forbidden.Notice, "Your token does not allow watching secret") || res.Forbidden.State != "closed" {
+	if !strings.Contains(res.Forbidden.Notice, "Your token does not allow the room secret") || res.Forbidden.State != "closed" {
 		t.Errorf("a room the token does not allow: notice %q, state %q; want the sentence naming the room, closed", res.Forbidden.Notice, res.Forbidden.State)
 	}
 	if res.Allowed.State != "open" || res.Allowed.Status != "Watching news" || res.Allowed.Notice != "" {
@@ -829,7 +829,7 @@ func TestPagesRefused(t *testing.T) {
 	if c.Joined.State != "open" || c.Joined.Notice != "" {
 		t.Errorf("chat given a token: state %q, notice %q; want open, no notice", c.Joined.State, c.Joined.Notice)
 	}
-	if !strings.Contains(c.Forbidden.Notice, "Your token does not allow joining secret") {
+	if !strings.Contains(c.Forbidden.Notice, "Your token does not allow the room secret") {
 		t.Errorf("chat, a room the token does not allow: notice %q, want the sentence naming the room", c.Forbidden.Notice)
 	}
 }

@@ -9,10 +9,14 @@ import (
 	"time"
 )
 
-// TestSDK runs parley.js's unit tests (testdata/sdk.test.mjs) with Node's
-// test runner against a scripted fake WebSocket and EventSource: replayed
-// duplicates, a lost epoch, a drain, timeouts, backoff, presence paging, an
-// expired token on an event stream, a stream the node refuses. They need
+// TestSDK runs parley.js's unit tests, every testdata/*.test.mjs, with
+// Node's test runner: sdk.test.mjs against a scripted fake WebSocket and
+// EventSource (replayed duplicates, a lost epoch, a drain, timeouts, backoff,
+// presence paging, an expired token on an event stream, a stream the node
+// refuses), and call.test.mjs against a fake node and a fake
+// RTCPeerConnection (perfect negotiation with crossing offers, a rollback,
+// an ICE restart while an offer is in flight, TURN credential refresh, a
+// mesh, a rejoin after a dropped connection, explain's sentences). They need
 // Node, not a browser.
 func TestSDK(t *testing.T) {
 	node, err := exec.LookPath("node")
@@ -23,9 +27,17 @@ func TestSDK(t *testing.T) {
 		}
 		t.Skip(msg)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	files, err := filepath.Glob(filepath.Join("testdata", "*.test.mjs"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(files) < 2 {
+		t.Fatalf("testdata/*.test.mjs: got %v, want sdk.test.mjs and call.test.mjs at least", files)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, node, "--test", "--test-reporter=spec", filepath.Join("testdata", "sdk.test.mjs"))
+	args := append([]string{"--test", "--test-reporter=spec"}, files...)
+	cmd := exec.CommandContext(ctx, node, args...)
 	cmd.WaitDelay = 5 * time.Second
 	out, err := cmd.CombinedOutput()
 	if err != nil {

@@ -38,6 +38,14 @@ type file struct {
 	etag  string
 }
 
+// contentTypes are the types of the extensions that the system's MIME table
+// may get wrong: on Debian, .ts is a Qt translation file.
+var contentTypes = map[string]string{
+	".ts":  "application/typescript; charset=utf-8",
+	".js":  "text/javascript; charset=utf-8",
+	".css": "text/css; charset=utf-8",
+}
+
 type handler struct {
 	files map[string]*file // by URL path
 }
@@ -59,7 +67,10 @@ func Handler() http.Handler {
 			return err
 		}
 		sum := sha256.Sum256(body)
-		ctype := mime.TypeByExtension(path.Ext(p))
+		ctype := contentTypes[path.Ext(p)]
+		if ctype == "" {
+			ctype = mime.TypeByExtension(path.Ext(p))
+		}
 		if ctype == "" {
 			ctype = http.DetectContentType(body)
 		}

@@ -12,7 +12,9 @@ import (
 )
 
 func TestFS(t *testing.T) {
-	for _, name := range []string{"index.html", "chat.html", "chat.js", "events.html", "events.js", "parley.js", "style.css", "favicon.svg"} {
+	for _, name := range []string{"index.html", "chat.html", "chat.js", "events.html", "events.js", "call.html", "call.js", "call.css",
+		"diagnostics.html", "diagnostics.js", "diagnostics.css", "dashboard.html", "dashboard.js", "dashboard.css",
+		"parley.js", "parley.d.ts", "style.css", "favicon.svg"} {
 		if _, err := fs.Stat(web.FS(), name); err != nil {
 			t.Errorf("embedded %s: %v", name, err)
 		}
@@ -51,6 +53,7 @@ func TestHandler(t *testing.T) {
 		{"sdk", "GET", "/parley.js", 200, "javascript", "export class Parley"},
 		{"chat", "GET", "/chat.html", 200, "text/html", `src="chat.js"`},
 		{"events", "GET", "/events.html", 200, "text/html", `src="events.js"`},
+		{"types", "GET", "/parley.d.ts", 200, "application/typescript", "export class Call"},
 		{"css", "GET", "/style.css", 200, "text/css", ":root"},
 		{"icon", "GET", "/favicon.svg", 200, "image/svg+xml", "<svg"},
 		{"head", "HEAD", "/parley.js", 200, "javascript", ""},

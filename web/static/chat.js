@@ -1,5 +1,5 @@
 // The chat demo: one Parley client, one room at a time.
-import { Parley } from './parley.js';
+import { Parley, explain } from './parley.js';
 
 const $ = (selector) => document.querySelector(selector);
 const joinForm = $('#join');
@@ -44,7 +44,7 @@ function showState() {
       statusEl.textContent = `Connected as ${client.user} on node ${client.welcome.node}`;
       break;
     case 'reconnecting':
-      statusEl.textContent = draining ? 'The node is shutting down: reconnecting, to another node if there is one…' : 'Reconnecting…';
+      statusEl.textContent = draining ? explain('draining') : 'Reconnecting…';
       break;
     case 'closed':
       statusEl.textContent = 'Disconnected.';
@@ -57,37 +57,13 @@ function notice(text) {
   noticeEl.hidden = !text;
 }
 
-// askForToken opens the token field, so the sentence that points at it
-// can be followed at once.
-function askForToken(text) {
-  joinForm.querySelector('details').open = true;
+// say is the SDK's sentence for an error or a close, pointing at this page's
+// token field for the ones about tokens, which it opens so that the
+// sentence can be followed at once.
+function say(err) {
+  const text = explain(err, { token: 'paste a JWT into the Token field above and press Join' });
+  if (err?.code === 'unauthorized' || err?.code === 1008) joinForm.querySelector('details').open = true;
   return text;
-}
-
-// explain says in a sentence what an error means for the person chatting.
-function explain(err) {
-  const where = 'paste a JWT into the Token field above and press Join';
-  switch (err.code) {
-    case 'unauthorized':
-      if (/^missing token/.test(err.message) || !token) return askForToken(`This node checks tokens, and none was given: ${where}.`);
-      if (/^token expired/.test(err.message)) return askForToken(`Your token has expired: ${where} to carry on.`);
-      return askForToken(`The node refused the token (${err.message}): ${where}.`);
-    case 'forbidden':
-      if (err.room && /not allowed/.test(err.message)) {
-        return `Your token does not allow joining ${err.room}: pick another room, or use a token that allows it.`;
-      }
-      return `The node refused: ${err.message}.`;
-    case 'internal':
-    case 'over_capacity':
-    case 'rate_limited':
-    case 'draining':
-      // A room the client rejoins after a reconnect, refused for now: the
-      // client keeps it and reconnects to try again.
-      if (err.room) return `Rejoining ${err.room} failed for a moment (${err.message}): trying again.`;
-      return `The node reported an error: ${err.message}.`;
-    default:
-      return `The node reported an error: ${err.message}.`;
-  }
 }
 
 // explainSend says why a message was not sent.
@@ -100,7 +76,7 @@ function explainSend(err, name) {
     case 'timeout':
       return 'Not sent: the node did not answer in time. Send it again.';
     case 'unauthorized':
-      return explain(err);
+      return say(err);
     case 'closed':
       return 'Not sent: not connected. Press Join to connect again.';
     default:
@@ -228,15 +204,12 @@ function connect() {
   client.on('draining', () => {
     draining = true;
   });
-  client.on('close', ({ code }) => {
-    if (code === 1013) {
-      notice(
-        'This page read the room\u2019s messages too slowly (a slow network, or a busy tab), ' +
-          'so the node closed the connection: reconnecting, and catching up on what was missed.',
-      );
-    }
+  client.on('close', (e) => {
+    // The node closed this page as a slow consumer; the other closes are
+    // told by the status line, or by the error frame before them.
+    if (e.code === 1013) notice(say(e));
   });
-  client.on('error', (err) => notice(explain(err)));
+  client.on('error', (err) => notice(say(err)));
   showState();
 }
 
@@ -267,7 +240,7 @@ async function join(name) {
     textInput.focus();
   } catch (err) {
     if (room === name) room = null;
-    notice(err.code === 'unauthorized' || err.code === 'forbidden' ? explain(err) : `Could not join ${name}: ${err.message}.`);
+    notice(say(err));
   }
 }
 

@@ -1,5 +1,5 @@
 // The live events demo: ParleySSE (EventSource) in, the HTTP API out.
-import { ParleySSE } from './parley.js';
+import { ParleySSE, explain } from './parley.js';
 
 const $ = (selector) => document.querySelector(selector);
 const watchForm = $('#watch');
@@ -34,7 +34,7 @@ let draining = false; // the node asked this stream to move
 // (null: the network, as far as the page can tell).
 function retrying(err) {
   if (draining || err?.code === 'draining' || (err?.code === 'over_capacity' && /draining/.test(err.message))) {
-    return 'The node is shutting down: reconnecting, to another node if there is one…';
+    return explain('draining');
   }
   switch (err?.code) {
     case 'over_capacity':
@@ -61,44 +61,25 @@ function showState(state) {
   stopButton.disabled = state === 'closed';
 }
 
-// askForToken opens the token field, so the sentence that points at it
-// can be followed at once.
-function askForToken(text) {
-  watchForm.querySelector('details').open = true;
-  return text;
-}
-
-// explain says in a sentence what an error means for the person watching,
-// or returns '' for the ones the status line already tells (the page is
-// trying again).
-function explain(err) {
-  const where = 'paste a JWT into the Token field above and press Watch';
+// say is the SDK's sentence for an error, pointing at this page's token
+// field for the ones about tokens (which it opens, so that the sentence can
+// be followed at once), or '' for the errors the status line already tells
+// (the page is trying again).
+function say(err) {
   switch (err.code) {
-    case 'unauthorized':
-      if (/^missing token/.test(err.message) || !sse?.token) return askForToken(`This node checks tokens, and none was given: ${where}.`);
-      if (/^token expired/.test(err.message)) {
-        const resume = sse?.welcome ? ' to carry on from where the stream stopped' : '';
-        return askForToken(`Your token has expired: ${where}${resume}.`);
-      }
-      return askForToken(`The node refused the token (${err.message}): ${where}.`);
-    case 'forbidden': {
-      const room = /not allowed to subscribe to (\S+)/.exec(err.message)?.[1];
-      if (room) return `Your token does not allow watching ${room}: take it off the list, or use a token that allows it.`;
-      if (err.message === 'room limit reached') return 'That is more rooms than the node lets one stream watch: watch fewer.';
-      return `The node refused the stream: ${err.message}.`;
-    }
-    case 'bad_room':
-    case 'bad_request':
-    case 'not_found':
-      return `The node refused the stream: ${err.message}.`;
     case 'disconnected':
     case 'draining':
     case 'over_capacity':
     case 'rate_limited':
     case 'unavailable':
       return '';
+    case 'unauthorized': {
+      watchForm.querySelector('details').open = true;
+      const resume = sse?.welcome && /expired/.test(err.message) ? ' to carry on from where the stream stopped' : '';
+      return explain(err, { token: `paste a JWT into the Token field above and press Watch${resume}` });
+    }
     default:
-      return `The node reported an error: ${err.message}.`;
+      return explain(err);
   }
 }
 
@@ -143,7 +124,7 @@ watchForm.addEventListener('submit', (e) => {
   sse.on('draining', () => (draining = true));
   sse.on('welcome', () => (draining = false));
   sse.on('error', (err) => {
-    const text = explain(err);
+    const text = say(err);
     if (text) notice(text);
     showState(sse.state);
   });

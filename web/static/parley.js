@@ -6,11 +6,15 @@
 //   const client = new Parley({ token });            // ws(s)://<this host>/v1/ws
 //   await client.subscribe('lobby', { presence: true, onMessage: m => show(m) });
 //   await client.publish('lobby', { text: 'hi' });
+//   const call = await client.join('standup', { stream });  // a WebRTC mesh call
 //
 // The client reconnects by itself (exponential backoff with full jitter, or when
 // a draining node says so with a `reconnect` frame), resubscribes every room
-// from the last position it saw, and drops any offset it has already delivered.
-// docs/SDK.md describes the whole API; docs/PROTOCOL.md the frames it speaks.
+// from the last position it saw, drops any offset it has already delivered,
+// and rejoins every call as the same peer with its resume token. explain()
+// turns any error it reports into a sentence a person can act on.
+// docs/SDK.md describes the whole API; docs/PROTOCOL.md and docs/CALLS.md the
+// frames it speaks.
 
 /**
  * A member of a room's presence: one session of a user.
@@ -29,7 +33,13 @@
 export const SUBPROTOCOL = 'parley.v1';
 
 /** An error from the node (`code` is the protocol's error code) or the SDK
- * (`timeout`, `disconnected`, `closed`, `already_subscribed`, `unsubscribed`). */
+ * (`timeout`, `disconnected`, `closed`, `already_subscribed`, `unsubscribed`,
+ * `already_joined`, `ice_failed`, `negotiation_failed`, `bad_frame`).
+ * Depending on what failed it also has `frame` (the node's error frame),
+ * `room`, `call`, `session` (a peer of the call), `status` (an HTTP status),
+ * and `retrying` (true when the client keeps what the node refused for now,
+ * a room or a call it renews after a reconnect, and tries again by itself).
+ * explain(err) says what it means in a sentence. */
 export class ParleyError extends Error {
   constructor(code, message, frame) {
     super(message || code);
@@ -134,6 +144,13 @@ function refreshDelay(now, exp) {
   return Math.max(delay, minRefreshDelay);
 }
 
+// The Call's side of its client: module-private method names, so that only
+// Parley hands it acks, frames and the end.
+const callAck = Symbol('callAck'); // (ack, rejoin): a join or rejoin's ack
+const callFrame = Symbol('callFrame'); // (frame): a signal or peer frame of the call
+const callOffline = Symbol('callOffline'); // (): the connection dropped
+const callEnd = Symbol('callEnd'); // (reason, error): the call ended without leave()
+
 // transientCodes are the error codes of a refusal that may pass: the node is
 // short of something for now (its message bus, room slots, a rate) or going
 // away, and the same subscribe may succeed later or on another node.
@@ -163,6 +180,9 @@ function backoff(n, min, max) {
  * refusal that may pass, `internal`, `over_capacity`, `rate_limited` or
  * `draining`, keeps the room, and the client reconnects with backoff to
  * renew it; any other drops the room).
+ *
+ * Calls: join() joins a WebRTC call and resolves to a Call, which this client
+ * keeps joined across reconnects (see Call).
  *
  * Tokens: a session lasts as long as its token. With a token function whose
  * tokens are JWTs with an exp, the client refreshes the token on the live
@@ -223,6 +243,8 @@ export class Parley extends Emitter {
   #lastSeen = 0;
   #token = null; // the token of the current connection (from a token function), or null
   #refreshTimer = null;
+  #calls = new Map(); // call name -> call entry (see join)
+  #joinAcks = new Map(); // id -> call entry, for join frames in flight
 
   /** The session id of the current connection, or null. */
   get session() {
@@ -248,6 +270,7 @@ export class Parley extends Emitter {
   close() {
     this.#stopped = true;
     clearTimeout(this.#retryTimer);
+    this.#endCalls();
     const ws = this.#ws;
     if (ws) this.#lost(ws, 1000, 'closed by client', true);
     else this.#setState('closed');
@@ -270,6 +293,16 @@ export class Parley extends Emitter {
       err.room = room;
       sub.waiter.reject(err);
       sub.waiter = null;
+    }
+    for (const [name, entry] of this.#calls) {
+      if (!entry.waiter) continue;
+      this.#calls.delete(name);
+      clearTimeout(entry.waiter.timer);
+      const err = newError();
+      err.call = name;
+      entry.waiter.reject(err);
+      entry.waiter = null;
+      entry.call[callEnd](null, null);
     }
   }
 
@@ -435,6 +468,180 @@ export class Parley extends Emitter {
     return [...this.#subs.keys()];
   }
 
+  // ---- calls ----
+
+  /**
+   * Joins a WebRTC call (docs/CALLS.md) and resolves to its Call once the
+   * node has acknowledged the join; the Call's events start after that.
+   * Rejects with a ParleyError: the node's (`forbidden` for a call the token
+   * does not allow or one that is full, `bad_room`, `rate_limited`…),
+   * `already_joined`, `timeout` or `closed`. A join whose connection drops
+   * before the ack is sent again after the reconnect. The client keeps the
+   * call joined until call.leave() or close(): after every reconnect it
+   * joins again with the call's resume token, as the same peer.
+   *
+   * @param {string} name the call
+   * @param {CallOptions} [options]
+   * @returns {Promise<Call>}
+   */
+  join(name, options = {}) {
+    if (this.#calls.has(name)) return Promise.reject(Object.assign(new ParleyError('already_joined', `already in call ${name}`), { call: name }));
+    if (this.#stopped && this.state === 'closed') return Promise.reject(new ParleyError('closed', 'the client is closed'));
+    const entry = { name, call: null, joined: false, resume: null, awaiting: false, early: [], waiter: null };
+    entry.call = new Call(this.#callHost(entry), name, options);
+    const timeout = options.timeout ?? this.timeout;
+    const promise = new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        if (this.#calls.get(name) !== entry || !entry.waiter) return;
+        this.#calls.delete(name);
+        entry.waiter = null;
+        // The join may have reached the node: leave, so that no peer stays behind.
+        if (this.#welcomed) this.#command({ type: 'leave', call: name }).catch(() => {});
+        entry.call[callEnd](null, null);
+        reject(Object.assign(new ParleyError('timeout', `join ${name}: no answer within ${timeout} ms`), { call: name }));
+      }, timeout);
+      entry.waiter = { resolve, reject, timer };
+    });
+    this.#calls.set(name, entry);
+    if (this.#welcomed) this.#sendJoin(entry);
+    return promise;
+  }
+
+  /** The calls this client is in (or is joining). */
+  calls() {
+    return [...this.#calls.keys()];
+  }
+
+  // callHost is what a Call asks of this client: its signals, its leave,
+  // and where and how to fetch fresh ICE servers.
+  #callHost(entry) {
+    return {
+      signal: (to, data) => this.#command({ type: 'signal', call: entry.name, to, data }),
+      leave: () => this.#leaveCall(entry),
+      token: () => this.#currentToken(),
+      iceServersURL: () => {
+        const u = endpoint(this.url, '/v1/ws', 'http');
+        u.pathname = u.pathname.replace(/\/v1\/ws\/?$/, '').replace(/\/$/, '') + '/v1/ice-servers';
+        u.search = '';
+        u.hash = '';
+        return u.toString();
+      },
+    };
+  }
+
+  // currentToken is the token of the current connection, for the HTTP API:
+  // the last one a token function gave (refreshed on the live connection),
+  // or the fixed one.
+  async #currentToken() {
+    if (typeof this.token !== 'function') return this.token ?? null;
+    return this.#token ?? (await resolveToken(this.token));
+  }
+
+  #sendJoin(entry) {
+    const id = String(++this.#seq);
+    const frame = { type: 'join', id, call: entry.name };
+    if (entry.resume) frame.resume = entry.resume;
+    entry.awaiting = true;
+    entry.early = [];
+    this.#joinAcks.set(id, entry);
+    this.#send(frame);
+  }
+
+  // leaveCall forgets a call the application left, and tells the node.
+  async #leaveCall(entry) {
+    if (this.#calls.get(entry.name) !== entry) return;
+    this.#calls.delete(entry.name);
+    if (entry.waiter) {
+      clearTimeout(entry.waiter.timer);
+      entry.waiter.reject(Object.assign(new ParleyError('closed', `left call ${entry.name} before joining it`), { call: entry.name }));
+      entry.waiter = null;
+    }
+    // Away, the node drops the peer after its grace period; the next
+    // connection does not join the call again.
+    if (!this.#welcomed) return;
+    try {
+      await this.#command({ type: 'leave', call: entry.name });
+    } catch {
+      // not_found (not in the call on this connection), or the connection dropped
+    }
+  }
+
+  // endCalls leaves every call as the client closes: the other peers see
+  // this peer leave at once, rather than after the node's grace period.
+  #endCalls() {
+    for (const [name, entry] of this.#calls) {
+      if (!entry.joined) continue;
+      this.#calls.delete(name);
+      if (this.#welcomed) this.#send({ type: 'leave', id: String(++this.#seq), call: name });
+      entry.call[callEnd]('closed', null);
+    }
+  }
+
+  #onJoined(entry, ack) {
+    if (typeof ack.session !== 'string' || ack.session === '') {
+      this.#onJoinFailed(entry, { type: 'error', code: 'bad_frame', message: 'a join ack without a session' });
+      return;
+    }
+    const rejoin = entry.joined;
+    entry.joined = true;
+    entry.awaiting = false;
+    if (typeof ack.resume === 'string' && ack.resume !== '') entry.resume = ack.resume;
+    const early = entry.early;
+    entry.early = [];
+    entry.call[callAck](ack, rejoin);
+    if (entry.waiter) {
+      clearTimeout(entry.waiter.timer);
+      const { resolve } = entry.waiter;
+      entry.waiter = null;
+      resolve(entry.call);
+    }
+    for (const f of early) {
+      if (this.#calls.get(entry.name) !== entry) return;
+      entry.call[callFrame](f);
+    }
+  }
+
+  // onJoinFailed handles the node's refusal of a join. A first join rejects
+  // its promise. A rejoin refused for now (transientCodes) keeps the call:
+  // the client drops the connection (close code 4002) and reconnects with
+  // backoff to join again, in time if the node's grace period allows. A
+  // rejoin refused for good ends the call ('error', then 'ended').
+  #onJoinFailed(entry, error) {
+    const err = new ParleyError(error.code, error.message, error);
+    err.call = entry.name;
+    if (entry.waiter) {
+      this.#calls.delete(entry.name);
+      clearTimeout(entry.waiter.timer);
+      const { reject } = entry.waiter;
+      entry.waiter = null;
+      entry.call[callEnd](null, null);
+      reject(err);
+      return;
+    }
+    if (!transientCodes.has(error.code)) {
+      this.#calls.delete(entry.name);
+      entry.call[callEnd]('refused', err);
+      return;
+    }
+    const ws = this.#ws;
+    err.retrying = true;
+    entry.call.emit('error', err);
+    if (ws && this.#ws === ws && this.#calls.get(entry.name) === entry) this.#lost(ws, 4002, `rejoin of call ${entry.name} refused: ${error.code}`, false);
+  }
+
+  // onCallFrame hands a call's signal or peer event to its Call. The node
+  // sends none before the join's ack; any that comes while a rejoin waits
+  // for its ack is held until then.
+  #onCallFrame(f) {
+    const entry = this.#calls.get(f.call);
+    if (!entry || (!entry.joined && !entry.awaiting)) return;
+    if (entry.awaiting) {
+      entry.early.push(f);
+      return;
+    }
+    entry.call[callFrame](f);
+  }
+
   // ---- connection ----
 
   #setState(state) {
@@ -500,6 +707,12 @@ export class Parley extends Emitter {
     clearTimeout(this.#refreshTimer);
     this.#welcomed = false;
     this.#subAcks.clear();
+    this.#joinAcks.clear();
+    for (const entry of this.#calls.values()) {
+      entry.awaiting = false;
+      entry.early = [];
+      if (entry.joined) entry.call[callOffline]();
+    }
     for (const [id, cmd] of this.#pending) {
       if (!cmd.sent) continue;
       if ((cmd.frame.type === 'publish' && cmd.frame.key) || cmd.frame.type === 'presence') {
@@ -605,6 +818,9 @@ export class Parley extends Emitter {
         return this.#onPresence(f);
       case 'reconnect':
         return this.#onDrain(f);
+      case 'signal':
+      case 'peer':
+        return this.#onCallFrame(f);
       default:
       // Unknown frames are ignored: the protocol may grow.
     }
@@ -621,6 +837,9 @@ export class Parley extends Emitter {
     this.emit('welcome', this.welcome);
     if (this.#ws !== ws) return; // a listener closed it
     this.#scheduleRefresh(ws, tokenExpiry(this.#token));
+    // Calls first: a peer away from its call keeps its place only for the
+    // node's grace period.
+    for (const entry of this.#calls.values()) this.#sendJoin(entry);
     for (const sub of this.#subs.values()) this.#sendSubscribe(sub);
     for (const cmd of this.#pending.values()) {
       if (!cmd.sent) {
@@ -632,11 +851,11 @@ export class Parley extends Emitter {
   }
 
   // readyCheck starts the backoff over once the connection is ready: welcomed,
-  // and every subscribe answered. A connection the node closes before then
+  // and every subscribe and join answered. A connection the node closes before then
   // (1013 while sending a big room's subscribe ack, say) does not count, so
   // repeated failures back off instead of resubscribing in a tight loop.
   #readyCheck() {
-    if (this.#welcomed && this.#subAcks.size === 0) this.#attempt = 0;
+    if (this.#welcomed && this.#subAcks.size === 0 && this.#joinAcks.size === 0) this.#attempt = 0;
   }
 
   #onDrain(f) {
@@ -728,6 +947,16 @@ export class Parley extends Emitter {
       }
       return;
     }
+    const joining = this.#joinAcks.get(id);
+    if (joining) {
+      this.#joinAcks.delete(id);
+      if (this.#calls.get(joining.name) === joining) {
+        if (ack) this.#onJoined(joining, ack);
+        else this.#onJoinFailed(joining, error);
+      }
+      this.#readyCheck();
+      return;
+    }
     const subAck = this.#subAcks.get(id);
     if (subAck) {
       this.#subAcks.delete(id);
@@ -799,6 +1028,7 @@ export class Parley extends Emitter {
       return;
     }
     const ws = this.#ws;
+    err.retrying = true;
     this.emit('error', err);
     // Unless a listener has closed the client or left the connection.
     if (ws && this.#ws === ws && this.#subs.get(sub.room) === sub) this.#lost(ws, 4002, `resubscribe of ${sub.room} refused: ${error.code}`, false);
@@ -1179,4 +1409,905 @@ export class ParleySSE extends Emitter {
     clearTimeout(this.#timer);
     this.#timer = setTimeout(() => this.#open(), delay);
   }
+}
+
+/**
+ * Options of client.join().
+ * @typedef {object} CallOptions
+ * @property {boolean} [relayOnly=false] use TURN relays only (iceTransportPolicy 'relay'); also on when the ack says relay
+ * @property {MediaStream|null} [stream=null] local media whose tracks go to every peer, or null for data only
+ * @property {boolean} [dataChannel=true] a negotiated data channel (label 'parley', id 0) on every pair, as the Go SDK's
+ * @property {RTCIceServer[]} [iceServers] ICE servers to use instead of the ack's (they are then never refreshed)
+ * @property {number} [statsInterval=1000] ms between getStats samples of each connected peer; 0 turns sampling off
+ * @property {number} [timeout] ms to wait for the join's ack (default: the client's timeout)
+ * @property {typeof RTCPeerConnection} [RTCPeerConnection] an implementation (tests pass a fake)
+ * @property {typeof fetch} [fetch] fetches fresh TURN credentials from /v1/ice-servers
+ */
+
+/**
+ * A remote peer of a call, in call.peers. Its fields follow the
+ * PeerConnection toward it.
+ * @typedef {object} CallPeer
+ * @property {string} session the peer's session in the call
+ * @property {string|null} user its user
+ * @property {boolean} polite this client's role toward it in perfect negotiation
+ * @property {RTCPeerConnection} pc the PeerConnection toward it
+ * @property {RTCPeerConnectionState} state the PeerConnection's connectionState
+ * @property {'host'|'srflx'|'prflx'|'relay'|null} pair the selected candidate pair's type: relay when
+ *   either side is a relay, else the local candidate's type; null until a pair is selected
+ * @property {number|null} rtt the pair's round-trip time, ms
+ * @property {'udp'|'tcp'|'tls'|null} protocol how the local candidate reaches the peer, or its TURN server for a relay
+ * @property {MediaStream|null} stream the peer's media, once a track arrived
+ */
+
+// firstOfferWait is how long a peer that learnt of another from a `join`
+// event waits for that peer's first offer before it offers itself, ms: the
+// other normally offers at once, and perfect negotiation settles a late
+// crossing.
+const firstOfferWait = 5000;
+
+// iceRestartDelay is how long a PeerConnection may stay disconnected before
+// the impolite peer of the pair restarts ICE, ms; the polite one waits twice
+// as long, so that the two rarely restart at once. A failed connection is
+// restarted at once by the impolite peer, after this delay by the polite.
+const iceRestartDelay = 3000;
+
+// TURN credentials are fetched again at 80% of their lifetime, and at least
+// credentialMargin s before they expire when they live long enough; a failed
+// fetch is tried again after credentialRetryMin s, doubling up to
+// credentialRetryMax.
+const credentialMargin = 30;
+const credentialRetryMin = 5;
+const credentialRetryMax = 60;
+
+// credentialDelay is the delay, in s, before TURN credentials valid for ttl s
+// are fetched again.
+function credentialDelay(ttl) {
+  return Math.max(Math.min(ttl * 0.8, ttl - credentialMargin), ttl * 0.5);
+}
+
+// signalsHeld bounds the signals a Call keeps while it cannot send them (its
+// connection is away) or cannot place them (from a peer not announced yet).
+const signalsHeld = 256;
+
+// codesLostToReconnects are the failures of a signal that the ICE restart
+// after a rejoin makes up for.
+const codesLostToReconnects = new Set(['disconnected', 'closed', 'timeout']);
+
+// description is what a signal carries of a session description.
+function description(d) {
+  return d.type === 'rollback' ? { type: 'rollback', sdp: '' } : { type: d.type, sdp: d.sdp };
+}
+
+// iceUfrag is the first ICE username fragment of an SDP body, or ''.
+function iceUfrag(sdp) {
+  return /a=ice-ufrag:(\S+)/.exec(sdp ?? '')?.[1] ?? '';
+}
+
+// selectedPair reads the candidate pair a PeerConnection sends on from its
+// statistics: the transport's selectedCandidatePairId, or (where a browser
+// does not give it) the nominated pair that succeeded.
+function selectedPair(report) {
+  let pair;
+  report.forEach((s) => {
+    if (!pair && s.type === 'transport' && s.selectedCandidatePairId) pair = report.get(s.selectedCandidatePairId);
+  });
+  if (!pair) {
+    report.forEach((s) => {
+      if (!pair && s.type === 'candidate-pair' && (s.selected || (s.nominated && s.state === 'succeeded'))) pair = s;
+    });
+  }
+  const local = pair && report.get(pair.localCandidateId);
+  if (!local) return null;
+  const remote = report.get(pair.remoteCandidateId);
+  const relay = local.candidateType === 'relay';
+  return {
+    pair: relay || remote?.candidateType === 'relay' ? 'relay' : (local.candidateType ?? null),
+    rtt: typeof pair.currentRoundTripTime === 'number' ? Math.round(pair.currentRoundTripTime * 10000) / 10 : null,
+    protocol: (relay ? local.relayProtocol : local.protocol) ?? local.protocol ?? null,
+  };
+}
+
+/**
+ * This client's membership of a WebRTC call: a mesh of RTCPeerConnections,
+ * one per remote peer, negotiated with the W3C's perfect negotiation pattern
+ * over the call's signals, with the role (polite or not) the node gives each
+ * pair. Made by client.join(); docs/CALLS.md describes calls, docs/SDK.md
+ * this API.
+ *
+ * Who starts: a peer listed in the join ack is offered to at once; one that
+ * joins later (a `join` event) is answered, and offered to only if its own
+ * offer has not come within 5 s. Candidates are trickled, with
+ * `{candidate: null}` at the end; remote ones that come before a remote
+ * description wait for it. ICE restarts when a connection fails (the
+ * impolite peer at once, the polite 3 s later) or stays disconnected for 3 s
+ * (the polite 6 s), when the node says a peer resumed, and after this
+ * client's own rejoin (the impolite side of each pair; the other answers).
+ * TURN credentials from the ack are fetched again from /v1/ice-servers
+ * before they expire and set on every PeerConnection.
+ *
+ * Events (call.on(name, fn)): 'peer' ({session, user}: a PeerConnection
+ * toward a new peer exists), 'leave' ({session, user}: the peer left, its
+ * PeerConnection is closed), 'track' ({session, track, stream}), 'open'
+ * ({session}: the data channel toward it opened), 'data' ({session, data}),
+ * 'state' ({session, state}: its connectionState), 'stats' ({session, pair,
+ * rtt, protocol}: every statsInterval while connected), 'restart' ({session,
+ * reason}: this side began an ICE restart; reason 'failed', 'disconnected',
+ * 'resume', 'reconnect' or 'manual'), 'rejoined' ({resumed}: the client
+ * reconnected and joined again; resumed false means this peer came too late
+ * and starts over as a new one, with new PeerConnections), 'ended'
+ * ({reason, error}: 'left' after leave(), 'closed' after client.close(),
+ * 'refused' when a rejoin was refused for good), 'error' (a ParleyError: a
+ * signal the node refused, `ice_failed` with `session` when a connection
+ * failed, `negotiation_failed` when a description could not be applied, a
+ * rejoin refused).
+ */
+export class Call extends Emitter {
+  /** @hideconstructor Calls are made by client.join(). */
+  constructor(host, name, options = {}) {
+    super();
+    /** The call's name. */
+    this.name = name;
+    /** This peer's session in the call: the `from` of its signals. It stays
+     * across resumes, and changes only after a rejoin that did not resume. */
+    this.session = null;
+    /** Whether the PeerConnections use TURN relays only. */
+    this.relayOnly = !!options.relayOnly;
+    this.#host = host;
+    this.#PC = options.RTCPeerConnection ?? globalThis.RTCPeerConnection;
+    this.#fetch = options.fetch ?? globalThis.fetch?.bind(globalThis);
+    this.#dataChannel = options.dataChannel !== false;
+    this.#stream = options.stream ?? null;
+    this.#override = Array.isArray(options.iceServers);
+    this.#iceServers = this.#override ? options.iceServers : [];
+    this.#statsInterval = options.statsInterval ?? 1000;
+  }
+
+  #host;
+  #PC;
+  #fetch;
+  #dataChannel;
+  #stream;
+  #override; // options.iceServers replace the ack's, and are not refreshed
+  #iceServers;
+  #statsInterval;
+  #links = new Map(); // session -> link: the PeerConnection toward a peer and its negotiation
+  #strangers = new Map(); // session -> signals from a peer not announced yet
+  #ready = false; // joined on the current connection: signals go out
+  #outbox = []; // {link, data}: signals made while the connection was away
+  #ended = false;
+  #held = []; // events until the application has the Call, then null
+  #statsTimer = null;
+  #credentialTimer = null;
+  #credentialFailures = 0;
+
+  /** The remote peers: session -> CallPeer, each kept up to date. */
+  get peers() {
+    return new Map([...this.#links].map(([session, l]) => [session, l.peer]));
+  }
+
+  /** Whether the call has ended (leave(), the client's close(), a refused rejoin). */
+  get ended() {
+    return this.#ended;
+  }
+
+  emit(type, value) {
+    if (this.#held) this.#held.push([type, value]);
+    else super.emit(type, value);
+  }
+
+  /**
+   * Sends text on the data channel to every peer whose channel is open, or
+   * to one session. Returns how many peers it went to.
+   * @param {string} data
+   * @param {string} [to]
+   * @returns {number}
+   */
+  send(data, to) {
+    let n = 0;
+    for (const l of this.#links.values()) {
+      if (to !== undefined && l.peer.session !== to) continue;
+      if (l.dc?.readyState !== 'open') continue;
+      l.dc.send(data);
+      n++;
+    }
+    return n;
+  }
+
+  /**
+   * Restarts ICE toward one peer, or every peer (reason 'manual').
+   * @param {string} [session]
+   */
+  restartIce(session) {
+    for (const l of this.#links.values()) {
+      if (session === undefined || l.peer.session === session) this.#restart(l, 'manual');
+    }
+  }
+
+  /**
+   * Replaces the local media sent to every peer: a track of a kind already
+   * sent replaces the old one in place (no renegotiation); a new kind is
+   * added; a kind the new stream lacks stops being sent.
+   * @param {MediaStream|null} stream
+   */
+  setStream(stream) {
+    this.#stream = stream ?? null;
+    for (const l of this.#links.values()) this.#applyStream(l);
+  }
+
+  /** Leaves the call: the node tells the other peers at once, and every
+   * PeerConnection is closed ('ended' {reason: 'left'}). */
+  async leave() {
+    if (this.#ended) return;
+    const left = this.#host.leave();
+    this.#end('left', null);
+    await left;
+  }
+
+  // ---- from the client ----
+
+  [callAck](ack, rejoin) {
+    if (this.#ended) return;
+    this.#takeICE(ack);
+    const peers = Array.isArray(ack.peers) ? ack.peers : [];
+    if (!rejoin) {
+      this.session = ack.session;
+      this.#ready = true;
+      for (const p of peers) this.#connect(p, true);
+      this.#scheduleStats();
+      // The application gets the Call when join() resolves, in a microtask;
+      // what happened meanwhile waits for it.
+      setTimeout(() => this.#release(), 0);
+      return;
+    }
+    if (!ack.resumed) {
+      // This peer came back too late: the others saw it leave, and now see a
+      // new peer join. Its PeerConnections start over.
+      this.#outbox = [];
+      this.#strangers.clear();
+      this.session = ack.session;
+      this.#ready = true;
+      this.emit('rejoined', { resumed: false });
+      for (const l of [...this.#links.values()]) this.#drop(l, true);
+      for (const p of peers) this.#connect(p, true);
+      return;
+    }
+    this.#ready = true;
+    this.emit('rejoined', { resumed: true });
+    // The ack lists the call as it is now: peer events of the time away are
+    // not replayed.
+    const now = new Set(peers.map((p) => p.session));
+    for (const l of [...this.#links.values()]) if (!now.has(l.peer.session)) this.#drop(l, true);
+    const out = this.#outbox;
+    this.#outbox = [];
+    const offered = new Set(); // links whose offer under way just went out
+    for (const { link, data } of out) {
+      if (link.closed) continue;
+      this.#signal(link, data);
+      if (data.sdp?.type === 'offer') offered.add(link);
+    }
+    for (const l of this.#links.values()) {
+      this.#reconfigure(l);
+      this.#resync(l, 'reconnect', offered.has(l));
+    }
+    // A peer that joined meanwhile found this one in its ack, and offers.
+    for (const p of peers) if (!this.#links.has(p.session)) this.#connect(p, false);
+  }
+
+  [callFrame](f) {
+    if (this.#ended) return;
+    if (f.type === 'signal') {
+      const l = this.#links.get(f.from);
+      if (l) {
+        this.#onSignal(l, f.data);
+        return;
+      }
+      // The `join` event of a peer that offers at once can come after its
+      // offer: hold its signals until then.
+      let held = this.#strangers.get(f.from);
+      if (!held) this.#strangers.set(f.from, (held = []));
+      if (held.length < signalsHeld) held.push(f.data);
+      return;
+    }
+    const peer = { session: f.session, user: f.user ?? null, polite: !!f.polite };
+    const l = this.#links.get(f.session);
+    switch (f.event) {
+      case 'join':
+        if (!l) this.#connect(peer, false);
+        return;
+      case 'leave':
+        this.#strangers.delete(f.session);
+        if (l) this.#drop(l, true);
+        return;
+      case 'resume':
+        // Signals sent to it or by it just before it dropped may be lost.
+        if (l) this.#resync(l, 'resume');
+        else this.#connect(peer, false);
+        return;
+      default:
+      // Unknown events are ignored: the protocol may grow.
+    }
+  }
+
+  [callOffline]() {
+    this.#ready = false;
+  }
+
+  [callEnd](reason, error) {
+    if (reason === null) {
+      // A join that never completed: nothing was made, nothing to tell.
+      this.#ended = true;
+      return;
+    }
+    if (error) this.emit('error', error);
+    this.#end(reason, error);
+  }
+
+  // ---- peers ----
+
+  #config() {
+    return { iceServers: this.#iceServers, iceTransportPolicy: this.relayOnly ? 'relay' : 'all' };
+  }
+
+  // takeICE takes the ICE servers and relay policy of a join ack, and
+  // schedules the refresh of its TURN credentials.
+  #takeICE(ack) {
+    if (ack.relay) this.relayOnly = true;
+    clearTimeout(this.#credentialTimer);
+    this.#credentialFailures = 0;
+    if (this.#override) return;
+    this.#iceServers = Array.isArray(ack.iceServers) ? ack.iceServers : [];
+    const ttl = Number(ack.ice_ttl);
+    if (ttl > 0) this.#credentialTimer = setTimeout(() => this.#refreshCredentials(), credentialDelay(ttl) * 1000);
+  }
+
+  // connect makes the PeerConnection toward a peer. The peer found in the
+  // join ack is offered to (negotiation starts with the data channel or the
+  // tracks); one announced by a `join` event is waited for.
+  #connect(p, offer) {
+    const pc = new this.#PC(this.#config());
+    const peer = { session: p.session, user: p.user ?? null, polite: !!p.polite, pc, state: pc.connectionState ?? 'new', pair: null, rtt: null, protocol: null, stream: null };
+    const l = {
+      peer,
+      pc,
+      polite: peer.polite,
+      dc: null,
+      senders: [], // {sender, kind}: the RTCRtpSenders of the local media
+      // Perfect negotiation (https://w3c.github.io/webrtc-pc/#perfect-negotiation-example).
+      makingOffer: false,
+      ignoreOffer: false,
+      settingRemoteAnswerPending: false,
+      chain: Promise.resolve(), // remote signals, applied one after the other
+      candidates: [], // remote candidates waiting for a remote description
+      waiting: !offer, // no offer of its own before the peer's first one
+      waitTimer: null,
+      restartTimer: null,
+      failures: 0, // times it failed since it was last connected
+      // restartFrom is the local ICE username fragment an ICE restart asked
+      // for is to replace, or null: the restart is due until an exchange
+      // completes with other credentials. (A browser forgets it when the
+      // restart's offer is rolled back by a crossing one.)
+      restartFrom: null,
+      closed: false,
+    };
+    this.#links.set(p.session, l);
+    // The handlers are set before the data channel and tracks are added,
+    // whose negotiationneeded they must see.
+    pc.onnegotiationneeded = () => this.#negotiate(l);
+    pc.onicecandidate = (e) => this.#sendCandidate(l, e.candidate);
+    pc.onconnectionstatechange = () => this.#stateChanged(l);
+    pc.ontrack = (e) => this.#onTrack(l, e);
+    if (this.#dataChannel) {
+      const dc = pc.createDataChannel('parley', { negotiated: true, id: 0 });
+      l.dc = dc;
+      dc.onopen = () => {
+        if (!l.closed) this.emit('open', { session: peer.session });
+      };
+      dc.onmessage = (e) => {
+        if (!l.closed) this.emit('data', { session: peer.session, data: e.data });
+      };
+    }
+    this.#applyStream(l);
+    if (l.waiting) {
+      l.waitTimer = setTimeout(() => {
+        l.waiting = false;
+        if (!l.closed && !l.pc.remoteDescription) this.#negotiate(l);
+      }, firstOfferWait);
+    }
+    this.emit('peer', { session: peer.session, user: peer.user });
+    const held = this.#strangers.get(p.session);
+    this.#strangers.delete(p.session);
+    for (const data of held ?? []) this.#onSignal(l, data);
+  }
+
+  // applyStream makes l's senders carry the current local stream's tracks:
+  // each sender takes the stream's next track of its kind in place (or
+  // none, and sends nothing), and a track left over gets a sender of its
+  // own, which renegotiates.
+  #applyStream(l) {
+    const stream = this.#stream;
+    const tracks = stream ? [...stream.getTracks()] : [];
+    for (const s of l.senders) {
+      const i = tracks.findIndex((t) => t.kind === s.kind);
+      const track = i >= 0 ? tracks.splice(i, 1)[0] : null;
+      if (track === s.sender.track) continue;
+      s.sender.replaceTrack(track).catch((err) => {
+        if (!l.closed) this.#negotiationFailed(l, `replacing the ${s.kind} track`, err);
+      });
+      if (track && typeof s.sender.setStreams === 'function') s.sender.setStreams(stream);
+    }
+    for (const track of tracks) l.senders.push({ sender: l.pc.addTrack(track, stream), kind: track.kind });
+  }
+
+  // drop closes l's PeerConnection and forgets the peer.
+  #drop(l, tell) {
+    if (l.closed) return;
+    l.closed = true;
+    clearTimeout(l.waitTimer);
+    clearTimeout(l.restartTimer);
+    if (this.#links.get(l.peer.session) === l) this.#links.delete(l.peer.session);
+    try {
+      l.pc.close();
+    } catch {
+      // closed already
+    }
+    l.peer.state = 'closed';
+    if (tell) this.emit('leave', { session: l.peer.session, user: l.peer.user });
+  }
+
+  #end(reason, error) {
+    if (this.#ended) return;
+    this.#ended = true;
+    this.#ready = false;
+    this.#outbox = [];
+    this.#strangers.clear();
+    clearTimeout(this.#statsTimer);
+    clearTimeout(this.#credentialTimer);
+    for (const l of [...this.#links.values()]) this.#drop(l, false);
+    this.emit('ended', error ? { reason, error } : { reason });
+  }
+
+  #release() {
+    const held = this.#held;
+    this.#held = null;
+    for (const [type, value] of held ?? []) super.emit(type, value);
+  }
+
+  // ---- negotiation ----
+
+  // signal sends data to l's peer, or keeps it for after the rejoin while
+  // the connection is away.
+  #signal(l, data) {
+    if (l.closed) return;
+    if (!this.#ready) {
+      if (this.#outbox.length < signalsHeld) this.#outbox.push({ link: l, data });
+      return;
+    }
+    this.#host.signal(l.peer.session, data).catch((err) => {
+      // One lost to a reconnect is made up for by the ICE restart after
+      // the rejoin; one refused (the peer left) has nobody to go to.
+      if (l.closed || this.#ended || codesLostToReconnects.has(err.code)) return;
+      err.session = l.peer.session;
+      err.call = this.name;
+      this.emit('error', err);
+    });
+  }
+
+  // negotiate is negotiationneeded's handler: a new offer, the first of
+  // the pair or one that restarts ICE.
+  async #negotiate(l) {
+    const pc = l.pc;
+    if (l.closed || l.waiting || pc.signalingState !== 'stable') return;
+    try {
+      l.makingOffer = true;
+      await pc.setLocalDescription();
+      // A crossing offer applied meanwhile rolled this one back (polite).
+      if (l.closed || pc.signalingState !== 'have-local-offer' || pc.localDescription?.type !== 'offer') return;
+      this.#signal(l, { sdp: description(pc.localDescription) });
+    } catch (err) {
+      if (!l.closed) this.#negotiationFailed(l, 'making an offer', err);
+    } finally {
+      l.makingOffer = false;
+    }
+  }
+
+  #negotiationFailed(l, what, err) {
+    const e = new ParleyError('negotiation_failed', `${what} for peer ${l.peer.session}: ${err?.message ?? err}`);
+    e.session = l.peer.session;
+    e.call = this.name;
+    this.emit('error', e);
+  }
+
+  #onSignal(l, data) {
+    l.chain = l.chain.then(() => this.#applySignal(l, data));
+  }
+
+  // applySignal applies a remote signal, as perfect negotiation does: of two
+  // crossing offers, the impolite peer ignores the other's, and the polite
+  // one takes it (setRemoteDescription rolls its own back) and answers.
+  async #applySignal(l, data) {
+    if (l.closed || data === null || typeof data !== 'object') return;
+    const pc = l.pc;
+    if (data.sdp && typeof data.sdp === 'object') {
+      const desc = data.sdp;
+      if (desc.type === 'rollback') {
+        // The peer took back an offer this one has not answered yet.
+        if (pc.signalingState !== 'have-remote-offer') return;
+        try {
+          await pc.setRemoteDescription({ type: 'rollback' });
+        } catch (err) {
+          if (!l.closed) this.#negotiationFailed(l, 'rolling back', err);
+        }
+        return;
+      }
+      // An answer to no offer under way is a repeat (the peer answered an
+      // offer sent again after a reconnect twice): the first one was taken.
+      if (desc.type === 'answer' && pc.signalingState !== 'have-local-offer' && !l.settingRemoteAnswerPending) return;
+      const readyForOffer = !l.makingOffer && (pc.signalingState === 'stable' || l.settingRemoteAnswerPending);
+      const offerCollision = desc.type === 'offer' && !readyForOffer;
+      l.ignoreOffer = !l.polite && offerCollision;
+      if (l.ignoreOffer) return;
+      try {
+        l.settingRemoteAnswerPending = desc.type === 'answer';
+        try {
+          await pc.setRemoteDescription(description(desc));
+        } finally {
+          l.settingRemoteAnswerPending = false;
+        }
+        if (l.closed) return;
+        l.waiting = false;
+        clearTimeout(l.waitTimer);
+        if (desc.type === 'offer') {
+          await pc.setLocalDescription();
+          if (l.closed) return;
+          this.#signal(l, { sdp: description(pc.localDescription) });
+        }
+        if (pc.signalingState === 'stable') this.#exchanged(l);
+      } catch (err) {
+        if (!l.closed) this.#negotiationFailed(l, `applying the ${desc.type}`, err);
+        return;
+      }
+      const queued = l.candidates;
+      l.candidates = [];
+      for (const c of queued) await this.#addCandidate(l, c);
+      return;
+    }
+    if ('candidate' in data) {
+      if (!pc.remoteDescription) {
+        if (l.candidates.length < signalsHeld) l.candidates.push(data.candidate);
+        return;
+      }
+      await this.#addCandidate(l, data.candidate);
+    }
+  }
+
+  // addCandidate adds a remote candidate; null, or an empty candidate, is
+  // the end of candidates. A candidate of an offer this side ignored, or of
+  // an ICE generation gone, is refused by the browser, and that is fine.
+  async #addCandidate(l, c) {
+    try {
+      if (c === null || c === undefined || !c.candidate) await l.pc.addIceCandidate(c?.sdpMid != null || c?.sdpMLineIndex != null ? c : undefined);
+      else await l.pc.addIceCandidate(c);
+    } catch {
+      // an ignored offer's, a past generation's, or end-of-candidates a browser does not take
+    }
+  }
+
+  #sendCandidate(l, c) {
+    if (l.closed) return;
+    if (c === null || c === undefined) {
+      this.#signal(l, { candidate: null });
+      return;
+    }
+    // An empty candidate is one browser's end of a generation; null follows.
+    if (!c.candidate) return;
+    const init = typeof c.toJSON === 'function' ? c.toJSON() : c;
+    const out = { candidate: init.candidate };
+    if (init.sdpMid != null) out.sdpMid = init.sdpMid;
+    if (init.sdpMLineIndex != null) out.sdpMLineIndex = init.sdpMLineIndex;
+    if (init.usernameFragment != null) out.usernameFragment = init.usernameFragment;
+    this.#signal(l, { candidate: out });
+  }
+
+  // restart restarts ICE toward l's peer: the browser makes an offer with new
+  // credentials as soon as no other negotiation is under way.
+  #restart(l, reason) {
+    if (l.closed || !l.pc.remoteDescription) return;
+    this.emit('restart', { session: l.peer.session, reason });
+    l.restartFrom ??= iceUfrag(l.pc.currentLocalDescription?.sdp);
+    l.pc.restartIce();
+  }
+
+  // exchanged runs when an offer/answer exchange has completed: a restart
+  // asked for during it, and not made by it, goes now.
+  #exchanged(l) {
+    if (l.restartFrom === null) return;
+    if (iceUfrag(l.pc.currentLocalDescription?.sdp) !== l.restartFrom) l.restartFrom = null;
+    else if (l.pc.signalingState === 'stable') l.pc.restartIce();
+  }
+
+  // resync makes up for signals that a reconnect (of this peer or the
+  // remote) may have lost. An offer under way is sent again: the remote
+  // answers it if it never got it. The impolite peer of the pair then
+  // restarts ICE; the polite one leaves it to the other, so that the two do
+  // not offer at once.
+  #resync(l, reason, offerSent = false) {
+    if (l.closed) return;
+    if (!offerSent && l.pc.signalingState === 'have-local-offer' && l.pc.localDescription) this.#signal(l, { sdp: description(l.pc.localDescription) });
+    if (!l.polite) this.#restart(l, reason);
+  }
+
+  #reconfigure(l) {
+    try {
+      const current = typeof l.pc.getConfiguration === 'function' ? l.pc.getConfiguration() : {};
+      l.pc.setConfiguration({ ...current, ...this.#config() });
+    } catch (err) {
+      if (!l.closed) this.#negotiationFailed(l, 'new ICE servers', err);
+    }
+  }
+
+  #stateChanged(l) {
+    if (l.closed) return;
+    const state = l.pc.connectionState;
+    if (state === l.peer.state) return;
+    l.peer.state = state;
+    this.emit('state', { session: l.peer.session, state });
+    clearTimeout(l.restartTimer);
+    l.restartTimer = null;
+    switch (state) {
+      case 'connected':
+        l.failures = 0;
+        this.#sample(l);
+        return;
+      case 'failed':
+        if (l.failures++ === 0) {
+          const err = new ParleyError('ice_failed', `the connection to peer ${l.peer.session} failed`);
+          err.session = l.peer.session;
+          err.call = this.name;
+          this.emit('error', err);
+        }
+        break;
+      case 'disconnected':
+        break;
+      default:
+        return;
+    }
+    // A connection that keeps failing (no network) is restarted ever less
+    // often, up to every 30 s.
+    const again = state === 'failed' ? Math.min(30000, l.failures > 1 ? iceRestartDelay * 2 ** (l.failures - 2) : 0) : 0;
+    const delay = again + (state === 'disconnected' ? iceRestartDelay : 0) + (l.polite ? iceRestartDelay : 0);
+    if (delay === 0) {
+      this.#restart(l, 'failed');
+      return;
+    }
+    l.restartTimer = setTimeout(() => {
+      const now = l.pc.connectionState;
+      if (now === 'failed' || now === 'disconnected') this.#restart(l, now);
+    }, delay);
+  }
+
+  #onTrack(l, e) {
+    if (l.closed) return;
+    let stream = e.streams?.[0] ?? null;
+    if (!stream) {
+      stream = l.peer.stream ?? (typeof MediaStream === 'function' ? new MediaStream() : null);
+      stream?.addTrack(e.track);
+    }
+    l.peer.stream = stream;
+    this.emit('track', { session: l.peer.session, track: e.track, stream });
+  }
+
+  // ---- statistics ----
+
+  #scheduleStats() {
+    clearTimeout(this.#statsTimer);
+    if (!(this.#statsInterval > 0) || this.#ended) return;
+    this.#statsTimer = setTimeout(() => {
+      for (const l of this.#links.values()) if (l.peer.state === 'connected') this.#sample(l);
+      this.#scheduleStats();
+    }, this.#statsInterval);
+  }
+
+  async #sample(l) {
+    if (!(this.#statsInterval > 0)) return;
+    let got;
+    try {
+      got = selectedPair(await l.pc.getStats());
+    } catch {
+      return; // closed meanwhile
+    }
+    if (!got || l.closed) return;
+    Object.assign(l.peer, got);
+    this.emit('stats', { session: l.peer.session, ...got });
+  }
+
+  // ---- TURN credentials ----
+
+  // refreshCredentials fetches fresh ICE servers and sets them on every
+  // PeerConnection. Allocations made with the old credentials outlive
+  // them; the new ones serve later restarts and new peers.
+  async #refreshCredentials() {
+    let answer;
+    try {
+      if (typeof this.#fetch !== 'function') throw new ParleyError('unavailable', 'no fetch');
+      const token = await this.#host.token();
+      const headers = token ? { Authorization: `Bearer ${token}` } : {};
+      const res = await this.#fetch(this.#host.iceServersURL(), { headers, cache: 'no-store' });
+      if (!res.ok) throw refusal(res.status, await res.text());
+      answer = await res.json();
+      if (!Array.isArray(answer?.iceServers)) throw new ParleyError('bad_frame', 'the ICE servers answer has no iceServers');
+    } catch {
+      if (this.#ended) return;
+      const delay = Math.min(credentialRetryMax, credentialRetryMin * 2 ** this.#credentialFailures);
+      this.#credentialFailures++;
+      clearTimeout(this.#credentialTimer);
+      this.#credentialTimer = setTimeout(() => this.#refreshCredentials(), delay * 1000);
+      return;
+    }
+    if (this.#ended) return;
+    this.#credentialFailures = 0;
+    this.#iceServers = answer.iceServers;
+    for (const l of this.#links.values()) this.#reconfigure(l);
+    clearTimeout(this.#credentialTimer);
+    const ttl = Number(answer.ttl);
+    if (ttl > 0) this.#credentialTimer = setTimeout(() => this.#refreshCredentials(), credentialDelay(ttl) * 1000);
+  }
+}
+
+// mediaErrors are the sentences for getUserMedia's DOMExceptions, by name.
+const mediaErrors = {
+  NotAllowedError:
+    'The camera and microphone are blocked for this page: allow them in the browser\u2019s site settings (the icon beside the address), or join without them.',
+  PermissionDeniedError:
+    'The camera and microphone are blocked for this page: allow them in the browser\u2019s site settings (the icon beside the address), or join without them.',
+  NotFoundError: 'No camera or microphone was found: plug one in, or join without them.',
+  NotReadableError: 'The camera or microphone is in use by another application, or did not start: close that application and try again.',
+  OverconstrainedError: 'The camera cannot give the picture asked for: try another camera, or the default settings.',
+  SecurityError: 'The browser allows the camera only on secure pages: open this page over https, or on localhost.',
+  AbortError: 'The camera or microphone did not start: try again, or join without them.',
+};
+
+// closeSentence is what a WebSocket close (the node's code, or the SDK's
+// own 4000-4002) means for the person using the page.
+function closeSentence(code, reason, fresh) {
+  switch (code) {
+    case 1000:
+    case 1005:
+      return 'The connection was closed.';
+    case 1001:
+      return 'The node stopped hearing from this page (a sleeping tab, or a lost network), so it closed the connection: reconnecting.';
+    case 1003:
+      return 'The page sent something the node does not take, so the node closed the connection: reload the page.';
+    case 1006:
+      return 'The connection to the node was lost: reconnecting. If this keeps happening, check your network.';
+    case 1008:
+      if (/origin/.test(reason)) return codeSentence('forbidden', reason, {}, fresh);
+      return codeSentence('unauthorized', reason || 'token refused', {}, fresh);
+    case 1009:
+      return 'A message was larger than the node takes, so it closed the connection: send less at once.';
+    case 1011:
+      return 'The node had an internal error and closed the connection: reconnecting.';
+    case 1012:
+      return codeSentence('draining', reason, {}, fresh);
+    case 1013:
+      return 'This page read its messages too slowly (a slow network, or a busy tab), so the node closed the connection: reconnecting, and catching up on what was missed.';
+    case 4000:
+      return 'The node did not answer in time: trying again.';
+    case 4001:
+      return 'Nothing was heard from the node for too long, so the network may be down: reconnecting.';
+    case 4002:
+      return 'The node could not take back a room or call for a moment: reconnecting to try again.';
+    default:
+      return `The connection to the node closed (${code}${reason ? `: ${reason}` : ''}): reconnecting.`;
+  }
+}
+
+// clause is a message from the node without the full stop it may end with.
+function clause(message) {
+  return String(message ?? '').replace(/[.\s]+$/, '');
+}
+
+// codeSentence is what an error code means for the person using the page.
+// x is the error (for its room, call or session), message its message.
+function codeSentence(code, message, x, fresh) {
+  const m = clause(message);
+  // A refusal the client tries again by itself: the renewal of a room or a
+  // call after a reconnect.
+  const what = !x.retrying ? null : x.call ? `the call ${x.call}` : (x.room ?? null);
+  switch (code) {
+    case 'unauthorized':
+      if (/^missing (token|credential)/.test(m)) return `This node checks tokens, and none was given: ${fresh}.`;
+      if (/expired/.test(m)) return `Your token has expired: ${fresh}.`;
+      return `The node refused the token (${m || 'no reason given'}): ${fresh}.`;
+    case 'forbidden': {
+      if (/ is full/.test(m)) {
+        const peers = /at most (\d+)/.exec(m)?.[1];
+        return `The call is full${peers ? ` (at most ${peers} people)` : ''}: wait for someone to leave, or start another call.`;
+      }
+      if (/calls at once/.test(m)) return 'This page is in as many calls as one connection may be: leave one first.';
+      if (/^origin not allowed/.test(m)) return 'This node does not take connections from this site: ask its operator to allow this site\u2019s origin.';
+      if (/^room limit reached/.test(m)) return 'That is more rooms than the node lets one connection have: leave some first.';
+      if (/^not allowed in call/.test(m)) return 'Your token no longer allows this call: join again with a token that allows it.';
+      if (/same user/.test(m)) return 'The fresh token is for another user: sign in again as the same person.';
+      const call = x.call ?? /^not allowed to join call (\S+)/.exec(m)?.[1];
+      if (call) return `Your token does not allow joining the call ${call}: pick another call, or use a token that allows it.`;
+      const sending = /^not allowed to publish to (\S+)/.exec(m)?.[1];
+      if (sending) return `Your token does not allow sending to ${sending}: use a token that allows it.`;
+      const room = x.room ?? /^not allowed to subscribe to (\S+)/.exec(m)?.[1];
+      if (room) return `Your token does not allow the room ${room}: pick another room, or use a token that allows it.`;
+      return `The node refused: ${m || 'not allowed'}.`;
+    }
+    case 'bad_room':
+      return 'That name cannot be used: room and call names are 1 to 128 letters, digits or _ . : @ - characters.';
+    case 'rate_limited':
+      if (what) return `Rejoining ${what} failed for a moment (${m}): trying again.`;
+      if (/joining calls too fast/.test(m)) return 'That was joining calls too fast: wait a second and try again.';
+      if (/signal/.test(m)) return 'The call sent more signals than the node allows: it catches up in a moment.';
+      return 'That was faster than the node allows: wait a moment and try again.';
+    case 'over_capacity':
+      if (what) return `Rejoining ${what} failed for a moment (${m}): trying again.`;
+      return 'The node holds as many rooms and calls as it may: try again in a few seconds, or on another node.';
+    case 'draining':
+      return 'The node is shutting down: reconnecting, to another node if there is one.';
+    case 'internal':
+      if (what) return `Rejoining ${what} failed for a moment (${m}): trying again.`;
+      return `The node had a problem${m ? ` (${m})` : ''}: try again shortly.`;
+    case 'not_found':
+      if (/^not in call/.test(m)) return 'This page is no longer in the call: join it again.';
+      if (/^no peer/.test(m)) return 'That person has left the call.';
+      return `Not found: ${m || 'nothing there'}.`;
+    case 'too_large':
+      return 'That is larger than the node takes: send something smaller.';
+    case 'timeout':
+      return 'The node did not answer in time: check your connection, and try again.';
+    case 'disconnected':
+      return 'The connection dropped before the node answered: try again.';
+    case 'closed':
+      return 'Not connected to the node: connect again to carry on.';
+    case 'unavailable':
+      return 'The node cannot be reached: check your network; the page keeps trying.';
+    case 'ice_failed':
+      return "The call could not connect: try 'relay only' or another network.";
+    case 'negotiation_failed':
+      return 'The call could not agree on its media with the other browser: leave and join again.';
+    case 'already_joined':
+      return 'This page is in that call already.';
+    case 'already_subscribed':
+      return 'This page is in that room already.';
+    case 'bad_frame':
+      return 'The node sent something this page cannot read: reload the page.';
+    case 'bad_request':
+      return `The node refused the request (${m || 'bad request'}): reload the page and try again.`;
+    default:
+      return m ? `Something went wrong: ${m}.` : `Something went wrong (${code}): try again.`;
+  }
+}
+
+/**
+ * A plain sentence a person can act on, for anything the SDK or the browser
+ * reports: a ParleyError (or its code as a string), a WebSocket close event
+ * or the client's 'close' event value ({code, reason}), a getUserMedia
+ * DOMException (NotAllowedError, NotFoundError, NotReadableError,
+ * OverconstrainedError…), or any other Error.
+ *
+ *   client.on('error', (err) => notice(explain(err)));
+ *   client.on('close', (e) => { if (e.code === 1013) notice(explain(e)); });
+ *   call.on('error', (err) => notice(explain(err)));  // 'ice_failed' included
+ *
+ * @param {unknown} x
+ * @param {object} [options]
+ * @param {string} [options.token] what the person does to give a fresh token, ending the
+ *   sentences about tokens (default 'sign in again to get a fresh token')
+ * @returns {string}
+ */
+export function explain(x, options = {}) {
+  const fresh = options.token || 'sign in again to get a fresh token';
+  if (x === null || x === undefined) return 'Something went wrong: try again.';
+  if (typeof x === 'string') return mediaErrors[x] ?? codeSentence(x, '', {}, fresh);
+  if (typeof x !== 'object') return `Something went wrong: ${clause(x)}.`;
+  if (typeof x.name === 'string' && mediaErrors[x.name] && !(x instanceof ParleyError)) return mediaErrors[x.name];
+  if (typeof x.code === 'string') return codeSentence(x.code, x.message, x, fresh);
+  if (typeof x.code === 'number' && ('reason' in x || 'wasClean' in x)) return closeSentence(x.code, String(x.reason ?? ''), fresh);
+  if (typeof x.message === 'string' && x.message) return `Something went wrong: ${clause(x.message)}.`;
+  return 'Something went wrong: try again.';
 }

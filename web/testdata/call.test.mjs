@@ -1,0 +1,1290 @@
+// Unit tests of parley.js's Call in Node, without a browser: a scripted fake
+// WebSocket (as in sdk.test.mjs), a small fake node that relays the call
+// frames of docs/CALLS.md between several clients, and a fake
+// RTCPeerConnection that follows the W3C signaling state machine (stable,
+// have-local-offer, have-remote-offer; an implicit rollback when an offer is
+// set in have-local-offer; InvalidStateError where a browser throws one;
+// negotiationneeded, icecandidate and connectionstatechange events). They
+// cover what a real call rarely does on cue: crossing offers from either
+// side, a rollback, an ICE restart asked for while an offer is in flight,
+// candidates before a description, the refresh of TURN credentials, a mesh
+// of four, and a client whose WebSocket drops mid-call. Run with
+// `node --test web/testdata/`; the browser tests make real calls.
+import assert from 'node:assert/strict';
+import { afterEach, mock, test } from 'node:test';
+import { Call, Parley, ParleyError, explain } from '../static/parley.js';
+
+// ---- a fake WebSocket, and a fake node behind it ----
+
+class FakeWS {
+  static all = [];
+  static node = null; // a FakeNode answering every socket, or null: the test scripts the socket
+
+  constructor(url, protocol) {
+    this.url = url;
+    this.protocol = protocol;
+    this.readyState = 0;
+    this.sent = [];
+    FakeWS.all.push(this);
+    const node = FakeWS.node;
+    queueMicrotask(() => {
+      if (this.readyState !== 0) return;
+      this.readyState = 1;
+      this.onopen?.({});
+      node?.open(this);
+    });
+  }
+
+  send(s) {
+    const f = JSON.parse(s);
+    this.sent.push(f);
+    const node = FakeWS.node;
+    if (node) queueMicrotask(() => node.frame(this, f));
+  }
+
+  close(code) {
+    if (this.readyState >= 2) return;
+    this.readyState = 3;
+    this.closedWith = code;
+    this.#gone();
+    queueMicrotask(() => this.onclose?.({ code: code ?? 1005, reason: '', wasClean: true }));
+  }
+
+  // push delivers frames as one text frame, newline-separated, as the node batches them.
+  push(...frames) {
+    if (this.readyState !== 1) return;
+    this.onmessage?.({ data: frames.map((f) => JSON.stringify(f)).join('\n') });
+  }
+
+  drop(code = 1006, reason = '') {
+    if (this.readyState >= 2) return;
+    this.readyState = 3;
+    this.#gone();
+    this.onclose?.({ code, reason, wasClean: false });
+  }
+
+  // gone tells the node, after the frames sent before the close.
+  #gone() {
+    const node = FakeWS.node;
+    if (node) queueMicrotask(() => node.gone(this));
+  }
+
+  sentOf(type) {
+    return this.sent.filter((f) => f.type === type);
+  }
+}
+
+const hex = (n) => n.toString(16).padStart(4, '0');
+
+// FakeNode plays a Parley node for calls: welcome, join (with resume
+// tokens and the role rule of docs/CALLS.md: of two peers, the one with the
+// greater session is polite), signal, leave, and peers that are away
+// between a dropped connection and their rejoin. With hold set, relayed
+// signals wait in `held` until release(), so that offers can cross.
+class FakeNode {
+  constructor(options = {}) {
+    this.seq = 0;
+    this.calls = new Map(); // call -> Map session -> peer {session, user, ws, resume, away: []}
+    this.hold = false;
+    this.held = []; // [ws, frame]
+    this.ack = options.ack ?? {}; // extra fields of every join ack
+    this.pingMs = options.pingMs ?? 25000;
+    this.refuse = null; // {code, message}: the next join is refused
+  }
+
+  open(ws) {
+    ws.session = hex(++this.seq);
+    ws.user = `u${ws.session}`;
+    this.push(ws, { type: 'welcome', session: ws.session, node: 'n1', user: ws.user, ping_ms: this.pingMs });
+  }
+
+  push(ws, f) {
+    queueMicrotask(() => ws.push(f));
+  }
+
+  others(call, me) {
+    return [...call.values()].filter((p) => p.session !== me.session);
+  }
+
+  frame(ws, f) {
+    const call = this.calls.get(f.call) ?? new Map();
+    this.calls.set(f.call, call);
+    const me = [...call.values()].find((p) => p.ws === ws);
+    const reply = (fields) => this.push(ws, { type: 'ack', id: f.id, ...fields });
+    const refuse = (code, message) => this.push(ws, { type: 'error', id: f.id, code, message });
+    switch (f.type) {
+      case 'join': {
+        if (this.refuse) {
+          const { code, message } = this.refuse;
+          this.refuse = null;
+          return refuse(code, message);
+        }
+        if (me) return refuse('bad_request', `already in call ${f.call}`);
+        let peer = f.resume ? [...call.values()].find((p) => p.resume === f.resume) : undefined;
+        const resumed = !!peer;
+        if (peer) {
+          peer.ws = ws;
+        } else {
+          peer = { session: ws.session, user: ws.user, ws, resume: `${ws.session}.token`, away: [] };
+          call.set(peer.session, peer);
+        }
+        const others = this.others(call, peer);
+        reply({
+          session: peer.session,
+          peers: others.map((p) => ({ session: p.session, user: p.user, polite: peer.session > p.session })),
+          polite: others.length > 0 && others.every((p) => peer.session > p.session),
+          resume: peer.resume,
+          resumed,
+          ...this.ack,
+        });
+        for (const s of peer.away.splice(0)) this.push(ws, s);
+        for (const p of others) this.event(f.call, p, resumed ? 'resume' : 'join', peer);
+        return;
+      }
+      case 'signal': {
+        if (!me) return refuse('not_found', `not in call ${f.call}: join it first`);
+        const to = call.get(f.to);
+        if (!to) return refuse('not_found', `no peer ${f.to} in call ${f.call}`);
+        reply({});
+        this.deliver(to, { type: 'signal', call: f.call, from: me.session, data: f.data });
+        return;
+      }
+      case 'leave': {
+        if (!me) return refuse('not_found', `not in call ${f.call}`);
+        call.delete(me.session);
+        reply({});
+        for (const p of call.values()) this.event(f.call, p, 'leave', me);
+        return;
+      }
+      default:
+    }
+  }
+
+  event(name, to, event, peer) {
+    this.deliver(to, { type: 'peer', call: name, event, session: peer.session, user: peer.user, polite: to.session > peer.session }, true);
+  }
+
+  deliver(to, f, now = false) {
+    if (!to.ws) to.away.push(f);
+    else if (this.hold && !now) this.held.push([to, f]);
+    else this.push(to.ws, f);
+  }
+
+  // release delivers the held signals, those for `first` (a session) first.
+  release(first) {
+    const held = this.held.splice(0);
+    held.sort((a, b) => (b[0].session === first) - (a[0].session === first));
+    this.hold = false;
+    for (const [to, f] of held) this.deliver(to, f);
+  }
+
+  gone(ws) {
+    for (const call of this.calls.values()) for (const p of call.values()) if (p.ws === ws) p.ws = null;
+  }
+
+  // expire ends an away peer's grace period: the others see it leave.
+  expire(name, session) {
+    const call = this.calls.get(name);
+    const peer = call.get(session);
+    call.delete(session);
+    for (const p of call.values()) this.event(name, p, 'leave', peer);
+  }
+}
+
+// ---- a fake RTCPeerConnection ----
+
+function domError(name, message) {
+  const err = new Error(message);
+  err.name = name;
+  return err;
+}
+
+const ufragOf = (sdp) => /a=ice-ufrag:(\S+)/.exec(sdp ?? '')?.[1] ?? null;
+
+class FakeDataChannel {
+  constructor(label, init) {
+    this.label = label;
+    this.negotiated = !!init?.negotiated;
+    this.id = init?.id ?? null;
+    this.readyState = 'connecting';
+    this.sent = [];
+  }
+
+  send(data) {
+    if (this.readyState !== 'open') throw domError('InvalidStateError', 'the data channel is not open');
+    this.sent.push(data);
+  }
+
+  close() {
+    this.readyState = 'closed';
+  }
+}
+
+class FakeSender {
+  constructor(track) {
+    this.track = track;
+  }
+
+  async replaceTrack(track) {
+    this.track = track;
+  }
+}
+
+let pcSeq = 0;
+
+// task runs fn as a browser fires a PeerConnection's events: in a task of
+// its own, after the promise of the operation that caused it has settled.
+// (setImmediate is not among the timers the tests mock.)
+const task = (fn) => setImmediate(fn);
+
+// FakePC follows the RTCPeerConnection signaling state machine: operations
+// (setLocalDescription, setRemoteDescription, addIceCandidate) run one after
+// the other on an operations chain, as in a browser; negotiationneeded
+// fires when the state is stable, the chain is empty and the local media
+// or an ICE restart needs a negotiation, once until that negotiation
+// completes. It connects once an offer and its answer are applied; a test
+// sets other connection states with setState.
+class FakePC {
+  static all = [];
+
+  constructor(config) {
+    this.id = ++pcSeq;
+    this.config = { ...config };
+    this.configs = [this.config];
+    this.signalingState = 'stable';
+    this.connectionState = 'new';
+    this.pendingLocalDescription = null;
+    this.currentLocalDescription = null;
+    this.pendingRemoteDescription = null;
+    this.currentRemoteDescription = null;
+    this.channels = [];
+    this.senders = [];
+    this.remoteCandidates = [];
+    this.endOfCandidates = 0;
+    this.rollbacks = 0; // offers of its own rolled back by a remote offer
+    this.refused = []; // errors thrown at the caller
+    this.closed = false;
+    this.stats = null; // a Map for getStats, or null for a relay pair over UDP
+    this.failNext = null; // 'offer' or 'answer': the next setLocalDescription of that type fails
+    this.#ufrag = `p${this.id}g0`;
+    FakePC.all.push(this);
+  }
+
+  #ufrag;
+  #stableUfrag = null; // the ufrag before the pending local offer: a rollback returns to it
+  #generation = 0;
+  #gathered = new Set(); // the ufrags candidates were gathered for
+  #chain = Promise.resolve();
+  #ops = 0;
+  #media = 0; // changes to the local media
+  #offered = 0; // the #media of the local offer
+  #negotiated = 0; // the #media an offer/answer exchange has covered
+  #restart = false; // restartIce() was called: the next local description gets new credentials
+  #needed = false; // the negotiation-needed flag
+  #version = 0;
+
+  get localDescription() {
+    return this.pendingLocalDescription ?? this.currentLocalDescription;
+  }
+
+  get remoteDescription() {
+    return this.pendingRemoteDescription ?? this.currentRemoteDescription;
+  }
+
+  get ufrag() {
+    return this.#ufrag;
+  }
+
+  getConfiguration() {
+    return { ...this.config };
+  }
+
+  setConfiguration(config) {
+    if (this.closed) throw domError('InvalidStateError', 'the PeerConnection is closed');
+    this.config = { ...config };
+    this.configs.push(this.config);
+  }
+
+  createDataChannel(label, init) {
+    const dc = new FakeDataChannel(label, init);
+    this.channels.push(dc);
+    if (this.channels.length === 1) this.#changed();
+    return dc;
+  }
+
+  addTrack(track) {
+    const sender = new FakeSender(track);
+    this.senders.push(sender);
+    this.#changed();
+    return sender;
+  }
+
+  getSenders() {
+    return [...this.senders];
+  }
+
+  restartIce() {
+    this.#restart = true;
+    this.#update();
+  }
+
+  setLocalDescription(desc) {
+    return this.#op(() => {
+      const type = desc?.type ?? (this.signalingState === 'have-remote-offer' ? 'answer' : 'offer');
+      if (this.failNext === type) {
+        this.failNext = null;
+        throw domError('OperationError', `setLocalDescription(${type}) failed`);
+      }
+      switch (type) {
+        case 'offer': {
+          if (this.signalingState !== 'stable' && this.signalingState !== 'have-local-offer') {
+            throw domError('InvalidStateError', `setLocalDescription(offer) in ${this.signalingState}`);
+          }
+          if (this.signalingState === 'stable') this.#stableUfrag = this.#ufrag;
+          // As in a browser, the restart flag is spent by the offer that
+          // restarts, even if that offer is rolled back later.
+          if (this.#restart || !this.currentLocalDescription) this.#newCredentials();
+          this.pendingLocalDescription = { type, sdp: this.#sdp() };
+          this.#offered = this.#media;
+          this.#setSignaling('have-local-offer');
+          break;
+        }
+        case 'answer': {
+          if (this.signalingState !== 'have-remote-offer') throw domError('InvalidStateError', `setLocalDescription(answer) in ${this.signalingState}`);
+          // Answering an offer that restarts ICE restarts it here too.
+          const before = ufragOf(this.currentRemoteDescription?.sdp);
+          if (this.#restart || !this.currentLocalDescription || ufragOf(this.pendingRemoteDescription.sdp) !== before) this.#newCredentials();
+          this.currentLocalDescription = { type, sdp: this.#sdp() };
+          this.currentRemoteDescription = this.pendingRemoteDescription;
+          this.pendingLocalDescription = this.pendingRemoteDescription = null;
+          this.#negotiated = this.#media;
+          this.#setSignaling('stable');
+          break;
+        }
+        case 'rollback':
+          if (this.signalingState !== 'have-local-offer') throw domError('InvalidStateError', `rollback in ${this.signalingState}`);
+          this.#rollbackLocal();
+          return;
+        default:
+          throw new TypeError(`bad description type ${type}`);
+      }
+      this.#gather();
+      if (this.signalingState === 'stable') this.#completed();
+    });
+  }
+
+  setRemoteDescription(desc) {
+    return this.#op(() => {
+      switch (desc?.type) {
+        case 'offer':
+          if (this.signalingState === 'have-local-offer') {
+            // The implicit rollback of a browser.
+            this.#rollbackLocal();
+            this.rollbacks++;
+          }
+          if (this.signalingState !== 'stable' && this.signalingState !== 'have-remote-offer') {
+            throw domError('InvalidStateError', `setRemoteDescription(offer) in ${this.signalingState}`);
+          }
+          if (!/\nm=/.test(desc.sdp)) throw domError('OperationError', 'an offer without media');
+          this.pendingRemoteDescription = { type: 'offer', sdp: desc.sdp };
+          this.#setSignaling('have-remote-offer');
+          return;
+        case 'answer':
+          if (this.signalingState !== 'have-local-offer') throw domError('InvalidStateError', `setRemoteDescription(answer) in ${this.signalingState}`);
+          this.currentRemoteDescription = { type: 'answer', sdp: desc.sdp };
+          this.currentLocalDescription = this.pendingLocalDescription;
+          this.pendingLocalDescription = null;
+          this.#negotiated = this.#offered;
+          this.#setSignaling('stable');
+          this.#completed();
+          return;
+        case 'rollback':
+          if (this.signalingState !== 'have-remote-offer') throw domError('InvalidStateError', `setRemoteDescription(rollback) in ${this.signalingState}`);
+          this.pendingRemoteDescription = null;
+          this.#setSignaling('stable');
+          return;
+        default:
+          throw new TypeError(`bad description type ${desc?.type}`);
+      }
+    });
+  }
+
+  addIceCandidate(c) {
+    return this.#op(() => {
+      if (!this.remoteDescription) throw domError('InvalidStateError', 'addIceCandidate without a remote description');
+      if (c === undefined || c === null || !c.candidate) {
+        this.endOfCandidates++;
+        return;
+      }
+      if (c.usernameFragment && c.usernameFragment !== ufragOf(this.remoteDescription.sdp)) {
+        throw domError('OperationError', `unknown ufrag ${c.usernameFragment}`);
+      }
+      this.remoteCandidates.push(c);
+    });
+  }
+
+  async getStats() {
+    if (this.stats) return this.stats;
+    return new Map([
+      ['T1', { type: 'transport', selectedCandidatePairId: 'CP1' }],
+      ['CP1', { type: 'candidate-pair', localCandidateId: 'L1', remoteCandidateId: 'R1', currentRoundTripTime: 0.0123 }],
+      ['L1', { type: 'local-candidate', candidateType: 'relay', protocol: 'udp', relayProtocol: 'tcp' }],
+      ['R1', { type: 'remote-candidate', candidateType: 'srflx', protocol: 'udp' }],
+    ]);
+  }
+
+  close() {
+    this.closed = true;
+    this.signalingState = 'closed';
+    this.connectionState = 'closed';
+    for (const dc of this.channels) dc.close();
+  }
+
+  // setState sets the connection state, as ICE would, and fires its event.
+  setState(state) {
+    if (this.closed || this.connectionState === state) return;
+    this.connectionState = state;
+    this.onconnectionstatechange?.({});
+    if (state === 'connected') {
+      for (const dc of this.channels) {
+        if (dc.readyState === 'open') continue;
+        dc.readyState = 'open';
+        dc.onopen?.({});
+      }
+    }
+  }
+
+  #op(fn) {
+    this.#ops++;
+    const run = this.#chain.then(() => {
+      if (this.closed) throw domError('InvalidStateError', 'the PeerConnection is closed');
+      return fn();
+    });
+    this.#chain = run
+      .catch(() => {})
+      .then(() => {
+        this.#ops--;
+        this.#update();
+      });
+    return run.catch((err) => {
+      this.refused.push(err);
+      throw err;
+    });
+  }
+
+  // refusedDescriptions are the errors of setLocalDescription and
+  // setRemoteDescription: what perfect negotiation must never cause.
+  get refusedDescriptions() {
+    return this.refused.filter((err) => !/ufrag|addIceCandidate/.test(err.message));
+  }
+
+  #changed() {
+    this.#media++;
+    this.#update();
+  }
+
+  // rollbackLocal takes back the pending local offer, and the ICE
+  // credentials it made.
+  #rollbackLocal() {
+    this.pendingLocalDescription = null;
+    if (this.#stableUfrag !== null) this.#ufrag = this.#stableUfrag;
+    this.#setSignaling('stable');
+  }
+
+  #newCredentials() {
+    this.#restart = false;
+    this.#ufrag = `p${this.id}g${++this.#generation}`;
+  }
+
+  #sdp() {
+    const media = this.channels.length ? 'm=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\n' : '';
+    const tracks = this.senders.map((s) => `m=${s.track?.kind ?? 'audio'} 9 UDP/TLS/RTP/SAVPF 111\r\n`).join('');
+    return `v=0\r\no=- ${this.id} ${++this.#version} IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\na=ice-ufrag:${this.#ufrag}\r\n${media}${tracks}`;
+  }
+
+  #setSignaling(state) {
+    if (state === 'stable') this.#needed = false; // cleared on the way back to stable, then checked again
+    this.signalingState = state;
+  }
+
+  // update fires negotiationneeded when a negotiation is needed, and the
+  // flag was not set already.
+  #update() {
+    if (this.closed || this.#ops > 0 || this.signalingState !== 'stable') return;
+    if (!this.#restart && this.#media === this.#negotiated) {
+      this.#needed = false;
+      return;
+    }
+    if (this.#needed) return;
+    this.#needed = true;
+    task(() => {
+      if (this.#needed && !this.closed && this.signalingState === 'stable') this.onnegotiationneeded?.({});
+    });
+  }
+
+  // gather trickles one candidate of the current ICE credentials, then the end.
+  #gather() {
+    const ufrag = this.#ufrag;
+    if (this.#gathered.has(ufrag)) return;
+    this.#gathered.add(ufrag);
+    task(() => {
+      if (this.closed) return;
+      const candidate = { candidate: `candidate:1 1 udp 2122260223 10.0.0.${this.id} 5000 typ host`, sdpMid: '0', sdpMLineIndex: 0, usernameFragment: ufrag };
+      this.onicecandidate?.({ candidate: { ...candidate, toJSON: () => candidate } });
+      this.onicecandidate?.({ candidate: null });
+    });
+  }
+
+  // completed connects once an offer/answer exchange is complete.
+  #completed() {
+    task(() => this.setState('connected'));
+  }
+}
+
+// ---- helpers ----
+
+async function until(what, cond, ms = 5000) {
+  const deadline = Date.now() + ms;
+  while (!cond()) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 2));
+  }
+}
+
+// settle lets every microtask chain and PeerConnection event run (under
+// mock timers too, where until cannot poll).
+async function settle(rounds = 20) {
+  for (let i = 0; i < rounds; i++) await new Promise((r) => setImmediate(r));
+}
+
+const clients = [];
+afterEach(() => {
+  for (const c of clients.splice(0)) c.close();
+  FakeWS.node = null;
+  mock.timers.reset();
+});
+
+function newClient(options = {}) {
+  const client = new Parley({ url: 'ws://node.test/v1/ws', WebSocket: FakeWS, minDelay: 5, maxDelay: 40, ...options });
+  clients.push(client);
+  return client;
+}
+
+function startNode(options) {
+  FakeWS.all = [];
+  FakePC.all = [];
+  FakeWS.node = new FakeNode(options);
+  return FakeWS.node;
+}
+
+// record keeps every event of a call, in order.
+function record(call) {
+  const events = [];
+  for (const type of ['peer', 'leave', 'track', 'open', 'data', 'state', 'stats', 'restart', 'rejoined', 'ended', 'error']) {
+    call.on(type, (v) => events.push({ type, ...(v instanceof Error ? { code: v.code, session: v.session } : v) }));
+  }
+  events.of = (type) => events.filter((e) => e.type === type);
+  return events;
+}
+
+// joinAll makes a client per name that joins call, one after the other.
+async function joinAll(names, call = 'standup', options = {}) {
+  const out = {};
+  for (const name of names) {
+    const client = newClient();
+    const c = await client.join(call, { RTCPeerConnection: FakePC, statsInterval: 0, ...options });
+    out[name] = { client, call: c, events: record(c) };
+  }
+  return out;
+}
+
+const pcOf = (side, session) => side.call.peers.get(session).pc;
+const sdpSignals = (ws, type) => ws.sentOf('signal').filter((f) => f.data.sdp?.type === type);
+const socketOf = (side) => FakeWS.all.find((ws) => ws.session === side.client.session);
+
+function connectedPair(a, b) {
+  const ab = a.call.peers.get(b.call.session);
+  const ba = b.call.peers.get(a.call.session);
+  return ab?.state === 'connected' && ba?.state === 'connected';
+}
+
+// ---- tests ----
+
+test('join resolves with the Call after the ack; a refused join rejects with the node\'s error', async () => {
+  FakeWS.all = [];
+  const client = newClient({ token: 'jwt' });
+  const joined = client.join('standup', { RTCPeerConnection: FakePC, statsInterval: 0 });
+  await until('socket', () => FakeWS.all[0]?.readyState === 1);
+  const ws = FakeWS.all[0];
+  assert.equal(ws.sentOf('join').length, 0, 'nothing is sent before the welcome');
+  ws.push({ type: 'welcome', session: 's1', node: 'n1', user: 'u1', ping_ms: 25000 });
+  const [join] = ws.sentOf('join');
+  assert.deepEqual({ ...join, id: undefined }, { type: 'join', id: undefined, call: 'standup' });
+  ws.push({
+    type: 'ack',
+    id: join.id,
+    session: 's1',
+    peers: [{ session: 's0', user: 'u0', polite: true }],
+    polite: true,
+    resume: 's1.r',
+    resumed: false,
+    relay: true,
+    iceServers: [{ urls: ['turn:127.0.0.1:3478'], username: 'u', credential: 'c' }],
+    ice_ttl: 3600,
+  });
+  const call = await joined;
+  assert.ok(call instanceof Call);
+  assert.equal(call.name, 'standup');
+  assert.equal(call.session, 's1');
+  assert.equal(call.relayOnly, true, 'the ack\'s relay makes the call relay only');
+  // Events of what the ack started reach a listener added after the await.
+  const events = record(call);
+  await until('the peer event', () => events.of('peer').length === 1);
+  assert.deepEqual(events.of('peer')[0], { type: 'peer', session: 's0', user: 'u0' });
+  const peer = call.peers.get('s0');
+  assert.equal(peer.polite, true);
+  assert.equal(peer.pc.config.iceTransportPolicy, 'relay');
+  assert.deepEqual(peer.pc.config.iceServers, [{ urls: ['turn:127.0.0.1:3478'], username: 'u', credential: 'c' }]);
+  assert.deepEqual(client.calls(), ['standup']);
+  await assert.rejects(client.join('standup'), (err) => err instanceof ParleyError && err.code === 'already_joined');
+
+  // Refusals: a full call, a bad name.
+  const full = client.join('full', { RTCPeerConnection: FakePC });
+  const refused = ws.sentOf('join').at(-1);
+  ws.push({ type: 'error', id: refused.id, code: 'forbidden', message: 'call full is full: at most 8 peers' });
+  await assert.rejects(full, (err) => err.code === 'forbidden' && err.call === 'full');
+  assert.equal(explain(await full.catch((e) => e)), 'The call is full (at most 8 people): wait for someone to leave, or start another call.');
+  const bad = client.join('bad name', { RTCPeerConnection: FakePC });
+  ws.push({ type: 'error', id: ws.sentOf('join').at(-1).id, code: 'bad_room', message: 'call names are 1 to 128 bytes of …' });
+  await assert.rejects(bad, (err) => err.code === 'bad_room');
+  assert.deepEqual(client.calls(), ['standup']);
+});
+
+test('two peers: the one that finds the other in its ack offers, the other answers; candidates trickle, ending with null', async () => {
+  startNode();
+  const { a, b } = await joinAll(['a', 'b']);
+  assert.equal(a.call.session < b.call.session, true);
+  await until('connected', () => connectedPair(a, b));
+  // Roles: the greater session is polite.
+  assert.equal(a.call.peers.get(b.call.session).polite, false);
+  assert.equal(b.call.peers.get(a.call.session).polite, true);
+  const wsA = socketOf(a);
+  const wsB = socketOf(b);
+  assert.equal(sdpSignals(wsB, 'offer').length, 1, 'b, which found a in its ack, offers');
+  assert.equal(sdpSignals(wsA, 'offer').length, 0, 'a, which got b\'s join event, waits');
+  assert.equal(sdpSignals(wsA, 'answer').length, 1);
+  for (const ws of [wsA, wsB]) {
+    const candidates = ws.sentOf('signal').filter((f) => 'candidate' in f.data);
+    assert.equal(candidates.length, 2);
+    assert.match(candidates[0].data.candidate.candidate, /typ host/);
+    assert.deepEqual(candidates[1].data, { candidate: null }, 'the end of candidates');
+  }
+  for (const side of [a, b]) {
+    const pc = pcOf(side, side === a ? b.call.session : a.call.session);
+    assert.equal(pc.signalingState, 'stable');
+    assert.equal(pc.refused.length, 0, `no operation refused: ${pc.refused.join(', ')}`);
+    assert.equal(pc.remoteCandidates.length, 1);
+    assert.equal(pc.endOfCandidates, 1);
+    const [dc] = pc.channels;
+    assert.deepEqual({ label: dc.label, negotiated: dc.negotiated, id: dc.id }, { label: 'parley', negotiated: true, id: 0 });
+    assert.equal(pc.config.iceTransportPolicy, 'all');
+  }
+  await until('open', () => a.events.of('open').length === 1 && b.events.of('open').length === 1);
+  assert.equal(a.call.send('hello'), 1);
+  assert.equal(b.call.send('to nobody', 'ffff'), 0);
+  assert.deepEqual(pcOf(a, b.call.session).channels[0].sent, ['hello']);
+  // A message that arrives is a data event.
+  pcOf(b, a.call.session).channels[0].onmessage({ data: 'hi back' });
+  await until('data', () => b.events.of('data').length === 1);
+  assert.deepEqual(b.events.of('data')[0], { type: 'data', session: a.call.session, data: 'hi back' });
+  assert.deepEqual(a.events.of('state').map((e) => e.state), ['connected']);
+  assert.equal(a.events.of('error').length + b.events.of('error').length, 0);
+});
+
+test('relayOnly makes every PeerConnection relay only; iceServers replace the ack\'s', async () => {
+  startNode({ ack: { iceServers: [{ urls: ['stun:x'] }], ice_ttl: 3600 } });
+  const { a, b } = await joinAll(['a', 'b'], 'standup', { relayOnly: true, iceServers: [{ urls: ['turn:mine'] }] });
+  await until('connected', () => connectedPair(a, b));
+  const pc = pcOf(b, a.call.session);
+  assert.equal(pc.config.iceTransportPolicy, 'relay');
+  assert.deepEqual(pc.config.iceServers, [{ urls: ['turn:mine'] }]);
+});
+
+// glare makes both peers of a connected pair offer at once (each restarts
+// ICE), with the node holding the offers until both are made, then
+// delivers the offer for `first` first.
+async function glare(first) {
+  startNode();
+  const { a, b } = await joinAll(['a', 'b']);
+  await until('connected', () => connectedPair(a, b));
+  const [impolite, polite] = [a, b]; // a's session is the smaller: a is impolite toward b
+  const wsI = socketOf(impolite);
+  const wsP = socketOf(polite);
+  const before = { offersI: sdpSignals(wsI, 'offer').length, offersP: sdpSignals(wsP, 'offer').length, answersI: sdpSignals(wsI, 'answer').length, answersP: sdpSignals(wsP, 'answer').length };
+  const pcI = pcOf(impolite, polite.call.session);
+  const pcP = pcOf(polite, impolite.call.session);
+  const ufrags = [pcI.ufrag, pcP.ufrag];
+  FakeWS.node.hold = true;
+  impolite.call.restartIce();
+  polite.call.restartIce();
+  await until('both offers made', () => pcI.signalingState === 'have-local-offer' && pcP.signalingState === 'have-local-offer' && FakeWS.node.held.length >= 2);
+  const offerI = pcI.localDescription.sdp;
+  const offerP = pcP.localDescription.sdp;
+  FakeWS.node.release(first === 'polite' ? impolite.call.session : polite.call.session);
+  await until('stable', () => pcI.signalingState === 'stable' && pcP.signalingState === 'stable' && pcP.currentRemoteDescription?.sdp === offerI);
+  await settle();
+  // The impolite peer's offer is the exchange kept, answered once; the
+  // polite peer's was rolled back, and the impolite peer answered nothing.
+  assert.equal(pcI.currentLocalDescription.sdp, offerI);
+  assert.equal(pcP.currentRemoteDescription.sdp, offerI);
+  assert.equal(pcI.currentRemoteDescription.sdp, pcP.currentLocalDescription.sdp);
+  assert.equal(pcP.currentLocalDescription.type, 'answer');
+  assert.equal(sdpSignals(wsI, 'offer').length - before.offersI, 1);
+  assert.equal(sdpSignals(wsP, 'offer').length - before.offersP, 1);
+  assert.equal(sdpSignals(wsP, 'answer').length - before.answersP, 1);
+  assert.equal(sdpSignals(wsI, 'answer').length - before.answersI, 0);
+  assert.equal(pcP.rollbacks, 1, 'the polite peer rolled its offer back');
+  assert.equal(pcI.rollbacks, 0);
+  // ICE restarted: new credentials on both sides.
+  assert.notEqual(ufragOf(pcI.currentLocalDescription.sdp), ufrags[0]);
+  assert.notEqual(ufragOf(pcP.currentLocalDescription.sdp), ufrags[1]);
+  assert.deepEqual([...pcI.refusedDescriptions, ...pcP.refusedDescriptions], []);
+  // The only candidate refused is the one of the offer the impolite peer ignored.
+  assert.deepEqual(pcI.refused.map((e) => e.message), [`unknown ufrag ${ufragOf(offerP)}`]);
+  assert.deepEqual(pcP.refused, []);
+  assert.deepEqual(
+    [...impolite.events.of('restart'), ...polite.events.of('restart')].map((e) => e.reason),
+    ['manual', 'manual'],
+  );
+  assert.equal(impolite.events.of('error').length + polite.events.of('error').length, 0);
+}
+
+test('glare, the polite peer\'s offer first: the impolite peer ignores it, the polite one rolls back and answers', () => glare('polite'));
+test('glare, the impolite peer\'s offer first: the polite one rolls back and answers, the other ignores the late offer', () => glare('impolite'));
+
+test('an explicit rollback frame takes back an offer left unanswered, and is ignored once it was answered', async () => {
+  FakeWS.all = [];
+  FakePC.all = [];
+  const client = newClient();
+  const joined = client.join('c', { RTCPeerConnection: FakePC, statsInterval: 0 });
+  await until('socket', () => FakeWS.all[0]?.readyState === 1);
+  const ws = FakeWS.all[0];
+  ws.push({ type: 'welcome', session: 'b', node: 'n1', user: 'ub', ping_ms: 25000 });
+  // The peer 'a' is in the ack: this client is polite toward it, and offers.
+  ws.push({ type: 'ack', id: ws.sentOf('join')[0].id, session: 'b', peers: [{ session: 'a', user: 'ua', polite: true }], polite: true, resume: 'r', resumed: false });
+  const call = await joined;
+  const events = record(call);
+  const pc = call.peers.get('a').pc;
+  await until('the offer', () => sdpSignals(ws, 'offer').length === 1);
+  const remote = new FakePC({});
+  remote.createDataChannel('parley', { negotiated: true, id: 0 });
+  const from = (data) => ({ type: 'signal', call: 'c', from: 'a', data });
+  const rollback = from({ sdp: { type: 'rollback', sdp: '' } });
+  // A rollback of an offer this side never applied (it is in have-local-offer) changes nothing.
+  ws.push(rollback);
+  await settle();
+  assert.equal(pc.signalingState, 'have-local-offer');
+  await remote.setRemoteDescription(sdpSignals(ws, 'offer')[0].data.sdp);
+  await remote.setLocalDescription();
+  ws.push(from({ sdp: remote.localDescription }));
+  await until('stable', () => pc.signalingState === 'stable');
+
+  // The remote offers, and this side's answer fails: the offer stays
+  // unanswered (have-remote-offer) until the remote takes it back.
+  pc.failNext = 'answer';
+  await remote.setLocalDescription({ type: 'offer' });
+  ws.push(from({ sdp: remote.localDescription }));
+  await until('the failed answer', () => events.of('error').length === 1);
+  assert.equal(events.of('error')[0].code, 'negotiation_failed');
+  assert.equal(pc.signalingState, 'have-remote-offer');
+  await remote.setLocalDescription({ type: 'rollback' });
+  ws.push(rollback);
+  await until('rolled back', () => pc.signalingState === 'stable');
+  assert.equal(pc.remoteDescription.type, 'answer', 'back to the last exchange');
+
+  // An offer and its rollback in one message: signals are applied in
+  // order, so the offer is answered first and the rollback is ignored.
+  const answers = sdpSignals(ws, 'answer').length;
+  await remote.setLocalDescription({ type: 'offer' });
+  ws.push(from({ sdp: remote.localDescription }), rollback);
+  await until('the answer', () => sdpSignals(ws, 'answer').length === answers + 1);
+  await settle();
+  assert.equal(pc.signalingState, 'stable');
+  assert.deepEqual(pc.refused.map((e) => e.message), ['setLocalDescription(answer) failed'], 'no rollback was refused');
+  assert.equal(events.of('error').length, 1);
+  // The fake refuses a rollback where a browser does.
+  const lone = new FakePC({});
+  await assert.rejects(lone.setRemoteDescription({ type: 'rollback' }), (err) => err.name === 'InvalidStateError');
+});
+
+test('an ICE restart asked for while an offer is in flight happens after that exchange, not lost', async () => {
+  startNode();
+  const { a, b } = await joinAll(['a', 'b']);
+  await until('connected', () => connectedPair(a, b));
+  const wsA = socketOf(a);
+  const pcA = pcOf(a, b.call.session);
+  const pcB = pcOf(b, a.call.session);
+  const offers = sdpSignals(wsA, 'offer').length;
+  const ufrag = pcA.ufrag;
+  FakeWS.node.hold = true;
+  // New media makes an offer with the same ICE credentials...
+  a.call.setStream({ getTracks: () => [{ kind: 'audio', id: 'mic' }] });
+  await until('the media offer', () => pcA.signalingState === 'have-local-offer');
+  assert.equal(ufragOf(pcA.localDescription.sdp), ufrag);
+  // ...and while it waits for its answer, ICE is to restart.
+  a.call.restartIce(b.call.session);
+  await settle();
+  assert.equal(sdpSignals(wsA, 'offer').length, offers + 1, 'no second offer while the first is in flight');
+  FakeWS.node.release();
+  await until('the restart offer', () => sdpSignals(wsA, 'offer').length === offers + 2);
+  await until('stable', () => pcA.signalingState === 'stable' && pcB.signalingState === 'stable');
+  const restartOffer = sdpSignals(wsA, 'offer').at(-1).data.sdp.sdp;
+  assert.notEqual(ufragOf(restartOffer), ufrag, 'the second offer restarts ICE');
+  assert.equal(ufragOf(pcB.currentRemoteDescription.sdp), ufragOf(restartOffer));
+  assert.notEqual(ufragOf(pcB.currentLocalDescription.sdp), ufragOf(sdpSignals(socketOf(b), 'answer')[0].data.sdp.sdp), 'b answered with new credentials too');
+  assert.equal(pcA.refused.length + pcB.refused.length, 0);
+  assert.deepEqual(a.events.of('restart'), [{ type: 'restart', session: b.call.session, reason: 'manual' }]);
+});
+
+test('a restart whose offer a polite peer rolls back for a crossing offer is made after that exchange', async () => {
+  startNode();
+  const { a, b } = await joinAll(['a', 'b']);
+  await until('connected', () => connectedPair(a, b));
+  const wsB = socketOf(b);
+  const pcA = pcOf(a, b.call.session); // impolite
+  const pcB = pcOf(b, a.call.session); // polite
+  const ufragB = pcB.ufrag;
+  const offersB = sdpSignals(wsB, 'offer').length;
+  FakeWS.node.hold = true;
+  // a offers new media (no restart) while b's restart offer is made.
+  a.call.setStream({ getTracks: () => [{ kind: 'video', id: 'cam' }] });
+  b.call.restartIce();
+  await until('both offers', () => pcA.signalingState === 'have-local-offer' && pcB.signalingState === 'have-local-offer' && FakeWS.node.held.length >= 2);
+  FakeWS.node.release(b.call.session);
+  // b rolls its restart back to answer a's offer, which restarts nothing:
+  // the restart is still due, and b offers it once that exchange is done.
+  await until('the restart offer', () => sdpSignals(wsB, 'offer').length === offersB + 2);
+  await until('stable', () => pcA.signalingState === 'stable' && pcB.signalingState === 'stable' && pcA.currentRemoteDescription.type === 'offer');
+  await settle();
+  assert.equal(pcB.rollbacks, 1);
+  assert.notEqual(ufragOf(pcB.currentLocalDescription.sdp), ufragB, 'b restarted ICE');
+  assert.equal(ufragOf(pcA.currentRemoteDescription.sdp), ufragOf(pcB.currentLocalDescription.sdp));
+  assert.equal(sdpSignals(wsB, 'offer').length, offersB + 2, 'one restart, not more');
+  assert.deepEqual([...pcA.refusedDescriptions, ...pcB.refusedDescriptions], []);
+});
+
+test('candidates before the remote description wait for it; signals of a peer not announced yet wait for its join', async () => {
+  FakeWS.all = [];
+  FakePC.all = [];
+  const client = newClient();
+  const joined = client.join('c', { RTCPeerConnection: FakePC, statsInterval: 0 });
+  await until('socket', () => FakeWS.all[0]?.readyState === 1);
+  const ws = FakeWS.all[0];
+  ws.push({ type: 'welcome', session: 'a', node: 'n1', user: 'ua', ping_ms: 25000 });
+  ws.push({ type: 'ack', id: ws.sentOf('join')[0].id, session: 'a', peers: [], polite: false, resume: 'r', resumed: false });
+  const call = await joined;
+  const events = record(call);
+  const remote = new FakePC({});
+  remote.createDataChannel('parley', { negotiated: true, id: 0 });
+  await remote.setLocalDescription();
+  const u = ufragOf(remote.localDescription.sdp);
+  const cand = (n) => ({ candidate: `candidate:${n} 1 udp 1 10.1.1.${n} 500${n} typ host`, sdpMid: '0', sdpMLineIndex: 0, usernameFragment: u });
+  // 'b' trickles before its join event is read, and before its offer.
+  ws.push({ type: 'signal', call: 'c', from: 'b', data: { candidate: cand(1) } });
+  await settle();
+  assert.equal(call.peers.size, 0);
+  ws.push({ type: 'peer', call: 'c', event: 'join', session: 'b', user: 'ub', polite: false });
+  await until('the peer', () => call.peers.size === 1);
+  const pc = call.peers.get('b').pc;
+  ws.push({ type: 'signal', call: 'c', from: 'b', data: { candidate: cand(2) } }, { type: 'signal', call: 'c', from: 'b', data: { candidate: null } });
+  await settle();
+  assert.equal(pc.remoteDescription, null);
+  assert.deepEqual(pc.refused, [], 'nothing was added before the remote description');
+  assert.equal(sdpSignals(ws, 'offer').length, 0, 'the peer of a join event waits for its offer');
+  ws.push({ type: 'signal', call: 'c', from: 'b', data: { sdp: remote.localDescription } });
+  await until('the answer', () => sdpSignals(ws, 'answer').length === 1);
+  await until('the candidates', () => pc.remoteCandidates.length === 2 && pc.endOfCandidates === 1);
+  assert.deepEqual(pc.remoteCandidates.map((c) => c.candidate), [cand(1).candidate, cand(2).candidate]);
+  assert.deepEqual(pc.refused, []);
+  assert.equal(events.of('error').length, 0);
+});
+
+test('a peer of a join event whose offer never comes is offered to after 5 s', async () => {
+  mock.timers.enable({ apis: ['setTimeout', 'Date'] });
+  FakeWS.all = [];
+  FakePC.all = [];
+  const client = newClient();
+  const joined = client.join('c', { RTCPeerConnection: FakePC, statsInterval: 0 });
+  await settle();
+  const ws = FakeWS.all[0];
+  ws.push({ type: 'welcome', session: 'a', node: 'n1', user: 'ua', ping_ms: 1e9 });
+  ws.push({ type: 'ack', id: ws.sentOf('join')[0].id, session: 'a', peers: [], polite: false, resume: 'r', resumed: false });
+  await joined;
+  ws.push({ type: 'peer', call: 'c', event: 'join', session: 'b', user: 'ub', polite: false });
+  await settle();
+  mock.timers.tick(4999);
+  await settle();
+  assert.equal(sdpSignals(ws, 'offer').length, 0);
+  mock.timers.tick(1);
+  await settle();
+  assert.equal(sdpSignals(ws, 'offer').length, 1);
+});
+
+// scriptedCall joins call 'c' on a scripted socket with an ack listing
+// peers, under mock timers; the welcome's ping_ms is long so that moving
+// the clock does not end the connection.
+async function scriptedCall(ack, options = {}) {
+  FakeWS.all = [];
+  FakePC.all = [];
+  const fetches = [];
+  const answers = []; // what the next fetches answer: {status, body}
+  const fetch = async (url, init) => {
+    fetches.push({ url, init, at: Date.now() });
+    const a = answers.shift() ?? { status: 500, body: '{"error":{"code":"internal","message":"down"}}' };
+    return { ok: a.status === 200, status: a.status, text: async () => a.body, json: async () => JSON.parse(a.body) };
+  };
+  const client = newClient({ token: 'jwt' });
+  const joined = client.join('c', { RTCPeerConnection: FakePC, statsInterval: 0, fetch, ...options });
+  await settle();
+  const ws = FakeWS.all[0];
+  ws.push({ type: 'welcome', session: 'm', node: 'n1', user: 'um', ping_ms: 1e9 });
+  ws.push({ type: 'ack', id: ws.sentOf('join')[0].id, session: 'm', polite: false, resume: 'm.r', resumed: false, ...ack });
+  const call = await joined;
+  const events = record(call);
+  mock.timers.tick(0);
+  await settle();
+  return { client, call, ws, events, fetches, answers };
+}
+
+test('TURN credentials are fetched again at 80% of ice_ttl and set on every PeerConnection; a failed fetch is retried', async () => {
+  mock.timers.enable({ apis: ['setTimeout', 'Date'] });
+  const peers = [
+    { session: 'a', user: 'ua', polite: true },
+    { session: 'b', user: 'ub', polite: true },
+    { session: 'c', user: 'uc', polite: true },
+  ];
+  const { call, fetches, answers } = await scriptedCall({ peers, relay: true, iceServers: [{ urls: ['turn:old'], username: '1:u', credential: 'x' }], ice_ttl: 3600 });
+  const pcs = [...call.peers.values()].map((p) => p.pc);
+  assert.equal(pcs.length, 3);
+  mock.timers.tick(2880 * 1000 - 1);
+  await settle();
+  assert.equal(fetches.length, 0, 'not before 80% of the ttl');
+  const fresh = [{ urls: ['turn:new'], username: '2:u', credential: 'y' }];
+  answers.push({ status: 200, body: JSON.stringify({ iceServers: fresh, ttl: 100 }) });
+  mock.timers.tick(1);
+  await settle();
+  assert.equal(fetches.length, 1);
+  assert.equal(fetches[0].url, 'http://node.test/v1/ice-servers');
+  assert.equal(fetches[0].init.headers.Authorization, 'Bearer jwt');
+  for (const pc of pcs) {
+    assert.equal(pc.configs.length, 2, 'setConfiguration once');
+    assert.deepEqual(pc.config.iceServers, fresh);
+    assert.equal(pc.config.iceTransportPolicy, 'relay', 'the relay policy stays');
+  }
+  // ttl 100: 80 s would leave less than 30 s, so at 70 s. It fails, and is
+  // tried again after 5 s, then 10 s.
+  mock.timers.tick(70 * 1000 - 1);
+  await settle();
+  assert.equal(fetches.length, 1);
+  mock.timers.tick(1);
+  await settle();
+  assert.equal(fetches.length, 2);
+  mock.timers.tick(5000);
+  await settle();
+  assert.equal(fetches.length, 3);
+  answers.push({ status: 200, body: JSON.stringify({ iceServers: [{ urls: ['turn:newer'] }], ttl: 3600 }) });
+  mock.timers.tick(9999);
+  await settle();
+  assert.equal(fetches.length, 3);
+  mock.timers.tick(1);
+  await settle();
+  assert.equal(fetches.length, 4);
+  for (const pc of pcs) assert.deepEqual(pc.config.iceServers, [{ urls: ['turn:newer'] }]);
+  assert.deepEqual(fetches.map((f) => f.at - fetches[0].at), [0, 70000, 75000, 85000]);
+});
+
+test('ICE restarts: at once on failed by the impolite peer, 3 s later by the polite; after 3 s disconnected', async () => {
+  mock.timers.enable({ apis: ['setTimeout', 'Date'] });
+  const { call, ws, events } = await scriptedCall({ peers: [{ session: 'a', user: 'ua', polite: false }, { session: 'z', user: 'uz', polite: true }] });
+  const answer = async (session) => {
+    const pc = call.peers.get(session).pc;
+    const offer = sdpSignals(ws, 'offer').filter((f) => f.to === session).at(-1);
+    const remote = new FakePC({});
+    remote.createDataChannel('parley', { negotiated: true, id: 0 });
+    await remote.setRemoteDescription(offer.data.sdp);
+    await remote.setLocalDescription();
+    ws.push({ type: 'signal', call: 'c', from: session, data: { sdp: remote.localDescription } });
+    await settle();
+    return pc;
+  };
+  const impolite = await answer('a');
+  const polite = await answer('z');
+  assert.equal(impolite.connectionState, 'connected');
+  const restarts = () => events.of('restart').map((e) => `${e.session}:${e.reason}`);
+  impolite.setState('failed');
+  polite.setState('failed');
+  await settle();
+  assert.deepEqual(restarts(), ['a:failed']);
+  assert.deepEqual(events.of('error').map((e) => `${e.code}:${e.session}`), ['ice_failed:a', 'ice_failed:z']);
+  assert.equal(explain(new ParleyError('ice_failed')), "The call could not connect: try 'relay only' or another network.");
+  mock.timers.tick(2999);
+  await settle();
+  assert.deepEqual(restarts(), ['a:failed']);
+  mock.timers.tick(1);
+  await settle();
+  assert.deepEqual(restarts(), ['a:failed', 'z:failed']);
+  // Each restart is an offer with new credentials.
+  const offers = sdpSignals(ws, 'offer');
+  assert.equal(offers.length, 4);
+  assert.notEqual(ufragOf(offers[2].data.sdp.sdp), ufragOf(offers[0].data.sdp.sdp));
+
+  // Disconnected: the impolite peer restarts after 3 s, unless it recovers.
+  await answer('a');
+  await answer('z');
+  impolite.setState('disconnected');
+  mock.timers.tick(2000);
+  impolite.setState('connected');
+  mock.timers.tick(5000);
+  await settle();
+  assert.equal(restarts().length, 2, 'a recovered connection is not restarted');
+  impolite.setState('disconnected');
+  mock.timers.tick(3000);
+  await settle();
+  assert.deepEqual(restarts().slice(2), ['a:disconnected']);
+});
+
+test('stats: the selected pair\'s type (relay when either side is), rtt in ms and protocol, every statsInterval', async () => {
+  mock.timers.enable({ apis: ['setTimeout', 'Date'] });
+  const { call, ws, events } = await scriptedCall({ peers: [{ session: 'a', user: 'ua', polite: false }] }, { statsInterval: 1000 });
+  const pc = call.peers.get('a').pc;
+  const remote = new FakePC({});
+  remote.createDataChannel('parley', { negotiated: true, id: 0 });
+  await remote.setRemoteDescription(sdpSignals(ws, 'offer')[0].data.sdp);
+  await remote.setLocalDescription();
+  ws.push({ type: 'signal', call: 'c', from: 'a', data: { sdp: remote.localDescription } });
+  await settle();
+  assert.equal(pc.connectionState, 'connected');
+  assert.deepEqual(events.of('stats'), [{ type: 'stats', session: 'a', pair: 'relay', rtt: 12.3, protocol: 'tcp' }]);
+  // A browser without selectedCandidatePairId: the nominated pair that succeeded.
+  pc.stats = new Map([
+    ['CPx', { type: 'candidate-pair', localCandidateId: 'L', remoteCandidateId: 'R', nominated: false, state: 'failed' }],
+    ['CP', { type: 'candidate-pair', localCandidateId: 'L', remoteCandidateId: 'R', nominated: true, state: 'succeeded', currentRoundTripTime: 0.001 }],
+    ['L', { type: 'local-candidate', candidateType: 'srflx', protocol: 'udp' }],
+    ['R', { type: 'remote-candidate', candidateType: 'host', protocol: 'udp' }],
+  ]);
+  mock.timers.tick(1000);
+  await settle();
+  assert.deepEqual(events.of('stats').at(-1), { type: 'stats', session: 'a', pair: 'srflx', rtt: 1, protocol: 'udp' });
+  const peer = call.peers.get('a');
+  assert.deepEqual({ pair: peer.pair, rtt: peer.rtt, protocol: peer.protocol }, { pair: 'srflx', rtt: 1, protocol: 'udp' });
+  mock.timers.tick(1000);
+  await settle();
+  assert.equal(events.of('stats').length, 3);
+});
+
+test('mesh: four peers, one PeerConnection per pair with opposite roles; a leave closes one; a resume restarts from the impolite side', async () => {
+  startNode();
+  const sides = await joinAll(['a', 'b', 'c', 'd']);
+  const all = Object.values(sides);
+  const pairs = [];
+  for (let i = 0; i < all.length; i++) for (let j = i + 1; j < all.length; j++) pairs.push([all[i], all[j]]);
+  await until('every pair connected', () => pairs.every(([x, y]) => connectedPair(x, y)));
+  for (const side of all) {
+    assert.equal(side.call.peers.size, 3);
+    for (const [session, peer] of side.call.peers) assert.equal(peer.polite, side.call.session > session, `${side.call.session} toward ${session}`);
+    // Each pair negotiated once: the later peer offered, the earlier answered.
+    const ws = socketOf(side);
+    const later = all.filter((o) => o.call.session < side.call.session).length;
+    assert.equal(sdpSignals(ws, 'offer').length, later, `${side.call.session} offers to the peers in its ack`);
+    assert.equal(sdpSignals(ws, 'answer').length, 3 - later);
+  }
+  assert.equal(FakePC.all.length, 12);
+
+  // c leaves: its three PeerConnections close, and one on each other side.
+  const { a, b, c, d } = sides;
+  await c.call.leave();
+  assert.deepEqual(c.events.of('ended'), [{ type: 'ended', reason: 'left' }]);
+  assert.ok([...c.call.peers.values()].length === 0);
+  for (const side of [a, b, d]) {
+    await until('the leave', () => side.events.of('leave').length === 1);
+    assert.deepEqual(side.events.of('leave')[0], { type: 'leave', session: c.call.session, user: c.client.user });
+    assert.equal(side.call.peers.size, 2);
+  }
+  assert.equal(FakePC.all.filter((pc) => pc.closed).length, 6);
+
+  // b's connection drops; it rejoins as itself. In each of its pairs the
+  // impolite side restarts ICE: a toward b (a's session is the smaller; it
+  // hears b resume), and b toward d (after its own rejoin).
+  socketOf(b).drop();
+  await until('the rejoin', () => b.events.of('rejoined').length === 1);
+  assert.deepEqual(b.events.of('rejoined')[0], { type: 'rejoined', resumed: true });
+  await until('restarts', () => a.events.of('restart').length === 1 && b.events.of('restart').length === 1);
+  await settle();
+  assert.deepEqual(a.events.of('restart'), [{ type: 'restart', session: b.call.session, reason: 'resume' }]);
+  assert.deepEqual(b.events.of('restart'), [{ type: 'restart', session: d.call.session, reason: 'reconnect' }]);
+  assert.equal(d.events.of('restart').length, 0);
+  await until('connected again', () => connectedPair(a, b) && connectedPair(b, d) && connectedPair(a, d));
+  assert.equal(b.call.peers.size, 2);
+});
+
+test('resume: after a drop the call is joined again with its token after the welcome; signals made meanwhile follow the ack', async () => {
+  FakeWS.all = [];
+  FakePC.all = [];
+  const client = newClient();
+  const joined = client.join('c', { RTCPeerConnection: FakePC, statsInterval: 0 });
+  await until('socket', () => FakeWS.all[0]?.readyState === 1);
+  let ws = FakeWS.all[0];
+  ws.push({ type: 'welcome', session: 'm', node: 'n1', user: 'um', ping_ms: 25000 });
+  ws.push({
+    type: 'ack',
+    id: ws.sentOf('join')[0].id,
+    session: 'm',
+    peers: [
+      { session: 'a', user: 'ua', polite: true },
+      { session: 'z', user: 'uz', polite: false },
+    ],
+    polite: false,
+    resume: 'm.token',
+    resumed: false,
+    iceServers: [{ urls: ['stun:old'] }],
+  });
+  const call = await joined;
+  const events = record(call);
+  await until('offers', () => sdpSignals(ws, 'offer').length === 2);
+  for (const f of ws.sentOf('signal')) ws.push({ type: 'ack', id: f.id });
+  const pcA = call.peers.get('a').pc;
+  const pcZ = call.peers.get('z').pc;
+  // Both answer.
+  for (const [session, pc] of [['a', pcA], ['z', pcZ]]) {
+    const remote = new FakePC({});
+    remote.createDataChannel('parley', { negotiated: true, id: 0 });
+    await remote.setRemoteDescription(sdpSignals(ws, 'offer').find((f) => f.to === session).data.sdp);
+    await remote.setLocalDescription();
+    ws.push({ type: 'signal', call: 'c', from: session, data: { sdp: remote.localDescription } });
+    await until('connected', () => pc.connectionState === 'connected');
+  }
+
+  ws.drop();
+  // While away, a restart toward z makes an offer that waits for the rejoin.
+  call.restartIce('z');
+  await until('the restart offer', () => pcZ.signalingState === 'have-local-offer');
+  await until('the new socket', () => FakeWS.all[1]?.readyState === 1);
+  ws = FakeWS.all[1];
+  assert.equal(ws.sent.length, 0);
+  ws.push({ type: 'welcome', session: 'n', node: 'n2', user: 'um', ping_ms: 25000 });
+  const [rejoin] = ws.sentOf('join');
+  assert.deepEqual({ ...rejoin, id: undefined }, { type: 'join', id: undefined, call: 'c', resume: 'm.token' });
+  assert.equal(ws.sent[0], rejoin, 'the rejoin is the first frame after the welcome');
+  assert.equal(ws.sentOf('signal').length, 0, 'no signal before the rejoin\'s ack');
+  // z left while this peer was away; y joined.
+  ws.push(
+    { type: 'ack', id: rejoin.id, session: 'm', peers: [{ session: 'a', user: 'ua', polite: true }, { session: 'y', user: 'uy', polite: true }], polite: true, resume: 'm.token', resumed: true, iceServers: [{ urls: ['stun:new'] }], ice_ttl: 60 },
+    { type: 'signal', call: 'c', from: 'a', data: { candidate: null } },
+  );
+  await until('the rejoin', () => events.of('rejoined').length === 1);
+  await settle();
+  assert.equal(call.session, 'm', 'a resumed peer keeps its session');
+  assert.deepEqual(events.of('leave'), [{ type: 'leave', session: 'z', user: 'uz' }]);
+  assert.ok(pcZ.closed);
+  assert.deepEqual(events.of('peer').map((e) => e.session), ['a', 'z', 'y']);
+  assert.deepEqual(pcA.config.iceServers, [{ urls: ['stun:new'] }], 'the new ack\'s ICE servers');
+  assert.equal(pcA.endOfCandidates, 1, 'the signal held for the rejoin was applied after its ack');
+  // This peer is polite toward a: it leaves the restart to a.
+  assert.equal(events.of('restart').filter((e) => e.reason === 'reconnect').length, 0);
+  assert.equal(sdpSignals(ws, 'offer').length, 0, 'the offer to z, which left, is not sent');
+
+  // Dropped again, and back too late: a new peer, with new PeerConnections.
+  ws.drop();
+  await until('the third socket', () => FakeWS.all[2]?.readyState === 1);
+  ws = FakeWS.all[2];
+  ws.push({ type: 'welcome', session: 'q', node: 'n1', user: 'um', ping_ms: 25000 });
+  const [late] = ws.sentOf('join');
+  assert.equal(late.resume, 'm.token');
+  ws.push({ type: 'ack', id: late.id, session: 'q', peers: [{ session: 'a', user: 'ua', polite: true }], polite: true, resume: 'q.token', resumed: false });
+  await until('the second rejoin', () => events.of('rejoined').length === 2);
+  assert.deepEqual(events.of('rejoined')[1], { type: 'rejoined', resumed: false });
+  assert.equal(call.session, 'q');
+  assert.ok(pcA.closed);
+  const pcA2 = call.peers.get('a').pc;
+  assert.notEqual(pcA2, pcA);
+  assert.deepEqual(call.peers.get('a').polite, true);
+  await until('a new offer', () => sdpSignals(ws, 'offer').length === 1);
+  assert.equal(sdpSignals(ws, 'offer')[0].to, 'a');
+  // The next rejoin uses the new token.
+  ws.drop();
+  await until('the fourth socket', () => FakeWS.all[3]?.readyState === 1);
+  ws = FakeWS.all[3];
+  ws.push({ type: 'welcome', session: 'r', node: 'n1', user: 'um', ping_ms: 25000 });
+  assert.equal(ws.sentOf('join')[0].resume, 'q.token');
+});
+
+test('a rejoin refused for now reconnects to try again; refused for good, the call ends', async () => {
+  startNode();
+  const { a, b } = await joinAll(['a', 'b']);
+  await until('connected', () => connectedPair(a, b));
+  const node = FakeWS.node;
+  node.refuse = { code: 'internal', message: 'join failed: the message bus is unavailable; try again shortly' };
+  const closes = [];
+  b.client.on('close', (e) => closes.push(e.code));
+  socketOf(b).drop();
+  await until('the retry', () => b.events.of('rejoined').length === 1);
+  assert.deepEqual(closes, [1006, 4002]);
+  assert.deepEqual(b.events.of('error').map((e) => e.code), ['internal']);
+  assert.equal(b.events.of('ended').length, 0);
+  node.refuse = { code: 'forbidden', message: 'not allowed to join call standup' };
+  socketOf(b).drop();
+  await until('the end', () => b.events.of('ended').length === 1);
+  assert.equal(b.events.of('ended')[0].reason, 'refused');
+  assert.equal(b.events.of('ended')[0].error.code, 'forbidden');
+  assert.ok(b.call.ended);
+  assert.equal(b.call.peers.size, 0);
+  assert.deepEqual(b.client.calls(), []);
+});
+
+test('close() leaves every call: the node hears a leave, the call ends with closed', async () => {
+  startNode();
+  const { a, b } = await joinAll(['a', 'b']);
+  await until('connected', () => connectedPair(a, b));
+  const ws = socketOf(a);
+  a.client.close();
+  assert.equal(ws.sentOf('leave').length, 1);
+  assert.deepEqual(a.events.of('ended'), [{ type: 'ended', reason: 'closed' }]);
+  await until('b hears it', () => b.events.of('leave').length === 1);
+  await assert.rejects(a.client.join('other'), (err) => err.code === 'closed');
+});
+
+test('explain says what to do for errors, closes and camera failures', () => {
+  const err = (code, message, extra = {}) => Object.assign(new ParleyError(code, message), extra);
+  const cases = [
+    [err('unauthorized', 'token expired at 2026-01-01T00:00:00Z'), 'Your token has expired: sign in again to get a fresh token.'],
+    [err('unauthorized', 'missing token: send Authorization: Bearer <token>'), 'This node checks tokens, and none was given: sign in again to get a fresh token.'],
+    [err('forbidden', 'not allowed to subscribe to secret', { room: 'secret' }), 'Your token does not allow the room secret: pick another room, or use a token that allows it.'],
+    [err('forbidden', 'not allowed to join call team:9', { call: 'team:9' }), 'Your token does not allow joining the call team:9: pick another call, or use a token that allows it.'],
+    [err('forbidden', 'call standup is full: at most 8 peers'), 'The call is full (at most 8 people): wait for someone to leave, or start another call.'],
+    [err('bad_room', 'room names are 1 to 128 bytes'), 'That name cannot be used: room and call names are 1 to 128 letters, digits or _ . : @ - characters.'],
+    [err('rate_limited', 'publish rate exceeded'), 'That was faster than the node allows: wait a moment and try again.'],
+    [err('internal', 'the message bus is unavailable', { room: 'lobby', retrying: true }), 'Rejoining lobby failed for a moment (the message bus is unavailable): trying again.'],
+    [err('over_capacity', 'this node holds as many rooms and calls as it may; try again later'), 'The node holds as many rooms and calls as it may: try again in a few seconds, or on another node.'],
+    [err('draining', 'this node is draining'), 'The node is shutting down: reconnecting, to another node if there is one.'],
+    [err('not_found', 'no such room'), 'Not found: no such room.'],
+    [err('too_large', 'frame too large'), 'That is larger than the node takes: send something smaller.'],
+    [err('timeout', 'publish: no answer within 10000 ms'), 'The node did not answer in time: check your connection, and try again.'],
+    [err('closed', 'the client is closed'), 'Not connected to the node: connect again to carry on.'],
+    ['ice_failed', "The call could not connect: try 'relay only' or another network."],
+    [{ code: 1013, reason: 'slow consumer', wasClean: true }, 'This page read its messages too slowly (a slow network, or a busy tab), so the node closed the connection: reconnecting, and catching up on what was missed.'],
+    [{ code: 1008, reason: 'token expired', wasClean: true }, 'Your token has expired: paste a new one.'],
+    [{ code: 1012, reason: 'draining' }, 'The node is shutting down: reconnecting, to another node if there is one.'],
+    [{ code: 1001, reason: 'heartbeat timeout' }, 'The node stopped hearing from this page (a sleeping tab, or a lost network), so it closed the connection: reconnecting.'],
+    [{ code: 4001, reason: 'heartbeat timeout' }, 'Nothing was heard from the node for too long, so the network may be down: reconnecting.'],
+    [domError('NotAllowedError', 'Permission denied'), 'The camera and microphone are blocked for this page: allow them in the browser\u2019s site settings (the icon beside the address), or join without them.'],
+    [domError('NotFoundError', 'Requested device not found'), 'No camera or microphone was found: plug one in, or join without them.'],
+    [domError('NotReadableError', 'Could not start video source'), 'The camera or microphone is in use by another application, or did not start: close that application and try again.'],
+    [domError('OverconstrainedError', ''), 'The camera cannot give the picture asked for: try another camera, or the default settings.'],
+  ];
+  for (const [x, want] of cases) {
+    const opts = x.code === 1008 ? { token: 'paste a new one' } : {};
+    assert.equal(explain(x, opts), want);
+  }
+  // The same code first time (not retried) does not promise a retry.
+  assert.equal(explain(err('internal', 'bus down', { room: 'lobby' })), 'The node had a problem (bus down): try again shortly.');
+});
