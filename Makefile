@@ -18,8 +18,8 @@ test: deps
 	@out=$$(mktemp); \
 	echo "PARLEY_NOPOLLER=1 go test -count=1 ./gateway/ (beside the next)"; \
 	PARLEY_NOPOLLER=1 go test -count=1 ./gateway/ > $$out 2>&1 & pid=$$!; \
-	echo "go test -race -count=1 -timeout 20m ./..."; \
-	go test -race -count=1 -timeout 20m ./...; rc=$$?; \
+	echo "go test -race -count=1 -timeout 20m ./... (screenshots of the pages in test-output/screenshots)"; \
+	PARLEY_SCREENSHOTS=$(CURDIR)/test-output/screenshots go test -race -count=1 -timeout 20m ./...; rc=$$?; \
 	wait $$pid; nrc=$$?; \
 	echo "PARLEY_NOPOLLER=1 go test -count=1 ./gateway/:"; cat $$out; rm -f $$out; \
 	[ $$rc -eq 0 ] && [ $$nrc -eq 0 ]

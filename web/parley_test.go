@@ -1,12 +1,15 @@
 package web_test
 
 import (
+	"crypto/tls"
+	"crypto/x509"
 	"fmt"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -51,30 +54,43 @@ var binDirs []string
 // parleyProc is one `parley serve` process on 127.0.0.1.
 type parleyProc struct {
 	name  string
-	base  string // http://127.0.0.1:port
+	base  string // http://127.0.0.1:port, or https:// with --tls-cert
 	admin string // http://127.0.0.1:port, or "" with --admin-addr off
 	turn  string // 127.0.0.1:port of STUN and TURN over UDP and TCP, or ""
 	cmd   *exec.Cmd
 	done  chan struct{}
 	out   *lockedBuffer
+	// client trusts the node's certificate, with --tls-cert.
+	client *http.Client
 }
 
 var (
-	listeningRE = regexp.MustCompile(`listening on (http://[0-9.:]+)`)
+	listeningRE = regexp.MustCompile(`listening on (https?://[0-9.:]+)`)
 	adminRE     = regexp.MustCompile(`admin=([0-9.:]+)`)
 	turnRE      = regexp.MustCompile(`msg="turn server started".* udp=([0-9.:]+)`)
 )
 
 // startParley starts `parley serve` with its listeners on free loopback
 // ports (the admin listener and STUN/TURN too, unless args turn them off)
-// and args after the defaults, and waits until it answers /readyz. The
-// process is stopped with SIGTERM at the end of the test; its output is
-// logged when the test failed.
+// and args after the defaults, and waits until it answers /readyz. With
+// --tls-cert in args the node serves HTTPS, and readiness is checked
+// trusting that certificate. The process is stopped with SIGTERM at the end
+// of the test; its output is logged when the test failed.
 func startParley(t *testing.T, name string, args ...string) *parleyProc {
 	t.Helper()
 	all := append([]string{"serve", "--addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0",
 		"--turn-addr", "127.0.0.1:0", "--node-id", name, "--drain", "1s"}, args...)
-	p := &parleyProc{name: name, out: &lockedBuffer{}, done: make(chan struct{})}
+	p := &parleyProc{name: name, out: &lockedBuffer{}, done: make(chan struct{}), client: &http.Client{Timeout: 5 * time.Second}}
+	if i := slices.Index(args, "--tls-cert"); i >= 0 && i+1 < len(args) {
+		pemBytes, err := os.ReadFile(args[i+1])
+		if err != nil {
+			t.Fatal(err)
+		}
+		roots := x509.NewCertPool()
+		roots.AppendCertsFromPEM(pemBytes)
+		p.client.Transport = &http.Transport{TLSClientConfig: &tls.Config{RootCAs: roots}}
+	}
+	t.Cleanup(p.client.CloseIdleConnections)
 	p.cmd = exec.Command(parleyBinary(t), all...)
 	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
 	if err := p.cmd.Start(); err != nil {
@@ -124,7 +140,7 @@ func startParley(t *testing.T, name string, args ...string) *parleyProc {
 
 // ready reports whether /readyz answers 200.
 func (p *parleyProc) ready() bool {
-	resp, err := http.Get(p.base + "/readyz")
+	resp, err := p.client.Get(p.base + "/readyz")
 	if err != nil {
 		return false
 	}
@@ -185,4 +201,20 @@ func TestStartParley(t *testing.T) {
 	if resp.StatusCode != 200 {
 		t.Fatalf("GET /metrics: %d", resp.StatusCode)
 	}
+}
+
+// screenshotDir is where a test writes its screenshots: under
+// $PARLEY_SCREENSHOTS (make test sets test-output/screenshots), in a
+// directory named after the test, or else the test's artifact directory.
+func screenshotDir(t *testing.T) string {
+	t.Helper()
+	root := os.Getenv("PARLEY_SCREENSHOTS")
+	if root == "" {
+		return t.ArtifactDir()
+	}
+	dir := filepath.Join(root, strings.NewReplacer("/", "-", " ", "_").Replace(t.Name()))
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return dir
 }

@@ -70,8 +70,10 @@ export function watch(page, name, log) {
 }
 
 // run launches Debian's Chromium, runs fn(browser, log), prints its result,
-// and always closes the browser.
-export async function run(fn) {
+// and always closes the browser. options.args are Chromium flags beside the
+// usual ones; options.onFailure, if given, is awaited after a failure, before
+// the browser closes, to log where the pages stood.
+export async function run(fn, options = {}) {
   const log = { pageErrors: [], consoleErrors: [] };
   let browser;
   const deadline = setTimeout(() => {
@@ -90,13 +92,15 @@ export async function run(fn) {
         '--disable-component-update',
         '--disable-sync',
         '--no-first-run',
+        ...(options.args ?? []),
       ],
     });
-    step(`chromium ${browser.version()}`);
+    step(`chromium ${browser.version()} ${(options.args ?? []).join(' ')}`.trimEnd());
     const result = await fn(browser, log);
     process.stdout.write(JSON.stringify({ ...result, ...log }) + '\n');
   } catch (err) {
     process.stderr.write(`browser test failed: ${err?.stack ?? err}\n`);
+    await options.onFailure?.().catch(() => {});
     if (log.pageErrors.length) process.stderr.write(`page errors: ${log.pageErrors.join('; ')}\n`);
     code = 1;
   } finally {
