@@ -512,7 +512,7 @@ func TestCallPageUnreachable(t *testing.T) {
 		name, notice, action string
 		got                  unreachableSide
 	}{
-		{"B", "This node has no TURN relay, so 'Relay only' cannot connect: join again without it.", "Join again without Relay only", res.RelayB},
+		{"B", "Relay only is on, but this node offers no TURN relay: turn Relay only off, or ask the node's operator to enable TURN.", "Join again without Relay only", res.RelayB},
 		{"A", "The call could not connect: try 'relay only' or another network.", "Join again with Relay only", res.FailedA},
 	} {
 		if c.got.Notice != c.notice || c.got.Action != c.action {

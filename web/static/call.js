@@ -266,7 +266,12 @@ function showPair(session, { pair, rtt, protocol }) {
 // ICE meanwhile.
 function failed(err) {
   failing.add(err.session);
-  // The sentence about a node without TURN says more, and stays.
+  // Relay only on a node without TURN: the Call says so as soon as it
+  // meets the peer, and that sentence says more than any later one.
+  if (/no TURN server/.test(err.message ?? '')) {
+    notice(sentence(err), { kind: 'relay', label: 'Join again without Relay only', run: () => rejoin({ relay: false }) });
+    return;
+  }
   if (noticeEl.dataset.kind === 'relay') return;
   const relayOff = call && !call.relayOnly;
   notice(
@@ -392,13 +397,6 @@ function addPeer(p) {
   showPeerState(p.session, p.state ?? 'new');
   if (p.pair) showPair(p.session, p);
   if (known) return;
-  if (call.relayOnly && p.pc && !hasTURN(p.pc.getConfiguration?.().iceServers)) {
-    notice("This node has no TURN relay, so 'Relay only' cannot connect: join again without it.", {
-      kind: 'relay',
-      label: 'Join again without Relay only',
-      run: () => rejoin({ relay: false }),
-    });
-  }
   tile.timer = setTimeout(() => {
     const t = tiles.get(p.session);
     if (t !== tile || tile.el.dataset.state === 'connected') return;
@@ -406,11 +404,6 @@ function addPeer(p) {
     tile.el.querySelector('.state').textContent = stateNames.failed;
     if (!failing.has(p.session)) failed({ code: 'ice_failed', session: p.session });
   }, connectTimeout);
-}
-
-// hasTURN reports whether ICE servers include a TURN relay.
-function hasTURN(servers) {
-  return (servers ?? []).some((s) => [s.urls].flat().some((u) => /^turns?:/.test(String(u))));
 }
 
 function connectClient() {

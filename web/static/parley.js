@@ -570,7 +570,10 @@ export class Parley extends Emitter {
   // this peer leave at once, rather than after the node's grace period.
   #endCalls() {
     for (const [name, entry] of this.#calls) {
-      if (!entry.joined) continue;
+      if (!entry.joined) {
+        if (this.#welcomed && entry.awaiting) this.#send({ type: 'leave', id: String(++this.#seq), call: name });
+        continue;
+      }
       this.#calls.delete(name);
       if (this.#welcomed) this.#send({ type: 'leave', id: String(++this.#seq), call: name });
       entry.call[callEnd]('closed', null);
@@ -1758,7 +1761,7 @@ export class Call extends Emitter {
     if (this.#override) return;
     this.#iceServers = Array.isArray(ack.iceServers) ? ack.iceServers : [];
     const ttl = Number(ack.ice_ttl);
-    if (ttl > 0) this.#credentialTimer = setTimeout(() => this.#refreshCredentials(), credentialDelay(ttl) * 1000);
+    if (ttl > 0) this.#credentialTimer = setTimeout(() => this.#refreshCredentials(), Math.min(credentialDelay(ttl) * 1000, 2 ** 31 - 1));
   }
 
   // connect makes the PeerConnection toward a peer. The peer found in the
@@ -1815,6 +1818,12 @@ export class Call extends Emitter {
       }, firstOfferWait);
     }
     this.emit('peer', { session: peer.session, user: peer.user });
+    if (this.relayOnly && !this.#iceServers.some((s) => [s.urls].flat().some((u) => /^turns?:/.test(String(u))))) {
+      const err = new ParleyError('ice_failed', `relay only, and no TURN server to reach peer ${peer.session} through`);
+      err.session = peer.session;
+      err.call = this.name;
+      this.emit('error', err);
+    }
     const held = this.#strangers.get(p.session);
     this.#strangers.delete(p.session);
     for (const data of held ?? []) this.#onSignal(l, data);
@@ -1943,6 +1952,17 @@ export class Call extends Emitter {
       // An answer to no offer under way is a repeat (the peer answered an
       // offer sent again after a reconnect twice): the first one was taken.
       if (desc.type === 'answer' && pc.signalingState !== 'have-local-offer' && !l.settingRemoteAnswerPending) return;
+      // The answer to an offer that restarts ICE has new ICE credentials:
+      // one with the current remote ones answers an earlier offer (the copy
+      // of an offer sent again after a resume), not the one under way.
+      if (
+        desc.type === 'answer' &&
+        pc.currentLocalDescription &&
+        pc.currentRemoteDescription &&
+        iceUfrag(pc.pendingLocalDescription?.sdp) !== iceUfrag(pc.currentLocalDescription.sdp) &&
+        iceUfrag(desc.sdp) === iceUfrag(pc.currentRemoteDescription.sdp)
+      )
+        return;
       const readyForOffer = !l.makingOffer && (pc.signalingState === 'stable' || l.settingRemoteAnswerPending);
       const offerCollision = desc.type === 'offer' && !readyForOffer;
       l.ignoreOffer = !l.polite && offerCollision;
@@ -2132,7 +2152,9 @@ export class Call extends Emitter {
       if (typeof this.#fetch !== 'function') throw new ParleyError('unavailable', 'no fetch');
       const token = await this.#host.token();
       const headers = token ? { Authorization: `Bearer ${token}` } : {};
-      const res = await this.#fetch(this.#host.iceServersURL(), { headers, cache: 'no-store' });
+      // A request that never answers must not stop the refreshing.
+      const signal = typeof AbortSignal?.timeout === 'function' ? AbortSignal.timeout(probeTimeout) : undefined;
+      const res = await this.#fetch(this.#host.iceServersURL(), { headers, cache: 'no-store', signal });
       if (!res.ok) throw refusal(res.status, await res.text());
       answer = await res.json();
       if (!Array.isArray(answer?.iceServers)) throw new ParleyError('bad_frame', 'the ICE servers answer has no iceServers');
@@ -2150,7 +2172,7 @@ export class Call extends Emitter {
     for (const l of this.#links.values()) this.#reconfigure(l);
     clearTimeout(this.#credentialTimer);
     const ttl = Number(answer.ttl);
-    if (ttl > 0) this.#credentialTimer = setTimeout(() => this.#refreshCredentials(), credentialDelay(ttl) * 1000);
+    if (ttl > 0) this.#credentialTimer = setTimeout(() => this.#refreshCredentials(), Math.min(credentialDelay(ttl) * 1000, 2 ** 31 - 1));
   }
 }
 
@@ -2172,6 +2194,9 @@ const mediaErrors = {
 function closeSentence(code, reason, fresh) {
   switch (code) {
     case 1000:
+      // The SDK leaves a draining node itself with 1000 'draining'.
+      if (reason === 'draining') return codeSentence('draining', reason, {}, fresh);
+      return 'The connection was closed.';
     case 1005:
       return 'The connection was closed.';
     case 1001:
@@ -2188,6 +2213,7 @@ function closeSentence(code, reason, fresh) {
     case 1011:
       return 'The node had an internal error and closed the connection: reconnecting.';
     case 1012:
+      if (/history lost/.test(reason)) return 'The node lost the recent history of a room (its message store restarted): reconnecting; messages sent meanwhile may be missing.';
       return codeSentence('draining', reason, {}, fresh);
     case 1013:
       return 'This page read its messages too slowly (a slow network, or a busy tab), so the node closed the connection: reconnecting, and catching up on what was missed.';
@@ -2267,6 +2293,7 @@ function codeSentence(code, message, x, fresh) {
     case 'unavailable':
       return 'The node cannot be reached: check your network; the page keeps trying.';
     case 'ice_failed':
+      if (/no TURN server/.test(message ?? '')) return "Relay only is on, but this node offers no TURN relay: turn Relay only off, or ask the node's operator to enable TURN.";
       return "The call could not connect: try 'relay only' or another network.";
     case 'negotiation_failed':
       return 'The call could not agree on its media with the other browser: leave and join again.';
