@@ -1,612 +1,40 @@
-// Unit tests of parley.js's Call in Node, without a browser: a scripted fake
-// WebSocket (as in sdk.test.mjs), a small fake node that relays the call
+// Unit tests of parley.js's Call in Node, without a browser, on the fakes of
+// callfakes.mjs: a scripted fake WebSocket, a fake node relaying the call
 // frames of docs/CALLS.md between several clients, and a fake
-// RTCPeerConnection that follows the W3C signaling state machine (stable,
-// have-local-offer, have-remote-offer; an implicit rollback when an offer is
-// set in have-local-offer; InvalidStateError where a browser throws one;
-// negotiationneeded, icecandidate and connectionstatechange events). They
-// cover what a real call rarely does on cue: crossing offers from either
-// side, a rollback, an ICE restart asked for while an offer is in flight,
-// candidates before a description, the refresh of TURN credentials, a mesh
-// of four, and a client whose WebSocket drops mid-call. Run with
+// RTCPeerConnection on the W3C signaling state machine. They cover what a
+// real call rarely does on cue: crossing offers from either side, a
+// rollback, an ICE restart asked for while an offer is in flight,
+// candidates before a description, the refresh of TURN credentials (and a
+// refresh that never answers), a mesh of four, a client whose WebSocket
+// drops mid-call, and explain's sentences. The last section holds the bugs
+// a review found, each kept as a test that failed before its fix. Run with
 // `node --test web/testdata/`; the browser tests make real calls.
 import assert from 'node:assert/strict';
 import { afterEach, mock, test } from 'node:test';
-import { Call, Parley, ParleyError, explain } from '../static/parley.js';
+import { Call, ParleyError, explain } from '../static/parley.js';
+import {
+  FakePC,
+  FakeWS,
+  connectedPair,
+  domError,
+  joinAll,
+  newClient,
+  pcOf,
+  record,
+  resetFakes,
+  sdpSignals,
+  settle,
+  socketOf,
+  startNode,
+  ufragOf,
+  until,
+  welcomedClient,
+} from './callfakes.mjs';
 
-// ---- a fake WebSocket, and a fake node behind it ----
-
-class FakeWS {
-  static all = [];
-  static node = null; // a FakeNode answering every socket, or null: the test scripts the socket
-
-  constructor(url, protocol) {
-    this.url = url;
-    this.protocol = protocol;
-    this.readyState = 0;
-    this.sent = [];
-    FakeWS.all.push(this);
-    const node = FakeWS.node;
-    queueMicrotask(() => {
-      if (this.readyState !== 0) return;
-      this.readyState = 1;
-      this.onopen?.({});
-      node?.open(this);
-    });
-  }
-
-  send(s) {
-    const f = JSON.parse(s);
-    this.sent.push(f);
-    const node = FakeWS.node;
-    if (node) queueMicrotask(() => node.frame(this, f));
-  }
-
-  close(code) {
-    if (this.readyState >= 2) return;
-    this.readyState = 3;
-    this.closedWith = code;
-    this.#gone();
-    queueMicrotask(() => this.onclose?.({ code: code ?? 1005, reason: '', wasClean: true }));
-  }
-
-  // push delivers frames as one text frame, newline-separated, as the node batches them.
-  push(...frames) {
-    if (this.readyState !== 1) return;
-    this.onmessage?.({ data: frames.map((f) => JSON.stringify(f)).join('\n') });
-  }
-
-  drop(code = 1006, reason = '') {
-    if (this.readyState >= 2) return;
-    this.readyState = 3;
-    this.#gone();
-    this.onclose?.({ code, reason, wasClean: false });
-  }
-
-  // gone tells the node, after the frames sent before the close.
-  #gone() {
-    const node = FakeWS.node;
-    if (node) queueMicrotask(() => node.gone(this));
-  }
-
-  sentOf(type) {
-    return this.sent.filter((f) => f.type === type);
-  }
-}
-
-const hex = (n) => n.toString(16).padStart(4, '0');
-
-// FakeNode plays a Parley node for calls: welcome, join (with resume
-// tokens and the role rule of docs/CALLS.md: of two peers, the one with the
-// greater session is polite), signal, leave, and peers that are away
-// between a dropped connection and their rejoin. With hold set, relayed
-// signals wait in `held` until release(), so that offers can cross.
-class FakeNode {
-  constructor(options = {}) {
-    this.seq = 0;
-    this.calls = new Map(); // call -> Map session -> peer {session, user, ws, resume, away: []}
-    this.hold = false;
-    this.held = []; // [ws, frame]
-    this.ack = options.ack ?? {}; // extra fields of every join ack
-    this.pingMs = options.pingMs ?? 25000;
-    this.refuse = null; // {code, message}: the next join is refused
-  }
-
-  open(ws) {
-    ws.session = hex(++this.seq);
-    ws.user = `u${ws.session}`;
-    this.push(ws, { type: 'welcome', session: ws.session, node: 'n1', user: ws.user, ping_ms: this.pingMs });
-  }
-
-  push(ws, f) {
-    queueMicrotask(() => ws.push(f));
-  }
-
-  others(call, me) {
-    return [...call.values()].filter((p) => p.session !== me.session);
-  }
-
-  frame(ws, f) {
-    const call = this.calls.get(f.call) ?? new Map();
-    this.calls.set(f.call, call);
-    const me = [...call.values()].find((p) => p.ws === ws);
-    const reply = (fields) => this.push(ws, { type: 'ack', id: f.id, ...fields });
-    const refuse = (code, message) => this.push(ws, { type: 'error', id: f.id, code, message });
-    switch (f.type) {
-      case 'join': {
-        if (this.refuse) {
-          const { code, message } = this.refuse;
-          this.refuse = null;
-          return refuse(code, message);
-        }
-        if (me) return refuse('bad_request', `already in call ${f.call}`);
-        let peer = f.resume ? [...call.values()].find((p) => p.resume === f.resume) : undefined;
-        const resumed = !!peer;
-        if (peer) {
-          peer.ws = ws;
-        } else {
-          peer = { session: ws.session, user: ws.user, ws, resume: `${ws.session}.token`, away: [] };
-          call.set(peer.session, peer);
-        }
-        const others = this.others(call, peer);
-        reply({
-          session: peer.session,
-          peers: others.map((p) => ({ session: p.session, user: p.user, polite: peer.session > p.session })),
-          polite: others.length > 0 && others.every((p) => peer.session > p.session),
-          resume: peer.resume,
-          resumed,
-          ...this.ack,
-        });
-        for (const s of peer.away.splice(0)) this.push(ws, s);
-        for (const p of others) this.event(f.call, p, resumed ? 'resume' : 'join', peer);
-        return;
-      }
-      case 'signal': {
-        if (!me) return refuse('not_found', `not in call ${f.call}: join it first`);
-        const to = call.get(f.to);
-        if (!to) return refuse('not_found', `no peer ${f.to} in call ${f.call}`);
-        reply({});
-        this.deliver(to, { type: 'signal', call: f.call, from: me.session, data: f.data });
-        return;
-      }
-      case 'leave': {
-        if (!me) return refuse('not_found', `not in call ${f.call}`);
-        call.delete(me.session);
-        reply({});
-        for (const p of call.values()) this.event(f.call, p, 'leave', me);
-        return;
-      }
-      default:
-    }
-  }
-
-  event(name, to, event, peer) {
-    this.deliver(to, { type: 'peer', call: name, event, session: peer.session, user: peer.user, polite: to.session > peer.session }, true);
-  }
-
-  deliver(to, f, now = false) {
-    if (!to.ws) to.away.push(f);
-    else if (this.hold && !now) this.held.push([to, f]);
-    else this.push(to.ws, f);
-  }
-
-  // release delivers the held signals, those for `first` (a session) first.
-  release(first) {
-    const held = this.held.splice(0);
-    held.sort((a, b) => (b[0].session === first) - (a[0].session === first));
-    this.hold = false;
-    for (const [to, f] of held) this.deliver(to, f);
-  }
-
-  gone(ws) {
-    for (const call of this.calls.values()) for (const p of call.values()) if (p.ws === ws) p.ws = null;
-  }
-
-  // expire ends an away peer's grace period: the others see it leave.
-  expire(name, session) {
-    const call = this.calls.get(name);
-    const peer = call.get(session);
-    call.delete(session);
-    for (const p of call.values()) this.event(name, p, 'leave', peer);
-  }
-}
-
-// ---- a fake RTCPeerConnection ----
-
-function domError(name, message) {
-  const err = new Error(message);
-  err.name = name;
-  return err;
-}
-
-const ufragOf = (sdp) => /a=ice-ufrag:(\S+)/.exec(sdp ?? '')?.[1] ?? null;
-
-class FakeDataChannel {
-  constructor(label, init) {
-    this.label = label;
-    this.negotiated = !!init?.negotiated;
-    this.id = init?.id ?? null;
-    this.readyState = 'connecting';
-    this.sent = [];
-  }
-
-  send(data) {
-    if (this.readyState !== 'open') throw domError('InvalidStateError', 'the data channel is not open');
-    this.sent.push(data);
-  }
-
-  close() {
-    this.readyState = 'closed';
-  }
-}
-
-class FakeSender {
-  constructor(track) {
-    this.track = track;
-  }
-
-  async replaceTrack(track) {
-    this.track = track;
-  }
-}
-
-let pcSeq = 0;
-
-// task runs fn as a browser fires a PeerConnection's events: in a task of
-// its own, after the promise of the operation that caused it has settled.
-// (setImmediate is not among the timers the tests mock.)
-const task = (fn) => setImmediate(fn);
-
-// FakePC follows the RTCPeerConnection signaling state machine: operations
-// (setLocalDescription, setRemoteDescription, addIceCandidate) run one after
-// the other on an operations chain, as in a browser; negotiationneeded
-// fires when the state is stable, the chain is empty and the local media
-// or an ICE restart needs a negotiation, once until that negotiation
-// completes. It connects once an offer and its answer are applied; a test
-// sets other connection states with setState.
-class FakePC {
-  static all = [];
-
-  constructor(config) {
-    this.id = ++pcSeq;
-    this.config = { ...config };
-    this.configs = [this.config];
-    this.signalingState = 'stable';
-    this.connectionState = 'new';
-    this.pendingLocalDescription = null;
-    this.currentLocalDescription = null;
-    this.pendingRemoteDescription = null;
-    this.currentRemoteDescription = null;
-    this.channels = [];
-    this.senders = [];
-    this.remoteCandidates = [];
-    this.endOfCandidates = 0;
-    this.rollbacks = 0; // offers of its own rolled back by a remote offer
-    this.refused = []; // errors thrown at the caller
-    this.closed = false;
-    this.stats = null; // a Map for getStats, or null for a relay pair over UDP
-    this.failNext = null; // 'offer' or 'answer': the next setLocalDescription of that type fails
-    this.#ufrag = `p${this.id}g0`;
-    FakePC.all.push(this);
-  }
-
-  #ufrag;
-  #stableUfrag = null; // the ufrag before the pending local offer: a rollback returns to it
-  #generation = 0;
-  #gathered = new Set(); // the ufrags candidates were gathered for
-  #chain = Promise.resolve();
-  #ops = 0;
-  #media = 0; // changes to the local media
-  #offered = 0; // the #media of the local offer
-  #negotiated = 0; // the #media an offer/answer exchange has covered
-  #restart = false; // restartIce() was called: the next local description gets new credentials
-  #needed = false; // the negotiation-needed flag
-  #version = 0;
-
-  get localDescription() {
-    return this.pendingLocalDescription ?? this.currentLocalDescription;
-  }
-
-  get remoteDescription() {
-    return this.pendingRemoteDescription ?? this.currentRemoteDescription;
-  }
-
-  get ufrag() {
-    return this.#ufrag;
-  }
-
-  getConfiguration() {
-    return { ...this.config };
-  }
-
-  setConfiguration(config) {
-    if (this.closed) throw domError('InvalidStateError', 'the PeerConnection is closed');
-    this.config = { ...config };
-    this.configs.push(this.config);
-  }
-
-  createDataChannel(label, init) {
-    const dc = new FakeDataChannel(label, init);
-    this.channels.push(dc);
-    if (this.channels.length === 1) this.#changed();
-    return dc;
-  }
-
-  addTrack(track) {
-    const sender = new FakeSender(track);
-    this.senders.push(sender);
-    this.#changed();
-    return sender;
-  }
-
-  getSenders() {
-    return [...this.senders];
-  }
-
-  restartIce() {
-    this.#restart = true;
-    this.#update();
-  }
-
-  setLocalDescription(desc) {
-    return this.#op(() => {
-      const type = desc?.type ?? (this.signalingState === 'have-remote-offer' ? 'answer' : 'offer');
-      if (this.failNext === type) {
-        this.failNext = null;
-        throw domError('OperationError', `setLocalDescription(${type}) failed`);
-      }
-      switch (type) {
-        case 'offer': {
-          if (this.signalingState !== 'stable' && this.signalingState !== 'have-local-offer') {
-            throw domError('InvalidStateError', `setLocalDescription(offer) in ${this.signalingState}`);
-          }
-          if (this.signalingState === 'stable') this.#stableUfrag = this.#ufrag;
-          // As in a browser, the restart flag is spent by the offer that
-          // restarts, even if that offer is rolled back later.
-          if (this.#restart || !this.currentLocalDescription) this.#newCredentials();
-          this.pendingLocalDescription = { type, sdp: this.#sdp() };
-          this.#offered = this.#media;
-          this.#setSignaling('have-local-offer');
-          break;
-        }
-        case 'answer': {
-          if (this.signalingState !== 'have-remote-offer') throw domError('InvalidStateError', `setLocalDescription(answer) in ${this.signalingState}`);
-          // Answering an offer that restarts ICE restarts it here too.
-          const before = ufragOf(this.currentRemoteDescription?.sdp);
-          if (this.#restart || !this.currentLocalDescription || ufragOf(this.pendingRemoteDescription.sdp) !== before) this.#newCredentials();
-          this.currentLocalDescription = { type, sdp: this.#sdp() };
-          this.currentRemoteDescription = this.pendingRemoteDescription;
-          this.pendingLocalDescription = this.pendingRemoteDescription = null;
-          this.#negotiated = this.#media;
-          this.#setSignaling('stable');
-          break;
-        }
-        case 'rollback':
-          if (this.signalingState !== 'have-local-offer') throw domError('InvalidStateError', `rollback in ${this.signalingState}`);
-          this.#rollbackLocal();
-          return;
-        default:
-          throw new TypeError(`bad description type ${type}`);
-      }
-      this.#gather();
-      if (this.signalingState === 'stable') this.#completed();
-    });
-  }
-
-  setRemoteDescription(desc) {
-    return this.#op(() => {
-      switch (desc?.type) {
-        case 'offer':
-          if (this.signalingState === 'have-local-offer') {
-            // The implicit rollback of a browser.
-            this.#rollbackLocal();
-            this.rollbacks++;
-          }
-          if (this.signalingState !== 'stable' && this.signalingState !== 'have-remote-offer') {
-            throw domError('InvalidStateError', `setRemoteDescription(offer) in ${this.signalingState}`);
-          }
-          if (!/\nm=/.test(desc.sdp)) throw domError('OperationError', 'an offer without media');
-          this.pendingRemoteDescription = { type: 'offer', sdp: desc.sdp };
-          this.#setSignaling('have-remote-offer');
-          return;
-        case 'answer':
-          if (this.signalingState !== 'have-local-offer') throw domError('InvalidStateError', `setRemoteDescription(answer) in ${this.signalingState}`);
-          this.currentRemoteDescription = { type: 'answer', sdp: desc.sdp };
-          this.currentLocalDescription = this.pendingLocalDescription;
-          this.pendingLocalDescription = null;
-          this.#negotiated = this.#offered;
-          this.#setSignaling('stable');
-          this.#completed();
-          return;
-        case 'rollback':
-          if (this.signalingState !== 'have-remote-offer') throw domError('InvalidStateError', `setRemoteDescription(rollback) in ${this.signalingState}`);
-          this.pendingRemoteDescription = null;
-          this.#setSignaling('stable');
-          return;
-        default:
-          throw new TypeError(`bad description type ${desc?.type}`);
-      }
-    });
-  }
-
-  addIceCandidate(c) {
-    return this.#op(() => {
-      if (!this.remoteDescription) throw domError('InvalidStateError', 'addIceCandidate without a remote description');
-      if (c === undefined || c === null || !c.candidate) {
-        this.endOfCandidates++;
-        return;
-      }
-      if (c.usernameFragment && c.usernameFragment !== ufragOf(this.remoteDescription.sdp)) {
-        throw domError('OperationError', `unknown ufrag ${c.usernameFragment}`);
-      }
-      this.remoteCandidates.push(c);
-    });
-  }
-
-  async getStats() {
-    if (this.stats) return this.stats;
-    return new Map([
-      ['T1', { type: 'transport', selectedCandidatePairId: 'CP1' }],
-      ['CP1', { type: 'candidate-pair', localCandidateId: 'L1', remoteCandidateId: 'R1', currentRoundTripTime: 0.0123 }],
-      ['L1', { type: 'local-candidate', candidateType: 'relay', protocol: 'udp', relayProtocol: 'tcp' }],
-      ['R1', { type: 'remote-candidate', candidateType: 'srflx', protocol: 'udp' }],
-    ]);
-  }
-
-  close() {
-    this.closed = true;
-    this.signalingState = 'closed';
-    this.connectionState = 'closed';
-    for (const dc of this.channels) dc.close();
-  }
-
-  // setState sets the connection state, as ICE would, and fires its event.
-  setState(state) {
-    if (this.closed || this.connectionState === state) return;
-    this.connectionState = state;
-    this.onconnectionstatechange?.({});
-    if (state === 'connected') {
-      for (const dc of this.channels) {
-        if (dc.readyState === 'open') continue;
-        dc.readyState = 'open';
-        dc.onopen?.({});
-      }
-    }
-  }
-
-  #op(fn) {
-    this.#ops++;
-    const run = this.#chain.then(() => {
-      if (this.closed) throw domError('InvalidStateError', 'the PeerConnection is closed');
-      return fn();
-    });
-    this.#chain = run
-      .catch(() => {})
-      .then(() => {
-        this.#ops--;
-        this.#update();
-      });
-    return run.catch((err) => {
-      this.refused.push(err);
-      throw err;
-    });
-  }
-
-  // refusedDescriptions are the errors of setLocalDescription and
-  // setRemoteDescription: what perfect negotiation must never cause.
-  get refusedDescriptions() {
-    return this.refused.filter((err) => !/ufrag|addIceCandidate/.test(err.message));
-  }
-
-  #changed() {
-    this.#media++;
-    this.#update();
-  }
-
-  // rollbackLocal takes back the pending local offer, and the ICE
-  // credentials it made.
-  #rollbackLocal() {
-    this.pendingLocalDescription = null;
-    if (this.#stableUfrag !== null) this.#ufrag = this.#stableUfrag;
-    this.#setSignaling('stable');
-  }
-
-  #newCredentials() {
-    this.#restart = false;
-    this.#ufrag = `p${this.id}g${++this.#generation}`;
-  }
-
-  #sdp() {
-    const media = this.channels.length ? 'm=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\n' : '';
-    const tracks = this.senders.map((s) => `m=${s.track?.kind ?? 'audio'} 9 UDP/TLS/RTP/SAVPF 111\r\n`).join('');
-    return `v=0\r\no=- ${this.id} ${++this.#version} IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\na=ice-ufrag:${this.#ufrag}\r\n${media}${tracks}`;
-  }
-
-  #setSignaling(state) {
-    if (state === 'stable') this.#needed = false; // cleared on the way back to stable, then checked again
-    this.signalingState = state;
-  }
-
-  // update fires negotiationneeded when a negotiation is needed, and the
-  // flag was not set already.
-  #update() {
-    if (this.closed || this.#ops > 0 || this.signalingState !== 'stable') return;
-    if (!this.#restart && this.#media === this.#negotiated) {
-      this.#needed = false;
-      return;
-    }
-    if (this.#needed) return;
-    this.#needed = true;
-    task(() => {
-      if (this.#needed && !this.closed && this.signalingState === 'stable') this.onnegotiationneeded?.({});
-    });
-  }
-
-  // gather trickles one candidate of the current ICE credentials, then the end.
-  #gather() {
-    const ufrag = this.#ufrag;
-    if (this.#gathered.has(ufrag)) return;
-    this.#gathered.add(ufrag);
-    task(() => {
-      if (this.closed) return;
-      const candidate = { candidate: `candidate:1 1 udp 2122260223 10.0.0.${this.id} 5000 typ host`, sdpMid: '0', sdpMLineIndex: 0, usernameFragment: ufrag };
-      this.onicecandidate?.({ candidate: { ...candidate, toJSON: () => candidate } });
-      this.onicecandidate?.({ candidate: null });
-    });
-  }
-
-  // completed connects once an offer/answer exchange is complete.
-  #completed() {
-    task(() => this.setState('connected'));
-  }
-}
-
-// ---- helpers ----
-
-async function until(what, cond, ms = 5000) {
-  const deadline = Date.now() + ms;
-  while (!cond()) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 2));
-  }
-}
-
-// settle lets every microtask chain and PeerConnection event run (under
-// mock timers too, where until cannot poll).
-async function settle(rounds = 20) {
-  for (let i = 0; i < rounds; i++) await new Promise((r) => setImmediate(r));
-}
-
-const clients = [];
 afterEach(() => {
-  for (const c of clients.splice(0)) c.close();
-  FakeWS.node = null;
+  resetFakes();
   mock.timers.reset();
 });
-
-function newClient(options = {}) {
-  const client = new Parley({ url: 'ws://node.test/v1/ws', WebSocket: FakeWS, minDelay: 5, maxDelay: 40, ...options });
-  clients.push(client);
-  return client;
-}
-
-function startNode(options) {
-  FakeWS.all = [];
-  FakePC.all = [];
-  FakeWS.node = new FakeNode(options);
-  return FakeWS.node;
-}
-
-// record keeps every event of a call, in order.
-function record(call) {
-  const events = [];
-  for (const type of ['peer', 'leave', 'track', 'open', 'data', 'state', 'stats', 'restart', 'rejoined', 'ended', 'error']) {
-    call.on(type, (v) => events.push({ type, ...(v instanceof Error ? { code: v.code, session: v.session } : v) }));
-  }
-  events.of = (type) => events.filter((e) => e.type === type);
-  return events;
-}
-
-// joinAll makes a client per name that joins call, one after the other.
-async function joinAll(names, call = 'standup', options = {}) {
-  const out = {};
-  for (const name of names) {
-    const client = newClient();
-    const c = await client.join(call, { RTCPeerConnection: FakePC, statsInterval: 0, ...options });
-    out[name] = { client, call: c, events: record(c) };
-  }
-  return out;
-}
-
-const pcOf = (side, session) => side.call.peers.get(session).pc;
-const sdpSignals = (ws, type) => ws.sentOf('signal').filter((f) => f.data.sdp?.type === type);
-const socketOf = (side) => FakeWS.all.find((ws) => ws.session === side.client.session);
-
-function connectedPair(a, b) {
-  const ab = a.call.peers.get(b.call.session);
-  const ba = b.call.peers.get(a.call.session);
-  return ab?.state === 'connected' && ba?.state === 'connected';
-}
 
 // ---- tests ----
 
@@ -1003,6 +431,59 @@ test('TURN credentials are fetched again at 80% of ice_ttl and set on every Peer
   assert.deepEqual(fetches.map((f) => f.at - fetches[0].at), [0, 70000, 75000, 85000]);
 });
 
+test('a refresh of TURN credentials that never answers is aborted and tried again: the fetch is given an AbortSignal', async () => {
+  mock.timers.enable({ apis: ['setTimeout', 'Date'] });
+  // AbortSignal.timeout runs on Node's own timers, which mock timers do not
+  // move; this one runs on the mocked setTimeout, so the test's clock moves
+  // it as it moves the SDK's other timers.
+  const timeout = AbortSignal.timeout;
+  AbortSignal.timeout = (ms) => {
+    const controller = new AbortController();
+    setTimeout(() => controller.abort(new DOMException('The operation timed out.', 'TimeoutError')), ms);
+    return controller.signal;
+  };
+  try {
+    const fresh = [{ urls: ['turn:new'], username: '2:u', credential: 'y' }];
+    const fetches = [];
+    // The first request hangs, as one to a node that took the connection
+    // and never answers does: it ends only when its signal aborts it.
+    const fetch = (url, init) => {
+      fetches.push({ url, init, at: Date.now() });
+      if (fetches.length > 1) {
+        const body = JSON.stringify({ iceServers: fresh, ttl: 3600 });
+        return Promise.resolve({ ok: true, status: 200, text: async () => body, json: async () => JSON.parse(body) });
+      }
+      return new Promise((resolve, reject) => {
+        init?.signal?.addEventListener('abort', () => reject(init.signal.reason), { once: true });
+      });
+    };
+    const { call } = await scriptedCall(
+      { peers: [{ session: 'a', user: 'ua', polite: true }], iceServers: [{ urls: ['turn:old'], username: '1:u', credential: 'x' }], ice_ttl: 100 },
+      { fetch },
+    );
+    const pc = call.peers.get('a').pc;
+    // ttl 100: the refresh is due at 70 s.
+    mock.timers.tick(70 * 1000);
+    await settle();
+    assert.equal(fetches.length, 1);
+    const { signal } = fetches[0].init;
+    assert.ok(signal instanceof AbortSignal, `the refresh fetch is given no AbortSignal (signal: ${signal}): a request that never answers would stop the refreshing`);
+    assert.equal(signal.aborted, false);
+    // Within a minute the hung request is aborted and the refresh tried again.
+    for (let s = 0; s < 60 && fetches.length < 2; s++) {
+      mock.timers.tick(1000);
+      await settle(4);
+    }
+    assert.equal(signal.aborted, true, 'the hung request was not aborted within a minute');
+    assert.equal(fetches.length, 2, 'the refresh was not tried again after the hung request');
+    await settle();
+    assert.deepEqual(pc.config.iceServers, fresh, 'the retry\'s ICE servers are set');
+    assert.ok(fetches[1].init.signal instanceof AbortSignal, 'the retry is bounded too');
+  } finally {
+    AbortSignal.timeout = timeout;
+  }
+});
+
 test('ICE restarts: at once on failed by the impolite peer, 3 s later by the polite; after 3 s disconnected', async () => {
   mock.timers.enable({ apis: ['setTimeout', 'Date'] });
   const { call, ws, events } = await scriptedCall({ peers: [{ session: 'a', user: 'ua', polite: false }, { session: 'z', user: 'uz', polite: true }] });
@@ -1271,9 +752,13 @@ test('explain says what to do for errors, closes and camera failures', () => {
     [err('timeout', 'publish: no answer within 10000 ms'), 'The node did not answer in time: check your connection, and try again.'],
     [err('closed', 'the client is closed'), 'Not connected to the node: connect again to carry on.'],
     ['ice_failed', "The call could not connect: try 'relay only' or another network."],
+    [err('ice_failed', 'relay only, and no TURN server to reach peer 0002 through'), "Relay only is on, but this node offers no TURN relay: turn Relay only off, or ask the node's operator to enable TURN."],
     [{ code: 1013, reason: 'slow consumer', wasClean: true }, 'This page read its messages too slowly (a slow network, or a busy tab), so the node closed the connection: reconnecting, and catching up on what was missed.'],
     [{ code: 1008, reason: 'token expired', wasClean: true }, 'Your token has expired: paste a new one.'],
     [{ code: 1012, reason: 'draining' }, 'The node is shutting down: reconnecting, to another node if there is one.'],
+    [{ code: 1000, reason: 'draining', wasClean: true }, 'The node is shutting down: reconnecting, to another node if there is one.'],
+    [{ code: 1000, reason: 'closed by client', wasClean: true }, 'The connection was closed.'],
+    [{ code: 1012, reason: 'history lost' }, 'The node lost the recent history of a room (its message store restarted): reconnecting; messages sent meanwhile may be missing.'],
     [{ code: 1001, reason: 'heartbeat timeout' }, 'The node stopped hearing from this page (a sleeping tab, or a lost network), so it closed the connection: reconnecting.'],
     [{ code: 4001, reason: 'heartbeat timeout' }, 'Nothing was heard from the node for too long, so the network may be down: reconnecting.'],
     [domError('NotAllowedError', 'Permission denied'), 'The camera and microphone are blocked for this page: allow them in the browser\u2019s site settings (the icon beside the address), or join without them.'],
@@ -1287,4 +772,171 @@ test('explain says what to do for errors, closes and camera failures', () => {
   }
   // The same code first time (not retried) does not promise a retry.
   assert.equal(explain(err('internal', 'bus down', { room: 'lobby' })), 'The node had a problem (bus down): try again shortly.');
+});
+
+test('a drain the node does not end itself: the client leaves with 1000 draining, and explain says the node is shutting down', async () => {
+  const { ws, closes } = await welcomedClient();
+  // The node asks the client to move and does not close the connection
+  // itself (its 1012 is late, or a proxy holds it): after after_ms the
+  // client leaves with 1000 'draining', and says why.
+  ws.push({ type: 'reconnect', after_ms: 20, reason: 'draining' });
+  await until('the client leaves', () => closes.length === 1, 10000);
+  assert.deepEqual(closes[0], { code: 1000, reason: 'draining', wasClean: true });
+  assert.equal(ws.closedWith, 1000);
+  assert.equal(explain(closes[0]), 'The node is shutting down: reconnecting, to another node if there is one.');
+  await until('the client dials again', () => FakeWS.all.length === 2, 10000);
+});
+
+// ---- bugs found in review ----
+//
+// Each test below shows a bug a person would notice, and failed on parley.js
+// until that bug was fixed. They lean on what callfakes.mjs does as a
+// browser and a node do: a reconnecting client kept away for a moment,
+// signals slower than the browsers, relay only gathering nothing without a
+// TURN server, and JSEP's refusal of an answer that keeps the old ICE
+// credentials of a restart.
+test('after a peer resumes, the answer to the offer sent again is not applied to the ICE restart that follows (no "leave and join again" error)', async () => {
+  const node = startNode();
+  const { a, b } = await joinAll(['a', 'b']);
+  await until('connected', () => connectedPair(a, b));
+  const pcA = pcOf(a, b.call.session); // a's session is the smaller: a is impolite toward b
+  const pcB = pcOf(b, a.call.session);
+  assert.equal(a.call.peers.get(b.call.session).polite, false);
+
+  // b's network blips: its WebSocket drops, and its new one is held away
+  // for a moment; a sees the connection to b go disconnected and, being the
+  // impolite side, restarts ICE after 3 s. That offer waits for b at the node.
+  node.gate = true;
+  socketOf(b).drop();
+  pcA.setState('disconnected');
+  await until('a\'s restart offer held for b', () => {
+    const away = [...node.calls.get('standup').values()].find((p) => p.session === b.call.session)?.away ?? [];
+    return away.some((f) => f.data?.sdp?.type === 'offer');
+  }, 10000);
+  const offer1 = pcA.localDescription.sdp;
+
+  // b comes back within the grace period: its ack, then a's offer; a hears
+  // `resume`, sends its offer again (b might not have it) and, impolite,
+  // restarts ICE once that exchange is done. The network is slower than the
+  // browsers: signals take a while.
+  node.hold = true;
+  node.admit();
+  await until('b rejoined', () => b.events.of('rejoined').length === 1);
+  await until('b answered the held offer', () => node.held.some(([to, f]) => to.session === a.call.session && f.data?.sdp?.type === 'answer'));
+  await until('a sent its offer again', () => node.held.some(([to, f]) => to.session === b.call.session && f.data?.sdp?.sdp === offer1));
+  // b's answer reaches a first; a makes its next offer (the restart).
+  node.deliverHeld((to) => to.session === a.call.session);
+  await until('a\'s next offer', () => pcA.signalingState === 'have-local-offer' && pcA.localDescription.sdp !== offer1);
+  // Then everything else: b answers the copy of the first offer, then the new one.
+  node.release();
+  await until('both stable', () => pcA.signalingState === 'stable' && pcB.signalingState === 'stable' && pcB.currentRemoteDescription.sdp === pcA.currentLocalDescription.sdp);
+  await settle();
+  await new Promise((r) => setTimeout(r, 100));
+  await settle();
+
+  // Each side's view of the other's ICE credentials is what the other uses
+  // (a browser that took the stale answer would check b with credentials b
+  // no longer has, and refuse b's new candidates)...
+  assert.equal(ufragOf(pcA.currentRemoteDescription.sdp), ufragOf(pcB.currentLocalDescription.sdp));
+  assert.equal(ufragOf(pcB.currentRemoteDescription.sdp), ufragOf(pcA.currentLocalDescription.sdp));
+  // ...and nothing told the person to leave a call that works.
+  assert.deepEqual(
+    a.events.of('error').map((e) => `${e.code}: ${e.message}`),
+    [],
+    'the answer to the copy of a\'s first offer was applied to its restart offer',
+  );
+  assert.deepEqual(pcA.refusedDescriptions.map((e) => e.message), []);
+});
+
+test('relay only on a node that gives no TURN server: the Call reports that it cannot connect, instead of waiting forever', async () => {
+  mock.timers.enable({ apis: ['setTimeout', 'Date'] });
+  // A node with STUN only (no TURN URL in its iceServers).
+  startNode({ pingMs: 1e9, ack: { iceServers: [{ urls: ['stun:127.0.0.1:3478'] }], ice_ttl: 3600 } });
+  const { a, b } = await joinAll(['a', 'b'], 'standup', { relayOnly: true });
+  mock.timers.tick(0);
+  await settle();
+  const pcA = pcOf(a, b.call.session);
+  const pcB = pcOf(b, a.call.session);
+  assert.equal(pcA.config.iceTransportPolicy, 'relay');
+  assert.equal(pcA.signalingState, 'stable', 'the descriptions were exchanged');
+  assert.equal(pcB.signalingState, 'stable');
+  // Relay only gathers nothing without a TURN server: no pair, no 'failed'.
+  assert.equal(pcA.remoteCandidates.length + pcB.remoteCandidates.length, 0);
+  // A minute later the person still has no word of it.
+  for (let s = 0; s < 60; s++) {
+    mock.timers.tick(1000);
+    await settle(2);
+  }
+  assert.equal(a.call.peers.get(b.call.session).state, 'connecting');
+  for (const side of [a, b]) {
+    const errors = side.events.of('error');
+    assert.ok(errors.length > 0, `no error on ${side.call.session}: the call shows 'connecting' for ever (states: ${side.events.of('state').map((e) => e.state).join(', ')})`);
+    // What the page shows says why, and what to change.
+    assert.equal(explain(errors[0].error), "Relay only is on, but this node offers no TURN relay: turn Relay only off, or ask the node's operator to enable TURN.");
+  }
+});
+
+test('close() while a join is in flight leaves the call: the other peers do not see a ghost for the grace period', async () => {
+  const node = startNode();
+  const { a } = await joinAll(['a']);
+  const client = newClient();
+  await until('welcome', () => client.state === 'open');
+  const ws = FakeWS.all.at(-1);
+  // The person presses Join, then Leave (or the page closes its client)
+  // before the ack: the join frame is on its way to the node.
+  const joining = client.join('standup', { RTCPeerConnection: FakePC, statsInterval: 0 });
+  client.close();
+  await assert.rejects(joining, (err) => err.code === 'closed');
+  await settle();
+  // The node took the join, then saw the connection go: the peer is away,
+  // and stays in the call for the grace period (10 s by default).
+  assert.equal(a.events.of('peer').length, 1, 'a saw the peer join');
+  assert.deepEqual(ws.sentOf('leave').map((f) => f.call), ['standup'], 'no leave was sent with the join in flight');
+  await until('a sees it leave', () => a.events.of('leave').length === 1, 1000);
+  assert.equal(node.calls.get('standup').size, 1);
+});
+
+test('TURN credentials valid for a year (--ice-ttl 8760h) are not fetched again in a loop', async () => {
+  // setTimeout holds a delay in 32 bits: a browser (and Node) runs a timer
+  // of more than 2^31-1 ms (24.8 days) at once.
+  const year = 365 * 24 * 3600;
+  const turn = [{ urls: ['turn:127.0.0.1:3478?transport=udp'], username: 'u', credential: 'c' }];
+  startNode({ ack: { iceServers: turn, ice_ttl: year } });
+  const fetches = [];
+  const fetch = async (url) => {
+    fetches.push(url);
+    const body = JSON.stringify({ iceServers: turn, ttl: year });
+    return { ok: true, status: 200, text: async () => body, json: async () => JSON.parse(body) };
+  };
+  // Node says so with a TimeoutOverflowWarning each time: counted here, not printed.
+  let overflows = 0;
+  const emitWarning = process.emitWarning;
+  process.emitWarning = (w, type, ...rest) => {
+    if (type === 'TimeoutOverflowWarning') overflows++;
+    else emitWarning.call(process, w, type, ...rest);
+  };
+  let call = null;
+  try {
+    ({ call } = (await joinAll(['a'], 'standup', { fetch })).a);
+    await new Promise((r) => setTimeout(r, 100));
+    assert.equal(fetches.length, 0, `GET /v1/ice-servers ${fetches.length} times in 0.1 s (${overflows} timers over 2^31-1 ms)`);
+  } finally {
+    // Leaving ends the loop.
+    await call?.leave();
+    process.emitWarning = emitWarning;
+  }
+});
+
+test('explain: the 1012 close after a room\'s history was lost does not say the node is shutting down', async () => {
+  // gateway/hub.go: when Redis lost a room's history, every member gets
+  // {"type":"reconnect","reason":"history lost"} and its connection is
+  // closed at once with 1012 "history lost" (session.leave); the node
+  // itself goes on. Only a drain closes with 1012 "draining".
+  const { ws, closes } = await welcomedClient();
+  ws.push({ type: 'reconnect', after_ms: 1500, reason: 'history lost' });
+  ws.drop(1012, 'history lost');
+  assert.deepEqual(closes.map((e) => [e.code, e.reason]), [[1012, 'history lost']]);
+  const said = explain(closes[0]);
+  assert.doesNotMatch(said, /shutting down/, `explain says: ${said}`);
+  assert.equal(said, 'The node lost the recent history of a room (its message store restarted): reconnecting; messages sent meanwhile may be missing.');
 });

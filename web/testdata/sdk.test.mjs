@@ -6,50 +6,10 @@
 import assert from 'node:assert/strict';
 import { afterEach, test } from 'node:test';
 import { Parley, ParleyError, ParleySSE, SUBPROTOCOL } from '../static/parley.js';
+import { FakeWS } from './callfakes.mjs';
 
-// FakeWS is the server side of one connection, scripted by the test.
-class FakeWS {
-  static all = [];
-  static refuse = false; // new sockets fail at once, as when a node is down
-
-  constructor(url, protocol) {
-    this.url = url;
-    this.protocol = protocol;
-    this.readyState = 0;
-    this.sent = [];
-    FakeWS.all.push(this);
-    queueMicrotask(() => {
-      if (FakeWS.refuse) return this.drop(1006);
-      this.readyState = 1;
-      this.onopen?.({});
-    });
-  }
-
-  send(s) {
-    this.sent.push(JSON.parse(s));
-  }
-
-  close(code) {
-    if (this.readyState >= 2) return;
-    this.readyState = 3;
-    this.closedWith = code;
-    queueMicrotask(() => this.onclose?.({ code: code ?? 1005, reason: '', wasClean: true }));
-  }
-
-  // push delivers frames as one text frame, newline-separated, as the node batches them.
-  push(...frames) {
-    this.onmessage?.({ data: frames.map((f) => JSON.stringify(f)).join('\n') });
-  }
-
-  drop(code = 1006, reason = '') {
-    this.readyState = 3;
-    this.onclose?.({ code, reason, wasClean: false });
-  }
-
-  sentOf(type) {
-    return this.sent.filter((f) => f.type === type);
-  }
-}
+// FakeWS (callfakes.mjs) is the server side of one connection, scripted by
+// the test.
 
 const welcome = (n) => ({ type: 'welcome', session: `s${n}`, node: 'n1', user: `u${n}`, ping_ms: 25000 });
 const msg = (epoch, offset) => ({ type: 'message', room: 'r', epoch, offset, data: { n: offset }, ts: 1 });
