@@ -61,3 +61,17 @@ func States(p *Peer, remote string) (webrtc.SignalingState, webrtc.ICEConnection
 	}
 	return l.pc.SignalingState(), l.pc.ICEConnectionState()
 }
+
+// RemoteUfrag returns the ICE username fragment of the current remote
+// description from remote.
+func RemoteUfrag(p *Peer, remote string) string {
+	l := p.link(remote)
+	if l == nil {
+		return ""
+	}
+	d := l.pc.CurrentRemoteDescription()
+	if d == nil {
+		return ""
+	}
+	return iceUfrag(d.SDP)
+}

@@ -249,6 +249,16 @@ func (p *Peer) onDescription(l *link, desc webrtc.SessionDescription) {
 		// pion answers at once, so there is none.
 		return
 	}
+	if desc.Type == webrtc.SDPTypeAnswer && pc.SignalingState() != webrtc.SignalingStateHaveLocalOffer && !l.settingRemoteAnswerPending {
+		// An answer to no offer under way repeats one already taken: the
+		// remote peer answered an offer sent again after a resume twice.
+		p.log.Debug("repeated answer ignored", "peer", l.remote)
+		return
+	}
+	if desc.Type == webrtc.SDPTypeAnswer && answersEarlierOffer(pc, desc) {
+		p.log.Debug("answer to an earlier offer ignored", "peer", l.remote)
+		return
+	}
 	readyForOffer := !l.makingOffer && (pc.SignalingState() == webrtc.SignalingStateStable || l.settingRemoteAnswerPending)
 	offerCollision := desc.Type == webrtc.SDPTypeOffer && !readyForOffer
 	l.ignoreOffer = !l.polite && offerCollision
@@ -299,6 +309,26 @@ func (p *Peer) onDescription(l *link, desc webrtc.SessionDescription) {
 	}
 	// A restart asked for during the exchange goes now.
 	p.negotiate(l)
+}
+
+// answersEarlierOffer reports whether answer carries the current remote ICE
+// credentials while pc's pending local offer restarts ICE (its credentials
+// differ from the current local description's). The answer to an ICE
+// restart has new credentials (RFC 8829 5.10), so such an answer is to an
+// earlier offer. That happens after a resume: resync sends the offer under
+// way again and the impolite peer wants an ICE restart; the remote peer
+// answers both the offer the node held for it and the copy, the first
+// answer lets the restart's offer go, and the copy's answer comes while that
+// offer is pending. Taken as the restart's answer, it would leave this side
+// with the remote's old credentials, pion would then refuse the restart's
+// real answer, and the two sides would hold different credentials: the new
+// ICE session would fail.
+func answersEarlierOffer(pc *webrtc.PeerConnection, answer webrtc.SessionDescription) bool {
+	pending, local, remote := pc.PendingLocalDescription(), pc.CurrentLocalDescription(), pc.CurrentRemoteDescription()
+	if pending == nil || local == nil || remote == nil {
+		return false
+	}
+	return iceUfrag(pending.SDP) != iceUfrag(local.SDP) && iceUfrag(answer.SDP) == iceUfrag(remote.SDP)
 }
 
 // sendCandidate trickles a local candidate to l's remote peer; nil is the
