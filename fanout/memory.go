@@ -104,6 +104,8 @@ type Memory struct {
 
 	stop chan struct{}
 	done chan struct{}
+
+	started time.Time // for Nodes
 }
 
 type memRoom struct {
@@ -212,6 +214,7 @@ func NewMemory(cfg MemoryConfig) *Memory {
 		mailboxes: make(map[string]*mailbox),
 		stop:      make(chan struct{}),
 		done:      make(chan struct{}),
+		started:   cfg.Now(),
 	}
 	go m.sweepLoop()
 	return m
@@ -785,6 +788,17 @@ func (m *Memory) check(ctx context.Context) error {
 		return ErrClosed
 	}
 	return nil
+}
+
+// Nodes lists the nodes of the deployment, as Redis.Nodes does: a Memory
+// bus is one node's, so the list is that node alone, seen now. The bus
+// knows neither the node's ID nor its URL, which are empty: its caller
+// knows them.
+func (m *Memory) Nodes(ctx context.Context) ([]NodeInfo, error) {
+	if err := m.check(ctx); err != nil {
+		return nil, err
+	}
+	return []NodeInfo{{Started: m.started, LastSeen: m.cfg.Now(), Self: true}}, nil
 }
 
 // Ready implements Bus: a Memory bus is ready until closed.

@@ -132,7 +132,8 @@ const (
 // a room sits in one Redis Cluster slot. A command that may have run is
 // never retried: a retried publication that had run would publish twice.
 // Close does not leave: the members and session addresses of a closed bus
-// lapse as a dead node's do.
+// lapse as a dead node's do. Each node announces itself in a list of live
+// nodes (redis_nodes.go), which Close does leave.
 type Redis struct {
 	cfg       RedisConfig
 	client    redis.UniversalClient
@@ -210,6 +211,9 @@ type Redis struct {
 	// and how long one may take from its call to its reply.
 	publishQueue   chan *publishRequest
 	publishTimeout time.Duration
+
+	// ann announces the node in the list of live nodes (redis_nodes.go).
+	ann announcer
 
 	reconnects, dropped, errors atomic.Uint64
 }
@@ -331,6 +335,7 @@ func NewRedis(cfg RedisConfig) (*Redis, error) {
 	r.mu.Unlock()
 	go r.renewLoop(ctx)
 	go r.letGoLoop(ctx)
+	r.startAnnouncing(ctx)
 	for range publishers {
 		go r.publishLoop(ctx)
 	}
@@ -941,10 +946,14 @@ func (r *Redis) postCluster(ctx context.Context, session string, data []byte, ma
 // that holds the node's own channel (see updateReadyLocked).
 func (r *Redis) Ready() bool { return r.ready.Load() && !r.closed.Load() && !r.wrongMode.Load() }
 
-// Close implements Bus: it stops the bus's goroutines and closes its
-// connections. Members and session addresses are left to lapse.
+// Close implements Bus: it takes the node off the list of live nodes
+// (Nodes), stops the bus's goroutines and closes its connections. Members
+// and session addresses are left to lapse.
 func (r *Redis) Close() error {
 	r.closeOnce.Do(func() {
+		// Whether Redis is there to take the node off the list of live
+		// nodes, once everything else has stopped.
+		connected := r.Ready()
 		r.closed.Store(true)
 		// No shard starts once closed is set (shardAtLocked).
 		r.mu.Lock()
@@ -952,6 +961,9 @@ func (r *Redis) Close() error {
 		close(r.stop)
 		r.cancel()
 		r.wg.Wait()
+		if connected {
+			r.leaveNodes()
+		}
 		r.setReady(false)
 		r.metrics.unregister(r.cfg.Registerer)
 		r.client.Close()

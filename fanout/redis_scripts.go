@@ -28,6 +28,8 @@ import (
 //	parley:node:<node>       a node's channel: what Send addresses to it, and
 //	                         word between nodes about sessions that moved
 //	                         (parley:node:{<node>} in a cluster)
+//	parley:nodes             hash: node life -> the live node's id, URL,
+//	                         start and last-seen times (redis_nodes.go)
 //
 // Room names have no braces (PROTOCOL.md), so no two rooms' keys meet.
 // Redis's clock times everything stored, so nodes' clocks need not agree.
