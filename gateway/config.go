@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/http"
 	"net/netip"
 	"path"
 	"strings"
@@ -111,6 +112,13 @@ type Config struct {
 	ICE *ICE
 	// Calls configures WebRTC call signaling.
 	Calls CallConfig
+
+	// Stats answers GET /v1/stats, the node's live figures, for requests
+	// that send APIKey in their Authorization header; any other request
+	// gets 401. Without an APIKey the path is not served at all (404): the
+	// figures are for operators, never for anonymous users on a public
+	// address. Nil means no such endpoint.
+	Stats http.Handler
 
 	now func() time.Time
 }

@@ -140,6 +140,9 @@ func (srv *Server) routes() {
 	srv.mux.HandleFunc("GET /v1/rooms/{room}/history", srv.handleHistory)
 	srv.mux.HandleFunc("GET /v1/rooms/{room}/presence", srv.handlePresence)
 	srv.mux.HandleFunc("GET /v1/ice-servers", srv.handleICEServers)
+	if srv.cfg.Stats != nil && srv.cfg.APIKey != "" {
+		srv.mux.HandleFunc("GET /v1/stats", srv.handleStats)
+	}
 	// Every other request under /v1 gets a JSON error: 404, or 405 on a
 	// known path.
 	srv.mux.HandleFunc("/v1/", srv.handleNoRoute)

@@ -29,6 +29,7 @@ import (
 	"github.com/parley-rt/parley/gateway"
 	"github.com/parley-rt/parley/stun"
 	"github.com/parley-rt/parley/turn"
+	"github.com/parley-rt/parley/web"
 )
 
 // serveConfig is everything `parley serve` reads from flags and environment.
@@ -91,7 +92,8 @@ type turnFlags struct {
 }
 
 const serveSummary = `Run a Parley node: the public listener (WebSocket /v1/ws, SSE /v1/sse, the
-HTTP API, /healthz, /readyz) and the admin listener (/metrics, /debug/pprof/).
+HTTP API, /healthz, /readyz) and the admin listener (/metrics, /debug/pprof/,
+and the live node dashboard at /dashboard).
 With no --jwt-secret or --jwt-public-key the node runs in dev mode: every
 client is an anonymous user, and it refuses a non-loopback --addr unless
 --allow-anonymous is given. SIGTERM drains: clients are told to reconnect,
@@ -114,7 +116,7 @@ func parseSettings(fs *envFlags, args []string, environ []string) (*serveConfig,
 	fs.example = "jwt-secret"
 	c := &serveConfig{flags: fs}
 	fs.StringVar(&c.addr, "addr", "localhost:8080", "public HTTP listener: WebSocket, SSE, HTTP API, web app")
-	fs.StringVar(&c.adminAddr, "admin-addr", "127.0.0.1:9090", "admin listener for /metrics and /debug/pprof/; off disables it")
+	fs.StringVar(&c.adminAddr, "admin-addr", "127.0.0.1:9090", "admin listener for /metrics, /debug/pprof/ and the node dashboard (/dashboard, /v1/stats), without authentication; off disables it")
 	fs.StringVar(&c.nodeID, "node-id", "", "this node's name in welcome frames, logs and presence (default hostname plus a random suffix)")
 	fs.StringVar(&c.jwtSecret, "jwt-secret", "", "HS256 secret that client JWTs are verified with")
 	fs.StringVar(&c.jwtPublicKey, "jwt-public-key", "", "PEM `file` with the public key (or a certificate) for RS256, ES256 or EdDSA JWTs")
@@ -391,6 +393,7 @@ func serveCmd(ctx context.Context, stop func(), args []string, getenv func(strin
 		log.Warn("unknown environment variable ignored", "name", w.name, "did_you_mean", w.closest)
 	}
 
+	started := time.Now()
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 
@@ -454,6 +457,8 @@ func serveCmd(ctx context.Context, stop func(), args []string, getenv func(strin
 		defer relay.Close()
 		gcfg.ICE = iceConfig(c, relay)
 	}
+	stats := &nodeStats{node: c.nodeID, started: started, gather: reg, bus: bus, turn: relay != nil}
+	gcfg.Stats = stats.handler("public")
 	stunSrv, stunConn, err := startSTUN(c, log, reg)
 	if err != nil {
 		ln.Close()
@@ -477,6 +482,18 @@ func serveCmd(ctx context.Context, stop func(), args []string, getenv func(strin
 		return err
 	}
 
+	// The stats read the gateway, and say where it serves, from the first
+	// request on: both are set before either listener serves.
+	stats.gw = gw
+	base := "http://" + ln.Addr().String()
+	if c.tlsConf != nil {
+		base = "https://" + ln.Addr().String()
+	}
+	// The banner names the host as it was configured (localhost, as the
+	// docs do), with the port actually bound.
+	base = strings.Replace(base, ln.Addr().String(), shownAddr(c.addr, ln.Addr()), 1)
+	stats.setPublicURL(base)
+
 	errc := make(chan error, 2)
 	go func() {
 		if c.tlsConf != nil && split == nil {
@@ -490,18 +507,11 @@ func serveCmd(ctx context.Context, stop func(), args []string, getenv func(strin
 	}()
 	var admin *http.Server
 	if adminLn != nil {
-		admin = &http.Server{Handler: adminMux(reg), ReadHeaderTimeout: 10 * time.Second}
+		admin = &http.Server{Handler: adminMux(reg, stats), ReadHeaderTimeout: 10 * time.Second}
 		go func() { errc <- admin.Serve(adminLn) }()
 	}
 
-	base := "http://" + ln.Addr().String()
-	if c.tlsConf != nil {
-		base = "https://" + ln.Addr().String()
-	}
 	log.Info("parley node started", "node", c.nodeID, "addr", ln.Addr().String(), "admin", addrOf(adminLn), "dev_mode", c.jwtSecret == "" && c.jwtPublicKey == "")
-	// The banner names the host as it was configured (localhost, as the
-	// docs do), with the port actually bound.
-	base = strings.Replace(base, ln.Addr().String(), shownAddr(c.addr, ln.Addr()), 1)
 	tokenArg := ""
 	if c.jwtSecret != "" || c.jwtPublicKey != "" {
 		tokenArg = "token=<jwt>" // browsers pass the JWT in the URL; others may send Authorization: Bearer
@@ -516,6 +526,7 @@ func serveCmd(ctx context.Context, stop func(), args []string, getenv func(strin
 		c.nodeID, base, strings.Replace(strings.Replace(base, "https://", "wss://", 1), "http://", "ws://", 1), q("?"), base, q("&"), base)
 	if adminLn != nil {
 		fmt.Fprintf(stdout, "  metrics    http://%s/metrics\n", adminLn.Addr())
+		fmt.Fprintf(stdout, "  dashboard  http://%s/dashboard\n", adminLn.Addr())
 	}
 	if c.jwtSecret == "" && c.jwtPublicKey == "" {
 		fmt.Fprintf(stdout, "  dev mode: no JWT key is set, every client is an anonymous user\n")
@@ -566,10 +577,30 @@ func addrOf(ln net.Listener) string {
 	return ln.Addr().String()
 }
 
-// adminMux serves what operators read: metrics and pprof.
-func adminMux(reg *prometheus.Registry) *http.ServeMux {
+// adminMux serves what operators read: metrics, pprof, and the node's live
+// figures (/v1/stats) with the dashboard page that shows them, all without
+// authentication: the admin listener is for the node's own host (loopback
+// by default) or a private network.
+func adminMux(reg *prometheus.Registry, stats *nodeStats) *http.ServeMux {
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
+	if stats != nil {
+		mux.Handle("GET /v1/stats", stats.handler("admin"))
+		pages := web.Handler()
+		// The dashboard and only what it loads: the other pages talk to
+		// the public listener's endpoints, which this one does not serve.
+		for _, p := range []string{"/dashboard.html", "/dashboard.js", "/dashboard.css", "/style.css", "/favicon.svg"} {
+			mux.Handle("GET "+p, pages)
+		}
+		mux.HandleFunc("GET /dashboard", func(w http.ResponseWriter, r *http.Request) {
+			r = r.Clone(r.Context())
+			r.URL.Path = "/dashboard.html"
+			pages.ServeHTTP(w, r)
+		})
+		mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, r *http.Request) {
+			http.Redirect(w, r, "/dashboard", http.StatusFound)
+		})
+	}
 	mux.HandleFunc("/debug/pprof/", pprof.Index)
 	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
 	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
