@@ -15,8 +15,6 @@ import (
 	"time"
 
 	"github.com/coder/websocket"
-	"github.com/pion/logging"
-	pionturn "github.com/pion/turn/v4"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/parley-rt/parley/fanout"
@@ -506,36 +504,7 @@ func relayUDP(t *testing.T, addr, user, pass string, peer net.Addr, during func(
 		t.Fatal(err)
 	}
 	defer conn.Close()
-	lf := logging.NewDefaultLoggerFactory()
-	lf.Writer = io.Discard
-	c, err := pionturn.NewClient(&pionturn.ClientConfig{
-		STUNServerAddr: addr, TURNServerAddr: addr,
-		Username: user, Password: pass,
-		Conn: conn, LoggerFactory: lf,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	if err := c.Listen(); err != nil {
-		t.Fatal(err)
-	}
-	relay, err := c.Allocate()
-	if err != nil {
-		t.Fatalf("allocate: %v", err)
-	}
-	defer relay.Close()
-	msg := []byte("counted by the dashboard")
-	if _, err := relay.WriteTo(msg, peer); err != nil {
-		t.Fatalf("write to peer: %v", err)
-	}
-	buf := make([]byte, 64)
-	relay.SetReadDeadline(time.Now().Add(10 * time.Second))
-	nr, _, err := relay.ReadFrom(buf)
-	if err != nil || !bytes.Equal(buf[:nr], msg) {
-		t.Fatalf("echo: got %q (%v), want %q", buf[:nr], err, msg)
-	}
-	during()
+	relayEcho(t, conn, addr, user, pass, peer, []byte("counted by the dashboard"), nil, during)
 }
 
 // TestStatsLatencyWindow checks the window of the latency percentiles: the

@@ -227,13 +227,26 @@ func udpEchoForTURNS(t *testing.T) net.Addr {
 // connection to server, and relays a datagram to peer and back.
 func relayThroughTURNS(t *testing.T, conn net.Conn, server, user, pass string, peer net.Addr) {
 	t.Helper()
+	// Longer than 4 bytes: pion's STUNConn parses no frame under 9 bytes.
+	relayEcho(t, pionturn.NewSTUNConn(conn), server, user, pass, peer, []byte("hello over port 443"), func(relay net.PacketConn) {
+		if host, _, _ := net.SplitHostPort(relay.LocalAddr().String()); host != "127.0.0.1" {
+			t.Errorf("relayed address %v, want one on 127.0.0.1", relay.LocalAddr())
+		}
+	}, nil)
+}
+
+// relayEcho allocates with pion/turn's client over conn on the TURN server
+// at server, calls allocated with the relay, relays msg to peer (an echo)
+// and checks that it comes back from peer, then calls during, if not nil,
+// with the allocation still held.
+func relayEcho(t *testing.T, conn net.PacketConn, server, user, pass string, peer net.Addr, msg []byte, allocated func(net.PacketConn), during func()) {
+	t.Helper()
 	lf := logging.NewDefaultLoggerFactory()
 	lf.Writer = io.Discard
 	c, err := pionturn.NewClient(&pionturn.ClientConfig{
 		STUNServerAddr: server, TURNServerAddr: server,
 		Username: user, Password: pass,
-		Conn:          pionturn.NewSTUNConn(conn),
-		LoggerFactory: lf,
+		Conn: conn, LoggerFactory: lf,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -247,19 +260,20 @@ func relayThroughTURNS(t *testing.T, conn net.Conn, server, user, pass string, p
 		t.Fatalf("allocate: %v", err)
 	}
 	defer relay.Close()
-	if host, _, _ := net.SplitHostPort(relay.LocalAddr().String()); host != "127.0.0.1" {
-		t.Errorf("relayed address %v, want one on 127.0.0.1", relay.LocalAddr())
+	if allocated != nil {
+		allocated(relay)
 	}
-	// Longer than 4 bytes: pion's STUNConn parses no frame under 9 bytes.
-	msg := []byte("hello over port 443")
 	if _, err := relay.WriteTo(msg, peer); err != nil {
 		t.Fatalf("write to peer: %v", err)
 	}
 	buf := make([]byte, 64)
-	_ = relay.SetReadDeadline(time.Now().Add(5 * time.Second))
+	_ = relay.SetReadDeadline(time.Now().Add(10 * time.Second))
 	nr, from, err := relay.ReadFrom(buf)
 	if err != nil || !bytes.Equal(buf[:nr], msg) || from.String() != peer.String() {
 		t.Fatalf("echo: got %q from %v (%v), want %q from %v", buf[:nr], from, err, msg, peer)
+	}
+	if during != nil {
+		during()
 	}
 }
 

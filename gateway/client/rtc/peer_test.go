@@ -391,9 +391,25 @@ func TestRestartAfterResume(t *testing.T) {
 	cb := join(t, url, "call")
 	waitFor(t, "the peers to see each other", func() bool { return len(ca.Peers()) == 1 && len(cb.Peers()) == 1 })
 	a, b := startPeer(t, ca), startPeer(t, cb)
+	idA, idB := ca.ID(), cb.ID()
+	connectPair(t, a, b, idA, idB)
+
+	was := iceOf(t, a, b)
+	px.cut()
+	waitRestarted(t, a, b, was)
+	if ca.ID() != idA {
+		t.Errorf("ID after the reconnect: got %q, want %q", ca.ID(), idA)
+	}
+	exchange(t, a, b, 11, 10)
+}
+
+// connectPair connects a to b (idA and idB their peers' IDs in the call),
+// waits until the data channel is open on both sides, and checks that 10
+// messages go each way.
+func connectPair(t *testing.T, a, b *testPeer, idA, idB string) {
+	t.Helper()
 	a.release()
 	b.release()
-	idA, idB := ca.ID(), cb.ID()
 	if err := a.Connect(idB); err != nil {
 		t.Fatalf("Connect: %v", err)
 	}
@@ -407,12 +423,4 @@ func TestRestartAfterResume(t *testing.T) {
 		}
 	}
 	exchange(t, a, b, 1, 10)
-
-	was := iceOf(t, a, b)
-	px.cut()
-	waitRestarted(t, a, b, was)
-	if ca.ID() != idA {
-		t.Errorf("ID after the reconnect: got %q, want %q", ca.ID(), idA)
-	}
-	exchange(t, a, b, 11, 10)
 }

@@ -208,22 +208,8 @@ func TestReviewResumeWithOfferInFlightThenRestart(t *testing.T) {
 		impCall, polCall, impGate, polGate = c2, c1, g2, g1
 	}
 	imp, pol := startPeer(t, impCall), startPeer(t, polCall)
-	imp.release()
-	pol.release()
 	idImp, idPol := impCall.ID(), polCall.ID()
-	if err := imp.Connect(idPol); err != nil {
-		t.Fatalf("Connect: %v", err)
-	}
-	ctx := ctxT(t)
-	for _, w := range []struct {
-		p      *testPeer
-		remote string
-	}{{imp, idPol}, {pol, idImp}} {
-		if err := w.p.WaitOpen(ctx, w.remote); err != nil {
-			t.Fatalf("WaitOpen: %v", err)
-		}
-	}
-	exchange(t, imp, pol, 1, 10)
+	connectPair(t, imp, pol, idImp, idPol)
 	was := iceOf(t, imp, pol)
 
 	// The polite peer goes away, and stays away until the node has let it
