@@ -2,8 +2,11 @@
 
 # A node with the embedded defaults: in-memory fan-out, STUN/TURN on 3478,
 # the web demo and API on http://localhost:8080, metrics on 127.0.0.1:9090.
+# The node is built, then exec'd: a signal to make reaches it (go run would
+# die at once and leave the node running).
 run:
-	go run ./cmd/parley serve
+	go build -o bin/parley ./cmd/parley
+	exec ./bin/parley serve
 
 # Every test, with the race detector; the gateway's once more with a
 # goroutine per WebSocket session and SSE stream instead of the poller

@@ -513,7 +513,7 @@ func TestCallPageUnreachable(t *testing.T) {
 		got                  unreachableSide
 	}{
 		{"B", "Relay only is on, but this node offers no TURN relay: turn Relay only off, or ask the node's operator to enable TURN.", "Join again without Relay only", res.RelayB},
-		{"A", "The call could not connect: try 'relay only' or another network.", "Join again with Relay only", res.FailedA},
+		{"A", "The call could not connect directly, and this node has no TURN relay to fall back on: try another network, or ask the node's operator to enable TURN.", "Join again", res.FailedA},
 	} {
 		if c.got.Notice != c.notice || c.got.Action != c.action {
 			t.Errorf("page %s says %q and offers %q, want %q and %q", c.name, c.got.Notice, c.got.Action, c.notice, c.action)

@@ -1,6 +1,7 @@
 package web_test
 
 import (
+	"slices"
 	"strings"
 	"testing"
 )
@@ -13,7 +14,9 @@ func TestIndexPage(t *testing.T) {
 	n := startParley(t, "index")
 	var got struct {
 		pageLog
-		Status map[string]int `json:"status"`
+		Status   map[string]int      `json:"status"`
+		Nav      map[string][]string `json:"nav"`
+		Overflow map[string]int      `json:"overflow"`
 	}
 	runScript(t, []string{"PARLEY_URL=" + n.base}, "index.mjs", &got)
 	// The dashboard asks the node for its figures, which a node without an
@@ -27,9 +30,19 @@ func TestIndexPage(t *testing.T) {
 	}
 	got.ConsoleErrors = errs
 	got.check(t)
-	for _, page := range []string{"/chat.html", "/events.html", "/call.html", "/diagnostics.html", "/dashboard.html"} {
+	pages := []string{"/chat.html", "/events.html", "/call.html", "/diagnostics.html", "/dashboard.html"}
+	for _, page := range pages {
 		if got.Status[page] != 200 {
 			t.Errorf("the front page links %s: status %d, want 200 (links: %v)", page, got.Status[page], got.Status)
+			continue
+		}
+		if got.Overflow[page] > 1 {
+			t.Errorf("%s is %d px wider than a 390 px phone screen", page, got.Overflow[page])
+		}
+		for _, other := range pages {
+			if !slices.Contains(got.Nav[page], other) {
+				t.Errorf("%s's navigation does not link %s: %v", page, other, got.Nav[page])
+			}
 		}
 	}
 }

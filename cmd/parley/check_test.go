@@ -147,7 +147,7 @@ func TestConfigCheckedBeforeListening(t *testing.T) {
 	}
 	// The busy port itself is reported by the flag that names it.
 	err = run(context.Background(), func() {}, []string{"--addr", addr, "--turn-addr", "off"}, env(), nil, io.Discard, io.Discard)
-	if want := "--addr " + addr + ": address already in use"; err == nil || err.Error() != want {
+	if want := "--addr " + addr + ": address already in use (another program holds it: move this listener with --addr or PARLEY_ADDR)"; err == nil || err.Error() != want {
 		t.Errorf("got %v, want %q", err, want)
 	}
 }

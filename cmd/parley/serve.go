@@ -375,6 +375,14 @@ func listenErr(c *serveConfig, flagName string, err error) error {
 	case errors.As(err, &op) && op.Err != nil:
 		reason = op.Err.Error()
 	}
+	if errors.Is(err, syscall.EADDRINUSE) {
+		// make run takes no flags: name the variable too.
+		reason += fmt.Sprintf(" (another program holds it: move this listener with --%s or %s", flagName, envName(flagName))
+		if flagName != "addr" {
+			reason += ", or set it to off"
+		}
+		reason += ")"
+	}
 	return fmt.Errorf("%s: %s", c.flags.setting(flagName), reason)
 }
 

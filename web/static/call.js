@@ -273,12 +273,28 @@ function failed(err) {
     return;
   }
   if (noticeEl.dataset.kind === 'relay') return;
+  // A node without TURN has no relay to suggest: say so, and offer nothing
+  // that leads back here.
+  if (call && !hasTURN(call)) {
+    notice(
+      "The call could not connect directly, and this node has no TURN relay to fall back on: try another network, or ask the node's operator to enable TURN.",
+      { kind: 'ice', label: 'Join again', run: () => rejoin({}) },
+    );
+    return;
+  }
   const relayOff = call && !call.relayOnly;
   notice(
     sentence(err),
     relayOff
       ? { kind: 'ice', label: 'Join again with Relay only', run: () => rejoin({ relay: true }) }
       : { kind: 'ice', label: 'Join again', run: () => rejoin({}) },
+  );
+}
+
+// hasTURN reports whether the call's ICE servers include a TURN relay.
+function hasTURN(c) {
+  return [...c.peers.values()].some((p) =>
+    (p.pc?.getConfiguration?.().iceServers ?? []).some((s) => [s.urls].flat().some((u) => /^turns?:/.test(String(u)))),
   );
 }
 

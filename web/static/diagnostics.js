@@ -676,11 +676,12 @@ async function runChecks() {
   verdictEl.querySelector('p').textContent = v.text;
   report = summaryText(run, v);
   summaryEl.textContent = report;
-  const counts = { pass: 0, warn: 0, fail: 0 };
+  const counts = { pass: 0, warn: 0, fail: 0, skip: 0 };
   for (const c of checks) if (results[c.id].result in counts) counts[results[c.id].result]++;
   const parts = [`${counts.pass} passed`];
   if (counts.warn) parts.push(`${counts.warn} with a warning`);
   if (counts.fail) parts.push(`${counts.fail} failed`);
+  if (counts.skip) parts.push(`${counts.skip} not offered or not checked`);
   // The dot takes the verdict's colour: a failed check that calls can do
   // without (UDP, where TCP relays) is not a red light.
   progress(`Finished at ${run.finished.toLocaleTimeString()}: ${parts.join(', ')}.`, v.result);

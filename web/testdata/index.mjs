@@ -1,5 +1,6 @@
 // The front page: every link on it leads to a page that loads without an
-// error, and it reads at desktop and phone sizes.
+// error, fits a phone's screen and links every other page; the front page
+// reads at desktop and phone sizes.
 import path from 'node:path';
 import { env, run, step, watch } from './lib.mjs';
 
@@ -27,15 +28,21 @@ run(async (browser, log) => {
     step(`index at ${name} size`);
     await context.close();
   }
+  // Every page it links, on a phone: it loads, fits the screen, and its
+  // navigation leads to every other page.
   const status = {};
-  const context = await browser.newContext();
+  const nav = {};
+  const overflow = {};
+  const context = await browser.newContext({ viewport: { width: 390, height: 844 } });
   for (const p of [...links].sort()) {
     const page = await context.newPage();
     watch(page, p, log);
     const res = await page.goto(`${base}${p}`, { waitUntil: 'networkidle' });
     status[p] = res.status();
+    nav[p] = await page.$$eval('header nav a[href]', (as) => as.map((a) => new URL(a.href).pathname));
+    overflow[p] = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
     await page.close();
   }
   step(`${links.size} links`);
-  return { status };
+  return { status, nav, overflow };
 });
