@@ -1,6 +1,7 @@
 package rtc_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -11,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -326,11 +328,15 @@ func TestGlareDataChannelAndRestart(t *testing.T) {
 	waitFor(t, "the PeerConnection toward the peer that left to close", func() bool { return a.Channel(idB) == nil })
 }
 
-// cutter is a TCP proxy on 127.0.0.1:0 in front of a node, whose
-// connections the test can cut.
+// cutter is a TCP proxy on 127.0.0.1:0 in front of a node. The test can
+// cut its connections, make it refuse new ones (a client behind it stays
+// away from the node), and read how many answers the node sent through it.
 type cutter struct {
 	ln  net.Listener
 	url string
+
+	refusing atomic.Bool
+	answers  atomic.Int32
 
 	mu    sync.Mutex
 	conns []net.Conn
@@ -351,6 +357,10 @@ func startCutter(t *testing.T, nodeURL string) *cutter {
 			if err != nil {
 				return
 			}
+			if c.refusing.Load() {
+				down.Close()
+				continue
+			}
 			up, err := net.Dial("tcp", target)
 			if err != nil {
 				down.Close()
@@ -360,7 +370,7 @@ func startCutter(t *testing.T, nodeURL string) *cutter {
 			c.conns = append(c.conns, down, up)
 			c.mu.Unlock()
 			c.wg.Go(func() { io.Copy(up, down); up.Close() })
-			c.wg.Go(func() { io.Copy(down, up); down.Close() })
+			c.wg.Go(func() { c.relayDown(down, up); down.Close() })
 		}
 	})
 	t.Cleanup(func() {
@@ -369,6 +379,35 @@ func startCutter(t *testing.T, nodeURL string) *cutter {
 		c.wg.Wait()
 	})
 	return c
+}
+
+// answerMark is how a session description of type answer reads in the
+// node's signal frames (JSON, uncompressed: the gateway turns WebSocket
+// compression off).
+var answerMark = []byte(`"type":"answer"`)
+
+// relayDown copies what the node sends to the client, counting the answers
+// in it, a mark split between two reads included.
+func (c *cutter) relayDown(down, up net.Conn) {
+	buf := make([]byte, 32<<10)
+	var tail []byte
+	for {
+		n, err := up.Read(buf)
+		if n > 0 {
+			if _, werr := down.Write(buf[:n]); werr != nil {
+				return
+			}
+			seen := append(tail, buf[:n]...)
+			c.answers.Add(int32(bytes.Count(seen, answerMark)))
+			// The tail is shorter than a mark, so it holds no mark counted
+			// already, only the start of one the next read may complete.
+			keep := min(len(answerMark)-1, len(seen))
+			tail = append([]byte(nil), seen[len(seen)-keep:]...)
+		}
+		if err != nil {
+			return
+		}
+	}
 }
 
 // cut closes every connection through the proxy.

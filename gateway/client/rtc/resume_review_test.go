@@ -1,16 +1,11 @@
 package rtc_test
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
-	"strings"
-	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -74,98 +69,6 @@ func startMeteredNode(t *testing.T) (url string, wsSessions func() int) {
 	return "ws://" + ln.Addr().String() + "/v1/ws", wsSessions
 }
 
-// answerMark is how a session description of type answer reads in the
-// node's signal frames (JSON, uncompressed: the gateway turns WebSocket
-// compression off).
-var answerMark = []byte(`"type":"answer"`)
-
-// gate is a TCP proxy on 127.0.0.1:0 in front of a node. The test can cut
-// its connections, make it refuse new ones (a client behind it stays away
-// from the node), and read how many answers the node sent through it.
-type gate struct {
-	ln     net.Listener
-	url    string
-	target string
-
-	refusing atomic.Bool
-	answers  atomic.Int32
-
-	mu    sync.Mutex
-	conns []net.Conn
-	wg    sync.WaitGroup
-}
-
-func startGate(t *testing.T, nodeURL string) *gate {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatalf("listen: %v", err)
-	}
-	g := &gate{ln: ln, url: "ws://" + ln.Addr().String() + "/v1/ws", target: strings.TrimSuffix(strings.TrimPrefix(nodeURL, "ws://"), "/v1/ws")}
-	g.wg.Go(func() {
-		for {
-			down, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			if g.refusing.Load() {
-				down.Close()
-				continue
-			}
-			up, err := net.Dial("tcp", g.target)
-			if err != nil {
-				down.Close()
-				continue
-			}
-			g.mu.Lock()
-			g.conns = append(g.conns, down, up)
-			g.mu.Unlock()
-			g.wg.Go(func() { io.Copy(up, down); up.Close() })
-			g.wg.Go(func() { g.relayDown(down, up); down.Close() })
-		}
-	})
-	t.Cleanup(func() {
-		ln.Close()
-		g.cut()
-		g.wg.Wait()
-	})
-	return g
-}
-
-// relayDown copies what the node sends to the client, counting the answers
-// in it, a mark split between two reads included.
-func (g *gate) relayDown(down, up net.Conn) {
-	buf := make([]byte, 32<<10)
-	var tail []byte
-	for {
-		n, err := up.Read(buf)
-		if n > 0 {
-			if _, werr := down.Write(buf[:n]); werr != nil {
-				return
-			}
-			seen := append(tail, buf[:n]...)
-			g.answers.Add(int32(bytes.Count(seen, answerMark)))
-			// The tail is shorter than a mark, so it holds no mark counted
-			// already, only the start of one the next read may complete.
-			keep := min(len(answerMark)-1, len(seen))
-			tail = append([]byte(nil), seen[len(seen)-keep:]...)
-		}
-		if err != nil {
-			return
-		}
-	}
-}
-
-// cut closes every connection through the gate.
-func (g *gate) cut() {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	for _, c := range g.conns {
-		c.Close()
-	}
-	g.conns = nil
-}
-
 // agreed reports whether a and b have finished negotiating on one new ICE
 // session: both stable, each one's remote ICE credentials the other's local
 // ones, both unlike before (was), and ICE connected. It also describes what
@@ -198,7 +101,7 @@ func agreed(a, b *testPeer, was [2]iceView) (bool, string) {
 // to fail and restart once more.
 func TestReviewResumeWithOfferInFlightThenRestart(t *testing.T) {
 	url, wsSessions := startMeteredNode(t)
-	g1, g2 := startGate(t, url), startGate(t, url)
+	g1, g2 := startCutter(t, url), startCutter(t, url)
 	c1 := join(t, g1.url, "call")
 	c2 := join(t, g2.url, "call")
 	waitFor(t, "the peers to see each other", func() bool { return len(c1.Peers()) == 1 && len(c2.Peers()) == 1 })
