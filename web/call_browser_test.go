@@ -35,6 +35,18 @@ type framesGrowth struct {
 	MS   int `json:"ms"`
 }
 
+// tilesAB is what pages A and B show of each other's tile.
+type tilesAB struct {
+	A callTile `json:"a"`
+	B callTile `json:"b"`
+}
+
+// framesAB is how many frames pages A and B decoded of each other's video.
+type framesAB struct {
+	A framesGrowth `json:"a"`
+	B framesGrowth `json:"b"`
+}
+
 type chatLine struct {
 	Kind string `json:"kind"`
 	Who  string `json:"who"`
@@ -88,17 +100,11 @@ type callRelayResult struct {
 		Relay bool   `json:"relay"`
 		Media string `json:"media"`
 	} `json:"form"`
-	Sessions struct{ A, B, C string } `json:"sessions"`
-	Pairs    struct {
-		A callTile `json:"a"`
-		B callTile `json:"b"`
-	} `json:"pairs"`
-	Frames struct {
-		A framesGrowth `json:"a"`
-		B framesGrowth `json:"b"`
-	} `json:"frames"`
-	RemoteVideoWidth struct{ A, B int } `json:"remoteVideoWidth"`
-	PhoneFits        bool               `json:"phoneFits"`
+	Sessions         struct{ A, B, C string } `json:"sessions"`
+	Pairs            tilesAB                  `json:"pairs"`
+	Frames           framesAB                 `json:"frames"`
+	RemoteVideoWidth struct{ A, B int }       `json:"remoteVideoWidth"`
+	PhoneFits        bool                     `json:"phoneFits"`
 	Denied           struct {
 		Notice string `json:"notice"`
 		Action string `json:"action"`
@@ -186,18 +192,12 @@ func TestCallPageRelay(t *testing.T) {
 
 // callMove is what a call page showed when its node went away (call-restart.mjs).
 type callMove struct {
-	StatusAway  string `json:"statusAway"`
-	StatusAfter string `json:"statusAfter"`
-	Pairs       struct {
-		A callTile `json:"a"`
-		B callTile `json:"b"`
-	} `json:"pairs"`
-	Frames struct {
-		A framesGrowth `json:"a"`
-		B framesGrowth `json:"b"`
-	} `json:"frames"`
-	Sessions struct{ A, B string } `json:"sessions"`
-	TileAtA  callTile              `json:"tileAtA"`
+	StatusAway  string                `json:"statusAway"`
+	StatusAfter string                `json:"statusAfter"`
+	Pairs       tilesAB               `json:"pairs"`
+	Frames      framesAB              `json:"frames"`
+	Sessions    struct{ A, B string } `json:"sessions"`
+	TileAtA     callTile              `json:"tileAtA"`
 }
 
 type callRestartResult struct {
@@ -205,15 +205,9 @@ type callRestartResult struct {
 	Call     string                `json:"call"`
 	Sessions struct{ A, B string } `json:"sessions"`
 	Before   struct {
-		StatusB string `json:"statusB"`
-		Pairs   struct {
-			A callTile `json:"a"`
-			B callTile `json:"b"`
-		} `json:"pairs"`
-		Frames struct {
-			A framesGrowth `json:"a"`
-			B framesGrowth `json:"b"`
-		} `json:"frames"`
+		StatusB string   `json:"statusB"`
+		Pairs   tilesAB  `json:"pairs"`
+		Frames  framesAB `json:"frames"`
 	} `json:"before"`
 	Drain callMove `json:"drain"`
 	Kill  callMove `json:"kill"`
@@ -411,11 +405,8 @@ func TestCallPageRejoinsLate(t *testing.T) {
 		pageLog
 		Sessions       struct{ A, B, NewB string } `json:"sessions"`
 		TilesWhileAway []callTile                  `json:"tilesWhileAway"`
-		Pairs          struct {
-			A callTile `json:"a"`
-			B callTile `json:"b"`
-		} `json:"pairs"`
-		Tiles struct {
+		Pairs          tilesAB                     `json:"pairs"`
+		Tiles          struct {
 			A, B []callTile
 		} `json:"tiles"`
 		Chat struct {
@@ -495,11 +486,8 @@ func TestCallPageUnreachable(t *testing.T) {
 		RelayB  unreachableSide `json:"relayB"`
 		FailedA unreachableSide `json:"failedA"`
 		Again   struct {
-			Relay bool `json:"relay"`
-			Pairs struct {
-				A callTile `json:"a"`
-				B callTile `json:"b"`
-			} `json:"pairs"`
+			Relay   bool                  `json:"relay"`
+			Pairs   tilesAB               `json:"pairs"`
 			Notices struct{ A, B string } `json:"notices"`
 		} `json:"again"`
 		Screenshots []string `json:"screenshots"`

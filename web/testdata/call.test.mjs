@@ -187,17 +187,24 @@ async function glare(first) {
   assert.equal(impolite.events.of('error').length + polite.events.of('error').length, 0);
 }
 
-test('glare, the polite peer\'s offer first: the impolite peer ignores it, the polite one rolls back and answers', () => glare('polite'));
-test('glare, the impolite peer\'s offer first: the polite one rolls back and answers, the other ignores the late offer', () => glare('impolite'));
-
-test('an explicit rollback frame takes back an offer left unanswered, and is ignored once it was answered', async () => {
+// scriptedJoin starts a join of the call 'c' on a scripted socket and
+// welcomes the client as session; the test answers the join itself.
+async function scriptedJoin(session) {
   FakeWS.all = [];
   FakePC.all = [];
   const client = newClient();
   const joined = client.join('c', { RTCPeerConnection: FakePC, statsInterval: 0 });
   await until('socket', () => FakeWS.all[0]?.readyState === 1);
   const ws = FakeWS.all[0];
-  ws.push({ type: 'welcome', session: 'b', node: 'n1', user: 'ub', ping_ms: 25000 });
+  ws.push({ type: 'welcome', session, node: 'n1', user: `u${session}`, ping_ms: 25000 });
+  return { client, ws, joined };
+}
+
+test('glare, the polite peer\'s offer first: the impolite peer ignores it, the polite one rolls back and answers', () => glare('polite'));
+test('glare, the impolite peer\'s offer first: the polite one rolls back and answers, the other ignores the late offer', () => glare('impolite'));
+
+test('an explicit rollback frame takes back an offer left unanswered, and is ignored once it was answered', async () => {
+  const { client, ws, joined } = await scriptedJoin('b');
   // The peer 'a' is in the ack: this client is polite toward it, and offers.
   ws.push({ type: 'ack', id: ws.sentOf('join')[0].id, session: 'b', peers: [{ session: 'a', user: 'ua', polite: true }], polite: true, resume: 'r', resumed: false });
   const call = await joined;
@@ -302,13 +309,7 @@ test('a restart whose offer a polite peer rolls back for a crossing offer is mad
 });
 
 test('candidates before the remote description wait for it; signals of a peer not announced yet wait for its join', async () => {
-  FakeWS.all = [];
-  FakePC.all = [];
-  const client = newClient();
-  const joined = client.join('c', { RTCPeerConnection: FakePC, statsInterval: 0 });
-  await until('socket', () => FakeWS.all[0]?.readyState === 1);
-  const ws = FakeWS.all[0];
-  ws.push({ type: 'welcome', session: 'a', node: 'n1', user: 'ua', ping_ms: 25000 });
+  const { client, ws, joined } = await scriptedJoin('a');
   ws.push({ type: 'ack', id: ws.sentOf('join')[0].id, session: 'a', peers: [], polite: false, resume: 'r', resumed: false });
   const call = await joined;
   const events = record(call);
@@ -609,13 +610,7 @@ test('mesh: four peers, one PeerConnection per pair with opposite roles; a leave
 });
 
 test('resume: after a drop the call is joined again with its token after the welcome; signals made meanwhile follow the ack', async () => {
-  FakeWS.all = [];
-  FakePC.all = [];
-  const client = newClient();
-  const joined = client.join('c', { RTCPeerConnection: FakePC, statsInterval: 0 });
-  await until('socket', () => FakeWS.all[0]?.readyState === 1);
-  let ws = FakeWS.all[0];
-  ws.push({ type: 'welcome', session: 'm', node: 'n1', user: 'um', ping_ms: 25000 });
+  let { client, ws, joined } = await scriptedJoin('m');
   ws.push({
     type: 'ack',
     id: ws.sentOf('join')[0].id,
